@@ -1,0 +1,7 @@
+export { RawSplitRing } from './raw-split.js';
+export {
+  DeviceBehaviourError,
+  type DriverBuffer,
+  SplitDriver,
+  type SplitDriverOptions,
+} from './split.js';

@@ -1,0 +1,288 @@
+import type { GuestMemory } from '../memory/guest-memory.js';
+import {
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  VIRTQ_USED_F_NO_NOTIFY,
+} from '../queue/constants.js';
+import {
+  availRingBytes,
+  descTableBytes,
+  type SplitLayout,
+  splitLayout,
+  usedRingBytes,
+} from '../queue/split/layout.js';
+
+/** A buffer in guest memory. */
+export interface DriverBuffer {
+  addr: number;
+  len: number;
+}
+
+export interface SplitDriverOptions {
+  /** Queue size, a power of two. */
+  size: number;
+  /** Where the rings go: a contiguous layout from `base`, or explicit addresses. */
+  base?: number;
+  layout?: SplitLayout;
+  /** VIRTIO_F_EVENT_IDX negotiated. */
+  eventIdx?: boolean;
+}
+
+/** Thrown when the device breaks the used-ring rules as seen by the driver. */
+export class DeviceBehaviourError extends Error {}
+
+const TWO_32 = 2 ** 32;
+
+/**
+ * The guest side of a split virtqueue, written to VIRTIO 1.2 §2.7 as a driver must behave:
+ * it owns the descriptor table and available ring, publishes with a release store of
+ * `avail.idx`, honours `avail_event` / VIRTQ_USED_F_NO_NOTIFY when deciding to notify, and
+ * checks every used element the device returns (id in flight, length within the writable
+ * part).
+ *
+ * Descriptor bookkeeping (free list, chain membership) lives in driver-private arrays, never
+ * in guest memory the device could corrupt.
+ */
+export class SplitDriver {
+  readonly memory: GuestMemory;
+  readonly size: number;
+  readonly layout: SplitLayout;
+  eventIdx: boolean;
+
+  /** Descriptors not in any chain. */
+  numFree: number;
+  /** Length the device reported for the element {@link popUsed} returned last. */
+  lastUsedLen = 0;
+
+  private freeHead = 0;
+  private readonly freeNext: Uint16Array;
+  /** For each head in flight: number of table descriptors it holds (0 = not in flight). */
+  private readonly chainDescs: Uint16Array;
+  /** For each head in flight: bytes the device may write. */
+  private readonly chainWritable: Float64Array;
+  private readonly chainNext: Uint16Array;
+  private availShadow = 0;
+  private kickedIdx = 0;
+  private lastUsed = 0;
+
+  private readonly desc32: Uint32Array;
+  private readonly desc16: Uint16Array;
+  private readonly avail16: Uint16Array;
+  private readonly used16: Uint16Array;
+  private readonly used32: Uint32Array;
+
+  constructor(memory: GuestMemory, options: SplitDriverOptions) {
+    const size = options.size;
+    if (!Number.isInteger(size) || size < 1 || size > 32768 || (size & (size - 1)) !== 0) {
+      throw new RangeError(`split queue size ${size} is not a power of two in 1..32768`);
+    }
+    this.memory = memory;
+    this.size = size;
+    this.layout = options.layout ?? splitLayout(options.base ?? 0, size);
+    this.eventIdx = options.eventIdx ?? false;
+    const view = <T>(
+      addr: number,
+      bytes: number,
+      make: (b: ArrayBufferLike, off: number) => T,
+    ): T => {
+      const r = memory.checkRange(addr, bytes);
+      return make(r.buffer, r.offset + (addr - r.base));
+    };
+    const { desc, avail, used } = this.layout;
+    this.desc32 = view(desc, descTableBytes(size), (b, o) => new Uint32Array(b, o, 4 * size));
+    this.desc16 = view(desc, descTableBytes(size), (b, o) => new Uint16Array(b, o, 8 * size));
+    this.avail16 = view(avail, availRingBytes(size), (b, o) => new Uint16Array(b, o, 3 + size));
+    this.used16 = view(used, usedRingBytes(size), (b, o) => new Uint16Array(b, o, 3 + 4 * size));
+    this.used32 = view(used, usedRingBytes(size), (b, o) => new Uint32Array(b, o, 1 + 2 * size));
+    memory.fill(desc, descTableBytes(size));
+    memory.fill(avail, availRingBytes(size));
+    memory.fill(used, usedRingBytes(size));
+    this.freeNext = new Uint16Array(size);
+    for (let i = 0; i < size; i++) this.freeNext[i] = i + 1;
+    this.chainDescs = new Uint16Array(size);
+    this.chainWritable = new Float64Array(size);
+    this.chainNext = new Uint16Array(size);
+    this.numFree = size;
+  }
+
+  /** Chains added but not yet returned by the device. */
+  get inFlight(): number {
+    let n = 0;
+    for (let i = 0; i < this.size; i++) if (this.chainDescs[i] !== 0) n++;
+    return n;
+  }
+
+  private writeDesc(i: number, addr: number, len: number, flags: number, next: number): void {
+    const w = i << 2;
+    this.desc32[w] = addr >>> 0;
+    this.desc32[w + 1] = Math.floor(addr / TWO_32);
+    this.desc32[w + 2] = len;
+    this.desc16[(i << 3) + 6] = flags;
+    this.desc16[(i << 3) + 7] = next;
+  }
+
+  private allocate(): number {
+    const i = this.freeHead;
+    this.freeHead = this.freeNext[i]!;
+    this.numFree--;
+    return i;
+  }
+
+  /**
+   * Adds a chain of device-readable then device-writable buffers to the available ring
+   * (not yet published: see {@link publish}). Returns the head index.
+   */
+  add(readable: readonly DriverBuffer[], writable: readonly DriverBuffer[] = []): number {
+    const n = readable.length + writable.length;
+    if (n === 0) throw new RangeError('a chain needs at least one buffer');
+    // §2.7.13.1: a chain needs that many free descriptors.
+    if (n > this.numFree) throw new RangeError(`need ${n} descriptors, ${this.numFree} free`);
+    const head = this.freeHead;
+    let prev = -1;
+    let writableBytes = 0;
+    for (let k = 0; k < n; k++) {
+      const isWritable = k >= readable.length;
+      const b = isWritable ? writable[k - readable.length]! : readable[k]!;
+      const i = this.allocate();
+      if (prev >= 0) {
+        this.desc16[(prev << 3) + 6]! |= VIRTQ_DESC_F_NEXT;
+        this.desc16[(prev << 3) + 7] = i;
+        this.chainNext[prev] = i;
+      }
+      this.writeDesc(i, b.addr, b.len, isWritable ? VIRTQ_DESC_F_WRITE : 0, 0);
+      if (isWritable) writableBytes += b.len;
+      prev = i;
+    }
+    this.chainDescs[head] = n;
+    this.chainWritable[head] = writableBytes;
+    this.pushAvail(head);
+    return head;
+  }
+
+  /**
+   * Adds a chain through an indirect table written at `tableAddr` (§2.7.5.3): one ring
+   * descriptor, `readable.length + writable.length` table entries.
+   */
+  addIndirect(
+    tableAddr: number,
+    readable: readonly DriverBuffer[],
+    writable: readonly DriverBuffer[] = [],
+  ): number {
+    const n = readable.length + writable.length;
+    if (n === 0) throw new RangeError('a chain needs at least one buffer');
+    if (this.numFree < 1) throw new RangeError('no free descriptors');
+    let writableBytes = 0;
+    for (let k = 0; k < n; k++) {
+      const isWritable = k >= readable.length;
+      const b = isWritable ? writable[k - readable.length]! : readable[k]!;
+      const at = tableAddr + 16 * k;
+      this.memory.writeU64(at, b.addr);
+      this.memory.writeU32(at + 8, b.len);
+      const flags = (isWritable ? VIRTQ_DESC_F_WRITE : 0) | (k + 1 < n ? VIRTQ_DESC_F_NEXT : 0);
+      this.memory.writeU16(at + 12, flags);
+      this.memory.writeU16(at + 14, k + 1 < n ? k + 1 : 0);
+      if (isWritable) writableBytes += b.len;
+    }
+    const head = this.allocate();
+    this.writeDesc(head, tableAddr, 16 * n, VIRTQ_DESC_F_INDIRECT, 0);
+    this.chainDescs[head] = 1;
+    this.chainWritable[head] = writableBytes;
+    this.pushAvail(head);
+    return head;
+  }
+
+  private pushAvail(head: number): void {
+    this.avail16[2 + (this.availShadow & (this.size - 1))] = head;
+    this.availShadow = (this.availShadow + 1) & 0xffff;
+  }
+
+  /** Publishes every chain added since the last publish: one release store of `avail.idx`. */
+  publish(): void {
+    Atomics.store(this.avail16, 1, this.availShadow);
+  }
+
+  /**
+   * Whether the device wants a notification for what was published since the last call
+   * (§2.7.10: `avail_event` with EVENT_IDX, else VIRTQ_USED_F_NO_NOTIFY).
+   */
+  needsNotification(): boolean {
+    const newIdx = this.availShadow;
+    const oldIdx = this.kickedIdx;
+    this.kickedIdx = newIdx;
+    if (this.eventIdx) {
+      const event = Atomics.load(this.used16, 2 + 4 * this.size);
+      return ((newIdx - event - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+    }
+    return (Atomics.load(this.used16, 0) & VIRTQ_USED_F_NO_NOTIFY) === 0;
+  }
+
+  /** Publishes, then says whether to notify the device. */
+  kick(): boolean {
+    this.publish();
+    return this.needsNotification();
+  }
+
+  /** True when the device has published used elements the driver has not collected. */
+  hasUsed(): boolean {
+    return Atomics.load(this.used16, 1) !== this.lastUsed;
+  }
+
+  /**
+   * Collects the next used element: returns its id (the chain head) and sets
+   * {@link lastUsedLen}, or returns -1 when there is none. Frees the chain's descriptors.
+   * Throws {@link DeviceBehaviourError} when the device returns an id that is not in flight or
+   * claims to have written more than the chain's writable bytes (§2.7.8.2).
+   */
+  popUsed(): number {
+    const usedIdx = Atomics.load(this.used16, 1);
+    if (usedIdx === this.lastUsed) return -1;
+    if (((usedIdx - this.lastUsed) & 0xffff) > this.size) {
+      throw new DeviceBehaviourError(
+        `used.idx ${usedIdx} runs more than a ring ahead of ${this.lastUsed}`,
+      );
+    }
+    const slot = this.lastUsed & (this.size - 1);
+    const id = this.used32[1 + 2 * slot]!;
+    const len = this.used32[2 + 2 * slot]!;
+    this.lastUsed = (this.lastUsed + 1) & 0xffff;
+    if (id >= this.size || this.chainDescs[id] === 0) {
+      throw new DeviceBehaviourError(`device returned id ${id}, which is not in flight`);
+    }
+    if (len > this.chainWritable[id]!) {
+      throw new DeviceBehaviourError(
+        `device wrote ${len} bytes into a chain of ${this.chainWritable[id]} writable`,
+      );
+    }
+    // Give the chain's descriptors back.
+    let i = id;
+    for (let k = this.chainDescs[id]!; k > 1; k--) {
+      const nx = this.chainNext[i]!;
+      this.freeNext[i] = nx;
+      i = nx;
+    }
+    this.freeNext[i] = this.freeHead;
+    this.freeHead = id;
+    this.numFree += this.chainDescs[id]!;
+    this.chainDescs[id] = 0;
+    if (this.eventIdx) Atomics.store(this.avail16, 2 + this.size, this.lastUsed);
+    this.lastUsedLen = len;
+    return id;
+  }
+
+  /** Index the driver has consumed up to (its `last_used_idx`). */
+  get lastUsedIdx(): number {
+    return this.lastUsed;
+  }
+
+  /** Sets `used_event` (EVENT_IDX): notify me when used.idx passes this value. */
+  setUsedEvent(v: number): void {
+    Atomics.store(this.avail16, 2 + this.size, v & 0xffff);
+  }
+
+  /** Without EVENT_IDX: ask for (true) or suppress (false) used-buffer notifications. */
+  setInterrupts(enabled: boolean): void {
+    Atomics.store(this.avail16, 0, enabled ? 0 : VIRTQ_AVAIL_F_NO_INTERRUPT);
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * Typed errors.
+ *
+ * Every error that a guest can cause (through ring contents, descriptor contents, register
+ * writes or protocol messages) is a {@link VirtqError} with a literal `code`. Mistakes made by
+ * the host program that embeds virtq (calling the API with arguments that could never be
+ * valid) are plain `TypeError` / `RangeError`, so the two are never confused.
+ */
+
+/** Every code a {@link VirtqError} can carry. */
+export type VirtqErrorCode =
+  // guest memory
+  | 'MEMORY_OUT_OF_BOUNDS'
+  // queue configuration (checked when a queue is activated)
+  | 'QUEUE_NOT_READY'
+  | 'QUEUE_INVALID_SIZE'
+  | 'QUEUE_MISALIGNED'
+  | 'QUEUE_RING_OUT_OF_MEMORY'
+  // descriptor chains
+  | 'DESC_HEAD_OUT_OF_RANGE'
+  | 'DESC_NEXT_OUT_OF_RANGE'
+  | 'DESC_CHAIN_TOO_LONG'
+  | 'DESC_BUFFER_OUT_OF_MEMORY'
+  | 'DESC_INDIRECT_NOT_NEGOTIATED'
+  | 'DESC_INDIRECT_NESTED'
+  | 'DESC_INDIRECT_WITH_NEXT'
+  | 'DESC_INDIRECT_BAD_LENGTH'
+  | 'DESC_INDIRECT_OUT_OF_MEMORY'
+  | 'DESC_INDIRECT_LOOP'
+  | 'DESC_WRITABLE_BEFORE_READABLE'
+  | 'DESC_CHAIN_LENGTH_OVERFLOW'
+  | 'DESC_PACKED_BAD_ID'
+  // used ring
+  | 'USED_ID_OUT_OF_RANGE'
+  // queue state
+  | 'QUEUE_NOT_ACTIVE'
+  | 'QUEUE_BROKEN'
+  // snapshots
+  | 'SNAPSHOT_INVALID';
+
+/** Base class of every error a guest (or guest-controlled data) can cause. */
+export class VirtqError extends Error {
+  readonly code: VirtqErrorCode;
+
+  constructor(code: VirtqErrorCode, message: string) {
+    super(message);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** True when `e` is a {@link VirtqError}, optionally with the given code. */
+export function isVirtqError(e: unknown, code?: VirtqErrorCode): e is VirtqError {
+  return e instanceof VirtqError && (code === undefined || e.code === code);
+}
+
+/** An access to guest memory outside every region, or crossing a region's end. */
+export class GuestMemoryError extends VirtqError {
+  readonly address: number;
+  readonly length: number;
+
+  constructor(address: number, length: number, reason = 'is outside guest memory') {
+    super('MEMORY_OUT_OF_BOUNDS', `guest range [${hex(address)}, +${length}) ${reason}`);
+    this.address = address;
+    this.length = length;
+  }
+}
+
+export type QueueConfigErrorCode =
+  | 'QUEUE_NOT_READY'
+  | 'QUEUE_INVALID_SIZE'
+  | 'QUEUE_MISALIGNED'
+  | 'QUEUE_RING_OUT_OF_MEMORY';
+
+/** The driver configured a queue that cannot be activated (VIRTIO 1.2 §2.7). */
+export class QueueConfigError extends VirtqError {
+  declare readonly code: QueueConfigErrorCode;
+  /** Which part of the queue configuration is wrong. */
+  readonly field: string;
+
+  constructor(code: QueueConfigErrorCode, field: string, message: string) {
+    super(code, message);
+    this.field = field;
+  }
+}
+
+export type DescriptorErrorCode =
+  | 'DESC_HEAD_OUT_OF_RANGE'
+  | 'DESC_NEXT_OUT_OF_RANGE'
+  | 'DESC_CHAIN_TOO_LONG'
+  | 'DESC_BUFFER_OUT_OF_MEMORY'
+  | 'DESC_INDIRECT_NOT_NEGOTIATED'
+  | 'DESC_INDIRECT_NESTED'
+  | 'DESC_INDIRECT_WITH_NEXT'
+  | 'DESC_INDIRECT_BAD_LENGTH'
+  | 'DESC_INDIRECT_OUT_OF_MEMORY'
+  | 'DESC_INDIRECT_LOOP'
+  | 'DESC_WRITABLE_BEFORE_READABLE'
+  | 'DESC_CHAIN_LENGTH_OVERFLOW'
+  | 'DESC_PACKED_BAD_ID';
+
+/**
+ * The driver made a malformed descriptor chain available. `head` is the chain's head index
+ * (split ring) or buffer id (packed ring) as the driver wrote it; it may itself be out of range.
+ */
+export class DescriptorError extends VirtqError {
+  declare readonly code: DescriptorErrorCode;
+  readonly head: number;
+  /** The descriptor (table index) at which the problem was found, or -1. */
+  readonly index: number;
+
+  constructor(code: DescriptorErrorCode, head: number, index: number, message: string) {
+    super(code, message);
+    this.head = head;
+    this.index = index;
+  }
+}
+
+/** A used element named a descriptor index the queue does not have. */
+export class UsedRingError extends VirtqError {
+  declare readonly code: 'USED_ID_OUT_OF_RANGE';
+  readonly id: number;
+
+  constructor(id: number, size: number) {
+    super('USED_ID_OUT_OF_RANGE', `used id ${id} is out of range for a queue of size ${size}`);
+    this.id = id;
+  }
+}
+
+/** The queue cannot be used in its current state (not activated, or broken by the guest). */
+export class QueueStateError extends VirtqError {
+  declare readonly code: 'QUEUE_NOT_ACTIVE' | 'QUEUE_BROKEN';
+}
+
+/** A saved queue or device state failed validation on restore. */
+export class SnapshotError extends VirtqError {
+  declare readonly code: 'SNAPSHOT_INVALID';
+  /** Dotted path of the offending field, e.g. `split.nextAvail`. */
+  readonly field: string;
+
+  constructor(field: string, message: string) {
+    super('SNAPSHOT_INVALID', `snapshot field ${field}: ${message}`);
+    this.field = field;
+  }
+}
+
+/** Formats a guest address for messages. */
+export function hex(n: number): string {
+  return Number.isFinite(n) ? `0x${n.toString(16)}` : String(n);
+}

@@ -1,0 +1,388 @@
+import { GuestMemoryError } from '../errors.js';
+import { GuestRegion, isSharedArrayBuffer, type RegionSpec } from './region.js';
+
+/**
+ * What `readU64` returns for a stored value that is not a safe integer (>= 2^53). Every region
+ * ends below 2^53, so this value fails every bounds check, as any other bad address would.
+ */
+export const U64_UNSAFE = 2 ** 53;
+
+const TWO_32 = 2 ** 32;
+
+/** A piece of a guest range that lies inside one region. */
+export interface MemoryPiece {
+  region: GuestRegion;
+  /** Guest-physical address of the piece. */
+  addr: number;
+  /** Length in bytes. */
+  len: number;
+}
+
+/** Everything another thread needs to rebuild the same guest memory over shared buffers. */
+export interface SharedMemoryHandle {
+  regions: { base: number; length: number; buffer: SharedArrayBuffer; offset: number }[];
+  dirty: SharedArrayBuffer[];
+}
+
+export interface DirtyBitmap {
+  /** Guest-physical page number of bit 0. */
+  firstPage: number;
+  /** Number of valid bits. */
+  pages: number;
+  /** Bit i (word i >>> 5, bit i & 31) is set when page firstPage + i was written. */
+  bits: Uint32Array;
+}
+
+/**
+ * Guest-physical memory: one or more non-overlapping regions, each over an ArrayBuffer or
+ * SharedArrayBuffer. Every access is checked: an access that touches no region or leaves its
+ * region throws {@link GuestMemoryError}; nothing is clamped or wrapped.
+ *
+ * Zero-length accesses are valid at any address that lies in a region or at a region's end,
+ * and touch nothing.
+ */
+export class GuestMemory {
+  readonly regions: readonly GuestRegion[];
+  private readonly bases: Float64Array;
+  private last: GuestRegion;
+
+  constructor(specs: readonly RegionSpec[], dirtyBuffers?: readonly ArrayBufferLike[]) {
+    if (specs.length === 0) throw new RangeError('guest memory needs at least one region');
+    if (dirtyBuffers !== undefined && dirtyBuffers.length !== specs.length) {
+      throw new RangeError('one dirty bitmap buffer per region');
+    }
+    const regions = specs.map((s, i) => new GuestRegion(s, dirtyBuffers?.[i]));
+    regions.sort((a, b) => a.base - b.base);
+    for (let i = 1; i < regions.length; i++) {
+      const prev = regions[i - 1]!;
+      const cur = regions[i]!;
+      if (cur.base < prev.end) {
+        throw new RangeError(
+          `regions [${prev.base}, ${prev.end}) and [${cur.base}, ${cur.end}) overlap`,
+        );
+      }
+    }
+    this.regions = regions;
+    this.bases = Float64Array.from(regions, (r) => r.base);
+    this.last = regions[0]!;
+  }
+
+  /** A single region of `size` bytes at guest address `base`, over a fresh buffer. */
+  static create(size: number, options: { base?: number; shared?: boolean } = {}): GuestMemory {
+    const buffer = options.shared ? new SharedArrayBuffer(size) : new ArrayBuffer(size);
+    return new GuestMemory([{ base: options.base ?? 0, length: size, buffer }]);
+  }
+
+  /** Rebuilds, in another thread, a memory made of shared buffers (see {@link toShared}). */
+  static fromShared(handle: SharedMemoryHandle): GuestMemory {
+    return new GuestMemory(handle.regions, handle.dirty);
+  }
+
+  /** A structured-clone-safe description of this memory; every region must be shared. */
+  toShared(): SharedMemoryHandle {
+    const regions: SharedMemoryHandle['regions'] = [];
+    const dirty: SharedArrayBuffer[] = [];
+    for (const r of this.regions) {
+      if (!isSharedArrayBuffer(r.buffer) || !isSharedArrayBuffer(r.dirty.buffer)) {
+        throw new TypeError('toShared() needs every region backed by a SharedArrayBuffer');
+      }
+      regions.push({ base: r.base, length: r.length, buffer: r.buffer, offset: r.offset });
+      dirty.push(r.dirty.buffer);
+    }
+    return { regions, dirty };
+  }
+
+  /** Total bytes over all regions. */
+  get size(): number {
+    let n = 0;
+    for (const r of this.regions) n += r.length;
+    return n;
+  }
+
+  /** The region containing `addr`, or undefined. Binary search, with a one-entry cache. */
+  findRegion(addr: number): GuestRegion | undefined {
+    const last = this.last;
+    if (addr >= last.base && addr < last.end) return last;
+    const bases = this.bases;
+    let lo = 0;
+    let hi = bases.length - 1;
+    if (!(addr >= bases[0]!)) return undefined; // also rejects NaN
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (bases[mid]! <= addr) lo = mid;
+      else hi = mid - 1;
+    }
+    const r = this.regions[lo]!;
+    if (addr < r.end) {
+      this.last = r;
+      return r;
+    }
+    return undefined;
+  }
+
+  /**
+   * The region that holds all of [addr, addr + len), or throws. A zero-length range may sit at
+   * a region's end.
+   */
+  checkRange(addr: number, len: number): GuestRegion {
+    const r = this.regionFor(addr, len);
+    if (r === undefined) throw new GuestMemoryError(addr, len);
+    return r;
+  }
+
+  /** True when [addr, addr + len) lies inside one region. */
+  isValidRange(addr: number, len: number): boolean {
+    return this.regionFor(addr, len) !== undefined;
+  }
+
+  /**
+   * True when every byte of [addr, addr + len) lies in guest memory, possibly across regions
+   * that are contiguous in guest-physical space. Allocates nothing.
+   */
+  covers(addr: number, len: number): boolean {
+    if (!(len >= 0) || !Number.isSafeInteger(addr) || !Number.isSafeInteger(len)) return false;
+    if (len === 0) return this.regionFor(addr, 0) !== undefined;
+    let a = addr;
+    let left = len;
+    // Each step consumes a whole region, so the loop runs at most regions.length times.
+    while (left > 0) {
+      const r = this.findRegion(a);
+      if (r === undefined) return false;
+      const room = r.end - a;
+      if (left <= room) return true;
+      left -= room;
+      a = r.end;
+    }
+    return true;
+  }
+
+  private regionFor(addr: number, len: number): GuestRegion | undefined {
+    if (!(len >= 0) || !Number.isSafeInteger(addr) || !Number.isSafeInteger(len)) return undefined;
+    let r = this.findRegion(addr);
+    if (r === undefined && len === 0) r = this.findRegion(addr - 1);
+    if (r === undefined) return undefined;
+    // Compare against the remaining room, never compute addr + len first (it may round).
+    return len <= r.end - addr ? r : undefined;
+  }
+
+  // ---- little-endian scalars ----
+
+  readU8(addr: number): number {
+    const r = this.checkRange(addr, 1);
+    return r.bytes[addr - r.base]!;
+  }
+
+  readU16(addr: number): number {
+    const r = this.checkRange(addr, 2);
+    return r.view.getUint16(addr - r.base, true);
+  }
+
+  readU32(addr: number): number {
+    const r = this.checkRange(addr, 4);
+    return r.view.getUint32(addr - r.base, true);
+  }
+
+  /** Reads a u64 as a number; values >= 2^53 read as {@link U64_UNSAFE}. */
+  readU64(addr: number): number {
+    const r = this.checkRange(addr, 8);
+    const off = addr - r.base;
+    const lo = r.view.getUint32(off, true);
+    const hi = r.view.getUint32(off + 4, true);
+    return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
+  }
+
+  /** Reads a u64 exactly, as a bigint (for feature words and other non-address fields). */
+  readBigU64(addr: number): bigint {
+    const r = this.checkRange(addr, 8);
+    return r.view.getBigUint64(addr - r.base, true);
+  }
+
+  writeU8(addr: number, value: number): void {
+    const r = this.checkRange(addr, 1);
+    r.bytes[addr - r.base] = value;
+    r.markPageDirty(addr);
+  }
+
+  writeU16(addr: number, value: number): void {
+    const r = this.checkRange(addr, 2);
+    r.view.setUint16(addr - r.base, value, true);
+    r.markDirty(addr, 2);
+  }
+
+  writeU32(addr: number, value: number): void {
+    const r = this.checkRange(addr, 4);
+    r.view.setUint32(addr - r.base, value, true);
+    r.markDirty(addr, 4);
+  }
+
+  /** Writes a u64 given as a safe non-negative integer. */
+  writeU64(addr: number, value: number): void {
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new RangeError(`writeU64 value ${value} is not a non-negative safe integer`);
+    }
+    const r = this.checkRange(addr, 8);
+    const off = addr - r.base;
+    r.view.setUint32(off, value >>> 0, true);
+    r.view.setUint32(off + 4, Math.floor(value / TWO_32), true);
+    r.markDirty(addr, 8);
+  }
+
+  writeBigU64(addr: number, value: bigint): void {
+    const r = this.checkRange(addr, 8);
+    r.view.setBigUint64(addr - r.base, BigInt.asUintN(64, value), true);
+    r.markDirty(addr, 8);
+  }
+
+  // ---- byte ranges ----
+
+  /**
+   * Copies guest bytes [addr, addr + dst.length) into `dst`. The range may span regions that
+   * are contiguous in guest-physical space; a gap anywhere in it throws before anything is
+   * copied.
+   */
+  read(addr: number, dst: Uint8Array): void {
+    if (dst.length === 0) {
+      this.checkRange(addr, 0);
+      return;
+    }
+    const r = this.regionFor(addr, dst.length);
+    if (r !== undefined) {
+      const off = addr - r.base;
+      dst.set(r.bytes.subarray(off, off + dst.length));
+      return;
+    }
+    let done = 0;
+    this.forEachPiece(addr, dst.length, (region, a, len) => {
+      const off = a - region.base;
+      dst.set(region.bytes.subarray(off, off + len), done);
+      done += len;
+    });
+  }
+
+  /** Copies `src` into guest memory at `addr` (may span contiguous regions) and marks pages dirty. */
+  write(addr: number, src: Uint8Array): void {
+    if (src.length === 0) {
+      this.checkRange(addr, 0);
+      return;
+    }
+    const r = this.regionFor(addr, src.length);
+    if (r !== undefined) {
+      r.bytes.set(src, addr - r.base);
+      r.markDirty(addr, src.length);
+      return;
+    }
+    let done = 0;
+    this.forEachPiece(addr, src.length, (region, a, len) => {
+      region.bytes.set(src.subarray(done, done + len), a - region.base);
+      region.markDirty(a, len);
+      done += len;
+    });
+  }
+
+  /** Sets `len` bytes at `addr` to `value` (may span contiguous regions). */
+  fill(addr: number, len: number, value = 0): void {
+    this.forEachPiece(addr, len, (region, a, n) => {
+      const off = a - region.base;
+      region.bytes.fill(value, off, off + n);
+      region.markDirty(a, n);
+    });
+  }
+
+  /**
+   * A zero-copy view of [addr, addr + len), which must lie in one region. Writing through the
+   * view is not tracked: use {@link writableSlice} for that.
+   */
+  slice(addr: number, len: number): Uint8Array {
+    const r = this.checkRange(addr, len);
+    const off = addr - r.base;
+    return r.bytes.subarray(off, off + len);
+  }
+
+  /** Like {@link slice}, and marks the range dirty because the caller will write to it. */
+  writableSlice(addr: number, len: number): Uint8Array {
+    const r = this.checkRange(addr, len);
+    r.markDirty(addr, len);
+    const off = addr - r.base;
+    return r.bytes.subarray(off, off + len);
+  }
+
+  /**
+   * Splits [addr, addr + len) into per-region pieces, in order. Throws before calling `fn` at
+   * all if any byte of the range lies outside guest memory.
+   */
+  forEachPiece(
+    addr: number,
+    len: number,
+    fn: (region: GuestRegion, addr: number, len: number) => void,
+  ): void {
+    const pieces = this.pieces(addr, len);
+    for (const p of pieces) fn(p.region, p.addr, p.len);
+  }
+
+  /** The per-region pieces of [addr, addr + len); throws if any byte is outside memory. */
+  pieces(addr: number, len: number): MemoryPiece[] {
+    if (!Number.isSafeInteger(len) || len < 0) throw new GuestMemoryError(addr, len);
+    const out: MemoryPiece[] = [];
+    if (len === 0) {
+      this.checkRange(addr, 0);
+      return out;
+    }
+    let a = addr;
+    let left = len;
+    while (left > 0) {
+      const r = Number.isSafeInteger(a) ? this.findRegion(a) : undefined;
+      if (r === undefined) throw new GuestMemoryError(addr, len, 'is not all inside guest memory');
+      const n = Math.min(left, r.end - a);
+      out.push({ region: r, addr: a, len: n });
+      a += n;
+      left -= n;
+    }
+    return out;
+  }
+
+  // ---- dirty pages ----
+
+  /** Marks [addr, addr + len) dirty without writing (for writes made through a raw view). */
+  markDirty(addr: number, len: number): void {
+    this.forEachPiece(addr, len, (r, a, n) => r.markDirty(a, n));
+  }
+
+  /** True when the page holding `addr` has been written since the last clear. */
+  isPageDirty(addr: number): boolean {
+    const r = this.findRegion(addr);
+    if (r === undefined) return false;
+    const p = Math.floor(addr / 4096) - r.firstPage;
+    return (Atomics.load(r.dirty, p >>> 5) & (1 << (p & 31))) !== 0;
+  }
+
+  /** Guest-physical page numbers of every dirty page, ascending. */
+  dirtyPages(): number[] {
+    const out: number[] = [];
+    for (const r of this.regions) {
+      const pages = r.pageCount;
+      for (let p = 0; p < pages; p++) {
+        if ((Atomics.load(r.dirty, p >>> 5) & (1 << (p & 31))) !== 0) out.push(r.firstPage + p);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Returns a copy of every region's dirty bitmap and clears it, word by word with
+   * `Atomics.exchange`, so a page dirtied concurrently lands in this copy or the next one.
+   */
+  takeDirtyBitmaps(): DirtyBitmap[] {
+    return this.regions.map((r) => {
+      const bits = new Uint32Array(r.dirty.length);
+      for (let i = 0; i < bits.length; i++) bits[i] = Atomics.exchange(r.dirty, i, 0) >>> 0;
+      return { firstPage: r.firstPage, pages: r.pageCount, bits };
+    });
+  }
+
+  /** Clears every dirty bit. */
+  clearDirty(): void {
+    for (const r of this.regions) {
+      for (let i = 0; i < r.dirty.length; i++) Atomics.store(r.dirty, i, 0);
+    }
+  }
+}

@@ -1,0 +1,401 @@
+import { DescriptorError, type DescriptorErrorCode, GuestMemoryError } from '../errors.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { U64_UNSAFE } from '../memory/guest-memory.js';
+import type { GuestRegion } from '../memory/region.js';
+import {
+  DESCRIPTOR_SIZE,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+} from './constants.js';
+
+const TWO_32 = 2 ** 32;
+/** VIRTIO 1.2 §2.7.5.2 / §2.8.5: a chain carries at most 2^32 bytes in total. */
+const MAX_CHAIN_BYTES = TWO_32;
+
+/** One descriptor of a chain, as a plain object (for tests, logs and iteration). */
+export interface Descriptor {
+  /** Index in the table the descriptor came from (the ring's table, or an indirect table). */
+  index: number;
+  addr: number;
+  len: number;
+  flags: number;
+  next: number;
+  /** True when the descriptor came from an indirect table. */
+  indirect: boolean;
+}
+
+/**
+ * A descriptor chain the driver made available, read and validated once when it was popped.
+ *
+ * The queue copies every descriptor of the chain out of guest memory at pop time (so a driver
+ * that rewrites the table afterwards cannot change what the device sees) and checks it: table
+ * indices, chain length, indirect-table rules, device-readable before device-writable, total
+ * length, and every buffer against guest memory. After that, walking the chain cannot fail.
+ *
+ * The object is reusable: pass it to `pop(into)` to parse the next chain into it without
+ * allocating. It is a cursor over its descriptors too, in the manner of the seed's
+ * `DescriptorChain`: `index`, `addr`, `len`, `flags`, `next` describe the current descriptor.
+ */
+export class DescriptorChain {
+  /** Head descriptor index (split ring) or buffer id (packed ring): what goes in the used ring. */
+  head = 0;
+  /** Number of descriptors in the chain, counting those of an indirect table, not the pointer. */
+  count = 0;
+  /** Descriptor slots the chain takes in the ring itself (an indirect table counts as one). */
+  ringCount = 0;
+  /** Position of the first device-writable descriptor; `count` when there is none. */
+  writableStart = 0;
+  /** Bytes the device may read (sum of the device-readable lengths). */
+  readableLength = 0;
+  /** Bytes the device may write (sum of the device-writable lengths). */
+  writableLength = 0;
+  /** Guest memory the buffers live in. */
+  memory: GuestMemory | null = null;
+  /** Position of the current descriptor (0 = head). */
+  cursor = 0;
+
+  /** Per-descriptor fields, valid for positions [0, count). */
+  indices: Uint16Array;
+  addrs: Float64Array;
+  lens: Uint32Array;
+  flagsOf: Uint16Array;
+  nexts: Uint16Array;
+  fromIndirect: Uint8Array;
+  /** The region holding the whole buffer, or null when it spans regions or is empty. */
+  regions: (GuestRegion | null)[];
+
+  // Builder state (see begin/push).
+  private limit = 0;
+  private allowIndirect = false;
+  private sawIndirect = false;
+
+  constructor(capacity = 16) {
+    const cap = Math.max(1, capacity | 0);
+    this.indices = new Uint16Array(cap);
+    this.addrs = new Float64Array(cap);
+    this.lens = new Uint32Array(cap);
+    this.flagsOf = new Uint16Array(cap);
+    this.nexts = new Uint16Array(cap);
+    this.fromIndirect = new Uint8Array(cap);
+    this.regions = new Array<GuestRegion | null>(cap).fill(null);
+  }
+
+  // ---- the current descriptor (seed-style cursor) ----
+
+  /** Table index of the current descriptor. */
+  get index(): number {
+    return this.indices[this.cursor]!;
+  }
+  /** Guest-physical address of the current descriptor's buffer. */
+  get addr(): number {
+    return this.addrs[this.cursor]!;
+  }
+  /** Length of the current descriptor's buffer. */
+  get len(): number {
+    return this.lens[this.cursor]!;
+  }
+  /** Flags of the current descriptor. */
+  get flags(): number {
+    return this.flagsOf[this.cursor]!;
+  }
+  /** `next` field of the current descriptor (meaningful when it has NEXT). */
+  get next(): number {
+    return this.nexts[this.cursor]!;
+  }
+
+  /** True when another descriptor follows the current one. */
+  hasNext(): boolean {
+    return this.cursor + 1 < this.count;
+  }
+
+  /** True when the device may write the current descriptor's buffer (and not read it). */
+  isWriteOnly(): boolean {
+    return (this.flagsOf[this.cursor]! & VIRTQ_DESC_F_WRITE) !== 0;
+  }
+
+  /** Moves to the next descriptor in place; false (and no move) at the end of the chain. */
+  advance(): boolean {
+    if (this.cursor + 1 >= this.count) return false;
+    this.cursor++;
+    return true;
+  }
+
+  /** Moves back to the head descriptor. */
+  rewind(): void {
+    this.cursor = 0;
+  }
+
+  /**
+   * A copy of this chain positioned at the next descriptor, or null at the end (the seed's
+   * `next_descriptor`). Allocates; the hot path uses {@link advance}.
+   */
+  nextDescriptor(): DescriptorChain | null {
+    if (!this.hasNext()) return null;
+    const c = this.clone();
+    c.cursor = this.cursor + 1;
+    return c;
+  }
+
+  /** Descriptor `i` of the chain as a plain object. */
+  descriptor(i: number): Descriptor {
+    if (!(i >= 0 && i < this.count))
+      throw new RangeError(`descriptor ${i} of a chain of ${this.count}`);
+    return {
+      index: this.indices[i]!,
+      addr: this.addrs[i]!,
+      len: this.lens[i]!,
+      flags: this.flagsOf[i]!,
+      next: this.nexts[i]!,
+      indirect: this.fromIndirect[i] === 1,
+    };
+  }
+
+  /** Every descriptor, head first. */
+  *[Symbol.iterator](): IterableIterator<Descriptor> {
+    for (let i = 0; i < this.count; i++) yield this.descriptor(i);
+  }
+
+  /** Total bytes the chain describes. */
+  get totalLength(): number {
+    return this.readableLength + this.writableLength;
+  }
+
+  /**
+   * A zero-copy view of descriptor `i`'s buffer (default: the current one). The buffer was
+   * checked against guest memory at pop time; one that spans two regions cannot be a single
+   * view and throws {@link GuestMemoryError} (read it through `src/iovec` instead).
+   */
+  slice(i = this.cursor): Uint8Array {
+    if (!(i >= 0 && i < this.count))
+      throw new RangeError(`descriptor ${i} of a chain of ${this.count}`);
+    const addr = this.addrs[i]!;
+    const len = this.lens[i]!;
+    const r = this.regions[i];
+    if (r === null || r === undefined) {
+      if (len === 0) return new Uint8Array(0);
+      throw new GuestMemoryError(addr, len, 'spans two regions: read it piece by piece');
+    }
+    const off = addr - r.base;
+    if ((this.flagsOf[i]! & VIRTQ_DESC_F_WRITE) !== 0) r.markDirty(addr, len);
+    return r.bytes.subarray(off, off + len);
+  }
+
+  /** An independent copy (allocates). */
+  clone(): DescriptorChain {
+    const c = new DescriptorChain(this.count);
+    c.copyFrom(this);
+    return c;
+  }
+
+  /** Makes this chain a copy of `other`, reusing this chain's storage when it is big enough. */
+  copyFrom(other: DescriptorChain): void {
+    this.ensureCapacity(other.count);
+    const n = other.count;
+    this.indices.set(other.indices.subarray(0, n));
+    this.addrs.set(other.addrs.subarray(0, n));
+    this.lens.set(other.lens.subarray(0, n));
+    this.flagsOf.set(other.flagsOf.subarray(0, n));
+    this.nexts.set(other.nexts.subarray(0, n));
+    this.fromIndirect.set(other.fromIndirect.subarray(0, n));
+    for (let i = 0; i < n; i++) this.regions[i] = other.regions[i] ?? null;
+    this.head = other.head;
+    this.count = n;
+    this.ringCount = other.ringCount;
+    this.writableStart = other.writableStart;
+    this.readableLength = other.readableLength;
+    this.writableLength = other.writableLength;
+    this.memory = other.memory;
+    this.cursor = other.cursor;
+  }
+
+  // ---- building (used by the queues) ----
+
+  /**
+   * Starts a new chain. `limit` bounds the number of descriptors over the whole chain,
+   * indirect table included, so no driver-made loop can run the walk forever.
+   */
+  begin(head: number, memory: GuestMemory, limit: number, allowIndirect: boolean): void {
+    this.head = head;
+    this.count = 0;
+    this.ringCount = 0;
+    this.writableStart = -1;
+    this.readableLength = 0;
+    this.writableLength = 0;
+    this.memory = memory;
+    this.cursor = 0;
+    this.limit = limit;
+    this.allowIndirect = allowIndirect;
+    this.sawIndirect = false;
+  }
+
+  /** Ends the chain; call after the last push. */
+  end(): void {
+    if (this.writableStart < 0) this.writableStart = this.count;
+  }
+
+  /**
+   * Appends one buffer descriptor (not an indirect pointer), given its raw 64-bit address as
+   * two halves. Checks the chain bound, the ordering rule, the total length and the buffer.
+   */
+  push(
+    index: number,
+    addrLo: number,
+    addrHi: number,
+    len: number,
+    flags: number,
+    next: number,
+    fromIndirect: boolean,
+  ): void {
+    const n = this.count;
+    if (n >= this.limit) {
+      this.fail('DESC_CHAIN_TOO_LONG', index, `chain is longer than ${this.limit} descriptors`);
+    }
+    if (n >= this.indices.length) this.ensureCapacity(n + 1);
+    const addr = addrHi >= 0x200000 ? U64_UNSAFE : addrHi * TWO_32 + addrLo;
+    if ((flags & VIRTQ_DESC_F_WRITE) !== 0) {
+      if (this.writableStart < 0) this.writableStart = n;
+      this.writableLength += len;
+    } else {
+      // §2.7.4.2 / §2.8.4: device-readable descriptors MUST come before device-writable ones.
+      if (this.writableStart >= 0) {
+        this.fail(
+          'DESC_WRITABLE_BEFORE_READABLE',
+          index,
+          'device-readable descriptor after a device-writable one',
+        );
+      }
+      this.readableLength += len;
+    }
+    // §2.7.5.2: a chain MUST NOT describe more than 2^32 bytes in total.
+    if (this.readableLength + this.writableLength > MAX_CHAIN_BYTES) {
+      this.fail('DESC_CHAIN_LENGTH_OVERFLOW', index, 'chain describes more than 2^32 bytes');
+    }
+    let region: GuestRegion | null = null;
+    if (len > 0) {
+      const memory = this.memory!;
+      const r = memory.findRegion(addr);
+      if (r !== undefined && len <= r.end - addr) region = r;
+      else if (!memory.covers(addr, len)) {
+        this.fail(
+          'DESC_BUFFER_OUT_OF_MEMORY',
+          index,
+          `buffer [0x${addr.toString(16)}, +${len}) is outside guest memory`,
+        );
+      }
+    }
+    this.indices[n] = index;
+    this.addrs[n] = addr;
+    this.lens[n] = len;
+    this.flagsOf[n] = flags;
+    this.nexts[n] = next;
+    this.fromIndirect[n] = fromIndirect ? 1 : 0;
+    this.regions[n] = region;
+    this.count = n + 1;
+  }
+
+  /**
+   * Follows an indirect descriptor (`index`, with the given raw fields) into its table and
+   * pushes every descriptor of the table's chain (VIRTIO 1.2 §2.7.5.3, §2.8.6).
+   */
+  pushIndirect(index: number, addrLo: number, addrHi: number, len: number, flags: number): void {
+    // §2.7.5.3.1: the driver MUST NOT set INDIRECT unless VIRTIO_F_INDIRECT_DESC was negotiated.
+    if (!this.allowIndirect) {
+      this.fail(
+        'DESC_INDIRECT_NOT_NEGOTIATED',
+        index,
+        'indirect descriptor without VIRTIO_F_INDIRECT_DESC',
+      );
+    }
+    // §2.7.5.3.1: an indirect table MUST NOT itself contain an indirect descriptor, and a chain
+    // has at most one.
+    if (this.sawIndirect)
+      this.fail('DESC_INDIRECT_NESTED', index, 'indirect descriptor inside an indirect table');
+    // §2.7.5.3.1: the driver MUST NOT set both INDIRECT and NEXT.
+    if ((flags & VIRTQ_DESC_F_NEXT) !== 0) {
+      this.fail('DESC_INDIRECT_WITH_NEXT', index, 'indirect descriptor with NEXT set');
+    }
+    // §2.7.5.3: the table is an array of 16-byte descriptors; it cannot be empty.
+    if (len === 0 || len % DESCRIPTOR_SIZE !== 0) {
+      this.fail(
+        'DESC_INDIRECT_BAD_LENGTH',
+        index,
+        `indirect table length ${len} is not a positive multiple of 16`,
+      );
+    }
+    const entries = len / DESCRIPTOR_SIZE;
+    // §2.7.5.3.1 / §2.8.6: the whole chain is bounded, so is the table.
+    if (entries > this.limit) {
+      this.fail(
+        'DESC_INDIRECT_BAD_LENGTH',
+        index,
+        `indirect table of ${entries} entries exceeds ${this.limit}`,
+      );
+    }
+    const addr = addrHi >= 0x200000 ? U64_UNSAFE : addrHi * TWO_32 + addrLo;
+    const memory = this.memory!;
+    const r = memory.findRegion(addr);
+    if (r === undefined || len > r.end - addr) {
+      this.fail(
+        'DESC_INDIRECT_OUT_OF_MEMORY',
+        index,
+        `indirect table [0x${addr.toString(16)}, +${len}) is not inside one region`,
+      );
+    }
+    this.sawIndirect = true;
+    this.ringCount++;
+    const view = r.view;
+    const base = addr - r.base;
+    let j = 0;
+    let steps = 0;
+    for (;;) {
+      // A table of `entries` descriptors holds a chain of at most `entries`; more means a loop.
+      if (++steps > entries) this.fail('DESC_INDIRECT_LOOP', j, 'indirect table chain loops');
+      const off = base + j * DESCRIPTOR_SIZE;
+      const lo = view.getUint32(off, true);
+      const hi = view.getUint32(off + 4, true);
+      const dlen = view.getUint32(off + 8, true);
+      const dflags = view.getUint16(off + 12, true);
+      const dnext = view.getUint16(off + 14, true);
+      if ((dflags & VIRTQ_DESC_F_INDIRECT) !== 0) {
+        this.fail('DESC_INDIRECT_NESTED', j, 'indirect descriptor inside an indirect table');
+      }
+      this.push(j, lo, hi, dlen, dflags, dnext, true);
+      if ((dflags & VIRTQ_DESC_F_NEXT) === 0) return;
+      // §2.7.5.3.1: `next` indexes the indirect table.
+      if (dnext >= entries)
+        this.fail(
+          'DESC_NEXT_OUT_OF_RANGE',
+          j,
+          `next ${dnext} is outside an indirect table of ${entries}`,
+        );
+      j = dnext;
+    }
+  }
+
+  /** Throws a {@link DescriptorError} about this chain. */
+  fail(code: DescriptorErrorCode, index: number, message: string): never {
+    throw new DescriptorError(code, this.head, index, `chain ${this.head}: ${message}`);
+  }
+
+  private ensureCapacity(n: number): void {
+    if (n <= this.indices.length) return;
+    let cap = this.indices.length;
+    while (cap < n) cap *= 2;
+    const grow = <T extends Uint16Array | Float64Array | Uint32Array | Uint8Array>(
+      a: T,
+      make: (n: number) => T,
+    ): T => {
+      const b = make(cap);
+      b.set(a as never);
+      return b;
+    };
+    this.indices = grow(this.indices, (k) => new Uint16Array(k));
+    this.addrs = grow(this.addrs, (k) => new Float64Array(k));
+    this.lens = grow(this.lens, (k) => new Uint32Array(k));
+    this.flagsOf = grow(this.flagsOf, (k) => new Uint16Array(k));
+    this.nexts = grow(this.nexts, (k) => new Uint16Array(k));
+    this.fromIndirect = grow(this.fromIndirect, (k) => new Uint8Array(k));
+    while (this.regions.length < cap) this.regions.push(null);
+  }
+}

@@ -1,0 +1,5 @@
+export { type Descriptor, DescriptorChain } from './chain.js';
+export * from './constants.js';
+export { consoleLogger, type Logger, silentLogger } from './logger.js';
+export type { Queue, RingFormat } from './queue.js';
+export * from './split/index.js';

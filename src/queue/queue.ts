@@ -1,0 +1,62 @@
+import type { GuestMemory } from '../memory/guest-memory.js';
+import type { DescriptorChain } from './chain.js';
+
+/** Which ring layout the driver negotiated. */
+export type RingFormat = 'split' | 'packed';
+
+/**
+ * What device code programs against: one interface for the split ring (VIRTIO 1.2 §2.7) and
+ * the packed ring (§2.8), so a device never needs to know which one the driver negotiated.
+ *
+ * The three area addresses keep the split ring's names; for a packed ring they are the
+ * descriptor ring, the driver event suppression area and the device event suppression area
+ * (the "driver area" and "device area" of §2.6 in both cases).
+ */
+export interface Queue {
+  readonly format: RingFormat;
+
+  /** Largest size the device offers. */
+  maxSize: number;
+  /** Size the driver chose. */
+  size: number;
+  /** The driver finished configuring the queue. */
+  ready: boolean;
+  /** Descriptor area. */
+  descTableAddress: number;
+  /** Driver area. */
+  availRingAddress: number;
+  /** Device area. */
+  usedRingAddress: number;
+  /** VIRTIO_F_EVENT_IDX negotiated. */
+  usesNotifSuppression: boolean;
+  /** VIRTIO_F_INDIRECT_DESC negotiated. */
+  indirectDesc: boolean;
+
+  /** True after a successful {@link initialize}, until {@link reset}. */
+  readonly isActive: boolean;
+
+  /** Validates the configuration against the spec and `memory`; throws QueueConfigError. */
+  initialize(memory: GuestMemory): void;
+
+  /** Pops the next available chain (into `into` when given), or null when there is none. */
+  pop(into?: DescriptorChain): DescriptorChain | null;
+  /** Pops, or when empty re-enables driver notifications and returns null (see the split ring). */
+  popOrEnableNotification(into?: DescriptorChain): DescriptorChain | null;
+  /** Gives back the chain popped last. */
+  undoPop(): void;
+
+  /** Marks chain `id` (a popped chain's `head`) used with `len` bytes written. */
+  addUsed(id: number, len: number): void;
+  /** Makes every used entry added so far visible to the driver, in one publication. */
+  advanceUsedRingIdx(): void;
+  /** Whether the driver wants a used-buffer notification for what was published. */
+  prepareKick(): boolean;
+
+  /** Asks the driver to notify (true) or not to notify (false) about new chains. */
+  setNotification(enabled: boolean): boolean;
+  /** VIRTIO_F_EVENT_IDX was negotiated. */
+  enableNotifSuppression(): void;
+
+  /** Back to the state of a new queue (device reset). */
+  reset(): void;
+}

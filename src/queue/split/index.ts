@@ -1,0 +1,2 @@
+export * from './layout.js';
+export { SplitQueue, type SplitQueueOptions } from './queue.js';

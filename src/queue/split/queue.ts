@@ -1,0 +1,533 @@
+import {
+  DescriptorError,
+  hex,
+  QueueConfigError,
+  type QueueConfigErrorCode,
+  QueueStateError,
+  UsedRingError,
+} from '../../errors.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { GuestRegion } from '../../memory/region.js';
+import { DescriptorChain } from '../chain.js';
+import {
+  MAX_QUEUE_SIZE,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_USED_F_NO_NOTIFY,
+} from '../constants.js';
+import { consoleLogger, type Logger } from '../logger.js';
+import {
+  AVAIL_RING_ALIGN,
+  availRingBytes,
+  DESC_TABLE_ALIGN,
+  descTableBytes,
+  USED_RING_ALIGN,
+  usedRingBytes,
+} from './layout.js';
+
+/** Options of a {@link SplitQueue}. */
+export interface SplitQueueOptions {
+  /** Where to report a resynchronised available index (default: console). */
+  logger?: Logger;
+}
+
+const EMPTY16 = new Uint16Array(0);
+const EMPTY32 = new Uint32Array(0);
+
+/**
+ * The device side of a split virtqueue (VIRTIO 1.2 §2.7).
+ *
+ * The configuration fields (`size`, `ready`, the three ring addresses) are plain, leniently
+ * settable properties, as a transport's registers are. {@link initialize} validates them all
+ * once and builds typed-array views of the three rings; from then on the per-chain path uses
+ * only those views and the values captured at initialisation, so changing a configuration
+ * field afterwards cannot make the queue touch memory outside its rings.
+ *
+ * Ring progress fields (`avail.idx`, `used.idx`, `used_event`, `avail_event`, the flags) are
+ * accessed with `Atomics`, which orders the plain accesses to ring entries and buffers the way
+ * the seed's acquire/release/SeqCst fences do.
+ */
+export class SplitQueue implements Queue {
+  readonly format = 'split' as const;
+
+  /** Largest size the device offers (1..32768). */
+  maxSize: number;
+  /** Size the driver chose; validated by {@link initialize}. */
+  size: number;
+  /** The driver has finished configuring this queue. */
+  ready = false;
+  /** Guest-physical address of the descriptor table. */
+  descTableAddress = 0;
+  /** Guest-physical address of the available (driver) ring. */
+  availRingAddress = 0;
+  /** Guest-physical address of the used (device) ring. */
+  usedRingAddress = 0;
+  /** VIRTIO_F_EVENT_IDX negotiated: use `used_event` / `avail_event`. */
+  usesNotifSuppression = false;
+  /** VIRTIO_F_INDIRECT_DESC negotiated: accept indirect descriptors. */
+  indirectDesc = false;
+  /** How many times a wrapped available index was resynchronised. */
+  resyncCount = 0;
+
+  logger: Logger;
+
+  private _nextAvail = 0;
+  private _nextUsed = 0;
+  private _numAdded = 0;
+
+  // Captured by initialize().
+  private active = false;
+  private memory: GuestMemory | null = null;
+  private qsize = 0;
+  private desc32: Uint32Array = EMPTY32;
+  private desc16: Uint16Array = EMPTY16;
+  private avail16: Uint16Array = EMPTY16;
+  private used16: Uint16Array = EMPTY16;
+  private used32: Uint32Array = EMPTY32;
+  private usedRegion: GuestRegion | null = null;
+  private usedEventIndex = 0;
+  private availEventIndex = 0;
+
+  constructor(maxSize: number, options: SplitQueueOptions = {}) {
+    if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_QUEUE_SIZE) {
+      throw new RangeError(`max queue size ${maxSize} is not in 1..${MAX_QUEUE_SIZE}`);
+    }
+    this.maxSize = maxSize;
+    this.size = maxSize;
+    this.logger = options.logger ?? consoleLogger;
+  }
+
+  /** Index (mod 2^16) of the next available-ring entry the device will read. */
+  get nextAvail(): number {
+    return this._nextAvail;
+  }
+  set nextAvail(v: number) {
+    this._nextAvail = v & 0xffff;
+  }
+  /** Index (mod 2^16) of the next used-ring entry the device will write. */
+  get nextUsed(): number {
+    return this._nextUsed;
+  }
+  set nextUsed(v: number) {
+    this._nextUsed = v & 0xffff;
+  }
+  /** Used entries added since the last {@link prepareKick} (mod 2^16). */
+  get numAdded(): number {
+    return this._numAdded;
+  }
+  set numAdded(v: number) {
+    this._numAdded = v & 0xffff;
+  }
+
+  /** True after a successful {@link initialize}, until {@link reset}. */
+  get isActive(): boolean {
+    return this.active;
+  }
+
+  /** The queue size captured at initialisation (what the rings really hold). */
+  get activeSize(): number {
+    return this.qsize;
+  }
+
+  /** The guest memory the queue was initialised over. */
+  get guestMemory(): GuestMemory | null {
+    return this.memory;
+  }
+
+  /**
+   * Checks the configuration against VIRTIO 1.2 §2.7 and `memory`, then builds the ring views
+   * and marks the ring memory dirty. Throws {@link QueueConfigError}; on error the queue is
+   * left inactive.
+   */
+  initialize(memory: GuestMemory): void {
+    this.active = false;
+    if (!this.ready) throw new QueueConfigError('QUEUE_NOT_READY', 'ready', 'queue is not ready');
+    const size = this.size;
+    // §2.7: Queue Size is a power of 2 no larger than the device's maximum.
+    if (!Number.isInteger(size) || size <= 0 || size > this.maxSize || (size & (size - 1)) !== 0) {
+      throw new QueueConfigError('QUEUE_INVALID_SIZE', 'size', `invalid queue size ${size}`);
+    }
+    // §2.7 alignment table: descriptor table 16, available ring 2, used ring 4.
+    const desc = this.ringRegion(
+      memory,
+      'descTableAddress',
+      this.descTableAddress,
+      descTableBytes(size),
+      DESC_TABLE_ALIGN,
+    );
+    const avail = this.ringRegion(
+      memory,
+      'availRingAddress',
+      this.availRingAddress,
+      availRingBytes(size),
+      AVAIL_RING_ALIGN,
+    );
+    const used = this.ringRegion(
+      memory,
+      'usedRingAddress',
+      this.usedRingAddress,
+      usedRingBytes(size),
+      USED_RING_ALIGN,
+    );
+
+    const at = (r: GuestRegion, addr: number) => r.offset + (addr - r.base);
+    this.desc32 = new Uint32Array(desc.buffer, at(desc, this.descTableAddress), 4 * size);
+    this.desc16 = new Uint16Array(desc.buffer, at(desc, this.descTableAddress), 8 * size);
+    this.avail16 = new Uint16Array(avail.buffer, at(avail, this.availRingAddress), 3 + size);
+    this.used16 = new Uint16Array(used.buffer, at(used, this.usedRingAddress), 3 + 4 * size);
+    // The u32 view stops before avail_event (2 bytes past the last whole word).
+    this.used32 = new Uint32Array(used.buffer, at(used, this.usedRingAddress), 1 + 2 * size);
+    this.usedRegion = used;
+    this.usedEventIndex = 2 + size;
+    this.availEventIndex = 2 + 4 * size;
+    this.memory = memory;
+    this.qsize = size;
+
+    // As the seed does: ring memory counts as written from the moment the queue is live.
+    desc.markDirty(this.descTableAddress, descTableBytes(size));
+    avail.markDirty(this.availRingAddress, availRingBytes(size));
+    used.markDirty(this.usedRingAddress, usedRingBytes(size));
+    this.active = true;
+  }
+
+  private ringRegion(
+    memory: GuestMemory,
+    field: string,
+    addr: number,
+    len: number,
+    align: number,
+  ): GuestRegion {
+    const fail = (code: QueueConfigErrorCode, why: string): never => {
+      throw new QueueConfigError(code, field, `${field} ${hex(addr)} ${why}`);
+    };
+    if (!Number.isSafeInteger(addr) || addr < 0)
+      fail('QUEUE_RING_OUT_OF_MEMORY', 'is not a guest address');
+    if (addr % align !== 0) fail('QUEUE_MISALIGNED', `is not ${align}-byte aligned`);
+    const r = memory.findRegion(addr);
+    // The ring, event field included, must lie inside one region.
+    if (r === undefined || len > r.end - addr)
+      fail('QUEUE_RING_OUT_OF_MEMORY', `+${len} is not inside one memory region`);
+    return r as GuestRegion;
+  }
+
+  private requireActive(): void {
+    if (!this.active) throw new QueueStateError('QUEUE_NOT_ACTIVE', 'queue is not initialised');
+  }
+
+  // ---- ring field accessors ----
+
+  /** `avail.flags`. */
+  availRingFlagsGet(): number {
+    this.requireActive();
+    return Atomics.load(this.avail16, 0);
+  }
+
+  /** `avail.idx` (acquire). */
+  availRingIdxGet(): number {
+    this.requireActive();
+    return Atomics.load(this.avail16, 1);
+  }
+
+  /** `avail.ring[index]`, for index in [0, size). */
+  availRingRingGet(index: number): number {
+    this.requireActive();
+    if (!(index >= 0 && index < this.qsize)) throw new RangeError(`avail ring index ${index}`);
+    return this.avail16[2 + index]!;
+  }
+
+  /** `avail.used_event`. */
+  availRingUsedEventGet(): number {
+    this.requireActive();
+    return Atomics.load(this.avail16, this.usedEventIndex);
+  }
+
+  /** `used.flags`. */
+  usedRingFlagsGet(): number {
+    this.requireActive();
+    return Atomics.load(this.used16, 0);
+  }
+
+  /** Sets `used.flags`. */
+  usedRingFlagsSet(value: number): void {
+    this.requireActive();
+    Atomics.store(this.used16, 0, value);
+    this.usedRegion!.markPageDirty(this.usedRingAddress);
+  }
+
+  /** `used.idx`. */
+  usedRingIdxGet(): number {
+    this.requireActive();
+    return Atomics.load(this.used16, 1);
+  }
+
+  /** Sets `used.idx` (release). */
+  usedRingIdxSet(value: number): void {
+    this.requireActive();
+    Atomics.store(this.used16, 1, value);
+    this.usedRegion!.markPageDirty(this.usedRingAddress + 2);
+  }
+
+  /** Writes `used.ring[index]`, for index in [0, size). */
+  usedRingRingSet(index: number, id: number, len: number): void {
+    this.requireActive();
+    if (!(index >= 0 && index < this.qsize)) throw new RangeError(`used ring index ${index}`);
+    this.used32[1 + 2 * index] = id;
+    this.used32[2 + 2 * index] = len;
+    this.usedRegion!.markDirty(this.usedRingAddress + 4 + 8 * index, 8);
+  }
+
+  /** Reads `used.ring[index]` as [id, len]. */
+  usedRingRingGet(index: number): [number, number] {
+    this.requireActive();
+    if (!(index >= 0 && index < this.qsize)) throw new RangeError(`used ring index ${index}`);
+    return [this.used32[1 + 2 * index]!, this.used32[2 + 2 * index]!];
+  }
+
+  /** `used.avail_event`. */
+  usedRingAvailEventGet(): number {
+    this.requireActive();
+    return Atomics.load(this.used16, this.availEventIndex);
+  }
+
+  /** Sets `used.avail_event`. */
+  usedRingAvailEventSet(value: number): void {
+    this.requireActive();
+    Atomics.store(this.used16, this.availEventIndex, value);
+    this.usedRegion!.markPageDirty(this.usedRingAddress + 2 * this.availEventIndex);
+  }
+
+  // ---- available side ----
+
+  /** Chains the driver has made available and the device has not popped (mod 2^16). */
+  len(): number {
+    this.requireActive();
+    return (Atomics.load(this.avail16, 1) - this._nextAvail) & 0xffff;
+  }
+
+  /** True when no chain is waiting. */
+  isEmpty(): boolean {
+    return this.len() === 0;
+  }
+
+  /**
+   * Like {@link len}, but a driver index claiming more than `size` pending chains (possible
+   * after restoring a snapshot, or from a hostile driver) resynchronises `nextAvail` to it,
+   * clears `numAdded`, warns, and reports 0, exactly as the seed does.
+   */
+  private lenSanitized(): number {
+    const availIdx = Atomics.load(this.avail16, 1);
+    const len = (availIdx - this._nextAvail) & 0xffff;
+    if (len > this.qsize) {
+      this.resyncCount++;
+      this.logger.warn('available index wrapped; resynchronising', {
+        availIdx,
+        nextAvail: this._nextAvail,
+        size: this.qsize,
+      });
+      this._nextAvail = availIdx;
+      this._numAdded = 0;
+      return 0;
+    }
+    return len;
+  }
+
+  /**
+   * Pops the next available chain, or returns null when there is none. The chain is parsed
+   * into `into` when given (no allocation), else into a new {@link DescriptorChain}.
+   *
+   * A malformed chain throws {@link DescriptorError}; the chain's ring entry is consumed
+   * either way, so a device that chooses to carry on does not see it again.
+   */
+  pop(into?: DescriptorChain): DescriptorChain | null {
+    this.requireActive();
+    if (this.lenSanitized() === 0) return null;
+    return this.popUnchecked(into);
+  }
+
+  /**
+   * With notification suppression: pops a chain, or, when there is none, publishes
+   * `avail_event` so the driver notifies the device of the next one, and returns null.
+   * Without it: the same as {@link pop}.
+   */
+  popOrEnableNotification(into?: DescriptorChain): DescriptorChain | null {
+    if (!this.usesNotifSuppression) return this.pop(into);
+    this.requireActive();
+    if (this.tryEnableNotification()) return null;
+    return this.popUnchecked(into);
+  }
+
+  private popUnchecked(into: DescriptorChain | undefined): DescriptorChain {
+    // The Atomics.load of avail.idx in lenSanitized() orders this read of the ring entry.
+    const head = this.avail16[2 + (this._nextAvail & (this.qsize - 1))]!;
+    this._nextAvail = (this._nextAvail + 1) & 0xffff;
+    const chain = into ?? new DescriptorChain(Math.min(this.qsize, 16));
+    this.parseChain(head, chain);
+    return chain;
+  }
+
+  /**
+   * Reads and validates the chain whose head is descriptor `head` (the seed's
+   * `DescriptorChain::checked_new`, extended to the whole chain).
+   */
+  chainAt(head: number, into?: DescriptorChain): DescriptorChain {
+    this.requireActive();
+    const chain = into ?? new DescriptorChain(Math.min(this.qsize, 16));
+    this.parseChain(head, chain);
+    return chain;
+  }
+
+  private parseChain(head: number, chain: DescriptorChain): void {
+    const size = this.qsize;
+    chain.begin(head, this.memory!, size, this.indirectDesc);
+    // §2.7.13.2 (avail ring): the driver puts only valid head indices there.
+    if (!(head >= 0 && head < size)) {
+      throw new DescriptorError(
+        'DESC_HEAD_OUT_OF_RANGE',
+        head,
+        head,
+        `chain head ${head} is outside a table of ${size}`,
+      );
+    }
+    const t32 = this.desc32;
+    const t16 = this.desc16;
+    let i = head;
+    for (;;) {
+      const w = i << 2;
+      const flags = t16[(i << 3) + 6]!;
+      const next = t16[(i << 3) + 7]!;
+      if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
+        chain.pushIndirect(i, t32[w]!, t32[w + 1]!, t32[w + 2]!, flags);
+        break;
+      }
+      // push() bounds the chain at `size` descriptors (§2.7.5.3.1: no chain is longer than the
+      // queue), which is also what stops a driver-made loop.
+      chain.push(i, t32[w]!, t32[w + 1]!, t32[w + 2]!, flags, next, false);
+      chain.ringCount++;
+      if ((flags & VIRTQ_DESC_F_NEXT) === 0) break;
+      // §2.7.5: `next` must index the descriptor table.
+      if (next >= size)
+        chain.fail('DESC_NEXT_OUT_OF_RANGE', i, `next ${next} is outside a table of ${size}`);
+      i = next;
+    }
+    chain.end();
+  }
+
+  /** Gives back the chain popped last, so the next pop returns it again. */
+  undoPop(): void {
+    this._nextAvail = (this._nextAvail - 1) & 0xffff;
+  }
+
+  // ---- used side ----
+
+  /**
+   * Writes used element (id, len) at ring position `nextUsed + offset`, without publishing it.
+   * `id` must be a descriptor index of this queue.
+   */
+  writeUsedElement(offset: number, id: number, len: number): void {
+    this.requireActive();
+    const size = this.qsize;
+    if (!(id >= 0 && id < size) || id !== (id | 0)) throw new UsedRingError(id, size);
+    if (len >>> 0 !== len) throw new RangeError(`used length ${len} is not a u32`);
+    const slot = (this._nextUsed + offset) & (size - 1);
+    const w = 1 + 2 * slot;
+    this.used32[w] = id;
+    this.used32[w + 1] = len;
+    this.usedRegion!.markDirty(this.usedRingAddress + 4 + 8 * slot, 8);
+  }
+
+  /** Counts `n` more used elements as written (they are published by {@link advanceUsedRingIdx}). */
+  advanceNextUsed(n: number): void {
+    this._numAdded = (this._numAdded + n) & 0xffff;
+    this._nextUsed = (this._nextUsed + n) & 0xffff;
+  }
+
+  /** Publishes every used element written so far: one release store of `used.idx`. */
+  advanceUsedRingIdx(): void {
+    this.requireActive();
+    Atomics.store(this.used16, 1, this._nextUsed);
+    this.usedRegion!.markPageDirty(this.usedRingAddress + 2);
+  }
+
+  /** Adds a used element for chain `id` with `len` bytes written; publish with {@link advanceUsedRingIdx}. */
+  addUsed(id: number, len: number): void {
+    this.writeUsedElement(0, id, len);
+    this.advanceNextUsed(1);
+  }
+
+  // ---- notifications ----
+
+  /** Notification suppression (VIRTIO_F_EVENT_IDX) was negotiated. */
+  enableNotifSuppression(): void {
+    this.usesNotifSuppression = true;
+  }
+
+  /**
+   * With notification suppression: if no chain is pending, writes `avail_event = nextAvail` and
+   * returns true when the driver still has published nothing new after that (so a notification
+   * is guaranteed for the next chain); returns false when chains are (or became) available.
+   * Without it: always true.
+   */
+  tryEnableNotification(): boolean {
+    if (!this.usesNotifSuppression) return true;
+    this.requireActive();
+    if (this.lenSanitized() !== 0) return false;
+    Atomics.store(this.used16, this.availEventIndex, this._nextAvail);
+    this.usedRegion!.markPageDirty(this.usedRingAddress + 2 * this.availEventIndex);
+    // Both accesses are sequentially consistent: the store is visible before this load.
+    return this._nextAvail === Atomics.load(this.avail16, 1);
+  }
+
+  /**
+   * Asks the driver not to notify (`enabled = false`) or to notify again. With notification
+   * suppression this moves `avail_event` (only enabling has an effect); without it, it sets or
+   * clears VIRTQ_USED_F_NO_NOTIFY (§2.7.10). Returns what {@link tryEnableNotification} would.
+   */
+  setNotification(enabled: boolean): boolean {
+    this.requireActive();
+    if (this.usesNotifSuppression) return enabled ? this.tryEnableNotification() : true;
+    Atomics.store(this.used16, 0, enabled ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+    this.usedRegion!.markPageDirty(this.usedRingAddress);
+    return true;
+  }
+
+  /**
+   * Whether the driver needs a used-buffer notification for the elements published since the
+   * last call (Linux's `vring_need_event` over the batch). With notification suppression this
+   * clears `numAdded`. Without it, it honours VIRTQ_AVAIL_F_NO_INTERRUPT (§2.7.7).
+   */
+  prepareKick(): boolean {
+    this.requireActive();
+    if (!this.usesNotifSuppression) {
+      return (Atomics.load(this.avail16, 0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    }
+    const newIdx = this._nextUsed;
+    const oldIdx = (newIdx - this._numAdded) & 0xffff;
+    const usedEvent = Atomics.load(this.avail16, this.usedEventIndex);
+    this._numAdded = 0;
+    return ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+  }
+
+  /** Back to the state of a new queue (device reset, §2.4): inactive, size = maxSize, zeroes. */
+  reset(): void {
+    this.ready = false;
+    this.size = this.maxSize;
+    this.descTableAddress = 0;
+    this.availRingAddress = 0;
+    this.usedRingAddress = 0;
+    this._nextAvail = 0;
+    this._nextUsed = 0;
+    this._numAdded = 0;
+    this.usesNotifSuppression = false;
+    this.indirectDesc = false;
+    this.active = false;
+    this.memory = null;
+    this.qsize = 0;
+    this.desc32 = EMPTY32;
+    this.desc16 = EMPTY16;
+    this.avail16 = EMPTY16;
+    this.used16 = EMPTY16;
+    this.used32 = EMPTY32;
+    this.usedRegion = null;
+  }
+}
