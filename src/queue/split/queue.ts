@@ -17,6 +17,7 @@ import {
   VIRTQ_USED_F_NO_NOTIFY,
 } from '../constants.js';
 import { consoleLogger, type Logger } from '../logger.js';
+import type { Queue } from '../queue.js';
 import {
   AVAIL_RING_ALIGN,
   availRingBytes,
