@@ -3,3 +3,11 @@ export * from './constants.js';
 export { consoleLogger, type Logger, silentLogger } from './logger.js';
 export type { Queue, RingFormat } from './queue.js';
 export * from './split/index.js';
+export {
+  type PackedQueueState,
+  QUEUE_STATE_VERSION,
+  type QueueState,
+  type QueueStateCommon,
+  type SplitQueueState,
+  StateReader,
+} from './state.js';

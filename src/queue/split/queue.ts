@@ -1,9 +1,11 @@
 import {
   DescriptorError,
   hex,
+  isVirtqError,
   QueueConfigError,
   type QueueConfigErrorCode,
   QueueStateError,
+  SnapshotError,
   UsedRingError,
 } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
@@ -18,6 +20,7 @@ import {
 } from '../constants.js';
 import { consoleLogger, type Logger } from '../logger.js';
 import type { Queue } from '../queue.js';
+import { QUEUE_STATE_VERSION, type SplitQueueState, StateReader } from '../state.js';
 import {
   AVAIL_RING_ALIGN,
   availRingBytes,
@@ -456,6 +459,19 @@ export class SplitQueue implements Queue {
     this.advanceNextUsed(1);
   }
 
+  /**
+   * In-order completion (VIRTIO_F_IN_ORDER, §2.7.9): marks the next `count` chains used with a
+   * single used entry, for `lastId` (the head of the batch's last chain) with `lastLen` bytes,
+   * written at the batch's first used slot; `used.idx` then advances by `count` when published.
+   */
+  addUsedBatch(count: number, lastId: number, lastLen: number): void {
+    if (!Number.isInteger(count) || count < 1 || count > this.qsize) {
+      throw new RangeError(`in-order batch of ${count} chains on a queue of ${this.qsize}`);
+    }
+    this.writeUsedElement(0, lastId, lastLen);
+    this.advanceNextUsed(count);
+  }
+
   // ---- notifications ----
 
   /** Notification suppression (VIRTIO_F_EVENT_IDX) was negotiated. */
@@ -507,6 +523,73 @@ export class SplitQueue implements Queue {
     const usedEvent = Atomics.load(this.avail16, this.usedEventIndex);
     this._numAdded = 0;
     return ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+  }
+
+  // ---- snapshots ----
+
+  /** The queue's whole state as a plain, versioned, JSON-safe object. */
+  save(): SplitQueueState {
+    return {
+      version: QUEUE_STATE_VERSION,
+      format: 'split',
+      maxSize: this.maxSize,
+      size: this.size,
+      ready: this.ready,
+      descTableAddress: this.descTableAddress,
+      availRingAddress: this.availRingAddress,
+      usedRingAddress: this.usedRingAddress,
+      eventIdx: this.usesNotifSuppression,
+      indirectDesc: this.indirectDesc,
+      active: this.active,
+      nextAvail: this._nextAvail,
+      nextUsed: this._nextUsed,
+      numAdded: this._numAdded,
+    };
+  }
+
+  /**
+   * Builds a queue from a saved state, validating every field; an active state is initialised
+   * over `memory` (so its rings are checked against it). Throws {@link SnapshotError} naming
+   * the first bad field.
+   */
+  static fromState(
+    state: unknown,
+    memory: GuestMemory | null,
+    options: SplitQueueOptions = {},
+  ): SplitQueue {
+    const r = StateReader.root(state, 'split');
+    r.literal('format', ['split']);
+    const c = r.common(MAX_QUEUE_SIZE);
+    const q = new SplitQueue(c.maxSize, options);
+    q.size = c.size;
+    q.ready = c.ready;
+    q.descTableAddress = c.descTableAddress;
+    q.availRingAddress = c.availRingAddress;
+    q.usedRingAddress = c.usedRingAddress;
+    q.usesNotifSuppression = c.eventIdx;
+    q.indirectDesc = c.indirectDesc;
+    q._nextAvail = r.int('nextAvail', 0, 0xffff);
+    q._nextUsed = r.int('nextUsed', 0, 0xffff);
+    q._numAdded = r.int('numAdded', 0, 0xffff);
+    if (c.active) {
+      if (memory === null)
+        throw new SnapshotError('split.active', 'an active queue needs guest memory');
+      try {
+        q.initialize(memory);
+      } catch (e) {
+        if (isVirtqError(e) && e instanceof QueueConfigError) {
+          throw new SnapshotError(`split.${e.field}`, e.message);
+        }
+        throw e;
+      }
+    }
+    return q;
+  }
+
+  /** Replaces this queue's state with a saved one; on error this queue is left unchanged. */
+  restore(state: unknown, memory: GuestMemory | null): void {
+    const q = SplitQueue.fromState(state, memory, { logger: this.logger });
+    Object.assign(this, q);
   }
 
   /** Back to the state of a new queue (device reset, §2.4): inactive, size = maxSize, zeroes. */
