@@ -28,6 +28,11 @@ export interface SplitDriverOptions {
   layout?: SplitLayout;
   /** VIRTIO_F_EVENT_IDX negotiated. */
   eventIdx?: boolean;
+  /**
+   * VIRTIO_F_IN_ORDER negotiated: descriptors are used in ring order (§2.7.5) and the device
+   * may return a batch with one used entry for its last chain (§2.7.9).
+   */
+  inOrder?: boolean;
 }
 
 /** Thrown when the device breaks the used-ring rules as seen by the driver. */
@@ -50,6 +55,7 @@ export class SplitDriver {
   readonly size: number;
   readonly layout: SplitLayout;
   eventIdx: boolean;
+  readonly inOrder: boolean;
 
   /** Descriptors not in any chain. */
   numFree: number;
@@ -63,6 +69,13 @@ export class SplitDriver {
   /** For each head in flight: bytes the device may write. */
   private readonly chainWritable: Float64Array;
   private readonly chainNext: Uint16Array;
+  /** In-order mode: next descriptor to allocate, heads in flight in avail order, batch state. */
+  private allocPos = 0;
+  private readonly fifo: Uint16Array;
+  private fifoFirst = 0;
+  private fifoCount = 0;
+  private batchLeft = 0;
+  private batchLen = 0;
   private availShadow = 0;
   private kickedIdx = 0;
   private lastUsed = 0;
@@ -82,6 +95,8 @@ export class SplitDriver {
     this.size = size;
     this.layout = options.layout ?? splitLayout(options.base ?? 0, size);
     this.eventIdx = options.eventIdx ?? false;
+    this.inOrder = options.inOrder ?? false;
+    this.fifo = new Uint16Array(size);
     const view = <T>(
       addr: number,
       bytes: number,
@@ -124,6 +139,13 @@ export class SplitDriver {
   }
 
   private allocate(): number {
+    if (this.inOrder) {
+      // §2.7.5: with IN_ORDER, descriptors are used in ring order, wrapping at the end.
+      const i = this.allocPos;
+      this.allocPos = (i + 1) & (this.size - 1);
+      this.numFree--;
+      return i;
+    }
     const i = this.freeHead;
     this.freeHead = this.freeNext[i]!;
     this.numFree--;
@@ -139,7 +161,7 @@ export class SplitDriver {
     if (n === 0) throw new RangeError('a chain needs at least one buffer');
     // §2.7.13.1: a chain needs that many free descriptors.
     if (n > this.numFree) throw new RangeError(`need ${n} descriptors, ${this.numFree} free`);
-    const head = this.freeHead;
+    const head = this.inOrder ? this.allocPos : this.freeHead;
     let prev = -1;
     let writableBytes = 0;
     for (let k = 0; k < n; k++) {
@@ -194,6 +216,10 @@ export class SplitDriver {
   }
 
   private pushAvail(head: number): void {
+    if (this.inOrder) {
+      this.fifo[(this.fifoFirst + this.fifoCount) & (this.size - 1)] = head;
+      this.fifoCount++;
+    }
     this.avail16[2 + (this.availShadow & (this.size - 1))] = head;
     this.availShadow = (this.availShadow + 1) & 0xffff;
   }
@@ -226,7 +252,7 @@ export class SplitDriver {
 
   /** True when the device has published used elements the driver has not collected. */
   hasUsed(): boolean {
-    return Atomics.load(this.used16, 1) !== this.lastUsed;
+    return this.batchLeft > 0 || Atomics.load(this.used16, 1) !== this.lastUsed;
   }
 
   /**
@@ -236,6 +262,7 @@ export class SplitDriver {
    * claims to have written more than the chain's writable bytes (§2.7.8.2).
    */
   popUsed(): number {
+    if (this.inOrder) return this.popUsedInOrder();
     const usedIdx = Atomics.load(this.used16, 1);
     if (usedIdx === this.lastUsed) return -1;
     if (((usedIdx - this.lastUsed) & 0xffff) > this.size) {
@@ -255,6 +282,59 @@ export class SplitDriver {
         `device wrote ${len} bytes into a chain of ${this.chainWritable[id]} writable`,
       );
     }
+    this.release(id);
+    if (this.eventIdx) Atomics.store(this.avail16, 2 + this.size, this.lastUsed);
+    this.lastUsedLen = len;
+    return id;
+  }
+
+  /**
+   * In-order collection: a used entry names the last chain of a batch that starts at the
+   * oldest chain in flight; the chains before it in the batch are returned first (with their
+   * whole writable length, as the device used them completely), then the named one with the
+   * entry's length.
+   */
+  private popUsedInOrder(): number {
+    if (this.batchLeft === 0) {
+      const usedIdx = Atomics.load(this.used16, 1);
+      const published = (usedIdx - this.lastUsed) & 0xffff;
+      if (published === 0) return -1;
+      if (published > this.size) {
+        throw new DeviceBehaviourError(
+          `used.idx ${usedIdx} runs more than a ring ahead of ${this.lastUsed}`,
+        );
+      }
+      const slot = this.lastUsed & (this.size - 1);
+      const id = this.used32[1 + 2 * slot]!;
+      let k = 0;
+      while (k < this.fifoCount && this.fifo[(this.fifoFirst + k) & (this.size - 1)] !== id) k++;
+      if (k === this.fifoCount || k + 1 > published) {
+        throw new DeviceBehaviourError(
+          `in-order used entry names id ${id}, not a chain it may complete`,
+        );
+      }
+      this.batchLeft = k + 1;
+      this.batchLen = this.used32[2 + 2 * slot]!;
+      this.lastUsed = (this.lastUsed + k + 1) & 0xffff;
+      if (this.eventIdx) Atomics.store(this.avail16, 2 + this.size, this.lastUsed);
+    }
+    const head = this.fifo[this.fifoFirst]!;
+    this.fifoFirst = (this.fifoFirst + 1) & (this.size - 1);
+    this.fifoCount--;
+    this.batchLeft--;
+    const len = this.batchLeft === 0 ? this.batchLen : this.chainWritable[head]!;
+    if (len > this.chainWritable[head]!) {
+      throw new DeviceBehaviourError(
+        `device wrote ${len} bytes into a chain of ${this.chainWritable[head]} writable`,
+      );
+    }
+    this.numFree += this.chainDescs[head]!;
+    this.chainDescs[head] = 0;
+    this.lastUsedLen = len;
+    return head;
+  }
+
+  private release(id: number): void {
     // Give the chain's descriptors back.
     let i = id;
     for (let k = this.chainDescs[id]!; k > 1; k--) {
@@ -266,9 +346,6 @@ export class SplitDriver {
     this.freeHead = id;
     this.numFree += this.chainDescs[id]!;
     this.chainDescs[id] = 0;
-    if (this.eventIdx) Atomics.store(this.avail16, 2 + this.size, this.lastUsed);
-    this.lastUsedLen = len;
-    return id;
   }
 
   /** Index the driver has consumed up to (its `last_used_idx`). */

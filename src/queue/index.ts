@@ -1,5 +1,6 @@
 export { type Descriptor, DescriptorChain } from './chain.js';
 export * from './constants.js';
+export { InOrderCompleter, type InOrderTarget } from './in-order.js';
 export { consoleLogger, type Logger, silentLogger } from './logger.js';
 export type { Queue, RingFormat } from './queue.js';
 export * from './split/index.js';
