@@ -349,19 +349,27 @@ export class GuestMemory {
 
   /** True when the page holding `addr` has been written since the last clear. */
   isPageDirty(addr: number): boolean {
-    const r = this.findRegion(addr);
-    if (r === undefined) return false;
-    const p = Math.floor(addr / 4096) - r.firstPage;
-    return (Atomics.load(r.dirty, p >>> 5) & (1 << (p & 31))) !== 0;
+    const page = Math.floor(addr / 4096);
+    // Neighbouring regions can share a page (bases need only be multiples of 8), each with its
+    // own bit for it: the page is dirty when any of them marked it.
+    for (const r of this.regions) {
+      const p = page - r.firstPage;
+      if (!(p >= 0 && p < r.pageCount)) continue; // also rejects NaN
+      if ((Atomics.load(r.dirty, p >>> 5) & (1 << (p & 31))) !== 0) return true;
+    }
+    return false;
   }
 
-  /** Guest-physical page numbers of every dirty page, ascending. */
+  /** Guest-physical page numbers of every dirty page, ascending, each once. */
   dirtyPages(): number[] {
     const out: number[] = [];
     for (const r of this.regions) {
       const pages = r.pageCount;
       for (let p = 0; p < pages; p++) {
-        if ((Atomics.load(r.dirty, p >>> 5) & (1 << (p & 31))) !== 0) out.push(r.firstPage + p);
+        if ((Atomics.load(r.dirty, p >>> 5) & (1 << (p & 31))) === 0) continue;
+        // Two regions can share a page (bases need only be multiples of 8): list it once.
+        const page = r.firstPage + p;
+        if (out[out.length - 1] !== page) out.push(page);
       }
     }
     return out;

@@ -90,6 +90,11 @@ export class SplitQueue implements Queue {
   private used16: Uint16Array = EMPTY16;
   private used32: Uint32Array = EMPTY32;
   private usedRegion: GuestRegion | null = null;
+  /**
+   * Used ring address captured by initialize(). Dirty tracking uses it, never the register
+   * field, which the guest may rewrite while the queue is live.
+   */
+  private usedAddr = 0;
   private usedEventIndex = 0;
   private availEventIndex = 0;
 
@@ -183,6 +188,7 @@ export class SplitQueue implements Queue {
     // The u32 view stops before avail_event (2 bytes past the last whole word).
     this.used32 = new Uint32Array(used.buffer, at(used, this.usedRingAddress), 1 + 2 * size);
     this.usedRegion = used;
+    this.usedAddr = this.usedRingAddress;
     this.usedEventIndex = 2 + size;
     this.availEventIndex = 2 + 4 * size;
     this.memory = memory;
@@ -256,7 +262,7 @@ export class SplitQueue implements Queue {
   usedRingFlagsSet(value: number): void {
     this.requireActive();
     Atomics.store(this.used16, 0, value);
-    this.usedRegion!.markPageDirty(this.usedRingAddress);
+    this.usedRegion!.markPageDirty(this.usedAddr);
   }
 
   /** `used.idx`. */
@@ -269,7 +275,7 @@ export class SplitQueue implements Queue {
   usedRingIdxSet(value: number): void {
     this.requireActive();
     Atomics.store(this.used16, 1, value);
-    this.usedRegion!.markPageDirty(this.usedRingAddress + 2);
+    this.usedRegion!.markPageDirty(this.usedAddr + 2);
   }
 
   /** Writes `used.ring[index]`, for index in [0, size). */
@@ -278,7 +284,7 @@ export class SplitQueue implements Queue {
     if (!(index >= 0 && index < this.qsize)) throw new RangeError(`used ring index ${index}`);
     this.used32[1 + 2 * index] = id;
     this.used32[2 + 2 * index] = len;
-    this.usedRegion!.markDirty(this.usedRingAddress + 4 + 8 * index, 8);
+    this.usedRegion!.markDirty(this.usedAddr + 4 + 8 * index, 8);
   }
 
   /** Reads `used.ring[index]` as [id, len]. */
@@ -298,7 +304,7 @@ export class SplitQueue implements Queue {
   usedRingAvailEventSet(value: number): void {
     this.requireActive();
     Atomics.store(this.used16, this.availEventIndex, value);
-    this.usedRegion!.markPageDirty(this.usedRingAddress + 2 * this.availEventIndex);
+    this.usedRegion!.markPageDirty(this.usedAddr + 2 * this.availEventIndex);
   }
 
   // ---- available side ----
@@ -437,7 +443,7 @@ export class SplitQueue implements Queue {
     const w = 1 + 2 * slot;
     this.used32[w] = id;
     this.used32[w + 1] = len;
-    this.usedRegion!.markDirty(this.usedRingAddress + 4 + 8 * slot, 8);
+    this.usedRegion!.markDirty(this.usedAddr + 4 + 8 * slot, 8);
   }
 
   /** Counts `n` more used elements as written (they are published by {@link advanceUsedRingIdx}). */
@@ -450,7 +456,7 @@ export class SplitQueue implements Queue {
   advanceUsedRingIdx(): void {
     this.requireActive();
     Atomics.store(this.used16, 1, this._nextUsed);
-    this.usedRegion!.markPageDirty(this.usedRingAddress + 2);
+    this.usedRegion!.markPageDirty(this.usedAddr + 2);
   }
 
   /** Adds a used element for chain `id` with `len` bytes written; publish with {@link advanceUsedRingIdx}. */
@@ -465,6 +471,8 @@ export class SplitQueue implements Queue {
    * written at the batch's first used slot; `used.idx` then advances by `count` when published.
    */
   addUsedBatch(count: number, lastId: number, lastLen: number): void {
+    // An inactive queue (say, reset by the guest) is QUEUE_NOT_ACTIVE, not a bad count.
+    this.requireActive();
     if (!Number.isInteger(count) || count < 1 || count > this.qsize) {
       throw new RangeError(`in-order batch of ${count} chains on a queue of ${this.qsize}`);
     }
@@ -490,7 +498,7 @@ export class SplitQueue implements Queue {
     this.requireActive();
     if (this.lenSanitized() !== 0) return false;
     Atomics.store(this.used16, this.availEventIndex, this._nextAvail);
-    this.usedRegion!.markPageDirty(this.usedRingAddress + 2 * this.availEventIndex);
+    this.usedRegion!.markPageDirty(this.usedAddr + 2 * this.availEventIndex);
     // Both accesses are sequentially consistent: the store is visible before this load.
     return this._nextAvail === Atomics.load(this.avail16, 1);
   }
@@ -504,7 +512,7 @@ export class SplitQueue implements Queue {
     this.requireActive();
     if (this.usesNotifSuppression) return enabled ? this.tryEnableNotification() : true;
     Atomics.store(this.used16, 0, enabled ? 0 : VIRTQ_USED_F_NO_NOTIFY);
-    this.usedRegion!.markPageDirty(this.usedRingAddress);
+    this.usedRegion!.markPageDirty(this.usedAddr);
     return true;
   }
 
@@ -613,5 +621,6 @@ export class SplitQueue implements Queue {
     this.used16 = EMPTY16;
     this.used32 = EMPTY32;
     this.usedRegion = null;
+    this.usedAddr = 0;
   }
 }
