@@ -32,6 +32,8 @@ export type VirtqErrorCode =
   | 'DESC_PACKED_BAD_ID'
   // used ring
   | 'USED_ID_OUT_OF_RANGE'
+  // scatter-gather access to a chain's buffers
+  | 'IOVEC_SHORT'
   // queue state
   | 'QUEUE_NOT_ACTIVE'
   | 'QUEUE_BROKEN'
@@ -124,6 +126,27 @@ export class UsedRingError extends VirtqError {
   constructor(id: number, size: number) {
     super('USED_ID_OUT_OF_RANGE', `used id ${id} is out of range for a queue of size ${size}`);
     this.id = id;
+  }
+}
+
+/**
+ * A device asked a chain's reader or writer for more bytes than the driver's buffers hold
+ * (an exact read, write, skip, copy or split past the end). Nothing was consumed.
+ */
+export class IovecError extends VirtqError {
+  declare readonly code: 'IOVEC_SHORT';
+  /** Bytes the operation needed. */
+  readonly requested: number;
+  /** Bytes the reader or writer had left. */
+  readonly available: number;
+
+  constructor(operation: string, requested: number, available: number) {
+    super(
+      'IOVEC_SHORT',
+      `${operation} needs ${requested} bytes but the chain has ${available} left`,
+    );
+    this.requested = requested;
+    this.available = available;
   }
 }
 

@@ -1,4 +1,5 @@
 export * from './driver/index.js';
 export * from './errors.js';
+export * from './iovec/index.js';
 export * from './memory/index.js';
 export * from './queue/index.js';
