@@ -1,4 +1,5 @@
 import { SnapshotError } from '../errors.js';
+import { U64_UNSAFE } from '../memory/guest-memory.js';
 
 /** Version of the saved queue state format. Bumped on any incompatible change. */
 export const QUEUE_STATE_VERSION = 1;
@@ -107,18 +108,34 @@ export class StateReader {
     return v;
   }
 
-  /** Fields common to both formats, with the cross-field rules they obey. */
-  common(maxQueueSize: number): Omit<QueueStateCommon, 'version'> {
+  /**
+   * A ring address register: a non-negative safe integer, or U64_UNSAFE, which is what a
+   * transport stores for a guest-written u64 at or above 2^53 (and initialize() rejects).
+   */
+  address(field: string): number {
+    if (this.obj[field] === U64_UNSAFE) return U64_UNSAFE;
+    return this.int(field, 0, Number.MAX_SAFE_INTEGER);
+  }
+
+  /**
+   * Fields common to both formats, with the cross-field rules they obey. `size` and the ring
+   * addresses are registers the driver writes: until the queue is active they may hold any
+   * value a transport stores (an out-of-range size, an unsafe address), and save() of such a
+   * queue must restore. An active state is checked by initialize() when it is restored.
+   * `sizeLimit` bounds `size` (default: `maxSize`, for a format that sizes its restored
+   * bookkeeping by it); the split ring passes 0xffffffff (a u32 register).
+   */
+  common(maxQueueSize: number, sizeLimit?: number): Omit<QueueStateCommon, 'version'> {
     this.literal('version', [QUEUE_STATE_VERSION]);
     const maxSize = this.int('maxSize', 1, maxQueueSize);
-    const size = this.int('size', 0, maxSize);
+    const size = this.int('size', 0, sizeLimit ?? maxSize);
     return {
       maxSize,
       size,
       ready: this.bool('ready'),
-      descTableAddress: this.int('descTableAddress', 0, Number.MAX_SAFE_INTEGER),
-      availRingAddress: this.int('availRingAddress', 0, Number.MAX_SAFE_INTEGER),
-      usedRingAddress: this.int('usedRingAddress', 0, Number.MAX_SAFE_INTEGER),
+      descTableAddress: this.address('descTableAddress'),
+      availRingAddress: this.address('availRingAddress'),
+      usedRingAddress: this.address('usedRingAddress'),
       eventIdx: this.bool('eventIdx'),
       indirectDesc: this.bool('indirectDesc'),
       active: this.bool('active'),

@@ -567,7 +567,8 @@ export class SplitQueue implements Queue {
   ): SplitQueue {
     const r = StateReader.root(state, 'split');
     r.literal('format', ['split']);
-    const c = r.common(MAX_QUEUE_SIZE);
+    // Any u32 the guest wrote to the size register restores; initialize() judges an active one.
+    const c = r.common(MAX_QUEUE_SIZE, 0xffffffff);
     const q = new SplitQueue(c.maxSize, options);
     q.size = c.size;
     q.ready = c.ready;
