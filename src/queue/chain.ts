@@ -13,6 +13,11 @@ const TWO_32 = 2 ** 32;
 /** VIRTIO 1.2 §2.7.5.2 / §2.8.5: a chain carries at most 2^32 bytes in total. */
 const MAX_CHAIN_BYTES = TWO_32;
 
+/** A guest address from the two u32 halves of a descriptor's u64 field (see U64_UNSAFE). */
+function joinAddr(lo: number, hi: number): number {
+  return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
+}
+
 /** One descriptor of a chain, as a plain object (for tests, logs and iteration). */
 export interface Descriptor {
   /** Index in the table the descriptor came from (the ring's table, or an indirect table). */
@@ -252,7 +257,7 @@ export class DescriptorChain {
       this.fail('DESC_CHAIN_TOO_LONG', index, `chain is longer than ${this.limit} descriptors`);
     }
     if (n >= this.indices.length) this.ensureCapacity(n + 1);
-    const addr = addrHi >= 0x200000 ? U64_UNSAFE : addrHi * TWO_32 + addrLo;
+    const addr = joinAddr(addrLo, addrHi);
     if ((flags & VIRTQ_DESC_F_WRITE) !== 0) {
       if (this.writableStart < 0) this.writableStart = n;
       this.writableLength += len;
@@ -296,56 +301,14 @@ export class DescriptorChain {
 
   /**
    * Follows an indirect descriptor (`index`, with the given raw fields) into its table and
-   * pushes every descriptor of the table's chain (VIRTIO 1.2 §2.7.5.3, §2.8.6).
+   * pushes every descriptor of the table's chain (VIRTIO 1.2 §2.7.5.3): split-format entries
+   * linked by NEXT / `next` inside the table.
    */
   pushIndirect(index: number, addrLo: number, addrHi: number, len: number, flags: number): void {
-    // §2.7.5.3.1: the driver MUST NOT set INDIRECT unless VIRTIO_F_INDIRECT_DESC was negotiated.
-    if (!this.allowIndirect) {
-      this.fail(
-        'DESC_INDIRECT_NOT_NEGOTIATED',
-        index,
-        'indirect descriptor without VIRTIO_F_INDIRECT_DESC',
-      );
-    }
-    // §2.7.5.3.1: an indirect table MUST NOT itself contain an indirect descriptor, and a chain
-    // has at most one.
-    if (this.sawIndirect)
-      this.fail('DESC_INDIRECT_NESTED', index, 'indirect descriptor inside an indirect table');
-    // §2.7.5.3.1: the driver MUST NOT set both INDIRECT and NEXT.
-    if ((flags & VIRTQ_DESC_F_NEXT) !== 0) {
-      this.fail('DESC_INDIRECT_WITH_NEXT', index, 'indirect descriptor with NEXT set');
-    }
-    // §2.7.5.3: the table is an array of 16-byte descriptors; it cannot be empty.
-    if (len === 0 || len % DESCRIPTOR_SIZE !== 0) {
-      this.fail(
-        'DESC_INDIRECT_BAD_LENGTH',
-        index,
-        `indirect table length ${len} is not a positive multiple of 16`,
-      );
-    }
+    const r = this.enterIndirect(index, addrLo, addrHi, len, flags);
     const entries = len / DESCRIPTOR_SIZE;
-    // §2.7.5.3.1 / §2.8.6: the whole chain is bounded, so is the table.
-    if (entries > this.limit) {
-      this.fail(
-        'DESC_INDIRECT_BAD_LENGTH',
-        index,
-        `indirect table of ${entries} entries exceeds ${this.limit}`,
-      );
-    }
-    const addr = addrHi >= 0x200000 ? U64_UNSAFE : addrHi * TWO_32 + addrLo;
-    const memory = this.memory!;
-    const r = memory.findRegion(addr);
-    if (r === undefined || len > r.end - addr) {
-      this.fail(
-        'DESC_INDIRECT_OUT_OF_MEMORY',
-        index,
-        `indirect table [0x${addr.toString(16)}, +${len}) is not inside one region`,
-      );
-    }
-    this.sawIndirect = true;
-    this.ringCount++;
     const view = r.view;
-    const base = addr - r.base;
+    const base = joinAddr(addrLo, addrHi) - r.base;
     let j = 0;
     let steps = 0;
     for (;;) {
@@ -371,6 +334,110 @@ export class DescriptorChain {
         );
       j = dnext;
     }
+  }
+
+  /**
+   * Follows a packed-ring indirect descriptor (VIRTIO 1.2 §2.8.7) into its table and pushes all
+   * `len / 16` entries in order. Entries have the packed layout (addr u64, len u32, id u16,
+   * flags u16); only VIRTQ_DESC_F_WRITE means anything there, so their id, NEXT and other
+   * reserved bits are ignored, except INDIRECT, which the driver MUST NOT set (§2.8.19) and
+   * which is rejected as a nested table. The pushed entries carry NEXT / `next` linking each to
+   * the following one, so the chain looks the same as any other chain to device code.
+   */
+  pushIndirectPacked(
+    index: number,
+    addrLo: number,
+    addrHi: number,
+    len: number,
+    flags: number,
+  ): void {
+    const r = this.enterIndirect(index, addrLo, addrHi, len, flags);
+    // §2.8.19: an indirect descriptor MUST NOT sit in a list linked by NEXT (§2.8.5: a list is
+    // either direct descriptors or one indirect descriptor).
+    if (this.count > 0) {
+      this.fail('DESC_INDIRECT_WITH_NEXT', index, 'indirect descriptor after a direct one');
+    }
+    const entries = len / DESCRIPTOR_SIZE;
+    const view = r.view;
+    const base = joinAddr(addrLo, addrHi) - r.base;
+    for (let j = 0; j < entries; j++) {
+      const off = base + j * DESCRIPTOR_SIZE;
+      const dflags = view.getUint16(off + 14, true);
+      // §2.8.19: no flag but WRITE inside an indirect table; a nested table is refused.
+      if ((dflags & VIRTQ_DESC_F_INDIRECT) !== 0) {
+        this.fail('DESC_INDIRECT_NESTED', j, 'indirect descriptor inside an indirect table');
+      }
+      const last = j + 1 === entries;
+      this.push(
+        j,
+        view.getUint32(off, true),
+        view.getUint32(off + 4, true),
+        view.getUint32(off + 8, true),
+        (dflags & VIRTQ_DESC_F_WRITE) | (last ? 0 : VIRTQ_DESC_F_NEXT),
+        last ? 0 : j + 1,
+        true,
+      );
+    }
+  }
+
+  /**
+   * The checks both ring formats make on an indirect descriptor before reading its table
+   * (§2.7.5.3.1 split, §2.8.7 / §2.8.19 packed). Returns the region holding the whole table and
+   * counts the descriptor as this chain's one indirect ring slot.
+   */
+  private enterIndirect(
+    index: number,
+    addrLo: number,
+    addrHi: number,
+    len: number,
+    flags: number,
+  ): GuestRegion {
+    // §2.7.5.3.1 / §2.8.19: the driver MUST NOT set INDIRECT unless VIRTIO_F_INDIRECT_DESC was
+    // negotiated.
+    if (!this.allowIndirect) {
+      this.fail(
+        'DESC_INDIRECT_NOT_NEGOTIATED',
+        index,
+        'indirect descriptor without VIRTIO_F_INDIRECT_DESC',
+      );
+    }
+    // §2.7.5.3.1: an indirect table MUST NOT itself contain an indirect descriptor, and a chain
+    // has at most one.
+    if (this.sawIndirect)
+      this.fail('DESC_INDIRECT_NESTED', index, 'indirect descriptor inside an indirect table');
+    // §2.7.5.3.1 / §2.8.19: the driver MUST NOT set both INDIRECT and NEXT.
+    if ((flags & VIRTQ_DESC_F_NEXT) !== 0) {
+      this.fail('DESC_INDIRECT_WITH_NEXT', index, 'indirect descriptor with NEXT set');
+    }
+    // §2.7.5.3 / §2.8.7: the table is an array of 16-byte descriptors; it cannot be empty.
+    if (len === 0 || len % DESCRIPTOR_SIZE !== 0) {
+      this.fail(
+        'DESC_INDIRECT_BAD_LENGTH',
+        index,
+        `indirect table length ${len} is not a positive multiple of 16`,
+      );
+    }
+    const entries = len / DESCRIPTOR_SIZE;
+    // §2.7.5.3.1 / §2.8.19: the whole chain is bounded, so is the table.
+    if (entries > this.limit) {
+      this.fail(
+        'DESC_INDIRECT_BAD_LENGTH',
+        index,
+        `indirect table of ${entries} entries exceeds ${this.limit}`,
+      );
+    }
+    const addr = joinAddr(addrLo, addrHi);
+    const r = this.memory!.findRegion(addr);
+    if (r === undefined || len > r.end - addr) {
+      this.fail(
+        'DESC_INDIRECT_OUT_OF_MEMORY',
+        index,
+        `indirect table [0x${addr.toString(16)}, +${len}) is not inside one region`,
+      );
+    }
+    this.sawIndirect = true;
+    this.ringCount++;
+    return r;
   }
 
   /** Throws a {@link DescriptorError} about this chain. */

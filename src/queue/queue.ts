@@ -47,6 +47,11 @@ export interface Queue {
 
   /** Marks chain `id` (a popped chain's `head`) used with `len` bytes written. */
   addUsed(id: number, len: number): void;
+  /**
+   * In-order completion (VIRTIO_F_IN_ORDER): the next `count` popped chains are used, with one
+   * used entry for the last of them (`lastId`, `lastLen`).
+   */
+  addUsedBatch(count: number, lastId: number, lastLen: number): void;
   /** Makes every used entry added so far visible to the driver, in one publication. */
   advanceUsedRingIdx(): void;
   /** Whether the driver wants a used-buffer notification for what was published. */

@@ -1,0 +1,588 @@
+import { isVirtqError } from '../../errors.js';
+import { ChainCursor } from '../../iovec/cursor.js';
+import { ChainReader } from '../../iovec/reader.js';
+import { ChainWriter } from '../../iovec/writer.js';
+import { U64_UNSAFE } from '../../memory/guest-memory.js';
+import { DescriptorChain } from '../../queue/chain.js';
+import {
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_RING_PACKED,
+} from '../../queue/constants.js';
+import { consoleLogger, type Logger } from '../../queue/logger.js';
+import type { Queue } from '../../queue/queue.js';
+import {
+  type DeviceContext,
+  featureBit,
+  hasFeature,
+  VIRTIO_ID_BLOCK,
+  VirtioDeviceBase,
+} from '../device.js';
+import type { BlockBackend } from './backend.js';
+import {
+  BLK_HEADER_BYTES,
+  BLK_ID_BYTES,
+  BLK_SEGMENT_BYTES,
+  BlockRequestScratch,
+  parseBlockRequest,
+  SECTOR_BYTES,
+  typeMask,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+} from './request.js';
+import { type BlockState, type BlockStats, emptyBlockStats, readBlockState } from './state.js';
+
+/** Feature bits (VIRTIO 1.2 §5.2.3). */
+export const VIRTIO_BLK_F_SIZE_MAX = 1;
+export const VIRTIO_BLK_F_SEG_MAX = 2;
+export const VIRTIO_BLK_F_GEOMETRY = 4;
+export const VIRTIO_BLK_F_RO = 5;
+export const VIRTIO_BLK_F_BLK_SIZE = 6;
+export const VIRTIO_BLK_F_FLUSH = 9;
+export const VIRTIO_BLK_F_TOPOLOGY = 10;
+export const VIRTIO_BLK_F_CONFIG_WCE = 11;
+export const VIRTIO_BLK_F_MQ = 12;
+export const VIRTIO_BLK_F_DISCARD = 13;
+export const VIRTIO_BLK_F_WRITE_ZEROES = 14;
+
+/** Byte offsets in `struct virtio_blk_config` (§5.2.4). */
+export const BLK_CONFIG = {
+  CAPACITY: 0,
+  SIZE_MAX: 8,
+  SEG_MAX: 12,
+  GEOMETRY: 16,
+  BLK_SIZE: 20,
+  PHYSICAL_BLOCK_EXP: 24,
+  ALIGNMENT_OFFSET: 25,
+  MIN_IO_SIZE: 26,
+  OPT_IO_SIZE: 28,
+  WRITEBACK: 32,
+  NUM_QUEUES: 34,
+  MAX_DISCARD_SECTORS: 36,
+  MAX_DISCARD_SEG: 40,
+  DISCARD_SECTOR_ALIGNMENT: 44,
+  MAX_WRITE_ZEROES_SECTORS: 48,
+  MAX_WRITE_ZEROES_SEG: 52,
+  WRITE_ZEROES_MAY_UNMAP: 56,
+} as const;
+/** Configuration space up to `unused1` (the secure-erase and zoned fields are not offered). */
+export const BLK_CONFIG_SIZE = 60;
+
+/** Ring features every virtq transport queue implements; the block device offers them all. */
+const RING_FEATURES =
+  featureBit(VIRTIO_F_EVENT_IDX) |
+  featureBit(VIRTIO_F_INDIRECT_DESC) |
+  featureBit(VIRTIO_F_RING_PACKED);
+
+/** `struct virtio_blk_topology` (§5.2.4), offered with VIRTIO_BLK_F_TOPOLOGY. */
+export interface BlockTopology {
+  /** log2 of logical blocks per physical block. */
+  physicalBlockExp: number;
+  /** Offset of the first aligned logical block. */
+  alignmentOffset: number;
+  /** Suggested minimum I/O size, in blocks. */
+  minIoSize: number;
+  /** Optimal (suggested maximum) I/O size, in blocks. */
+  optIoSize: number;
+}
+
+export interface BlockOptions {
+  /** Where the bytes live. What it supports decides the features offered. */
+  backend: BlockBackend;
+  /** Request queues (default 1); more than one offers VIRTIO_BLK_F_MQ. */
+  numQueues?: number;
+  /** Maximum size of each queue (default 256). */
+  queueSize?: number;
+  /** Device ID string for VIRTIO_BLK_T_GET_ID: ASCII, at most 20 bytes (default empty). */
+  id?: string;
+  /** `blk_size`: the optimal block size to advertise (default 512; a power of two >= 512). */
+  blockSize?: number;
+  /** `size_max`: offered (VIRTIO_BLK_F_SIZE_MAX) only when given. */
+  sizeMax?: number;
+  /** `seg_max` (default: queue size - 2, the header and status taking two descriptors). */
+  segMax?: number;
+  /** Offered with VIRTIO_BLK_F_TOPOLOGY when given. */
+  topology?: BlockTopology;
+  /** `max_discard_sectors` (default 0xffffffff). */
+  maxDiscardSectors?: number;
+  /** `max_discard_seg` (default 16). */
+  maxDiscardSegments?: number;
+  /** `discard_sector_alignment` in sectors (default blockSize / 512). */
+  discardSectorAlignment?: number;
+  /** `max_write_zeroes_sectors` (default 0xffffffff). */
+  maxWriteZeroesSectors?: number;
+  /** `max_write_zeroes_seg` (default 16). */
+  maxWriteZeroesSegments?: number;
+  /** Where backend failures are reported (default: console). */
+  logger?: Logger;
+}
+
+/** Largest segment count accepted as an option: bounds the device's one scratch buffer. */
+const MAX_SEGMENTS_OPTION = 4096;
+const TWO_32 = 2 ** 32;
+
+/**
+ * A cursor over the data part of a request that moves bytes between guest memory and the
+ * backend piece by piece: the backend reads straight into, and writes straight from, guest
+ * memory, with no bounce buffer and no allocation.
+ */
+class DataCursor extends ChainCursor {
+  /** Over the chain's device-readable part. */
+  readable(chain: DescriptorChain): this {
+    this.bind(chain, true);
+    return this;
+  }
+
+  /** Over the chain's device-writable part. */
+  writable(chain: DescriptorChain): this {
+    this.bind(chain, false);
+    return this;
+  }
+
+  /** Fills the next `length` bytes of guest memory from the disk at `offset`. */
+  fromBackend(backend: BlockBackend, offset: number, length: number): void {
+    this.need(length, 'read from the disk');
+    let n = length;
+    let at = offset;
+    while (n > 0) {
+      const k = Math.min(n, this.pLeft);
+      const r = this.region!;
+      const p = this.pos;
+      backend.read(at, r.bytes, p, k);
+      r.markDirty(r.base + p, k);
+      this.advance(k);
+      at += k;
+      n -= k;
+    }
+  }
+
+  /** Writes the next `length` bytes of guest memory to the disk at `offset`. */
+  toBackend(backend: BlockBackend, offset: number, length: number): void {
+    this.need(length, 'write to the disk');
+    let n = length;
+    let at = offset;
+    while (n > 0) {
+      const k = Math.min(n, this.pLeft);
+      backend.write(at, this.region!.bytes, this.pos, k);
+      this.advance(k);
+      at += k;
+      n -= k;
+    }
+  }
+}
+
+function checkU32(name: string, v: number, min = 0): number {
+  if (!Number.isInteger(v) || v < min || v > 0xffffffff) {
+    throw new RangeError(`${name} ${v} is not an integer in [${min}, 2^32)`);
+  }
+  return v;
+}
+
+/**
+ * virtio-blk (device id 2, VIRTIO 1.2 §5.2) over a pluggable {@link BlockBackend}.
+ *
+ * Requests are served synchronously inside `queueNotify`, each queue on its own, in the order
+ * the driver made them available; a request is completed (status written, used entry
+ * published) only after the backend call it needed has returned, so an OK the driver sees is
+ * never ahead of the backend. Outcomes:
+ *
+ * - VIRTIO_BLK_S_UNSUPP: unknown types, GET_LIFETIME / SECURE_ERASE / zoned requests, FLUSH
+ *   without backend support, DISCARD / WRITE_ZEROES without the feature negotiated, and
+ *   segment flags the spec reserves (§5.2.6.2).
+ * - VIRTIO_BLK_S_IOERR: a range beyond `capacity` (a sector at or above 2^53 included), a
+ *   write, discard or write-zeroes on a read-only device (§5.2.6.2), a request whose framing
+ *   breaks §5.2.6.1 but which still ends in a writable status byte (header shorter than 16
+ *   bytes, data in the wrong direction, a length that is not a multiple of 512 / 16, a GET_ID
+ *   buffer other than 20 bytes, too many or too large segments), and any exception a backend
+ *   call throws.
+ * - DEVICE_NEEDS_RESET (§2.1.2): a chain with no device-writable byte (there is nowhere to put
+ *   a status, so the request can be neither completed nor reported), and every malformed
+ *   descriptor chain the queue rejects. Requests completed before it in the same notification
+ *   are published first.
+ *
+ * The used length is the number of bytes the device wrote: the data of a successful IN or
+ * GET_ID plus the status byte, else 1.
+ *
+ * Write-back semantics: with VIRTIO_BLK_F_FLUSH negotiated, writes are durable after a
+ * completed FLUSH. When the backend can flush but the driver did not negotiate FLUSH, the
+ * device flushes after every write, discard and write-zeroes before completing it, as §5.2.6.2
+ * requires of a device that offered FLUSH.
+ */
+export class BlockDevice extends VirtioDeviceBase {
+  readonly backend: BlockBackend;
+  readonly stats: BlockStats = emptyBlockStats();
+  /** The last exception a backend call threw. */
+  lastBackendError: unknown = null;
+
+  private readonly logger: Logger;
+  private readonly idBytes = new Uint8Array(BLK_ID_BYTES);
+  private readonly maxDiscardSectors: number;
+  private readonly maxDiscardSegments: number;
+  private readonly maxWriteZeroesSectors: number;
+  private readonly maxWriteZeroesSegments: number;
+  private capacitySectors: number;
+
+  // One set of per-request objects for the whole device.
+  private readonly chain = new DescriptorChain();
+  private readonly reader = new ChainReader();
+  private readonly writer = new ChainWriter();
+  private readonly data = new DataCursor();
+  private readonly request = new BlockRequestScratch();
+  /** Discard / write-zeroes segments of the request being served. */
+  private readonly segments: Uint8Array;
+  private readonly segmentView: DataView;
+
+  /** Request types served in this driver session (bit `1 << type`). */
+  private served = 0;
+  /** FLUSH offered but not negotiated: every write is flushed before it completes. */
+  private writeThrough = false;
+
+  constructor(options: BlockOptions) {
+    const backend = options.backend;
+    const numQueues = options.numQueues ?? 1;
+    if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > 0xffff) {
+      throw new RangeError(`numQueues ${numQueues} is not in 1..65535`);
+    }
+    const queueSize = options.queueSize ?? 256;
+    if (!Number.isInteger(queueSize) || queueSize < 2 || queueSize > 32768) {
+      throw new RangeError(`queueSize ${queueSize} is not in 2..32768`);
+    }
+    const blockSize = options.blockSize ?? SECTOR_BYTES;
+    if (
+      !Number.isInteger(blockSize) ||
+      blockSize < SECTOR_BYTES ||
+      blockSize > 0x10000000 ||
+      (blockSize & (blockSize - 1)) !== 0
+    ) {
+      throw new RangeError(`blockSize ${blockSize} is not a power of two >= 512`);
+    }
+    let features =
+      RING_FEATURES | featureBit(VIRTIO_BLK_F_SEG_MAX) | featureBit(VIRTIO_BLK_F_BLK_SIZE);
+    if (options.sizeMax !== undefined) features |= featureBit(VIRTIO_BLK_F_SIZE_MAX);
+    if (options.topology !== undefined) features |= featureBit(VIRTIO_BLK_F_TOPOLOGY);
+    if (numQueues > 1) features |= featureBit(VIRTIO_BLK_F_MQ);
+    if (backend.readOnly) features |= featureBit(VIRTIO_BLK_F_RO);
+    if (backend.supportsFlush) features |= featureBit(VIRTIO_BLK_F_FLUSH);
+    if (backend.supportsDiscard) features |= featureBit(VIRTIO_BLK_F_DISCARD);
+    if (backend.supportsWriteZeroes) features |= featureBit(VIRTIO_BLK_F_WRITE_ZEROES);
+    super(VIRTIO_ID_BLOCK, new Array<number>(numQueues).fill(queueSize), features, BLK_CONFIG_SIZE);
+
+    this.backend = backend;
+    this.logger = options.logger ?? consoleLogger;
+    this.maxDiscardSectors = checkU32(
+      'maxDiscardSectors',
+      options.maxDiscardSectors ?? 0xffffffff,
+      1,
+    );
+    this.maxDiscardSegments = checkU32('maxDiscardSegments', options.maxDiscardSegments ?? 16, 1);
+    this.maxWriteZeroesSectors = checkU32(
+      'maxWriteZeroesSectors',
+      options.maxWriteZeroesSectors ?? 0xffffffff,
+      1,
+    );
+    this.maxWriteZeroesSegments = checkU32(
+      'maxWriteZeroesSegments',
+      options.maxWriteZeroesSegments ?? 16,
+      1,
+    );
+    const maxSeg = Math.max(this.maxDiscardSegments, this.maxWriteZeroesSegments);
+    if (maxSeg > MAX_SEGMENTS_OPTION)
+      throw new RangeError(`at most ${MAX_SEGMENTS_OPTION} discard / write-zeroes segments`);
+    this.segments = new Uint8Array(maxSeg * BLK_SEGMENT_BYTES);
+    this.segmentView = new DataView(this.segments.buffer);
+
+    const id = options.id ?? '';
+    for (let i = 0; i < id.length; i++) {
+      const c = id.charCodeAt(i);
+      if (c > 0x7f) throw new RangeError('the device ID string must be ASCII');
+      if (i >= BLK_ID_BYTES)
+        throw new RangeError(`the device ID string is longer than ${BLK_ID_BYTES} bytes`);
+      this.idBytes[i] = c;
+    }
+
+    this.capacitySectors = Math.floor(backend.size / SECTOR_BYTES);
+    const v = new DataView(this.config.buffer);
+    const C = BLK_CONFIG;
+    v.setUint32(C.CAPACITY, this.capacitySectors >>> 0, true);
+    v.setUint32(C.CAPACITY + 4, Math.floor(this.capacitySectors / TWO_32), true);
+    if (options.sizeMax !== undefined)
+      v.setUint32(C.SIZE_MAX, checkU32('sizeMax', options.sizeMax, 1), true);
+    v.setUint32(
+      C.SEG_MAX,
+      checkU32('segMax', options.segMax ?? Math.max(1, queueSize - 2), 1),
+      true,
+    );
+    v.setUint32(C.BLK_SIZE, blockSize, true);
+    const t = options.topology;
+    if (t !== undefined) {
+      if (
+        !(
+          t.physicalBlockExp >= 0 &&
+          t.physicalBlockExp <= 0xff &&
+          t.alignmentOffset >= 0 &&
+          t.alignmentOffset <= 0xff
+        )
+      ) {
+        throw new RangeError('topology exponent and alignment offset are u8 fields');
+      }
+      if (!(t.minIoSize >= 0 && t.minIoSize <= 0xffff))
+        throw new RangeError('topology minIoSize is a u16 field');
+      v.setUint8(C.PHYSICAL_BLOCK_EXP, t.physicalBlockExp);
+      v.setUint8(C.ALIGNMENT_OFFSET, t.alignmentOffset);
+      v.setUint16(C.MIN_IO_SIZE, t.minIoSize, true);
+      v.setUint32(C.OPT_IO_SIZE, checkU32('optIoSize', t.optIoSize), true);
+    }
+    v.setUint16(C.NUM_QUEUES, numQueues, true);
+    v.setUint32(C.MAX_DISCARD_SECTORS, this.maxDiscardSectors, true);
+    v.setUint32(C.MAX_DISCARD_SEG, this.maxDiscardSegments, true);
+    v.setUint32(
+      C.DISCARD_SECTOR_ALIGNMENT,
+      checkU32(
+        'discardSectorAlignment',
+        options.discardSectorAlignment ?? blockSize / SECTOR_BYTES,
+        1,
+      ),
+      true,
+    );
+    v.setUint32(C.MAX_WRITE_ZEROES_SECTORS, this.maxWriteZeroesSectors, true);
+    v.setUint32(C.MAX_WRITE_ZEROES_SEG, this.maxWriteZeroesSegments, true);
+    v.setUint8(C.WRITE_ZEROES_MAY_UNMAP, backend.writeZeroesMayUnmap ? 1 : 0);
+  }
+
+  /** Capacity in 512-byte sectors, as the configuration space shows it. */
+  get capacity(): number {
+    return this.capacitySectors;
+  }
+
+  /**
+   * Re-reads the backend's size after it changed; when the capacity differs, updates the
+   * configuration space and sends a configuration change notification (§5.2.6.2). Returns
+   * whether it changed.
+   */
+  updateCapacity(): boolean {
+    const cap = Math.floor(this.backend.size / SECTOR_BYTES);
+    if (cap === this.capacitySectors) return false;
+    this.capacitySectors = cap;
+    this.updateConfig(BLK_CONFIG.CAPACITY, capacityBytes(cap));
+    return true;
+  }
+
+  protected override onActivate(ctx: DeviceContext): void {
+    const f = ctx.features;
+    const ro = this.backend.readOnly;
+    let served = typeMask(VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_GET_ID);
+    if (this.backend.supportsFlush) served |= 1 << VIRTIO_BLK_T_FLUSH;
+    // A read-only device answers every modifying request with IOERR (§5.2.6.2), so those parse
+    // as themselves even when their feature is not there.
+    if (ro || hasFeature(f, VIRTIO_BLK_F_DISCARD)) served |= 1 << VIRTIO_BLK_T_DISCARD;
+    if (ro || hasFeature(f, VIRTIO_BLK_F_WRITE_ZEROES)) served |= 1 << VIRTIO_BLK_T_WRITE_ZEROES;
+    this.served = served >>> 0;
+    // §5.2.6.2 (write becomes stable, case 1): FLUSH offered but not negotiated.
+    this.writeThrough = this.backend.supportsFlush && !hasFeature(f, VIRTIO_BLK_F_FLUSH);
+  }
+
+  protected override onReset(): void {
+    this.served = 0;
+    this.writeThrough = false;
+    this.reader.reset();
+    this.writer.reset();
+  }
+
+  protected processQueue(index: number, queue: Queue): void {
+    const chain = this.chain;
+    let done = 0;
+    try {
+      // popOrEnableNotification keeps avail_event current with EVENT_IDX (§2.7.10, §2.8.10).
+      for (
+        let c = queue.popOrEnableNotification(chain);
+        c !== null;
+        c = queue.popOrEnableNotification(chain)
+      ) {
+        const len = this.serve(c);
+        queue.addUsed(c.head, len);
+        done++;
+      }
+    } finally {
+      // Requests served before a broken one are completed, not lost.
+      if (done > 0) this.publish(index);
+    }
+  }
+
+  /** Serves one request and writes its status; returns the used length. */
+  private serve(c: DescriptorChain): number {
+    const req = parseBlockRequest(c, this.reader, this.served, this.request);
+    let status: number;
+    let written = 0;
+    switch (req.kind) {
+      case 'in':
+        status = this.readData(c, req.sector, req.dataLength);
+        if (status === VIRTIO_BLK_S_OK) written = req.dataLength;
+        break;
+      case 'out':
+        status = this.writeData(c, req.sector, req.dataLength);
+        break;
+      case 'flush':
+        status = this.flush();
+        break;
+      case 'get-id':
+        this.writer.reset(c).writeExact(this.idBytes);
+        status = VIRTIO_BLK_S_OK;
+        written = BLK_ID_BYTES;
+        break;
+      case 'discard':
+      case 'write-zeroes':
+        status = this.eraseSegments(c, req.kind === 'discard', req.segments);
+        break;
+      case 'unsupported':
+        status = VIRTIO_BLK_S_UNSUPP;
+        break;
+      case 'invalid':
+        status = VIRTIO_BLK_S_IOERR;
+        break;
+    }
+    // §5.2.6: the status is the last device-writable byte.
+    const w = this.writer.reset(c);
+    w.skipExact(this.request.statusOffset);
+    w.writeU8(status);
+    const s = this.stats;
+    s.requests++;
+    if (status === VIRTIO_BLK_S_IOERR) s.ioErrors++;
+    else if (status === VIRTIO_BLK_S_UNSUPP) s.unsupported++;
+    return written + 1;
+  }
+
+  /** True when sectors [sector, sector + count) lie inside the disk. */
+  private inRange(sector: number, count: number): boolean {
+    return sector <= this.capacitySectors && count <= this.capacitySectors - sector;
+  }
+
+  private readData(c: DescriptorChain, sector: number, length: number): number {
+    // §5.2.6.1: a driver MUST NOT read beyond capacity; the device refuses with IOERR.
+    if (!this.inRange(sector, length / SECTOR_BYTES)) return VIRTIO_BLK_S_IOERR;
+    if (length === 0) return VIRTIO_BLK_S_OK;
+    try {
+      this.data.writable(c).fromBackend(this.backend, sector * SECTOR_BYTES, length);
+    } catch (e) {
+      return this.backendFailed(e, 'read');
+    }
+    this.stats.bytesRead += length;
+    return VIRTIO_BLK_S_OK;
+  }
+
+  private writeData(c: DescriptorChain, sector: number, length: number): number {
+    // §5.2.6.2: with VIRTIO_BLK_F_RO offered, a write fails with IOERR and writes nothing.
+    if (this.backend.readOnly) return VIRTIO_BLK_S_IOERR;
+    // §5.2.6.1: a driver MUST NOT write beyond capacity; the device refuses with IOERR.
+    if (!this.inRange(sector, length / SECTOR_BYTES)) return VIRTIO_BLK_S_IOERR;
+    if (length === 0) return VIRTIO_BLK_S_OK;
+    try {
+      const d = this.data.readable(c);
+      d.skipExact(BLK_HEADER_BYTES);
+      d.toBackend(this.backend, sector * SECTOR_BYTES, length);
+    } catch (e) {
+      return this.backendFailed(e, 'write');
+    }
+    this.stats.bytesWritten += length;
+    return this.writeThrough ? this.flush() : VIRTIO_BLK_S_OK;
+  }
+
+  private flush(): number {
+    try {
+      this.backend.flush();
+    } catch (e) {
+      return this.backendFailed(e, 'flush');
+    }
+    this.stats.flushes++;
+    return VIRTIO_BLK_S_OK;
+  }
+
+  /** DISCARD or WRITE_ZEROES: check every segment, then run them in order. */
+  private eraseSegments(c: DescriptorChain, discard: boolean, count: number): number {
+    // §5.2.6.2: a read-only device fails modifying requests with IOERR.
+    if (this.backend.readOnly) return VIRTIO_BLK_S_IOERR;
+    // §5.2.6.1: at most max_discard_seg / max_write_zeroes_seg segments.
+    if (count > (discard ? this.maxDiscardSegments : this.maxWriteZeroesSegments))
+      return VIRTIO_BLK_S_IOERR;
+    const r = this.reader.reset(c);
+    r.skipExact(BLK_HEADER_BYTES);
+    r.readExact(this.segments, 0, count * BLK_SEGMENT_BYTES);
+    const v = this.segmentView;
+    for (let i = 0; i < count; i++) {
+      const flags = v.getUint32(i * BLK_SEGMENT_BYTES + 12, true);
+      // §5.2.6.2: UNSUPP for any unknown flag, and for unmap on a discard.
+      if ((flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0) return VIRTIO_BLK_S_UNSUPP;
+      if (discard && flags !== 0) return VIRTIO_BLK_S_UNSUPP;
+    }
+    const maxSectors = discard ? this.maxDiscardSectors : this.maxWriteZeroesSectors;
+    for (let i = 0; i < count; i++) {
+      const o = i * BLK_SEGMENT_BYTES;
+      const n = v.getUint32(o + 8, true);
+      // §5.2.4 limits and §5.2.6.1: nothing beyond max_*_sectors or beyond capacity.
+      if (n > maxSectors || !this.inRange(segmentSector(v, o), n)) return VIRTIO_BLK_S_IOERR;
+    }
+    const b = this.backend;
+    try {
+      for (let i = 0; i < count; i++) {
+        const o = i * BLK_SEGMENT_BYTES;
+        const n = v.getUint32(o + 8, true);
+        if (n === 0) continue;
+        const at = segmentSector(v, o) * SECTOR_BYTES;
+        if (discard) b.discard(at, n * SECTOR_BYTES);
+        else
+          b.writeZeroes(
+            at,
+            n * SECTOR_BYTES,
+            (v.getUint32(o + 12, true) & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0,
+          );
+      }
+    } catch (e) {
+      // §5.2.6: after an IOERR the segments' state is indeterminate.
+      return this.backendFailed(e, discard ? 'discard' : 'write zeroes');
+    }
+    return this.writeThrough ? this.flush() : VIRTIO_BLK_S_OK;
+  }
+
+  /** A backend call threw: the request fails with IOERR; guest-caused errors go on up. */
+  private backendFailed(e: unknown, op: string): number {
+    if (isVirtqError(e)) throw e;
+    this.stats.backendErrors++;
+    this.lastBackendError = e;
+    this.logger.warn(`block backend ${op} failed; request completed with IOERR`, {
+      error: e instanceof Error ? e.message : String(e),
+    });
+    return VIRTIO_BLK_S_IOERR;
+  }
+
+  protected override saveDevice(): BlockState {
+    return { capacity: this.capacitySectors, stats: { ...this.stats } };
+  }
+
+  protected override restoreDevice(state: unknown): void {
+    const s = readBlockState(state);
+    Object.assign(this.stats, s.stats);
+    // The backend may have changed size while the snapshot was stored: tell the driver.
+    if (s.capacity !== this.capacitySectors)
+      this.updateConfig(BLK_CONFIG.CAPACITY, capacityBytes(this.capacitySectors));
+  }
+}
+
+function segmentSector(v: DataView, o: number): number {
+  const hi = v.getUint32(o + 4, true);
+  return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + v.getUint32(o, true);
+}
+
+function capacityBytes(sectors: number): Uint8Array {
+  const b = new Uint8Array(8);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, sectors >>> 0, true);
+  v.setUint32(4, Math.floor(sectors / TWO_32), true);
+  return b;
+}

@@ -1,0 +1,265 @@
+import { isVirtqError, SnapshotError, type VirtqError } from '../errors.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { VIRTIO_F_VERSION_1 } from '../queue/constants.js';
+import type { Queue } from '../queue/queue.js';
+import type { QueueState } from '../queue/state.js';
+import { StateReader } from '../queue/state.js';
+
+/** Device status bits (VIRTIO 1.2 §2.1). */
+export const STATUS_ACKNOWLEDGE = 1;
+export const STATUS_DRIVER = 2;
+export const STATUS_DRIVER_OK = 4;
+export const STATUS_FEATURES_OK = 8;
+export const STATUS_DEVICE_NEEDS_RESET = 64;
+export const STATUS_FAILED = 128;
+
+/** Device type ids (VIRTIO 1.2 §5). */
+export const VIRTIO_ID_NET = 1;
+export const VIRTIO_ID_BLOCK = 2;
+export const VIRTIO_ID_CONSOLE = 3;
+export const VIRTIO_ID_RNG = 4;
+
+/** A feature bit as a 64-bit mask. */
+export function featureBit(bit: number): bigint {
+  return 1n << BigInt(bit);
+}
+
+/** True when `features` has feature `bit`. */
+export function hasFeature(features: bigint, bit: number): boolean {
+  return (features & featureBit(bit)) !== 0n;
+}
+
+/** How a device tells its transport that the driver should be interrupted. */
+export interface InterruptSink {
+  /** Used buffers on queue `index` that the driver asked to hear about. */
+  usedBuffer(index: number): void;
+  /** The configuration space changed, or the device entered DEVICE_NEEDS_RESET. */
+  configChanged(): void;
+}
+
+/** What a device receives when the driver sets DRIVER_OK. */
+export interface DeviceContext {
+  memory: GuestMemory;
+  /** One queue per device queue, in order, initialised (ready ones) or not (unused ones). */
+  queues: readonly Queue[];
+  /** The features the driver acknowledged (accepted by {@link VirtioDevice.acceptFeatures}). */
+  features: bigint;
+  interrupt: InterruptSink;
+}
+
+/** Saved state of a device: its own fields and its queues. */
+export interface DeviceState {
+  version: 1;
+  deviceType: number;
+  features: string;
+  active: boolean;
+  needsReset: boolean;
+  configGeneration: number;
+  queues: QueueState[];
+  /** Device-specific state (JSON-safe). */
+  device: unknown;
+}
+
+/**
+ * The one interface every virtio device implements and every transport talks to.
+ *
+ * Lifecycle, driven by the transport: `acceptFeatures` at FEATURES_OK, `activate` at
+ * DRIVER_OK, `queueNotify` for each available-buffer notification, `reset` when the driver
+ * writes 0 to the status. A device never throws a guest-caused error out of `queueNotify`: it
+ * enters DEVICE_NEEDS_RESET instead ({@link needsReset}) and raises a configuration interrupt.
+ */
+export interface VirtioDevice {
+  /** Device type (VIRTIO_ID_*). */
+  readonly deviceType: number;
+  /** Features the device offers. */
+  readonly offeredFeatures: bigint;
+  /** Maximum size of each queue; its length is the number of queues. */
+  readonly queueMaxSizes: readonly number[];
+  /** Changes whenever the configuration space changes (§2.5.1). */
+  readonly configGeneration: number;
+  /** The device found the driver breaking a rule and waits for a reset (§2.1.2). */
+  readonly needsReset: boolean;
+  /** Between activate and reset. */
+  readonly isActive: boolean;
+
+  /** Reads device configuration bytes; bytes past the configuration space read as 0. */
+  readConfig(offset: number, out: Uint8Array): void;
+  /** Writes device configuration bytes; read-only and out-of-range bytes are ignored. */
+  writeConfig(offset: number, data: Uint8Array): void;
+  /** The driver acknowledged `features` at FEATURES_OK; false refuses them. */
+  acceptFeatures(features: bigint): boolean;
+  /** The driver set DRIVER_OK. */
+  activate(ctx: DeviceContext): void;
+  /** The driver notified queue `index`. */
+  queueNotify(index: number): void;
+  /** Back to the state before the driver found the device (§2.4). */
+  reset(): void;
+}
+
+/**
+ * What most devices share: feature acceptance, activation bookkeeping, turning guest errors
+ * into DEVICE_NEEDS_RESET, used-buffer interrupts with notification suppression, a
+ * configuration space with a generation counter, and save/restore of the queues.
+ */
+export abstract class VirtioDeviceBase implements VirtioDevice {
+  readonly deviceType: number;
+  readonly offeredFeatures: bigint;
+  readonly queueMaxSizes: readonly number[];
+  configGeneration = 0;
+  needsReset = false;
+  /** The last guest error that put the device into DEVICE_NEEDS_RESET. */
+  lastError: VirtqError | null = null;
+
+  protected ctx: DeviceContext | null = null;
+  /** Device configuration space (layout per device type). */
+  protected config: Uint8Array;
+
+  protected constructor(
+    deviceType: number,
+    queueMaxSizes: readonly number[],
+    features: bigint,
+    configSize: number,
+  ) {
+    this.deviceType = deviceType;
+    this.queueMaxSizes = queueMaxSizes;
+    this.offeredFeatures = features | featureBit(VIRTIO_F_VERSION_1);
+    this.config = new Uint8Array(configSize);
+  }
+
+  get isActive(): boolean {
+    return this.ctx !== null;
+  }
+
+  /** Negotiated features (0 before activation). */
+  get features(): bigint {
+    return this.ctx?.features ?? 0n;
+  }
+
+  readConfig(offset: number, out: Uint8Array): void {
+    for (let i = 0; i < out.length; i++) {
+      const o = offset + i;
+      out[i] = o >= 0 && o < this.config.length ? this.config[o]! : 0;
+    }
+  }
+
+  writeConfig(offset: number, data: Uint8Array): void {
+    // Most configuration spaces are read-only; devices with writable fields override this.
+    void offset;
+    void data;
+  }
+
+  /** Replaces configuration bytes and bumps the generation (§2.5.1); interrupts when active. */
+  protected updateConfig(offset: number, bytes: Uint8Array): void {
+    this.config.set(bytes, offset);
+    this.configGeneration = (this.configGeneration + 1) >>> 0;
+    this.ctx?.interrupt.configChanged();
+  }
+
+  acceptFeatures(features: bigint): boolean {
+    // §6.1: a driver may accept only what is offered; virtq serves VIRTIO 1.x only.
+    if ((features & ~this.offeredFeatures) !== 0n) return false;
+    return hasFeature(features, VIRTIO_F_VERSION_1);
+  }
+
+  activate(ctx: DeviceContext): void {
+    this.ctx = ctx;
+    this.onActivate(ctx);
+  }
+
+  queueNotify(index: number): void {
+    const ctx = this.ctx;
+    if (ctx === null || this.needsReset) return;
+    const q = ctx.queues[index];
+    if (q === undefined || !q.isActive) return;
+    try {
+      this.processQueue(index, q);
+    } catch (e) {
+      if (!isVirtqError(e)) throw e;
+      this.fail(e);
+    }
+  }
+
+  reset(): void {
+    this.onReset();
+    this.ctx = null;
+    this.needsReset = false;
+    this.lastError = null;
+  }
+
+  /**
+   * The guest broke a rule: stop processing, set DEVICE_NEEDS_RESET and tell the driver with a
+   * configuration change interrupt (§2.1.2).
+   */
+  fail(error: VirtqError): void {
+    if (this.needsReset) return;
+    this.needsReset = true;
+    this.lastError = error;
+    this.ctx?.interrupt.configChanged();
+  }
+
+  /** Publishes used entries of queue `index` and interrupts the driver if it wants that. */
+  protected publish(index: number): void {
+    const ctx = this.ctx;
+    if (ctx === null) return;
+    const q = ctx.queues[index]!;
+    q.advanceUsedRingIdx();
+    if (q.prepareKick()) ctx.interrupt.usedBuffer(index);
+  }
+
+  /** Device-specific work for a notification of queue `index`. Guest errors may be thrown. */
+  protected abstract processQueue(index: number, queue: Queue): void;
+  /** Called when the driver sets DRIVER_OK. */
+  protected onActivate(_ctx: DeviceContext): void {}
+  /** Called on reset, before the context is dropped. */
+  protected onReset(): void {}
+
+  /** Device-specific state for a snapshot (JSON-safe). */
+  protected saveDevice(): unknown {
+    return null;
+  }
+  /** Restores device-specific state; throw SnapshotError on bad input. */
+  protected restoreDevice(_state: unknown): void {}
+
+  /** The device's whole state, queues included, as a JSON-safe object. */
+  save(): DeviceState {
+    const queues = (this.ctx?.queues ?? []).map((q) =>
+      (q as Queue & { save(): QueueState }).save(),
+    );
+    return {
+      version: 1,
+      deviceType: this.deviceType,
+      features: this.features.toString(16),
+      active: this.ctx !== null,
+      needsReset: this.needsReset,
+      configGeneration: this.configGeneration,
+      queues,
+      device: this.saveDevice(),
+    };
+  }
+
+  /**
+   * Validates the common part of a saved device state (type, version, features) and returns
+   * the negotiated features; the transport rebuilds the queues and calls {@link activate}, then
+   * {@link restoreDevice} runs.
+   */
+  static readSavedFeatures(state: unknown, deviceType: number, offered: bigint): bigint {
+    const r = StateReader.root(state, 'device');
+    r.literal('version', [1]);
+    r.literal('deviceType', [deviceType]);
+    const raw = (state as { features?: unknown }).features;
+    if (typeof raw !== 'string' || !/^[0-9a-f]{1,16}$/.test(raw)) {
+      throw new SnapshotError('device.features', 'expected a hex string of at most 64 bits');
+    }
+    const f = BigInt(`0x${raw}`);
+    if ((f & ~offered) !== 0n)
+      throw new SnapshotError('device.features', 'names features the device does not offer');
+    return f;
+  }
+
+  /** Restores device-specific state after the transport re-activated the device. */
+  restoreDeviceState(state: DeviceState): void {
+    this.configGeneration = state.configGeneration >>> 0;
+    this.needsReset = state.needsReset === true;
+    this.restoreDevice(state.device);
+  }
+}

@@ -1,0 +1,4 @@
+export * from './block.js';
+export * from './console.js';
+export * from './net.js';
+export * from './waiter.js';

@@ -1,0 +1,132 @@
+import fs from 'node:fs';
+import type { BlockBackend } from '../devices/block/backend.js';
+
+export interface FileBackendOptions {
+  /** Open the file read-only (the device then offers VIRTIO_BLK_F_RO). Default false. */
+  readOnly?: boolean;
+  /** Create the file when it does not exist (not with readOnly). Default false. */
+  create?: boolean;
+  /** Set the file to this many bytes after opening (extending with zeroes or truncating). */
+  size?: number;
+}
+
+/** Size of the zero buffer write-zeroes writes from (allocated once per backend). */
+const ZERO_CHUNK = 64 * 1024;
+
+/**
+ * A disk image in a file, for Node (not browser-safe: import it from `virtq/node`).
+ *
+ * Reads and writes are positional (`fs.readSync` / `fs.writeSync` with a position, looping
+ * over short transfers) on one file descriptor, so requests need no seek and no shared file
+ * position. `flush()` is `fs.fdatasyncSync`: after it returns, every write that returned
+ * before it is on stable storage, which is what VIRTIO_BLK_T_FLUSH promises the driver.
+ *
+ * Discard is not offered: Node has no `fallocate(PUNCH_HOLE)`, and a discard that merely wrote
+ * zeroes would be a slow write-zeroes under another name. Write-zeroes is offered and writes
+ * zero bytes (`write_zeroes_may_unmap` is 0: nothing is ever deallocated).
+ *
+ * The size is taken when the file is opened; after the file grows or shrinks, call
+ * {@link refreshSize} and then the device's `updateCapacity()`. Every failing call throws the
+ * `fs` error, which the device reports to the driver as VIRTIO_BLK_S_IOERR.
+ */
+export class FileBackend implements BlockBackend {
+  readonly readOnly: boolean;
+  readonly supportsFlush = true;
+  readonly supportsDiscard = false;
+  readonly supportsWriteZeroes: boolean;
+  readonly writeZeroesMayUnmap = false;
+  private fdOrNull: number | null;
+  private bytes: number;
+  private zeroes: Uint8Array | null = null;
+
+  /** Wraps an open descriptor (closed by {@link close}); `size` defaults to the file's size. */
+  constructor(fd: number, options: { readOnly?: boolean; size?: number } = {}) {
+    this.fdOrNull = fd;
+    this.readOnly = options.readOnly ?? false;
+    this.supportsWriteZeroes = !this.readOnly;
+    this.bytes = options.size ?? fs.fstatSync(fd).size;
+  }
+
+  /** Opens (optionally creating and sizing) the image at `path`. */
+  static open(path: string, options: FileBackendOptions = {}): FileBackend {
+    const readOnly = options.readOnly ?? false;
+    if (readOnly && (options.create === true || options.size !== undefined)) {
+      throw new TypeError('a read-only image cannot be created or resized');
+    }
+    const flags = readOnly
+      ? 'r'
+      : options.create === true
+        ? fs.constants.O_RDWR | fs.constants.O_CREAT
+        : 'r+';
+    const fd = fs.openSync(path, flags, 0o644);
+    try {
+      if (options.size !== undefined) fs.ftruncateSync(fd, options.size);
+      return new FileBackend(fd, { readOnly });
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  private get fd(): number {
+    if (this.fdOrNull === null) throw new Error('file backend is closed');
+    return this.fdOrNull;
+  }
+
+  get size(): number {
+    return this.bytes;
+  }
+
+  /** Re-reads the file's size (after it was resized from outside). */
+  refreshSize(): number {
+    this.bytes = fs.fstatSync(this.fd).size;
+    return this.bytes;
+  }
+
+  read(offset: number, dst: Uint8Array, dstOffset: number, length: number): void {
+    const fd = this.fd;
+    let done = 0;
+    while (done < length) {
+      const n = fs.readSync(fd, dst, dstOffset + done, length - done, offset + done);
+      // A file shorter than the capacity the driver was told about: report, do not invent data.
+      if (n === 0) throw new Error(`short read at byte ${offset + done} of the image`);
+      done += n;
+    }
+  }
+
+  write(offset: number, src: Uint8Array, srcOffset: number, length: number): void {
+    if (this.readOnly) throw new Error('file backend is read-only');
+    const fd = this.fd;
+    let done = 0;
+    while (done < length) {
+      done += fs.writeSync(fd, src, srcOffset + done, length - done, offset + done);
+    }
+  }
+
+  flush(): void {
+    fs.fdatasyncSync(this.fd);
+  }
+
+  discard(_offset: number, _length: number): void {
+    throw new Error('file backend does not support discard');
+  }
+
+  writeZeroes(offset: number, length: number, _unmap: boolean): void {
+    if (this.readOnly) throw new Error('file backend is read-only');
+    this.zeroes ??= new Uint8Array(ZERO_CHUNK);
+    let done = 0;
+    while (done < length) {
+      const n = Math.min(ZERO_CHUNK, length - done);
+      this.write(offset + done, this.zeroes, 0, n);
+      done += n;
+    }
+  }
+
+  /** Closes the file; later calls throw (and the device answers IOERR). */
+  close(): void {
+    if (this.fdOrNull === null) return;
+    const fd = this.fdOrNull;
+    this.fdOrNull = null;
+    fs.closeSync(fd);
+  }
+}

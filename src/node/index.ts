@@ -1,0 +1,3 @@
+export { ConsoleStreamBackend } from './console-stream.js';
+export { FileBackend, type FileBackendOptions } from './file-backend.js';
+export { UdpNetBackend, type UdpNetOptions } from './net-udp.js';

@@ -1,0 +1,549 @@
+import {
+  type DeviceContext,
+  type DeviceState,
+  hasFeature,
+  type InterruptSink,
+  STATUS_ACKNOWLEDGE,
+  STATUS_DEVICE_NEEDS_RESET,
+  STATUS_DRIVER,
+  STATUS_DRIVER_OK,
+  STATUS_FAILED,
+  STATUS_FEATURES_OK,
+  type VirtioDevice,
+} from '../devices/device.js';
+import { isVirtqError, QueueConfigError, SnapshotError } from '../errors.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { U64_UNSAFE } from '../memory/guest-memory.js';
+import {
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_RING_PACKED,
+} from '../queue/constants.js';
+import { type AnyQueue, createQueue, queueFromState } from '../queue/factory.js';
+import { consoleLogger, type Logger } from '../queue/logger.js';
+import { StateReader } from '../queue/state.js';
+
+/** virtio-mmio register offsets (VIRTIO 1.2 §4.2.2, version 2). */
+export const MMIO = {
+  MAGIC_VALUE: 0x000,
+  VERSION: 0x004,
+  DEVICE_ID: 0x008,
+  VENDOR_ID: 0x00c,
+  DEVICE_FEATURES: 0x010,
+  DEVICE_FEATURES_SEL: 0x014,
+  DRIVER_FEATURES: 0x020,
+  DRIVER_FEATURES_SEL: 0x024,
+  QUEUE_SEL: 0x030,
+  QUEUE_NUM_MAX: 0x034,
+  QUEUE_NUM: 0x038,
+  QUEUE_READY: 0x044,
+  QUEUE_NOTIFY: 0x050,
+  INTERRUPT_STATUS: 0x060,
+  INTERRUPT_ACK: 0x064,
+  STATUS: 0x070,
+  QUEUE_DESC_LOW: 0x080,
+  QUEUE_DESC_HIGH: 0x084,
+  QUEUE_DRIVER_LOW: 0x090,
+  QUEUE_DRIVER_HIGH: 0x094,
+  QUEUE_DEVICE_LOW: 0x0a0,
+  QUEUE_DEVICE_HIGH: 0x0a4,
+  SHM_SEL: 0x0ac,
+  SHM_LEN_LOW: 0x0b0,
+  SHM_LEN_HIGH: 0x0b4,
+  SHM_BASE_LOW: 0x0b8,
+  SHM_BASE_HIGH: 0x0bc,
+  QUEUE_RESET: 0x0c0,
+  CONFIG_GENERATION: 0x0fc,
+  CONFIG: 0x100,
+} as const;
+
+/** "virt" in little-endian. */
+export const MMIO_MAGIC = 0x74726976;
+export const MMIO_VERSION = 2;
+/** Vendor id virtq reports ("VQ" in ASCII). */
+export const VIRTQ_VENDOR_ID = 0x5156;
+/** Size of the register window, configuration space included. */
+export const MMIO_WINDOW_SIZE = 0x200;
+
+/** InterruptStatus bits (§4.2.2). */
+export const INT_USED_BUFFER = 1;
+export const INT_CONFIG_CHANGE = 2;
+
+const TWO_32 = 2 ** 32;
+
+export interface MmioOptions {
+  /** Called when the interrupt line changes level (true: asserted). */
+  onInterrupt?: (level: boolean) => void;
+  /** Where odd driver behaviour is reported (default: console). */
+  logger?: Logger;
+}
+
+/** Saved state of an mmio transport and its device. */
+export interface MmioState {
+  version: 1;
+  status: number;
+  deviceFeaturesSel: number;
+  driverFeaturesSel: number;
+  driverFeatures: string;
+  queueSel: number;
+  interruptStatus: number;
+  /** Format of the queues (decided at FEATURES_OK). */
+  packed: boolean;
+  /** Per-queue configuration registers (for queues not yet initialised too). */
+  queues: unknown[];
+  device: DeviceState | null;
+}
+
+/**
+ * A virtio-mmio (version 2) register window in front of one {@link VirtioDevice}.
+ *
+ * `read` and `write` take any offset and width an emulated CPU can produce and never throw:
+ * valid accesses get the behaviour VIRTIO 1.2 §4.2 prescribes, invalid ones (wrong width,
+ * read-only or write-only register, a write in the wrong device status) are ignored and read
+ * as zero. The status state machine follows §3.1.1; queue registers are writable only after
+ * FEATURES_OK and before DRIVER_OK (as Firecracker's transport does).
+ */
+export class MmioTransport {
+  readonly device: VirtioDevice;
+  readonly memory: GuestMemory;
+  private readonly logger: Logger;
+  private readonly onInterrupt: ((level: boolean) => void) | undefined;
+
+  private deviceStatus = 0;
+  private deviceFeaturesSel = 0;
+  private driverFeaturesSel = 0;
+  private driverFeatures = 0n;
+  private queueSel = 0;
+  private shmSel = 0;
+  private intStatus = 0;
+  private packed = false;
+  /** One queue per device queue; replaced by queues of the negotiated format at FEATURES_OK. */
+  queues: AnyQueue[];
+
+  constructor(device: VirtioDevice, memory: GuestMemory, options: MmioOptions = {}) {
+    this.device = device;
+    this.memory = memory;
+    this.logger = options.logger ?? consoleLogger;
+    this.onInterrupt = options.onInterrupt;
+    this.queues = this.makeQueues(false);
+    this.addrHalves = new Uint32Array(6 * device.queueMaxSizes.length);
+  }
+
+  private makeQueues(packed: boolean): AnyQueue[] {
+    this.addrHalves = new Uint32Array(6 * this.device.queueMaxSizes.length);
+    return this.device.queueMaxSizes.map((max) =>
+      createQueue(packed ? 'packed' : 'split', max, { logger: this.logger }),
+    );
+  }
+
+  /** The device status as the driver reads it (DEVICE_NEEDS_RESET included). */
+  get status(): number {
+    return this.deviceStatus | (this.device.needsReset ? STATUS_DEVICE_NEEDS_RESET : 0);
+  }
+
+  /** Pending interrupt bits (INT_USED_BUFFER, INT_CONFIG_CHANGE). */
+  get interruptStatus(): number {
+    return this.intStatus;
+  }
+
+  /** The interrupt sink given to the device. */
+  private readonly sink: InterruptSink = {
+    usedBuffer: () => this.raise(INT_USED_BUFFER),
+    configChanged: () => this.raise(INT_CONFIG_CHANGE),
+  };
+
+  private raise(bits: number): void {
+    const before = this.intStatus;
+    this.intStatus |= bits;
+    if (before === 0 && this.onInterrupt !== undefined) this.onInterrupt(true);
+  }
+
+  private get selectedQueue(): AnyQueue | undefined {
+    return this.queues[this.queueSel];
+  }
+
+  private has(bits: number): boolean {
+    return (this.deviceStatus & bits) === bits;
+  }
+
+  /** Queue registers may change only between FEATURES_OK and DRIVER_OK (§4.2.3.2). */
+  private queueWritable(): boolean {
+    return (
+      this.has(STATUS_FEATURES_OK) &&
+      (this.deviceStatus & (STATUS_DRIVER_OK | STATUS_FAILED)) === 0 &&
+      !this.device.needsReset
+    );
+  }
+
+  /** Reads `size` (1, 2 or 4) bytes at `offset` of the window. Never throws. */
+  read(offset: number, size: number): number {
+    if (offset >= MMIO.CONFIG) return this.readConfig(offset - MMIO.CONFIG, size);
+    // §4.2.2.2: control registers are read 32 bits wide and aligned.
+    if (size !== 4 || (offset & 3) !== 0) return this.ignored('read', offset, size);
+    switch (offset) {
+      case MMIO.MAGIC_VALUE:
+        return MMIO_MAGIC;
+      case MMIO.VERSION:
+        return MMIO_VERSION;
+      case MMIO.DEVICE_ID:
+        return this.device.deviceType;
+      case MMIO.VENDOR_ID:
+        return VIRTQ_VENDOR_ID;
+      case MMIO.DEVICE_FEATURES:
+        return this.deviceFeaturesSel > 1
+          ? 0
+          : Number(
+              (this.device.offeredFeatures >> BigInt(32 * this.deviceFeaturesSel)) & 0xffffffffn,
+            );
+      case MMIO.QUEUE_NUM_MAX:
+        return this.selectedQueue?.maxSize ?? 0;
+      case MMIO.QUEUE_READY:
+        return this.selectedQueue?.ready === true ? 1 : 0;
+      case MMIO.INTERRUPT_STATUS:
+        return this.intStatus;
+      case MMIO.STATUS:
+        return this.status;
+      case MMIO.SHM_LEN_LOW:
+      case MMIO.SHM_LEN_HIGH:
+      case MMIO.SHM_BASE_LOW:
+      case MMIO.SHM_BASE_HIGH:
+        // §4.2.2: no shared memory regions; a missing region reads as length and base ~0.
+        return 0xffffffff;
+      case MMIO.QUEUE_RESET:
+        return 0;
+      case MMIO.CONFIG_GENERATION:
+        return this.device.configGeneration >>> 0;
+      default:
+        return this.ignored('read', offset, size);
+    }
+  }
+
+  /** Writes `size` (1, 2 or 4) bytes at `offset` of the window. Never throws. */
+  write(offset: number, size: number, value: number): void {
+    if (offset >= MMIO.CONFIG) {
+      this.writeConfig(offset - MMIO.CONFIG, size, value);
+      return;
+    }
+    if (size !== 4 || (offset & 3) !== 0) {
+      this.ignored('write', offset, size);
+      return;
+    }
+    const v = value >>> 0;
+    switch (offset) {
+      case MMIO.DEVICE_FEATURES_SEL:
+        this.deviceFeaturesSel = v;
+        return;
+      case MMIO.DRIVER_FEATURES:
+        this.writeDriverFeatures(v);
+        return;
+      case MMIO.DRIVER_FEATURES_SEL:
+        this.driverFeaturesSel = v;
+        return;
+      case MMIO.QUEUE_SEL:
+        this.queueSel = v;
+        return;
+      case MMIO.QUEUE_NOTIFY:
+        this.notify(v & 0xffff);
+        return;
+      case MMIO.INTERRUPT_ACK:
+        this.ackInterrupt(v);
+        return;
+      case MMIO.STATUS:
+        this.writeStatus(v);
+        return;
+      case MMIO.SHM_SEL:
+        this.shmSel = v;
+        return;
+      case MMIO.QUEUE_RESET:
+        // VIRTIO_F_RING_RESET is not offered, so the register does nothing (§4.2.2).
+        return;
+      default:
+        this.writeQueueRegister(offset, v);
+    }
+  }
+
+  private writeDriverFeatures(v: number): void {
+    // §3.1.1: features are written after DRIVER and before FEATURES_OK.
+    if (!this.has(STATUS_DRIVER) || this.has(STATUS_FEATURES_OK)) {
+      this.ignored('write', MMIO.DRIVER_FEATURES, 4);
+      return;
+    }
+    if (this.driverFeaturesSel > 1) return;
+    const shift = BigInt(32 * this.driverFeaturesSel);
+    this.driverFeatures = (this.driverFeatures & ~(0xffffffffn << shift)) | (BigInt(v) << shift);
+  }
+
+  private writeQueueRegister(offset: number, v: number): void {
+    const q = this.selectedQueue;
+    if (q === undefined || !this.queueWritable()) {
+      this.ignored('write', offset, 4);
+      return;
+    }
+    // §4.2.2.2: the driver MUST NOT change a queue's registers while it is ready.
+    if (q.ready && offset !== MMIO.QUEUE_READY) {
+      this.ignored('write', offset, 4);
+      return;
+    }
+    switch (offset) {
+      case MMIO.QUEUE_NUM:
+        q.size = v;
+        return;
+      case MMIO.QUEUE_READY:
+        q.ready = (v & 1) === 1;
+        return;
+      case MMIO.QUEUE_DESC_LOW:
+      case MMIO.QUEUE_DESC_HIGH:
+      case MMIO.QUEUE_DRIVER_LOW:
+      case MMIO.QUEUE_DRIVER_HIGH:
+      case MMIO.QUEUE_DEVICE_LOW:
+      case MMIO.QUEUE_DEVICE_HIGH: {
+        // Keep the two halves as written; the queue sees the 64-bit value as a number
+        // (>= 2^53 becomes U64_UNSAFE, which no region contains).
+        const slot = (offset - MMIO.QUEUE_DESC_LOW) >> 3; // 0 desc, 2 driver, 4 device
+        const half = (offset >> 2) & 1;
+        const regs = this.addrHalves;
+        regs[6 * this.queueSel + slot + half] = v;
+        const lo = regs[6 * this.queueSel + slot]!;
+        const hi = regs[6 * this.queueSel + slot + 1]!;
+        const addr = hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
+        if (slot === 0) q.descTableAddress = addr;
+        else if (slot === 2) q.availRingAddress = addr;
+        else q.usedRingAddress = addr;
+        return;
+      }
+      default:
+        this.ignored('write', offset, 4);
+    }
+  }
+
+  /** The low and high halves of the three ring addresses of every queue, as written. */
+  private addrHalves: Uint32Array;
+
+  private notify(index: number): void {
+    // §2.1.2 / §3.1.1: only a live device processes its queues.
+    if (!this.has(STATUS_DRIVER_OK) || (this.deviceStatus & STATUS_FAILED) !== 0) return;
+    this.device.queueNotify(index);
+  }
+
+  private ackInterrupt(bits: number): void {
+    const before = this.intStatus;
+    this.intStatus &= ~bits;
+    if (before !== 0 && this.intStatus === 0 && this.onInterrupt !== undefined)
+      this.onInterrupt(false);
+  }
+
+  private writeStatus(v: number): void {
+    if (v === 0) {
+      this.reset();
+      return;
+    }
+    const cur = this.deviceStatus;
+    // FAILED may be set at any time (§2.1.1); the driver then gives up on the device.
+    if ((v & STATUS_FAILED) !== 0) {
+      this.deviceStatus = cur | STATUS_FAILED;
+      return;
+    }
+    // §2.1.2: the driver MUST NOT clear a status bit (other than by writing 0).
+    if ((v & cur) !== cur) {
+      this.ignored('write', MMIO.STATUS, 4);
+      return;
+    }
+    const added = v & ~cur & 0xff;
+    // §3.1.1: bits are set one step at a time, in this order.
+    if (added === STATUS_ACKNOWLEDGE && cur === 0) {
+      this.deviceStatus = v;
+    } else if (added === STATUS_DRIVER && cur === STATUS_ACKNOWLEDGE) {
+      this.deviceStatus = v;
+    } else if (added === STATUS_FEATURES_OK && cur === (STATUS_ACKNOWLEDGE | STATUS_DRIVER)) {
+      this.featuresOk(v);
+    } else if (
+      added === STATUS_DRIVER_OK &&
+      cur === (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK)
+    ) {
+      this.driverOk(v);
+    } else if (added !== 0) {
+      this.ignored('write', MMIO.STATUS, 4);
+    }
+  }
+
+  private featuresOk(v: number): void {
+    // §3.1.1 step 5-6: if the device does not accept the features, FEATURES_OK stays clear.
+    if (!this.device.acceptFeatures(this.driverFeatures)) {
+      this.logger.warn('driver features refused; FEATURES_OK stays clear', {
+        features: this.driverFeatures.toString(16),
+      });
+      return;
+    }
+    const f = this.driverFeatures;
+    this.packed = hasFeature(f, VIRTIO_F_RING_PACKED);
+    this.queues = this.makeQueues(this.packed);
+    for (const q of this.queues) {
+      q.usesNotifSuppression = hasFeature(f, VIRTIO_F_EVENT_IDX);
+      q.indirectDesc = hasFeature(f, VIRTIO_F_INDIRECT_DESC);
+    }
+    this.deviceStatus = v;
+  }
+
+  private driverOk(v: number): void {
+    // Validate every ready queue before the device may touch it (§2.7, §2.8).
+    for (const q of this.queues) {
+      if (!q.ready) continue;
+      try {
+        q.initialize(this.memory);
+      } catch (e) {
+        if (!(e instanceof QueueConfigError)) throw e;
+        this.deviceStatus = v;
+        this.device.activate(this.context());
+        (this.device as { fail?: (err: QueueConfigError) => void }).fail?.(e);
+        return;
+      }
+    }
+    this.deviceStatus = v;
+    this.device.activate(this.context());
+  }
+
+  private context(): DeviceContext {
+    return {
+      memory: this.memory,
+      queues: this.queues,
+      features: this.driverFeatures,
+      interrupt: this.sink,
+    };
+  }
+
+  /** Device reset (status 0, §2.4): everything back to the power-on state. */
+  reset(): void {
+    this.device.reset();
+    this.deviceStatus = 0;
+    this.deviceFeaturesSel = 0;
+    this.driverFeaturesSel = 0;
+    this.driverFeatures = 0n;
+    this.queueSel = 0;
+    this.shmSel = 0;
+    this.packed = false;
+    this.queues = this.makeQueues(false);
+    this.ackInterrupt(0xffffffff);
+  }
+
+  private readConfig(offset: number, size: number): number {
+    if (size !== 1 && size !== 2 && size !== 4) return 0;
+    const buf = this.configScratch;
+    this.device.readConfig(offset, buf.subarray(0, size));
+    return size === 1
+      ? buf[0]!
+      : size === 2
+        ? buf[0]! | (buf[1]! << 8)
+        : (buf[0]! | (buf[1]! << 8) | (buf[2]! << 16) | (buf[3]! << 24)) >>> 0;
+  }
+
+  private writeConfig(offset: number, size: number, value: number): void {
+    if (size !== 1 && size !== 2 && size !== 4) return;
+    const buf = this.configScratch;
+    for (let i = 0; i < size; i++) buf[i] = (value >>> (8 * i)) & 0xff;
+    this.device.writeConfig(offset, buf.slice(0, size));
+  }
+
+  private readonly configScratch = new Uint8Array(4);
+
+  private ignored(kind: 'read' | 'write', offset: number, size: number): number {
+    this.logger.warn(`ignored mmio ${kind}`, { offset, size, status: this.deviceStatus });
+    return 0;
+  }
+
+  // ---- snapshots ----
+
+  /** The transport's and device's whole state as a JSON-safe object. */
+  save(): MmioState {
+    const dev = this.device as VirtioDevice & { save?: () => DeviceState };
+    return {
+      version: 1,
+      status: this.deviceStatus,
+      deviceFeaturesSel: this.deviceFeaturesSel,
+      driverFeaturesSel: this.driverFeaturesSel,
+      driverFeatures: this.driverFeatures.toString(16),
+      queueSel: this.queueSel,
+      interruptStatus: this.intStatus,
+      packed: this.packed,
+      queues: this.queues.map((q) => q.save()),
+      device: dev.save !== undefined ? dev.save() : null,
+    };
+  }
+
+  /**
+   * Restores a saved state over this transport's device and memory. Every field is validated
+   * (a {@link SnapshotError} names the first bad one) before anything changes.
+   */
+  restore(state: unknown): void {
+    const r = StateReader.root(state, 'mmio');
+    r.literal('version', [1]);
+    const status = r.int('status', 0, 0xff);
+    const deviceFeaturesSel = r.int('deviceFeaturesSel', 0, 0xffffffff);
+    const driverFeaturesSel = r.int('driverFeaturesSel', 0, 0xffffffff);
+    const queueSel = r.int('queueSel', 0, 0xffffffff);
+    const interruptStatus = r.int('interruptStatus', 0, INT_USED_BUFFER | INT_CONFIG_CHANGE);
+    const packed = r.bool('packed');
+    const rawFeatures = (state as { driverFeatures?: unknown }).driverFeatures;
+    if (typeof rawFeatures !== 'string' || !/^[0-9a-f]{1,16}$/.test(rawFeatures)) {
+      throw new SnapshotError('mmio.driverFeatures', 'expected a hex string of at most 64 bits');
+    }
+    const features = BigInt(`0x${rawFeatures}`);
+    const rawQueues = r.array('queues', this.device.queueMaxSizes.length);
+    if (rawQueues.length !== this.device.queueMaxSizes.length) {
+      throw new SnapshotError('mmio.queues', `expected ${this.device.queueMaxSizes.length} queues`);
+    }
+    const queues = rawQueues.map((qs, i) => {
+      try {
+        const q = queueFromState(qs, this.memory, { logger: this.logger });
+        if (q.format !== (packed ? 'packed' : 'split'))
+          throw new SnapshotError(`mmio.queues.${i}.format`, 'does not match the transport');
+        if (q.maxSize !== this.device.queueMaxSizes[i])
+          throw new SnapshotError(`mmio.queues.${i}.maxSize`, 'does not match the device');
+        return q;
+      } catch (e) {
+        if (e instanceof SnapshotError && !e.field.startsWith('mmio.')) {
+          throw new SnapshotError(`mmio.queues.${i}.${e.field}`, e.message);
+        }
+        throw e;
+      }
+    });
+    const live = (status & STATUS_DRIVER_OK) !== 0;
+    const devState = (state as { device?: unknown }).device;
+    const dev = this.device as VirtioDevice & { restoreDeviceState?: (s: DeviceState) => void };
+    if (live && (devState === null || typeof devState !== 'object')) {
+      throw new SnapshotError('mmio.device', 'a live device needs its saved state');
+    }
+    if (live && !this.device.acceptFeatures(features)) {
+      throw new SnapshotError('mmio.driverFeatures', 'the device does not accept these features');
+    }
+    // Everything checked: apply.
+    this.device.reset();
+    this.deviceStatus = status;
+    this.deviceFeaturesSel = deviceFeaturesSel;
+    this.driverFeaturesSel = driverFeaturesSel;
+    this.driverFeatures = features;
+    this.queueSel = queueSel;
+    this.packed = packed;
+    this.queues = queues;
+    this.addrHalves = new Uint32Array(6 * queues.length);
+    queues.forEach((q, i) => {
+      const addrs = [q.descTableAddress, q.availRingAddress, q.usedRingAddress];
+      addrs.forEach((a, k) => {
+        this.addrHalves[6 * i + 2 * k] = a % TWO_32;
+        this.addrHalves[6 * i + 2 * k + 1] = Math.floor(a / TWO_32);
+      });
+    });
+    this.intStatus = interruptStatus;
+    if (live) {
+      this.device.activate(this.context());
+      try {
+        dev.restoreDeviceState?.(devState as DeviceState);
+      } catch (e) {
+        if (isVirtqError(e)) {
+          this.reset();
+          throw e;
+        }
+        throw e;
+      }
+    }
+  }
+}
