@@ -114,7 +114,6 @@ export class MmioTransport {
   private driverFeaturesSel = 0;
   private driverFeatures = 0n;
   private queueSel = 0;
-  private shmSel = 0;
   private intStatus = 0;
   private packed = false;
   /** One queue per device queue; replaced by queues of the negotiated format at FEATURES_OK. */
@@ -252,7 +251,7 @@ export class MmioTransport {
         this.writeStatus(v);
         return;
       case MMIO.SHM_SEL:
-        this.shmSel = v;
+        // Every region reads as absent, whichever is selected.
         return;
       case MMIO.QUEUE_RESET:
         // VIRTIO_F_RING_RESET is not offered, so the register does nothing (§4.2.2).
@@ -419,7 +418,6 @@ export class MmioTransport {
     this.driverFeaturesSel = 0;
     this.driverFeatures = 0n;
     this.queueSel = 0;
-    this.shmSel = 0;
     this.packed = false;
     this.queues = this.makeQueues(false);
     this.ackInterrupt(0xffffffff);
