@@ -1,14 +1,7 @@
-import {
-  hex,
-  isVirtqError,
-  QueueConfigError,
-  type QueueConfigErrorCode,
-  QueueStateError,
-  SnapshotError,
-  UsedRingError,
-} from '../../errors.js';
+import { QueueConfigError, QueueStateError, SnapshotError, UsedRingError } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
+import { applyCommonState, bufferOffset, initializeRestored, ringArea } from '../area.js';
 import { DescriptorChain } from '../chain.js';
 import {
   MAX_QUEUE_SIZE,
@@ -211,21 +204,21 @@ export class PackedQueue implements Queue {
       throw new QueueConfigError('QUEUE_INVALID_SIZE', 'size', `invalid queue size ${size}`);
     }
     // §2.8.10.1 / §2.8.11: descriptor ring 16-byte aligned, event structures 4-byte aligned.
-    const desc = this.areaRegion(
+    const desc = ringArea(
       memory,
       'descTableAddress',
       this.descTableAddress,
       packedDescRingBytes(size),
       PACKED_DESC_RING_ALIGN,
     );
-    const driver = this.areaRegion(
+    const driver = ringArea(
       memory,
       'availRingAddress',
       this.availRingAddress,
       PACKED_EVENT_BYTES,
       PACKED_EVENT_ALIGN,
     );
-    const device = this.areaRegion(
+    const device = ringArea(
       memory,
       'usedRingAddress',
       this.usedRingAddress,
@@ -233,7 +226,7 @@ export class PackedQueue implements Queue {
       PACKED_EVENT_ALIGN,
     );
 
-    const at = (r: GuestRegion, addr: number) => r.offset + (addr - r.base);
+    const at = bufferOffset;
     this.desc16 = new Uint16Array(desc.buffer, at(desc, this.descTableAddress), 8 * size);
     this.desc32 = new Uint32Array(desc.buffer, at(desc, this.descTableAddress), 4 * size);
     // One u32 per event structure: off_wrap in the low half, flags in the high half, so both
@@ -273,26 +266,6 @@ export class PackedQueue implements Queue {
     this.pendingSlot = -1;
     this.pendingSpan = 0;
     this.undoId = -1;
-  }
-
-  private areaRegion(
-    memory: GuestMemory,
-    field: string,
-    addr: number,
-    len: number,
-    align: number,
-  ): GuestRegion {
-    const fail = (code: QueueConfigErrorCode, why: string): never => {
-      throw new QueueConfigError(code, field, `${field} ${hex(addr)} ${why}`);
-    };
-    if (!Number.isSafeInteger(addr) || addr < 0)
-      fail('QUEUE_RING_OUT_OF_MEMORY', 'is not a guest address');
-    if (addr % align !== 0) fail('QUEUE_MISALIGNED', `is not ${align}-byte aligned`);
-    const r = memory.findRegion(addr);
-    // §2.8.10.1: each part is physically contiguous, so it must lie inside one region.
-    if (r === undefined || len > r.end - addr)
-      fail('QUEUE_RING_OUT_OF_MEMORY', `+${len} is not inside one memory region`);
-    return r as GuestRegion;
   }
 
   private requireActive(): void {
@@ -683,13 +656,7 @@ export class PackedQueue implements Queue {
     r.literal('format', ['packed']);
     const c = r.common(MAX_QUEUE_SIZE);
     const q = new PackedQueue(c.maxSize, options);
-    q.size = c.size;
-    q.ready = c.ready;
-    q.descTableAddress = c.descTableAddress;
-    q.availRingAddress = c.availRingAddress;
-    q.usedRingAddress = c.usedRingAddress;
-    q.usesNotifSuppression = c.eventIdx;
-    q.indirectDesc = c.indirectDesc;
+    applyCommonState(q, c);
     const size = c.size;
     const last = Math.max(size - 1, 0);
     q.freshState(size);
@@ -723,16 +690,7 @@ export class PackedQueue implements Queue {
     }
     const pending = r.int('pendingUsed', 0, Math.max(2 * size - 1, 0));
     if (c.active) {
-      if (memory === null)
-        throw new SnapshotError('packed.active', 'an active queue needs guest memory');
-      try {
-        q.initialize(memory);
-      } catch (e) {
-        if (isVirtqError(e) && e instanceof QueueConfigError) {
-          throw new SnapshotError(`packed.${e.field}`, e.message);
-        }
-        throw e;
-      }
+      initializeRestored(q, memory, 'packed');
       if (pending > 0) q.restorePending(pending);
     } else if (pending > 0) {
       throw new SnapshotError('packed.pendingUsed', 'an inactive queue has no unpublished batch');

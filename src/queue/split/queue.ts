@@ -1,15 +1,13 @@
 import {
   DescriptorError,
-  hex,
-  isVirtqError,
   QueueConfigError,
-  type QueueConfigErrorCode,
   QueueStateError,
   SnapshotError,
   UsedRingError,
 } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
+import { applyCommonState, bufferOffset, initializeRestored, ringArea } from '../area.js';
 import { DescriptorChain } from '../chain.js';
 import {
   MAX_QUEUE_SIZE,
@@ -158,21 +156,21 @@ export class SplitQueue implements Queue {
       throw new QueueConfigError('QUEUE_INVALID_SIZE', 'size', `invalid queue size ${size}`);
     }
     // §2.7 alignment table: descriptor table 16, available ring 2, used ring 4.
-    const desc = this.ringRegion(
+    const desc = ringArea(
       memory,
       'descTableAddress',
       this.descTableAddress,
       descTableBytes(size),
       DESC_TABLE_ALIGN,
     );
-    const avail = this.ringRegion(
+    const avail = ringArea(
       memory,
       'availRingAddress',
       this.availRingAddress,
       availRingBytes(size),
       AVAIL_RING_ALIGN,
     );
-    const used = this.ringRegion(
+    const used = ringArea(
       memory,
       'usedRingAddress',
       this.usedRingAddress,
@@ -180,7 +178,7 @@ export class SplitQueue implements Queue {
       USED_RING_ALIGN,
     );
 
-    const at = (r: GuestRegion, addr: number) => r.offset + (addr - r.base);
+    const at = bufferOffset;
     this.desc32 = new Uint32Array(desc.buffer, at(desc, this.descTableAddress), 4 * size);
     this.desc16 = new Uint16Array(desc.buffer, at(desc, this.descTableAddress), 8 * size);
     this.avail16 = new Uint16Array(avail.buffer, at(avail, this.availRingAddress), 3 + size);
@@ -199,26 +197,6 @@ export class SplitQueue implements Queue {
     avail.markDirty(this.availRingAddress, availRingBytes(size));
     used.markDirty(this.usedRingAddress, usedRingBytes(size));
     this.active = true;
-  }
-
-  private ringRegion(
-    memory: GuestMemory,
-    field: string,
-    addr: number,
-    len: number,
-    align: number,
-  ): GuestRegion {
-    const fail = (code: QueueConfigErrorCode, why: string): never => {
-      throw new QueueConfigError(code, field, `${field} ${hex(addr)} ${why}`);
-    };
-    if (!Number.isSafeInteger(addr) || addr < 0)
-      fail('QUEUE_RING_OUT_OF_MEMORY', 'is not a guest address');
-    if (addr % align !== 0) fail('QUEUE_MISALIGNED', `is not ${align}-byte aligned`);
-    const r = memory.findRegion(addr);
-    // The ring, event field included, must lie inside one region.
-    if (r === undefined || len > r.end - addr)
-      fail('QUEUE_RING_OUT_OF_MEMORY', `+${len} is not inside one memory region`);
-    return r as GuestRegion;
   }
 
   private requireActive(): void {
@@ -570,28 +548,11 @@ export class SplitQueue implements Queue {
     // Any u32 the guest wrote to the size register restores; initialize() judges an active one.
     const c = r.common(MAX_QUEUE_SIZE, 0xffffffff);
     const q = new SplitQueue(c.maxSize, options);
-    q.size = c.size;
-    q.ready = c.ready;
-    q.descTableAddress = c.descTableAddress;
-    q.availRingAddress = c.availRingAddress;
-    q.usedRingAddress = c.usedRingAddress;
-    q.usesNotifSuppression = c.eventIdx;
-    q.indirectDesc = c.indirectDesc;
+    applyCommonState(q, c);
     q._nextAvail = r.int('nextAvail', 0, 0xffff);
     q._nextUsed = r.int('nextUsed', 0, 0xffff);
     q._numAdded = r.int('numAdded', 0, 0xffff);
-    if (c.active) {
-      if (memory === null)
-        throw new SnapshotError('split.active', 'an active queue needs guest memory');
-      try {
-        q.initialize(memory);
-      } catch (e) {
-        if (isVirtqError(e) && e instanceof QueueConfigError) {
-          throw new SnapshotError(`split.${e.field}`, e.message);
-        }
-        throw e;
-      }
-    }
+    if (c.active) initializeRestored(q, memory, 'split');
     return q;
   }
 
