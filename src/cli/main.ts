@@ -1,6 +1,17 @@
 #!/usr/bin/env node
+import { accessSync, constants, statSync } from 'node:fs';
 import { SingleBar } from 'cli-progress';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import {
+  DEMO_DEVICES,
+  DEMO_FEATURES,
+  type DemoConfig,
+  type DemoDevice,
+  type DemoFeature,
+  type Placement,
+  type Ring,
+} from './demo-protocol.js';
+import { runDemo, summary } from './device-demo.js';
 import { runQueueDemo } from './queue-demo.js';
 
 /** A commander parser for an integer within [min, max]. */
@@ -13,6 +24,68 @@ export function intIn(min: number, max: number, what: string): (v: string) => nu
     }
     return n;
   };
+}
+
+/** A commander parser for a number of seconds in (0, max]. */
+function seconds(max: number, what: string): (v: string) => number {
+  return (v) => {
+    if (!/^\d+(\.\d+)?$/.test(v.trim()))
+      throw new InvalidArgumentError(`${what} must be a number of seconds.`);
+    const n = Number(v);
+    if (!(n > 0) || n > max)
+      throw new InvalidArgumentError(`${what} must be more than 0 and at most ${max}.`);
+    return n;
+  };
+}
+
+/** A commander parser for a comma-separated list of names from `choices` (no repeats). */
+function listOf<T extends string>(
+  choices: readonly T[],
+  what: string,
+  none?: string,
+): (v: string) => T[] {
+  return (v) => {
+    const items = v
+      .split(',')
+      .map((x) => x.trim())
+      .filter((x) => x !== '');
+    if (none !== undefined && items.length === 1 && items[0] === none) return [];
+    if (items.length === 0)
+      throw new InvalidArgumentError(`${what} needs at least one of ${choices.join(', ')}.`);
+    const out: T[] = [];
+    for (const item of items) {
+      if (!(choices as readonly string[]).includes(item)) {
+        throw new InvalidArgumentError(
+          `${what}: unknown ${JSON.stringify(item)} (choose from ${choices.join(', ')}${none !== undefined ? `, or ${none}` : ''}).`,
+        );
+      }
+      if (!out.includes(item as T)) out.push(item as T);
+    }
+    return out;
+  };
+}
+
+/** A commander parser for one of `choices` or "both" (the first two). */
+function oneOrBoth<T extends string>(choices: readonly [T, T], what: string): (v: string) => T[] {
+  return (v) => {
+    if (v === 'both') return [...choices];
+    if ((choices as readonly string[]).includes(v)) return [v as T];
+    throw new InvalidArgumentError(`${what} must be ${choices[0]}, ${choices[1]} or both.`);
+  };
+}
+
+function readableFile(v: string): string {
+  try {
+    if (!statSync(v).isFile())
+      throw new InvalidArgumentError(`--disk-image ${v} is not a regular file.`);
+    accessSync(v, constants.R_OK);
+  } catch (e) {
+    if (e instanceof InvalidArgumentError) throw e;
+    throw new InvalidArgumentError(
+      `--disk-image ${v} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
+    );
+  }
+  return v;
 }
 
 function powerOfTwo(what: string): (v: string) => number {
@@ -36,7 +109,55 @@ export function buildProgram(): Command {
   program
     .command('demo')
     .description(
-      'Run a simulated guest driver against a virtq device on built-in defaults and print what happened',
+      'Run a simulated guest that drives virtio devices (rng, block, console, net) through virtio-mmio, and print what each device did',
+    )
+    .addOption(
+      new Option(
+        '--devices <list>',
+        `devices to drive, comma-separated (${DEMO_DEVICES.join(', ')})`,
+      )
+        .default([...DEMO_DEVICES], DEMO_DEVICES.join(','))
+        .argParser(listOf(DEMO_DEVICES, '--devices')),
+    )
+    .addOption(
+      new Option('--ring <format>', 'ring format: split, packed or both')
+        .default(['split', 'packed'], 'both')
+        .argParser(oneOrBoth<Ring>(['split', 'packed'], '--ring')),
+    )
+    .addOption(
+      new Option(
+        '--placement <where>',
+        'where devices run: same-thread (as the guest), worker (one device thread) or both',
+      )
+        .default(['same-thread', 'worker'], 'both')
+        .argParser(oneOrBoth<Placement>(['same-thread', 'worker'], '--placement')),
+    )
+    .addOption(
+      new Option(
+        '--features <list>',
+        `ring features the guest asks for, comma-separated (${DEMO_FEATURES.join(', ')}), or none`,
+      )
+        .default(['event-idx', 'indirect'], 'event-idx,indirect')
+        .argParser(listOf(DEMO_FEATURES, '--features', 'none')),
+    )
+    .addOption(
+      new Option('--duration <seconds>', 'seconds of driving, over all phases')
+        .default(5)
+        .argParser(seconds(3600, '--duration')),
+    )
+    .addOption(
+      new Option(
+        '--disk-image <file>',
+        'disk image for the block device, opened read-only (default: a built-in 8 MiB image)',
+      ).argParser(readableFile),
+    )
+    .option('--no-progress', 'no progress display')
+    .action((opts: DeviceDemoOptions) => deviceDemo(opts));
+
+  program
+    .command('queue-demo')
+    .description(
+      'Run a driver and a device exchanging chains through one split queue on this thread, and print what happened',
     )
     .addOption(
       new Option('--chains <n>', 'request/response chains to exchange')
@@ -66,12 +187,40 @@ export function buildProgram(): Command {
     .option('--no-event-idx', 'do not negotiate VIRTIO_F_EVENT_IDX')
     .option('--indirect', 'send every chain through an indirect descriptor table', false)
     .option('--no-progress', 'no progress bar')
-    .action((opts: DemoOptions) => demo(opts));
+    .action((opts: QueueDemoOptions) => queueDemo(opts));
 
   return program;
 }
 
-interface DemoOptions {
+interface DeviceDemoOptions {
+  devices: DemoDevice[];
+  ring: Ring[];
+  placement: Placement[];
+  features: DemoFeature[];
+  duration: number;
+  diskImage?: string;
+  progress: boolean;
+}
+
+async function deviceDemo(opts: DeviceDemoOptions): Promise<void> {
+  const config: DemoConfig = {
+    devices: opts.devices,
+    rings: opts.ring,
+    placements: opts.placement,
+    features: opts.features,
+    duration: opts.duration,
+    diskImage: opts.diskImage ?? null,
+  };
+  const result = await runDemo(config, {
+    err: process.stderr,
+    progress: opts.progress,
+  });
+  for (const line of summary(config, result)) console.log(line);
+  for (const f of result.failures) console.error(`virtq demo: ${f}`);
+  if (result.failures.length > 0) process.exitCode = 1;
+}
+
+interface QueueDemoOptions {
   chains: number;
   queueSize: number;
   batch: number;
@@ -82,7 +231,7 @@ interface DemoOptions {
   progress: boolean;
 }
 
-function demo(opts: DemoOptions): void {
+function queueDemo(opts: QueueDemoOptions): void {
   const showBar = opts.progress && process.stderr.isTTY === true;
   const bar = showBar
     ? new SingleBar({
@@ -117,7 +266,9 @@ function demo(opts: DemoOptions): void {
     ['verified', 'every chain came back once, with the right length and answer'],
   ];
   const w = Math.max(...rows.map(([k]) => k.length));
-  console.log('virtq demo: a driver and a device exchanging chains through a split virtqueue');
+  console.log(
+    'virtq queue-demo: a driver and a device exchanging chains through a split virtqueue',
+  );
   for (const [k, v] of rows) console.log(`  ${k.padEnd(w)}  ${v}`);
 }
 

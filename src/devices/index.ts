@@ -3,3 +3,4 @@ export * from './console/index.js';
 export * from './device.js';
 export * from './net/index.js';
 export * from './rng/index.js';
+export * from './runner/index.js';

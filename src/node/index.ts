@@ -1,3 +1,10 @@
 export { ConsoleStreamBackend } from './console-stream.js';
+export { buildDevices, type DeviceWorkerSpec } from './device-factories.js';
+export {
+  NodeDeviceWorker,
+  nodePort,
+  type SpawnDeviceWorkerOptions,
+  startModuleWorker,
+} from './device-worker.js';
 export { FileBackend, type FileBackendOptions } from './file-backend.js';
 export { UdpNetBackend, type UdpNetOptions } from './net-udp.js';

@@ -1,4 +1,6 @@
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -11,20 +13,20 @@ function virtq(...args: string[]) {
   return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 60_000 });
 }
 
-describe('virtq command', () => {
-  it('demo runs to completion and prints its summary', () => {
-    const r = virtq('demo', '--chains', '5000', '--no-progress');
+describe('virtq queue-demo', () => {
+  it('runs to completion and prints its summary', () => {
+    const r = virtq('queue-demo', '--chains', '5000', '--no-progress');
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/chains exchanged\s+5,000/);
     expect(r.stdout).toMatch(/verified\s+every chain came back once/);
   });
 
   it.each([
-    [['demo', '--chains', 'many'], /--chains must be a whole number/],
-    [['demo', '--queue-size', '100'], /--queue-size must be a power of two/],
-    [['demo', '--queue-size', '65536'], /--queue-size must be between 1 and 32768/],
-    [['demo', '--response-bytes', '2'], /--response-bytes must be between 4/],
-    [['demo', '--bogus'], /unknown option '--bogus'/],
+    [['queue-demo', '--chains', 'many'], /--chains must be a whole number/],
+    [['queue-demo', '--queue-size', '100'], /--queue-size must be a power of two/],
+    [['queue-demo', '--queue-size', '65536'], /--queue-size must be between 1 and 32768/],
+    [['queue-demo', '--response-bytes', '2'], /--response-bytes must be between 4/],
+    [['queue-demo', '--bogus'], /unknown option '--bogus'/],
     [['frobnicate'], /unknown command 'frobnicate'/],
   ])('rejects %j with a clear message and status 1', (args, message) => {
     const r = virtq(...args);
@@ -36,8 +38,12 @@ describe('virtq command', () => {
   it('--help describes every command', () => {
     const r = virtq('--help');
     expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/demo \[options\]\s+Run a simulated guest driver/);
-    const d = virtq('demo', '--help');
+    expect(r.stdout).toMatch(/demo \[options\]\s+Run a simulated guest that drives virtio devices/);
+    expect(r.stdout).toMatch(
+      /queue-demo \[options\]\s+Run a driver and a device exchanging chains/,
+    );
+    const d = virtq('queue-demo', '--help');
+    expect(d.status).toBe(0);
     for (const flag of ['--chains', '--queue-size', '--batch', '--no-event-idx', '--indirect']) {
       expect(d.stdout).toContain(flag);
     }
@@ -60,5 +66,127 @@ describe('virtq command', () => {
     expect(r.chains).toBe(3000);
     expect(r.bytesRead).toBe(300_000);
     expect(r.bytesWritten).toBe(24_000);
+  });
+});
+
+/** The rows of the demo's summary table for `device`. */
+function rows(stdout: string, device: string): string[] {
+  return stdout
+    .split('\n')
+    .filter((l) =>
+      new RegExp(`^(split|packed)\\*?\\s+(guest thread|device worker)\\s+${device}\\s`).test(l),
+    );
+}
+
+describe('virtq demo', () => {
+  it('drives every device over both ring formats, on the guest thread and in a device worker', () => {
+    const r = virtq('demo', '--duration', '2', '--no-progress');
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(
+      /a simulated guest drove rng, block, console, net through virtio-mmio/,
+    );
+    for (const device of ['rng', 'block', 'console', 'net']) {
+      const lines = rows(r.stdout, device);
+      expect(lines.length, `rows for ${device}`).toBe(4);
+      expect(lines.filter((l) => l.includes('guest thread')).length).toBe(2);
+      expect(lines.filter((l) => l.includes('device worker')).length).toBe(2);
+      for (const line of lines) {
+        // requests > 0 and errors = 0
+        const cells = line.split(/\s{2,}/);
+        expect(Number(cells[4]!.replace(/,/g, '')), line).toBeGreaterThan(0);
+        expect(cells[6], line).toBe('0');
+      }
+    }
+    expect(r.stdout).toMatch(/verified: every request completed once/);
+  }, 60_000);
+
+  it('prints plain progress lines on a non-terminal stderr', () => {
+    const r = virtq(
+      'demo',
+      '--devices',
+      'rng',
+      '--ring',
+      'packed',
+      '--placement',
+      'worker',
+      '--duration',
+      '1.5',
+    );
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/virtq demo: \d+\.\d s, phase 1\/1 packed\/device worker: rng [\d,]+/);
+    expect(r.stderr).toMatch(
+      /virtq demo: phase 1\/1 \(packed\/device worker\) done: [\d,]+ requests/,
+    );
+    expect(rows(r.stdout, 'rng').length).toBe(1);
+    expect(rows(r.stdout, 'block').length).toBe(0);
+  }, 60_000);
+
+  it('reads a disk image given with --disk-image and checks what it reads against the file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'virtq-demo-'));
+    try {
+      const image = join(dir, 'disk.img');
+      const bytes = new Uint8Array(1 << 20);
+      for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 7 + (i >> 12)) & 0xff;
+      writeFileSync(image, bytes);
+      const r = virtq(
+        'demo',
+        '--devices',
+        'block',
+        '--disk-image',
+        image,
+        '--duration',
+        '1',
+        '--no-progress',
+      );
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const lines = rows(r.stdout, 'block');
+      expect(lines.length).toBe(4);
+      for (const line of lines) expect(line.split(/\s{2,}/)[6]).toBe('0');
+      expect(r.stdout).toMatch(/block: random 4 KiB reads, checked against the file/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it.each([
+    [
+      ['demo', '--devices', 'rng,floppy'],
+      /--devices: unknown "floppy" \(choose from rng, block, console, net\)/,
+    ],
+    [['demo', '--devices', ','], /--devices needs at least one of rng, block, console, net/],
+    [['demo', '--ring', 'diagonal'], /--ring must be split, packed or both/],
+    [['demo', '--placement', 'moon'], /--placement must be same-thread, worker or both/],
+    [['demo', '--features', 'event-idx,turbo'], /--features: unknown "turbo"/],
+    [['demo', '--duration', 'soon'], /--duration must be a number of seconds/],
+    [['demo', '--duration', '0'], /--duration must be more than 0/],
+    [
+      ['demo', '--disk-image', '/nonexistent/virtq.img'],
+      /--disk-image \/nonexistent\/virtq.img cannot be read \(ENOENT\)/,
+    ],
+    [['demo', '--disk-image', '/'], /--disk-image \/ is not a regular file/],
+    [['demo', '--chains', '5'], /unknown option '--chains'/],
+  ])('rejects %j with a clear message and status 1', (args, message) => {
+    const r = virtq(...args);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(message);
+    expect(r.stdout).toBe('');
+  });
+
+  it('--help lists every option', () => {
+    const d = virtq('demo', '--help');
+    expect(d.status).toBe(0);
+    for (const flag of [
+      '--devices',
+      '--ring',
+      '--placement',
+      '--features',
+      '--duration',
+      '--disk-image',
+      '--no-progress',
+    ]) {
+      expect(d.stdout).toContain(flag);
+    }
   });
 });

@@ -1,0 +1,390 @@
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import { type AnyQueue, queueFromState } from '../../queue/factory.js';
+import { consoleLogger, type Logger } from '../../queue/logger.js';
+import type { InterruptSink, VirtioDevice } from '../device.js';
+import {
+  type ActivatePayload,
+  CMD_ACCEPT_FEATURES,
+  CMD_ACTIVATE,
+  CMD_RESET,
+  CMD_WRITE_CONFIG,
+  CONFIG_MIRROR_BYTES,
+  D_CMD_ARG0,
+  D_CMD_ARG1,
+  D_CMD_DONE,
+  D_CMD_KIND,
+  D_CMD_LEN,
+  D_CMD_RESULT,
+  D_CMD_SEQ,
+  D_CONFIG_GEN,
+  D_CONFIG_SEQ,
+  D_ERROR_LEN,
+  D_FAILED,
+  D_IRQ_SEQ,
+  D_ISR,
+  D_NEEDS_RESET,
+  D_NOTIFY,
+  DEFAULT_MAILBOX_BYTES,
+  type DeviceDescription,
+  deviceBlockLayout,
+  ERROR_TEXT_BYTES,
+  H_DOORBELL,
+  H_SLEEPING,
+  H_STATE,
+  H_STOP,
+  H_WORDS,
+  type HostTuning,
+  IRQ_CONFIG,
+  IRQ_USED,
+  WORKER_RUNNING,
+  WORKER_STOPPED,
+} from './protocol.js';
+import { Spinner, waitAsyncFor, yieldToEventLoop } from './wait.js';
+
+/** How a {@link DeviceHost} runs (see {@link HostTuning} for the fields that cross threads). */
+export interface DeviceHostOptions extends HostTuning {
+  /** How to give the event loop a turn (default: a zero-delay timer; Node passes setImmediate). */
+  yieldToEventLoop?: () => Promise<void>;
+  /** Where the rebuilt queues report odd driver behaviour (default: console). */
+  logger?: Logger;
+  /** Mailbox bytes per device block. */
+  mailboxBytes?: number;
+  /** A device failed with an exception that is not a guest error (the device is now dead). */
+  onError?: (device: number, error: unknown) => void;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** One device served by a {@link DeviceHost}: its block, its mirrors, its lifecycle. */
+class HostedDevice {
+  readonly block: SharedArrayBuffer;
+  readonly words: Int32Array;
+  private readonly config: Uint8Array;
+  private readonly mailbox: Uint8Array;
+  private readonly errorText: Uint8Array;
+  private readonly scratch = new Uint8Array(CONFIG_MIRROR_BYTES);
+  private readonly queueCount: number;
+  private lastDone = 0;
+  private active = false;
+  failed = false;
+  private mirroredGeneration = -1;
+  private mirroredNeedsReset = false;
+  private readonly sink: InterruptSink;
+
+  constructor(
+    readonly index: number,
+    readonly device: VirtioDevice,
+    private readonly memory: GuestMemory,
+    private readonly logger: Logger,
+    private readonly onError: (device: number, error: unknown) => void,
+    readonly mailboxBytes: number,
+  ) {
+    this.queueCount = device.queueMaxSizes.length;
+    const layout = deviceBlockLayout(this.queueCount, mailboxBytes);
+    this.block = new SharedArrayBuffer(layout.bytes);
+    this.words = new Int32Array(this.block, 0, layout.words);
+    this.config = new Uint8Array(this.block, layout.configOffset, CONFIG_MIRROR_BYTES);
+    this.mailbox = new Uint8Array(this.block, layout.mailboxOffset, mailboxBytes);
+    this.errorText = new Uint8Array(this.block, layout.errorOffset, ERROR_TEXT_BYTES);
+    this.sink = {
+      usedBuffer: () => this.raise(IRQ_USED),
+      configChanged: () => {
+        this.mirror();
+        this.raise(IRQ_CONFIG);
+      },
+    };
+    this.guard(() => this.mirror());
+  }
+
+  describe(): DeviceDescription {
+    return {
+      deviceType: this.device.deviceType,
+      offeredFeatures: this.device.offeredFeatures.toString(16),
+      queueMaxSizes: [...this.device.queueMaxSizes],
+      block: this.block,
+      mailboxBytes: this.mailboxBytes,
+    };
+  }
+
+  private raise(bits: number): void {
+    const w = this.words;
+    Atomics.or(w, D_ISR, bits);
+    Atomics.add(w, D_IRQ_SEQ, 1);
+    Atomics.notify(w, D_IRQ_SEQ);
+  }
+
+  /** Rewrites the configuration mirror under its seqlock, then the generation and needs-reset. */
+  private mirror(): void {
+    const w = this.words;
+    const d = this.device;
+    d.readConfig(0, this.scratch);
+    Atomics.add(w, D_CONFIG_SEQ, 1); // odd: readers retry
+    this.config.set(this.scratch);
+    Atomics.store(w, D_CONFIG_GEN, d.configGeneration | 0);
+    Atomics.add(w, D_CONFIG_SEQ, 1); // even again
+    this.mirroredGeneration = d.configGeneration;
+    this.mirrorNeedsReset();
+  }
+
+  private mirrorNeedsReset(): void {
+    const nr = this.device.needsReset || this.failed;
+    this.mirroredNeedsReset = nr;
+    Atomics.store(this.words, D_NEEDS_RESET, nr ? 1 : 0);
+  }
+
+  /** Runs `fn`; an exception kills this device (it is a bug, not a guest error). */
+  private guard(fn: () => void): boolean {
+    try {
+      fn();
+      return true;
+    } catch (e) {
+      this.die(e);
+      return false;
+    }
+  }
+
+  die(error: unknown): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.active = false;
+    const w = this.words;
+    const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    const bytes = encoder.encode(text).subarray(0, this.errorText.length);
+    this.errorText.set(bytes);
+    Atomics.store(w, D_ERROR_LEN, bytes.length);
+    Atomics.store(w, D_FAILED, 1);
+    Atomics.store(w, D_NEEDS_RESET, 1);
+    // Complete a command the emulator may be waiting for, so it does not wait for its timeout.
+    const seq = Atomics.load(w, D_CMD_SEQ);
+    if (seq !== this.lastDone) this.complete(seq, -1);
+    this.raise(IRQ_CONFIG);
+    this.onError(this.index, error);
+  }
+
+  private complete(seq: number, result: number): void {
+    const w = this.words;
+    this.lastDone = seq;
+    Atomics.store(w, D_CMD_RESULT, result);
+    Atomics.store(w, D_CMD_DONE, seq);
+    Atomics.notify(w, D_CMD_DONE);
+  }
+
+  /**
+   * Re-mirrors the configuration and needs-reset flag if they changed outside a command or a
+   * notification (a backend event while the loop gave its event loop a turn).
+   */
+  refresh(): void {
+    if (this.failed) return;
+    const d = this.device;
+    if (
+      d.configGeneration !== this.mirroredGeneration ||
+      d.needsReset !== this.mirroredNeedsReset
+    ) {
+      this.guard(() => this.mirror());
+    }
+  }
+
+  /** Runs a pending command, then every notified queue. True when it did anything. */
+  step(): boolean {
+    if (this.failed) return false;
+    const w = this.words;
+    let worked = false;
+    const seq = Atomics.load(w, D_CMD_SEQ);
+    if (seq !== this.lastDone) {
+      this.command(seq);
+      worked = true;
+      if (this.failed) return true;
+    }
+    // Notify words are consumed only while active: a notification that races with activation
+    // waits for it instead of being dropped.
+    if (!this.active) return worked;
+    const d = this.device;
+    for (let q = 0; q < this.queueCount; q++) {
+      if (Atomics.load(w, D_NOTIFY + q) === 0) continue;
+      // Clear first: a notification that arrives while the queue is processed is seen next time.
+      Atomics.store(w, D_NOTIFY + q, 0);
+      worked = true;
+      if (!this.guard(() => d.queueNotify(q))) return true;
+    }
+    if (
+      worked &&
+      (d.configGeneration !== this.mirroredGeneration || d.needsReset !== this.mirroredNeedsReset)
+    ) {
+      this.guard(() => this.mirror());
+    }
+    return worked;
+  }
+
+  private command(seq: number): void {
+    const w = this.words;
+    const kind = Atomics.load(w, D_CMD_KIND);
+    let result = 0;
+    const ok = this.guard(() => {
+      switch (kind) {
+        case CMD_ACCEPT_FEATURES: {
+          const f =
+            BigInt(Atomics.load(w, D_CMD_ARG0) >>> 0) |
+            (BigInt(Atomics.load(w, D_CMD_ARG1) >>> 0) << 32n);
+          result = this.device.acceptFeatures(f) ? 1 : 0;
+          break;
+        }
+        case CMD_ACTIVATE:
+          result = this.activate(this.payloadText());
+          break;
+        case CMD_WRITE_CONFIG:
+          this.device.writeConfig(Atomics.load(w, D_CMD_ARG0), this.payload());
+          break;
+        case CMD_RESET:
+          this.device.reset();
+          this.active = false;
+          for (let q = 0; q < this.queueCount; q++) Atomics.store(w, D_NOTIFY + q, 0);
+          break;
+        default:
+          throw new RangeError(`device worker: unknown command ${kind}`);
+      }
+      this.mirror();
+    });
+    if (ok) this.complete(seq, result);
+  }
+
+  /** Rebuilds the queues the transport validated and activates the device on them. */
+  private activate(text: string): number {
+    const p = JSON.parse(text) as ActivatePayload;
+    const queues: AnyQueue[] = [];
+    for (const s of p.queues) queues.push(queueFromState(s, this.memory, { logger: this.logger }));
+    this.device.activate({
+      memory: this.memory,
+      queues,
+      features: BigInt(`0x${p.features}`),
+      interrupt: this.sink,
+    });
+    this.active = true;
+    return 0;
+  }
+
+  private payload(): Uint8Array {
+    const len = Atomics.load(this.words, D_CMD_LEN);
+    // A copy: the mailbox may be rewritten by the next command.
+    return this.mailbox.slice(0, Math.min(Math.max(len, 0), this.mailbox.length));
+  }
+
+  private payloadText(): string {
+    return decoder.decode(this.payload());
+  }
+}
+
+/**
+ * The worker side of devices that run in their own thread: serves one or more
+ * {@link VirtioDevice}s behind shared control blocks, for {@link WorkerDeviceProxy}s on the
+ * emulator thread.
+ *
+ * The loop looks at each device's command word (lifecycle calls: feature acceptance,
+ * activation, configuration writes, reset) and then at its notify words, calls the device,
+ * and sleeps on the worker's doorbell when there is nothing to do. It needs nothing but
+ * SharedArrayBuffer and Atomics, so it runs the same in a Node worker_thread and a Web Worker.
+ * Every `idleSliceMs` of sleep and `busySliceMs` of work it gives the event loop a turn, so
+ * messages (queries) and timers still run; with `wait: 'async'` it sleeps with
+ * `Atomics.waitAsync` and the event loop is always free (for backends that complete
+ * asynchronously), at the price of a slower wake-up.
+ */
+export class DeviceHost {
+  readonly header: SharedArrayBuffer;
+  private readonly h: Int32Array;
+  private readonly slots: HostedDevice[];
+  private readonly wait: 'sync' | 'async';
+  private readonly idleSliceMs: number;
+  private readonly busySliceMs: number;
+  private readonly spinner: Spinner;
+  private readonly yieldFn: () => Promise<void>;
+
+  constructor(
+    devices: readonly VirtioDevice[],
+    memory: GuestMemory,
+    options: DeviceHostOptions = {},
+  ) {
+    if (devices.length === 0) throw new RangeError('a device host needs at least one device');
+    this.header = new SharedArrayBuffer(H_WORDS * 4);
+    this.h = new Int32Array(this.header);
+    this.wait = options.wait ?? 'sync';
+    this.idleSliceMs = options.idleSliceMs ?? 20;
+    this.busySliceMs = options.busySliceMs ?? 50;
+    this.spinner = new Spinner(options.spinUs ?? 0);
+    this.yieldFn = options.yieldToEventLoop ?? yieldToEventLoop;
+    const logger = options.logger ?? consoleLogger;
+    const onError = options.onError ?? (() => {});
+    const mailbox = options.mailboxBytes ?? DEFAULT_MAILBOX_BYTES;
+    this.slots = devices.map((d, i) => new HostedDevice(i, d, memory, logger, onError, mailbox));
+  }
+
+  /** What the emulator side needs to build one proxy per device. */
+  describe(): DeviceDescription[] {
+    return this.slots.map((s) => s.describe());
+  }
+
+  /** The device served at `index` (its real object, in this thread). */
+  device(index: number): VirtioDevice | undefined {
+    return this.slots[index]?.device;
+  }
+
+  /** Marks every device failed with `error` (the worker is going down). */
+  failAll(error: unknown): void {
+    for (const s of this.slots) s.die(error);
+  }
+
+  /** Asks the loop to stop (from this thread; the emulator side sets H_STOP itself). */
+  stop(): void {
+    Atomics.store(this.h, H_STOP, 1);
+    Atomics.add(this.h, H_DOORBELL, 1);
+    Atomics.notify(this.h, H_DOORBELL);
+  }
+
+  private refreshAll(): void {
+    for (const s of this.slots) s.refresh();
+  }
+
+  /** Serves the devices until a stop request. */
+  async run(): Promise<void> {
+    const h = this.h;
+    const slots = this.slots;
+    Atomics.store(h, H_STATE, WORKER_RUNNING);
+    let lastYield = performance.now();
+    for (;;) {
+      const seq = Atomics.load(h, H_DOORBELL);
+      if (Atomics.load(h, H_STOP) !== 0) break;
+      let worked = false;
+      for (let i = 0; i < slots.length; i++) if (slots[i]!.step()) worked = true;
+      if (worked) {
+        const now = performance.now();
+        if (now - lastYield >= this.busySliceMs) {
+          await this.yieldFn();
+          this.refreshAll();
+          lastYield = performance.now();
+        }
+        continue;
+      }
+      // Spin a little first (with back-off, see Spinner): a notification that comes within
+      // spinUs costs no futex wake-up.
+      if (this.spinner.spin(h, H_DOORBELL, seq)) continue;
+      // Sleep. A notifier increments the doorbell and then reads H_SLEEPING: either it sees 1
+      // and notifies, or the doorbell moved before the wait looks at it (sequentially
+      // consistent atomics on both sides), so no notification is lost.
+      Atomics.store(h, H_SLEEPING, 1);
+      if (this.wait === 'sync') {
+        const r = Atomics.wait(h, H_DOORBELL, seq, this.idleSliceMs);
+        Atomics.store(h, H_SLEEPING, 0);
+        if (r === 'timed-out') {
+          await this.yieldFn();
+          this.refreshAll();
+          lastYield = performance.now();
+        }
+      } else {
+        await waitAsyncFor(h, H_DOORBELL, seq, this.idleSliceMs);
+        Atomics.store(h, H_SLEEPING, 0);
+        this.refreshAll();
+        lastYield = performance.now();
+      }
+    }
+    Atomics.store(h, H_STATE, WORKER_STOPPED);
+  }
+}
