@@ -108,14 +108,14 @@ function mutate(
   const slots: [Record<string | number, unknown>, string | number, string][] = [];
   for (const [k, v] of Object.entries(state)) {
     slots.push([state, k, k]);
-    if (Array.isArray(v)) {
-      v.forEach((e, i) => {
-        slots.push([v as unknown as Record<number, unknown>, i, `${k}.${i}`]);
-        if (Array.isArray(e))
-          e.forEach((_, j) =>
-            slots.push([e as unknown as Record<number, unknown>, j, `${k}.${i}.${j}`]),
-          );
-      });
+    if (!Array.isArray(v)) continue;
+    for (let i = 0; i < v.length; i++) {
+      slots.push([v as unknown as Record<number, unknown>, i, `${k}.${i}`]);
+      const e = v[i] as unknown;
+      if (!Array.isArray(e)) continue;
+      for (let j = 0; j < e.length; j++) {
+        slots.push([e as unknown as Record<number, unknown>, j, `${k}.${i}.${j}`]);
+      }
     }
   }
   const [obj, key, path] = slots[m.pick % slots.length]!;

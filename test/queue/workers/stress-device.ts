@@ -4,10 +4,15 @@
  * transformed pattern back, reports the exact length, and publishes used buffers in batches,
  * interrupting the driver when the ring says so. When idle it arms notifications, re-checks,
  * and sleeps on the kick counter.
+ *
+ * In-order runs complete through an InOrderCompleter instead of addUsed: each batch of popped
+ * chains is finished in a scrambled order (groups swapped in pairs, each group back to front)
+ * with a flush after every completion, so flushes that find the oldest chain unfinished
+ * publish nothing, and the others publish a whole prefix as one collapsed used entry.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { GuestMemory } from '../../../src/memory/index.js';
-import { DescriptorChain } from '../../../src/queue/index.js';
+import { DescriptorChain, InOrderCompleter } from '../../../src/queue/index.js';
 import { RING_KINDS } from './ring-kinds.js';
 import {
   CTL,
@@ -42,6 +47,7 @@ function run(): SideReport {
     size: cfg.queueSize,
     eventIdx: cfg.eventIdx,
     indirect: cfg.indirect,
+    inOrder: cfg.inOrder,
   });
   const total = cfg.chains;
   const chain = new DescriptorChain(8);
@@ -53,6 +59,7 @@ function run(): SideReport {
     timeoutWakeupsWithWork: 0,
     idleTimeouts: 0,
     recheckHits: 0,
+    usedEntries: 0,
     elapsedMs: 0,
   };
   const t0 = performance.now();
@@ -92,7 +99,7 @@ function run(): SideReport {
         if (v[b] !== readableByte(seq, k)) fail(`chain ${seq}: readable byte ${k} is ${v[b]}`);
       }
     }
-    const written = writtenLength(seq);
+    const written = writtenLength(seq, cfg.inOrder);
     k = 0;
     for (let i = nr; i < c.count && k < written; i++) {
       const v = c.slice(i);
@@ -102,12 +109,49 @@ function run(): SideReport {
     return written;
   };
 
+  const interrupt = (): void => {
+    Atomics.add(ctl, CTL.IRQS, 1);
+    Atomics.notify(ctl, CTL.IRQS, 1);
+    report.notificationsSent++;
+  };
+
   const publish = (): void => {
-    if (dev.publish()) {
-      Atomics.add(ctl, CTL.IRQS, 1);
-      Atomics.notify(ctl, CTL.IRQS, 1);
-      report.notificationsSent++;
+    if (dev.publish()) interrupt();
+  };
+
+  // In-order completion: the chains of the current batch, in pop order.
+  const completer = cfg.inOrder ? new InOrderCompleter(dev, true) : null;
+  const batchIds = new Int32Array(PUBLISH_EVERY);
+  const batchLens = new Int32Array(PUBLISH_EVERY);
+  let batchSize = 0;
+  let batchNo = 0;
+
+  /** Completes chain `j` of the batch and flushes; interrupts when the ring says so. */
+  const completeOne = (c: InOrderCompleter, j: number): void => {
+    c.complete(batchIds[j]!, batchLens[j]!);
+    if (c.flush() > 0) {
+      report.usedEntries++;
+      if (dev.kickWanted()) interrupt();
     }
+  };
+
+  /**
+   * Finishes the batch out of order: groups of 1..7 chains (the size varies per batch), the
+   * groups in swapped pairs (1, 0, 3, 2, ...), each group back to front.
+   */
+  const completeBatch = (c: InOrderCompleter): void => {
+    const g = 1 + (batchNo % 7);
+    const groups = Math.ceil(batchSize / g);
+    for (let p = 0; p < groups; p += 2) {
+      // The later group of the pair first: its flushes find the earlier group unfinished.
+      for (let q = Math.min(p + 1, groups - 1); q >= p; q--) {
+        const end = Math.min(batchSize, (q + 1) * g);
+        for (let j = end - 1; j >= q * g; j--) completeOne(c, j);
+      }
+    }
+    if (c.pending !== 0) fail(`${c.pending} chains still pending after their batch`);
+    batchSize = 0;
+    batchNo++;
   };
 
   // Start polling, with notifications off until the ring runs dry.
@@ -118,12 +162,26 @@ function run(): SideReport {
     for (;;) {
       const c = dev.pop(chain);
       if (c === null) break;
-      dev.addUsed(c.head, handle(c));
+      if (completer === null) {
+        dev.addUsed(c.head, handle(c));
+        report.usedEntries++;
+      } else {
+        completer.popped(c.head);
+        batchIds[batchSize] = c.head;
+        batchLens[batchSize] = handle(c);
+        batchSize++;
+      }
       n++;
       processed++;
-      if (n % PUBLISH_EVERY === 0) publish();
+      if (n % PUBLISH_EVERY === 0) {
+        if (completer === null) publish();
+        else completeBatch(completer);
+      }
     }
-    if (n % PUBLISH_EVERY !== 0) publish();
+    if (n % PUBLISH_EVERY !== 0) {
+      if (completer === null) publish();
+      else completeBatch(completer);
+    }
     if (n > 0) {
       Atomics.store(ctl, CTL.PROCESSED, processed);
       continue;

@@ -17,12 +17,14 @@ import {
 } from './stress-protocol.js';
 
 export interface StressOptions {
-  /** A key of RING_KINDS ('split'; 'packed' once it exists). */
+  /** A key of RING_KINDS: 'split' or 'packed'. */
   kind: string;
   chains: number;
   queueSize: number;
   eventIdx: boolean;
   indirect: boolean;
+  /** VIRTIO_F_IN_ORDER with collapsed batches (see StressConfig.inOrder; default false). */
+  inOrder?: boolean;
   /** Overall limit for the run, ms. */
   timeoutMs: number;
   /** Safety-net timeout of each Atomics.wait, ms (default 25). */
@@ -58,13 +60,18 @@ export function describeResult(name: string, r: StressResult): string {
     `${s.recheckHits} re-check hits`;
   return (
     `${name}: ${r.driver.chains} chains in ${(r.elapsedMs / 1000).toFixed(2)} s = ` +
-    `${Math.round(r.chainsPerSecond)} chains/s\n  driver: ${side(r.driver)}\n  device: ${side(r.device)}`
+    `${Math.round(r.chainsPerSecond)} chains/s\n  driver: ${side(r.driver)}\n  device: ${side(r.device)}, ` +
+    `${r.device.usedEntries} used entries`
   );
 }
 
 export async function runStress(o: StressOptions): Promise<StressResult> {
   const kind = RING_KINDS[o.kind];
   if (kind === undefined) throw new RangeError(`unknown ring kind ${o.kind}`);
+  const n = o.queueSize;
+  if (!Number.isInteger(n) || n < 1 || (kind.powerOfTwo && (n & (n - 1)) !== 0)) {
+    throw new RangeError(`queue size ${n} does not suit a ${o.kind} ring`);
+  }
   const ringBase = 0x1000;
   const { end, ring } = kind.layout(ringBase, o.queueSize);
   const slotBase = align(end, 4096);
@@ -84,6 +91,7 @@ export async function runStress(o: StressOptions): Promise<StressResult> {
     chains: o.chains,
     eventIdx: o.eventIdx,
     indirect: o.indirect,
+    inOrder: o.inOrder ?? false,
     waitMs: o.waitMs ?? 25,
     dropKicks: o.dropKicks ?? false,
   };
@@ -129,18 +137,48 @@ export async function runStress(o: StressOptions): Promise<StressResult> {
       );
     }, o.timeoutMs);
   });
+  const both = [start('driver'), start('device')] as const;
   try {
-    const sides = Promise.all([start('driver'), start('device')]);
-    // The first failure wins; stop the other side so it does not wait out its own timeout.
+    const sides = Promise.all(both);
+    // On the first failure, stop the other side so it does not wait out its own timeout.
     sides.catch(stopAll);
     const [driver, device] = await Promise.race([sides, timeout]);
     const elapsedMs = performance.now() - t0;
     return { driver, device, elapsedMs, chainsPerSecond: (o.chains / elapsedMs) * 1000 };
   } catch (e) {
     stopAll();
-    throw e;
+    throw await withOtherSide(e, both);
   } finally {
     clearTimeout(timer);
     await Promise.all(workers.map((w) => w.terminate()));
   }
+}
+
+/**
+ * The error of a failed run, with what the other side reported. The side that fails sets
+ * STOP, and the other one then fails with "stopped after n chains", which may arrive first;
+ * waiting briefly for both keeps the real cause in the message.
+ */
+async function withOtherSide(
+  first: unknown,
+  sides: readonly Promise<SideReport>[],
+): Promise<Error> {
+  const settled = await Promise.race([
+    Promise.allSettled(sides),
+    new Promise<null>((r) => setTimeout(() => r(null), 3000).unref()),
+  ]);
+  const firstError = first instanceof Error ? first : new Error(String(first));
+  if (settled === null) return firstError;
+  const messages = settled.flatMap((s) =>
+    s.status === 'rejected'
+      ? [s.reason instanceof Error ? s.reason.message : String(s.reason)]
+      : [],
+  );
+  // The secondary failures ("stopped after") go last.
+  const isSecondary = (m: string) => m.includes(': stopped after ');
+  messages.sort((a, b) => Number(isSecondary(a)) - Number(isSecondary(b)));
+  if (!messages.includes(firstError.message)) messages.unshift(firstError.message);
+  const e = new Error(messages.join('\n'));
+  if (firstError.stack !== undefined) e.stack = `${e.message}\n${firstError.stack}`;
+  return e;
 }

@@ -30,7 +30,7 @@ export interface StressConfig {
   kind: string;
   memory: SharedMemoryHandle;
   control: SharedArrayBuffer;
-  /** Queue size (power of two). */
+  /** Queue size (a power of two for the split ring, any size for the packed ring). */
   queueSize: number;
   /** Where the rings start, and the ring kind's own layout description. */
   ringBase: number;
@@ -42,6 +42,13 @@ export interface StressConfig {
   eventIdx: boolean;
   /** Every chain goes through an indirect table. */
   indirect: boolean;
+  /**
+   * VIRTIO_F_IN_ORDER: the device completes through an InOrderCompleter (collapsed batches,
+   * completions finished out of order and held back), and the driver checks that chains come
+   * back in the order it made them available. The device fills every writable buffer (see
+   * {@link writtenLength}), since a collapsed batch reports no length for its other chains.
+   */
+  inOrder: boolean;
   /** Safety-net timeout of each Atomics.wait, ms. */
   waitMs: number;
 }
@@ -62,6 +69,8 @@ export interface SideReport {
   idleTimeouts: number;
   /** Times arming notifications found work already there (the re-check that avoids a lost wakeup). */
   recheckHits: number;
+  /** Used entries the device wrote (one per chain, or one per collapsed batch); 0 for the driver. */
+  usedEntries: number;
   elapsedMs: number;
 }
 
@@ -81,9 +90,13 @@ export function writableCapacity(seq: number): number {
   return 8 + ((seq * 13) % 57);
 }
 
-/** Bytes the device writes into chain `seq` (and reports as the used length). */
-export function writtenLength(seq: number): number {
-  return writableCapacity(seq) - (seq % 5);
+/**
+ * Bytes the device writes into chain `seq` (and reports as the used length). In-order runs
+ * (`full`) fill the whole writable part: a collapsed batch tells the driver only the length of
+ * its last chain, and the driver takes the others as wholly written (VIRTIO 1.2 §2.7.9).
+ */
+export function writtenLength(seq: number, full = false): number {
+  return full ? writableCapacity(seq) : writableCapacity(seq) - (seq % 5);
 }
 
 /** Number of readable / writable buffers of chain `seq` (1 or 2 each). */
