@@ -38,7 +38,14 @@ export type VirtqErrorCode =
   | 'QUEUE_NOT_ACTIVE'
   | 'QUEUE_BROKEN'
   // snapshots
-  | 'SNAPSHOT_INVALID';
+  | 'SNAPSHOT_INVALID'
+  // vhost-user messages
+  | 'VHOST_BAD_HEADER'
+  | 'VHOST_BAD_VERSION'
+  | 'VHOST_BAD_SIZE'
+  | 'VHOST_BAD_FDS'
+  | 'VHOST_UNKNOWN_REQUEST'
+  | 'VHOST_BAD_PAYLOAD';
 
 /** Base class of every error a guest (or guest-controlled data) can cause. */
 export class VirtqError extends Error {
@@ -164,6 +171,33 @@ export class SnapshotError extends VirtqError {
   constructor(field: string, message: string) {
     super('SNAPSHOT_INVALID', `snapshot field ${field}: ${message}`);
     this.field = field;
+  }
+}
+
+export type VhostUserErrorCode =
+  | 'VHOST_BAD_HEADER'
+  | 'VHOST_BAD_VERSION'
+  | 'VHOST_BAD_SIZE'
+  | 'VHOST_BAD_FDS'
+  | 'VHOST_UNKNOWN_REQUEST'
+  | 'VHOST_BAD_PAYLOAD';
+
+/**
+ * The vhost-user front-end sent a message that breaks the protocol (QEMU
+ * docs/interop/vhost-user.rst). `fds` holds every file descriptor that arrived with the
+ * rejected message: nothing took ownership of them, so the receiver must close each one.
+ */
+export class VhostUserError extends VirtqError {
+  declare readonly code: VhostUserErrorCode;
+  /** The header's request code, or -1 when the header itself could not be read. */
+  readonly request: number;
+  /** Descriptors received with the rejected message, for the caller to close. */
+  readonly fds: readonly number[];
+
+  constructor(code: VhostUserErrorCode, request: number, fds: readonly number[], message: string) {
+    super(code, message);
+    this.request = request;
+    this.fds = fds;
   }
 }
 

@@ -3,6 +3,8 @@
  * layer it is built on: Unix sockets with descriptor passing, mmap of received memory, eventfds
  * and descriptor watchers. Nothing here is loaded until {@link loadNative} is called.
  */
+
+export * from './codec.js';
 export {
   type FdWatcher,
   isNativeAvailable,
