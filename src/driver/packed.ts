@@ -131,19 +131,11 @@ export class PackedDriver {
     if (desc % 16 !== 0 || driver % 4 !== 0 || device % 4 !== 0) {
       throw new RangeError('packed ring parts need 16 (ring) and 4 (event areas) byte alignment');
     }
-    const view = <T>(
-      addr: number,
-      bytes: number,
-      make: (b: ArrayBufferLike, off: number) => T,
-    ): T => {
-      const r = memory.checkRange(addr, bytes);
-      return make(r.buffer, r.offset + (addr - r.base));
-    };
     const ringBytes = packedDescRingBytes(size);
-    this.desc16 = view(desc, ringBytes, (b, o) => new Uint16Array(b, o, 8 * size));
-    this.desc32 = view(desc, ringBytes, (b, o) => new Uint32Array(b, o, 4 * size));
-    this.driver32 = view(driver, PACKED_EVENT_BYTES, (b, o) => new Uint32Array(b, o, 1));
-    this.device32 = view(device, PACKED_EVENT_BYTES, (b, o) => new Uint32Array(b, o, 1));
+    this.desc16 = memory.typedView(Uint16Array, desc, 8 * size);
+    this.desc32 = memory.typedView(Uint32Array, desc, 4 * size);
+    this.driver32 = memory.typedView(Uint32Array, driver, 1);
+    this.device32 = memory.typedView(Uint32Array, device, 1);
     // §2.8.13: the descriptor ring is zero-initialised (so no slot looks available).
     memory.fill(desc, ringBytes);
     memory.fill(driver, PACKED_EVENT_BYTES);

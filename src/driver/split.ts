@@ -97,20 +97,12 @@ export class SplitDriver {
     this.eventIdx = options.eventIdx ?? false;
     this.inOrder = options.inOrder ?? false;
     this.fifo = new Uint16Array(size);
-    const view = <T>(
-      addr: number,
-      bytes: number,
-      make: (b: ArrayBufferLike, off: number) => T,
-    ): T => {
-      const r = memory.checkRange(addr, bytes);
-      return make(r.buffer, r.offset + (addr - r.base));
-    };
     const { desc, avail, used } = this.layout;
-    this.desc32 = view(desc, descTableBytes(size), (b, o) => new Uint32Array(b, o, 4 * size));
-    this.desc16 = view(desc, descTableBytes(size), (b, o) => new Uint16Array(b, o, 8 * size));
-    this.avail16 = view(avail, availRingBytes(size), (b, o) => new Uint16Array(b, o, 3 + size));
-    this.used16 = view(used, usedRingBytes(size), (b, o) => new Uint16Array(b, o, 3 + 4 * size));
-    this.used32 = view(used, usedRingBytes(size), (b, o) => new Uint32Array(b, o, 1 + 2 * size));
+    this.desc32 = memory.typedView(Uint32Array, desc, 4 * size);
+    this.desc16 = memory.typedView(Uint16Array, desc, 8 * size);
+    this.avail16 = memory.typedView(Uint16Array, avail, 3 + size);
+    this.used16 = memory.typedView(Uint16Array, used, 3 + 4 * size);
+    this.used32 = memory.typedView(Uint32Array, used, 1 + 2 * size);
     memory.fill(desc, descTableBytes(size));
     memory.fill(avail, availRingBytes(size));
     memory.fill(used, usedRingBytes(size));

@@ -298,6 +298,31 @@ export class GuestMemory {
     return r.bytes.subarray(off, off + len);
   }
 
+  /**
+   * A zero-copy typed-array view of `count` elements at `addr` (for ring structures). The range
+   * must lie in one region and `addr` must be aligned to the element size; region bases and
+   * buffer offsets are multiples of 8, so the view is then aligned in its buffer too. Writes
+   * through the view are not tracked (mark them with {@link markDirty}).
+   */
+  typedView<T extends Uint16Array | Uint32Array>(
+    ctor: {
+      new (buffer: ArrayBufferLike, byteOffset: number, length: number): T;
+      readonly BYTES_PER_ELEMENT: number;
+    },
+    addr: number,
+    count: number,
+  ): T {
+    const r = this.checkRange(addr, count * ctor.BYTES_PER_ELEMENT);
+    if (addr % ctor.BYTES_PER_ELEMENT !== 0) {
+      throw new GuestMemoryError(
+        addr,
+        count * ctor.BYTES_PER_ELEMENT,
+        `is not ${ctor.BYTES_PER_ELEMENT}-byte aligned`,
+      );
+    }
+    return new ctor(r.buffer, r.offset + (addr - r.base), count);
+  }
+
   /** Like {@link slice}, and marks the range dirty because the caller will write to it. */
   writableSlice(addr: number, len: number): Uint8Array {
     const r = this.checkRange(addr, len);

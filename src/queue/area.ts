@@ -30,11 +30,6 @@ export function ringArea(
   return r as GuestRegion;
 }
 
-/** Byte offset in `region.buffer` of guest address `addr` (which lies in the region). */
-export function bufferOffset(region: GuestRegion, addr: number): number {
-  return region.offset + (addr - region.base);
-}
-
 /** Copies the configuration part of a saved state onto a new queue. */
 export function applyCommonState(q: Queue, c: Omit<QueueStateCommon, 'version'>): void {
   q.size = c.size;

@@ -1,7 +1,7 @@
 import { QueueConfigError, QueueStateError, SnapshotError, UsedRingError } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
-import { applyCommonState, bufferOffset, initializeRestored, ringArea } from '../area.js';
+import { applyCommonState, initializeRestored, ringArea } from '../area.js';
 import { DescriptorChain } from '../chain.js';
 import {
   MAX_QUEUE_SIZE,
@@ -226,13 +226,13 @@ export class PackedQueue implements Queue {
       PACKED_EVENT_ALIGN,
     );
 
-    const at = bufferOffset;
-    this.desc16 = new Uint16Array(desc.buffer, at(desc, this.descTableAddress), 8 * size);
-    this.desc32 = new Uint32Array(desc.buffer, at(desc, this.descTableAddress), 4 * size);
+    // ringArea() checked range and alignment, so these views cannot fail.
+    this.desc16 = memory.typedView(Uint16Array, this.descTableAddress, 8 * size);
+    this.desc32 = memory.typedView(Uint32Array, this.descTableAddress, 4 * size);
     // One u32 per event structure: off_wrap in the low half, flags in the high half, so both
     // are read (and written) together as one consistent snapshot.
-    this.driver32 = new Uint32Array(driver.buffer, at(driver, this.availRingAddress), 1);
-    this.device32 = new Uint32Array(device.buffer, at(device, this.usedRingAddress), 1);
+    this.driver32 = memory.typedView(Uint32Array, this.availRingAddress, 1);
+    this.device32 = memory.typedView(Uint32Array, this.usedRingAddress, 1);
     this.descRegion = desc;
     this.deviceRegion = device;
     this.descAddr = this.descTableAddress;

@@ -7,7 +7,7 @@ import {
 } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
-import { applyCommonState, bufferOffset, initializeRestored, ringArea } from '../area.js';
+import { applyCommonState, initializeRestored, ringArea } from '../area.js';
 import { DescriptorChain } from '../chain.js';
 import {
   MAX_QUEUE_SIZE,
@@ -178,13 +178,13 @@ export class SplitQueue implements Queue {
       USED_RING_ALIGN,
     );
 
-    const at = bufferOffset;
-    this.desc32 = new Uint32Array(desc.buffer, at(desc, this.descTableAddress), 4 * size);
-    this.desc16 = new Uint16Array(desc.buffer, at(desc, this.descTableAddress), 8 * size);
-    this.avail16 = new Uint16Array(avail.buffer, at(avail, this.availRingAddress), 3 + size);
-    this.used16 = new Uint16Array(used.buffer, at(used, this.usedRingAddress), 3 + 4 * size);
+    // ringArea() checked range and alignment, so these views cannot fail.
+    this.desc32 = memory.typedView(Uint32Array, this.descTableAddress, 4 * size);
+    this.desc16 = memory.typedView(Uint16Array, this.descTableAddress, 8 * size);
+    this.avail16 = memory.typedView(Uint16Array, this.availRingAddress, 3 + size);
+    this.used16 = memory.typedView(Uint16Array, this.usedRingAddress, 3 + 4 * size);
     // The u32 view stops before avail_event (2 bytes past the last whole word).
-    this.used32 = new Uint32Array(used.buffer, at(used, this.usedRingAddress), 1 + 2 * size);
+    this.used32 = memory.typedView(Uint32Array, this.usedRingAddress, 1 + 2 * size);
     this.usedRegion = used;
     this.usedAddr = this.usedRingAddress;
     this.usedEventIndex = 2 + size;
