@@ -1,7 +1,8 @@
-import { QueueConfigError, QueueStateError, SnapshotError, UsedRingError } from '../../errors.js';
+import { QueueConfigError, SnapshotError, UsedRingError } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
 import { applyCommonState, initializeRestored, ringArea } from '../area.js';
+import { QueueBase } from '../base.js';
 import { DescriptorChain } from '../chain.js';
 import {
   MAX_QUEUE_SIZE,
@@ -11,7 +12,7 @@ import {
   VIRTQ_DESC_F_USED,
   VIRTQ_DESC_F_WRITE,
 } from '../constants.js';
-import { consoleLogger, type Logger } from '../logger.js';
+import type { Logger } from '../logger.js';
 import type { Queue } from '../queue.js';
 import { type PackedQueueState, QUEUE_STATE_VERSION, StateReader } from '../state.js';
 import { eventWanted } from './event.js';
@@ -55,27 +56,8 @@ export interface PackedQueueOptions {
  * Descriptor `flags` and `id`, and both event suppression structures, are accessed with
  * `Atomics` (ring progress); addresses and lengths are plain accesses ordered by them.
  */
-export class PackedQueue implements Queue {
+export class PackedQueue extends QueueBase implements Queue {
   readonly format = 'packed' as const;
-
-  /** Largest size the device offers (1..32768). */
-  maxSize: number;
-  /** Size the driver chose; validated by {@link initialize}. Need not be a power of two. */
-  size: number;
-  /** The driver has finished configuring this queue. */
-  ready = false;
-  /** Guest-physical address of the descriptor ring (descriptor area). */
-  descTableAddress = 0;
-  /** Guest-physical address of the driver event suppression structure (driver area). */
-  availRingAddress = 0;
-  /** Guest-physical address of the device event suppression structure (device area). */
-  usedRingAddress = 0;
-  /** VIRTIO_F_EVENT_IDX negotiated: RING_EVENT_FLAGS_DESC and `off_wrap` are in use. */
-  usesNotifSuppression = false;
-  /** VIRTIO_F_INDIRECT_DESC negotiated: accept indirect descriptors. */
-  indirectDesc = false;
-
-  logger: Logger;
 
   // Ring state, built for `stateSize` slots (0: none yet).
   private stateSize = 0;
@@ -113,9 +95,6 @@ export class PackedQueue implements Queue {
   private deviceEventFlags = RING_EVENT_FLAGS_ENABLE;
 
   // Captured by initialize().
-  private active = false;
-  private memory: GuestMemory | null = null;
-  private qsize = 0;
   private desc16: Uint16Array = EMPTY16;
   private desc32: Uint32Array = EMPTY32;
   private driver32: Uint32Array = EMPTY32;
@@ -126,12 +105,7 @@ export class PackedQueue implements Queue {
   private deviceAddr = 0;
 
   constructor(maxSize: number, options: PackedQueueOptions = {}) {
-    if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_QUEUE_SIZE) {
-      throw new RangeError(`max queue size ${maxSize} is not in 1..${MAX_QUEUE_SIZE}`);
-    }
-    this.maxSize = maxSize;
-    this.size = maxSize;
-    this.logger = options.logger ?? consoleLogger;
+    super(maxSize, options.logger);
   }
 
   /** Ring slot the device reads next. */
@@ -173,21 +147,6 @@ export class PackedQueue implements Queue {
     return out;
   }
 
-  /** True after a successful {@link initialize}, until {@link reset}. */
-  get isActive(): boolean {
-    return this.active;
-  }
-
-  /** The queue size captured at initialisation. */
-  get activeSize(): number {
-    return this.qsize;
-  }
-
-  /** The guest memory the queue was initialised over. */
-  get guestMemory(): GuestMemory | null {
-    return this.memory;
-  }
-
   /**
    * Checks the configuration against VIRTIO 1.2 §2.8 and `memory`, then builds the views of the
    * descriptor ring and the two event suppression structures and marks them dirty. Throws
@@ -196,13 +155,8 @@ export class PackedQueue implements Queue {
    * otherwise.
    */
   initialize(memory: GuestMemory): void {
-    this.active = false;
-    if (!this.ready) throw new QueueConfigError('QUEUE_NOT_READY', 'ready', 'queue is not ready');
-    const size = this.size;
     // §2.8: at most 2^15 entries (and the device's maximum); §2.8.10.1: any size, not only 2^n.
-    if (!Number.isInteger(size) || size <= 0 || size > this.maxSize) {
-      throw new QueueConfigError('QUEUE_INVALID_SIZE', 'size', `invalid queue size ${size}`);
-    }
+    const size = this.beginInitialize(false);
     // §2.8.10.1 / §2.8.11: descriptor ring 16-byte aligned, event structures 4-byte aligned.
     const desc = ringArea(
       memory,
@@ -266,10 +220,6 @@ export class PackedQueue implements Queue {
     this.pendingSlot = -1;
     this.pendingSpan = 0;
     this.undoId = -1;
-  }
-
-  private requireActive(): void {
-    if (!this.active) throw new QueueStateError('QUEUE_NOT_ACTIVE', 'queue is not initialised');
   }
 
   // ---- in-flight list ----
@@ -538,11 +488,6 @@ export class PackedQueue implements Queue {
 
   // ---- notifications ----
 
-  /** Notification suppression (VIRTIO_F_EVENT_IDX) was negotiated. */
-  enableNotifSuppression(): void {
-    this.usesNotifSuppression = true;
-  }
-
   /** Writes the device event suppression structure: flags and off_wrap in one store. */
   private writeDeviceEvent(flags: number, offWrap: number): void {
     this.deviceEventFlags = flags;
@@ -719,16 +664,7 @@ export class PackedQueue implements Queue {
 
   /** Back to the state of a new queue (device reset, §2.4): inactive, size = maxSize, zeroes. */
   reset(): void {
-    this.ready = false;
-    this.size = this.maxSize;
-    this.descTableAddress = 0;
-    this.availRingAddress = 0;
-    this.usedRingAddress = 0;
-    this.usesNotifSuppression = false;
-    this.indirectDesc = false;
-    this.active = false;
-    this.memory = null;
-    this.qsize = 0;
+    this.resetConfig();
     this.freshState(0);
     this.deviceEventFlags = RING_EVENT_FLAGS_ENABLE;
     this.desc16 = EMPTY16;

@@ -1,13 +1,8 @@
-import {
-  DescriptorError,
-  QueueConfigError,
-  QueueStateError,
-  SnapshotError,
-  UsedRingError,
-} from '../../errors.js';
+import { DescriptorError, QueueConfigError, SnapshotError, UsedRingError } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
 import { applyCommonState, initializeRestored, ringArea } from '../area.js';
+import { QueueBase } from '../base.js';
 import { DescriptorChain } from '../chain.js';
 import {
   MAX_QUEUE_SIZE,
@@ -16,7 +11,7 @@ import {
   VIRTQ_DESC_F_NEXT,
   VIRTQ_USED_F_NO_NOTIFY,
 } from '../constants.js';
-import { consoleLogger, type Logger } from '../logger.js';
+import type { Logger } from '../logger.js';
 import type { Queue } from '../queue.js';
 import { QUEUE_STATE_VERSION, type SplitQueueState, StateReader } from '../state.js';
 import {
@@ -50,38 +45,17 @@ const EMPTY32 = new Uint32Array(0);
  * accessed with `Atomics`, which orders the plain accesses to ring entries and buffers the way
  * the seed's acquire/release/SeqCst fences do.
  */
-export class SplitQueue implements Queue {
+export class SplitQueue extends QueueBase implements Queue {
   readonly format = 'split' as const;
 
-  /** Largest size the device offers (1..32768). */
-  maxSize: number;
-  /** Size the driver chose; validated by {@link initialize}. */
-  size: number;
-  /** The driver has finished configuring this queue. */
-  ready = false;
-  /** Guest-physical address of the descriptor table. */
-  descTableAddress = 0;
-  /** Guest-physical address of the available (driver) ring. */
-  availRingAddress = 0;
-  /** Guest-physical address of the used (device) ring. */
-  usedRingAddress = 0;
-  /** VIRTIO_F_EVENT_IDX negotiated: use `used_event` / `avail_event`. */
-  usesNotifSuppression = false;
-  /** VIRTIO_F_INDIRECT_DESC negotiated: accept indirect descriptors. */
-  indirectDesc = false;
   /** How many times a wrapped available index was resynchronised. */
   resyncCount = 0;
-
-  logger: Logger;
 
   private _nextAvail = 0;
   private _nextUsed = 0;
   private _numAdded = 0;
 
   // Captured by initialize().
-  private active = false;
-  private memory: GuestMemory | null = null;
-  private qsize = 0;
   private desc32: Uint32Array = EMPTY32;
   private desc16: Uint16Array = EMPTY16;
   private avail16: Uint16Array = EMPTY16;
@@ -97,12 +71,7 @@ export class SplitQueue implements Queue {
   private availEventIndex = 0;
 
   constructor(maxSize: number, options: SplitQueueOptions = {}) {
-    if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_QUEUE_SIZE) {
-      throw new RangeError(`max queue size ${maxSize} is not in 1..${MAX_QUEUE_SIZE}`);
-    }
-    this.maxSize = maxSize;
-    this.size = maxSize;
-    this.logger = options.logger ?? consoleLogger;
+    super(maxSize, options.logger);
   }
 
   /** Index (mod 2^16) of the next available-ring entry the device will read. */
@@ -127,34 +96,14 @@ export class SplitQueue implements Queue {
     this._numAdded = v & 0xffff;
   }
 
-  /** True after a successful {@link initialize}, until {@link reset}. */
-  get isActive(): boolean {
-    return this.active;
-  }
-
-  /** The queue size captured at initialisation (what the rings really hold). */
-  get activeSize(): number {
-    return this.qsize;
-  }
-
-  /** The guest memory the queue was initialised over. */
-  get guestMemory(): GuestMemory | null {
-    return this.memory;
-  }
-
   /**
    * Checks the configuration against VIRTIO 1.2 §2.7 and `memory`, then builds the ring views
    * and marks the ring memory dirty. Throws {@link QueueConfigError}; on error the queue is
    * left inactive.
    */
   initialize(memory: GuestMemory): void {
-    this.active = false;
-    if (!this.ready) throw new QueueConfigError('QUEUE_NOT_READY', 'ready', 'queue is not ready');
-    const size = this.size;
     // §2.7: Queue Size is a power of 2 no larger than the device's maximum.
-    if (!Number.isInteger(size) || size <= 0 || size > this.maxSize || (size & (size - 1)) !== 0) {
-      throw new QueueConfigError('QUEUE_INVALID_SIZE', 'size', `invalid queue size ${size}`);
-    }
+    const size = this.beginInitialize(true);
     // §2.7 alignment table: descriptor table 16, available ring 2, used ring 4.
     const desc = ringArea(
       memory,
@@ -197,10 +146,6 @@ export class SplitQueue implements Queue {
     avail.markDirty(this.availRingAddress, availRingBytes(size));
     used.markDirty(this.usedRingAddress, usedRingBytes(size));
     this.active = true;
-  }
-
-  private requireActive(): void {
-    if (!this.active) throw new QueueStateError('QUEUE_NOT_ACTIVE', 'queue is not initialised');
   }
 
   // ---- ring field accessors ----
@@ -460,11 +405,6 @@ export class SplitQueue implements Queue {
 
   // ---- notifications ----
 
-  /** Notification suppression (VIRTIO_F_EVENT_IDX) was negotiated. */
-  enableNotifSuppression(): void {
-    this.usesNotifSuppression = true;
-  }
-
   /**
    * With notification suppression: if no chain is pending, writes `avail_event = nextAvail` and
    * returns true when the driver still has published nothing new after that (so a notification
@@ -564,19 +504,10 @@ export class SplitQueue implements Queue {
 
   /** Back to the state of a new queue (device reset, §2.4): inactive, size = maxSize, zeroes. */
   reset(): void {
-    this.ready = false;
-    this.size = this.maxSize;
-    this.descTableAddress = 0;
-    this.availRingAddress = 0;
-    this.usedRingAddress = 0;
+    this.resetConfig();
     this._nextAvail = 0;
     this._nextUsed = 0;
     this._numAdded = 0;
-    this.usesNotifSuppression = false;
-    this.indirectDesc = false;
-    this.active = false;
-    this.memory = null;
-    this.qsize = 0;
     this.desc32 = EMPTY32;
     this.desc16 = EMPTY16;
     this.avail16 = EMPTY16;

@@ -1,0 +1,102 @@
+import { QueueConfigError, QueueStateError } from '../errors.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { MAX_QUEUE_SIZE } from './constants.js';
+import { consoleLogger, type Logger } from './logger.js';
+
+/**
+ * What both ring formats share: the configuration registers a transport writes, the state
+ * captured by `initialize`, and the lifecycle checks around them. The ring-specific parts
+ * (layouts, chains, used entries, notifications) live in `SplitQueue` and `PackedQueue`.
+ */
+export abstract class QueueBase {
+  /** Largest size the device offers (1..32768). */
+  maxSize: number;
+  /** Size the driver chose; validated by `initialize`. */
+  size: number;
+  /** The driver has finished configuring this queue. */
+  ready = false;
+  /** Descriptor area: the split descriptor table or the packed descriptor ring. */
+  descTableAddress = 0;
+  /** Driver area: the split available ring or the packed driver event suppression structure. */
+  availRingAddress = 0;
+  /** Device area: the split used ring or the packed device event suppression structure. */
+  usedRingAddress = 0;
+  /** VIRTIO_F_EVENT_IDX negotiated. */
+  usesNotifSuppression = false;
+  /** VIRTIO_F_INDIRECT_DESC negotiated: accept indirect descriptors. */
+  indirectDesc = false;
+  /** Where driver behaviour worth a word is reported. */
+  logger: Logger;
+
+  // Captured by initialize(); the per-chain path trusts only these.
+  protected active = false;
+  protected memory: GuestMemory | null = null;
+  protected qsize = 0;
+
+  constructor(maxSize: number, logger: Logger | undefined) {
+    if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_QUEUE_SIZE) {
+      throw new RangeError(`max queue size ${maxSize} is not in 1..${MAX_QUEUE_SIZE}`);
+    }
+    this.maxSize = maxSize;
+    this.size = maxSize;
+    this.logger = logger ?? consoleLogger;
+  }
+
+  /** True after a successful `initialize`, until `reset`. */
+  get isActive(): boolean {
+    return this.active;
+  }
+
+  /** The queue size captured at initialisation (what the rings really hold). */
+  get activeSize(): number {
+    return this.qsize;
+  }
+
+  /** The guest memory the queue was initialised over. */
+  get guestMemory(): GuestMemory | null {
+    return this.memory;
+  }
+
+  /** Notification suppression (VIRTIO_F_EVENT_IDX) was negotiated. */
+  enableNotifSuppression(): void {
+    this.usesNotifSuppression = true;
+  }
+
+  protected requireActive(): void {
+    if (!this.active) throw new QueueStateError('QUEUE_NOT_ACTIVE', 'queue is not initialised');
+  }
+
+  /**
+   * The checks every `initialize` starts with: the queue is ready, and its size is in
+   * 1..maxSize (and a power of two when `powerOfTwo`, as split rings need, §2.7; packed rings
+   * take any size, §2.8.10.1). Leaves the queue inactive; returns the size.
+   */
+  protected beginInitialize(powerOfTwo: boolean): number {
+    this.active = false;
+    if (!this.ready) throw new QueueConfigError('QUEUE_NOT_READY', 'ready', 'queue is not ready');
+    const size = this.size;
+    if (
+      !Number.isInteger(size) ||
+      size <= 0 ||
+      size > this.maxSize ||
+      (powerOfTwo && (size & (size - 1)) !== 0)
+    ) {
+      throw new QueueConfigError('QUEUE_INVALID_SIZE', 'size', `invalid queue size ${size}`);
+    }
+    return size;
+  }
+
+  /** Back to a new queue's configuration (device reset, §2.4): not ready, maxSize, zeroes. */
+  protected resetConfig(): void {
+    this.ready = false;
+    this.size = this.maxSize;
+    this.descTableAddress = 0;
+    this.availRingAddress = 0;
+    this.usedRingAddress = 0;
+    this.usesNotifSuppression = false;
+    this.indirectDesc = false;
+    this.active = false;
+    this.memory = null;
+    this.qsize = 0;
+  }
+}
