@@ -4,7 +4,15 @@
  * and descriptor watchers. Nothing here is loaded until {@link loadNative} is called.
  */
 
+export {
+  VHOST_USER_BACKEND_MAX_MEM_SLOTS,
+  VHOST_USER_BACKEND_PROTOCOL_FEATURES,
+  VhostUserBackend,
+  type VhostUserBackendOptions,
+  type VhostUserBackendStats,
+} from './backend.js';
 export * from './codec.js';
+export { type MappedMemoryRegion, MemoryTable, MemoryTableError } from './memory-table.js';
 export {
   type FdWatcher,
   isNativeAvailable,

@@ -1,0 +1,849 @@
+/**
+ * A vhost-user back-end: serves one {@link VirtioDevice} to one front-end (QEMU, DPDK's
+ * virtio-user, a test) at a time over a Unix socket (QEMU docs/interop/vhost-user.rst).
+ *
+ * The front-end drives everything: feature negotiation, the memory table (mapped here from the
+ * fds it sends), each ring's size, addresses, base index and eventfds. A ring runs when it is
+ * started (SET_VRING_KICK) and enabled (SET_VRING_ENABLE 1, or at once without
+ * VHOST_USER_F_PROTOCOL_FEATURES) and stops at GET_VRING_BASE. The device is activated when the
+ * first ring starts and reset when the last one stops or the front-end goes away.
+ *
+ * Every message is validated by the codec and then against the device and the memory table; a
+ * violation is answered with a failure (REPLY_ACK) where the front-end asked for one, and the
+ * fds of the message are closed. Nothing a front-end sends throws out of this class: a
+ * message that loses the framing, or a failed request whose reply the front-end waits for,
+ * closes that connection and the back-end waits for the next front-end.
+ */
+import { lstatSync, unlinkSync } from 'node:fs';
+import type { DeviceContext, InterruptSink, VirtioDevice } from '../devices/device.js';
+import { featureBit, hasFeature } from '../devices/device.js';
+import { isVirtqError, VhostUserError } from '../errors.js';
+import {
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_RING_PACKED,
+} from '../queue/constants.js';
+import { type AnyQueue, createQueue } from '../queue/factory.js';
+import { consoleLogger, type Logger } from '../queue/logger.js';
+import {
+  decodeHeader,
+  decodeMessage,
+  encodeAckReply,
+  encodeConfigErrorReply,
+  encodeConfigReply,
+  encodeU64Reply,
+  encodeVringStateReply,
+  protocolFeatureMask,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_HEADER_SIZE,
+  VHOST_USER_MAX_CONFIG_SIZE,
+  VHOST_USER_MAX_PAYLOAD_SIZE,
+  VhostUserFlags,
+  type VhostUserMessage,
+  VhostUserProtocolFeature,
+  VhostUserRequest,
+} from './codec.js';
+import { MemoryTable, MemoryTableError } from './memory-table.js';
+import { type FdWatcher, loadNative, type VhostUserNative } from './native.js';
+
+/** Protocol features this back-end offers. */
+export const VHOST_USER_BACKEND_PROTOCOL_FEATURES: bigint =
+  protocolFeatureMask(VhostUserProtocolFeature.MQ) |
+  protocolFeatureMask(VhostUserProtocolFeature.REPLY_ACK) |
+  protocolFeatureMask(VhostUserProtocolFeature.CONFIG) |
+  protocolFeatureMask(VhostUserProtocolFeature.RESET_DEVICE) |
+  protocolFeatureMask(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS);
+
+/** Memory slots offered with CONFIGURE_MEM_SLOTS (GET_MAX_MEM_SLOTS). */
+export const VHOST_USER_BACKEND_MAX_MEM_SLOTS = 32;
+
+export interface VhostUserBackendOptions {
+  /** Where protocol violations and device trouble are reported (default: console). */
+  logger?: Logger;
+  /** Native functions (default: {@link loadNative}()). */
+  native?: VhostUserNative;
+  /** Called with every decoded request before it is handled (for tracing). */
+  onMessage?: (message: VhostUserMessage) => void;
+  /** Called when a front-end connects. */
+  onConnect?: () => void;
+  /** Called when the front-end's connection ends, with the reason. */
+  onDisconnect?: (reason: string) => void;
+}
+
+/** Counters for tests and diagnostics. */
+export interface VhostUserBackendStats {
+  connections: number;
+  messages: number;
+  /** Messages rejected by the codec or refused by the back-end. */
+  rejected: number;
+  kicks: number;
+  calls: number;
+}
+
+/** A request the back-end refuses (bad ring index, address outside the table...). */
+class RequestFailure extends Error {}
+
+/** Requests whose reply the front-end always waits for (so a failure cannot stay silent). */
+const REPLYING_REQUESTS: ReadonlySet<number> = new Set([
+  VhostUserRequest.GET_FEATURES,
+  VhostUserRequest.GET_PROTOCOL_FEATURES,
+  VhostUserRequest.GET_QUEUE_NUM,
+  VhostUserRequest.GET_VRING_BASE,
+  VhostUserRequest.GET_CONFIG,
+  VhostUserRequest.GET_MAX_MEM_SLOTS,
+  VhostUserRequest.GET_INFLIGHT_FD,
+  VhostUserRequest.GET_STATUS,
+  VhostUserRequest.SET_LOG_BASE,
+]);
+
+/** Per-ring state set by the front-end. */
+interface RingState {
+  num: number;
+  /** Guest-physical ring addresses (translated at SET_VRING_ADDR), or null before it. */
+  desc: number;
+  avail: number;
+  used: number;
+  /** The user addresses, re-translated when the memory table changes. */
+  userAddr: { desc: number; avail: number; used: number } | null;
+  /** SET_VRING_BASE's value, or where the ring stopped. */
+  base: number;
+  kickFd: number | null;
+  kickWatcher: FdWatcher | null;
+  callFd: number | null;
+  errFd: number | null;
+  /** SET_VRING_KICK received, GET_VRING_BASE not yet. */
+  started: boolean;
+  /** SET_VRING_ENABLE's value. */
+  enabled: boolean;
+  /** The device processes the ring. */
+  running: boolean;
+  /** Disabled while started: the packed queue keeps its state for re-enabling. */
+  paused: boolean;
+}
+
+function freshRing(): RingState {
+  return {
+    num: 0,
+    desc: 0,
+    avail: 0,
+    used: 0,
+    userAddr: null,
+    base: 0,
+    kickFd: null,
+    kickWatcher: null,
+    callFd: null,
+    errFd: null,
+    started: false,
+    enabled: false,
+    running: false,
+    paused: false,
+  };
+}
+
+/** Per-connection state. */
+interface Connection {
+  readonly fd: number;
+  watcher: FdWatcher | null;
+  /** Header and payload of the message being received. */
+  readonly rx: Uint8Array;
+  received: number;
+  /** Header + payload bytes of the message being received, once its header is in. */
+  expected: number;
+  fds: number[];
+  fdsTruncated: boolean;
+}
+
+const MESSAGE_BUFFER = VHOST_USER_HEADER_SIZE + VHOST_USER_MAX_PAYLOAD_SIZE;
+const PROTOCOL_FEATURES_BIT = featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+const PACKED_FRESH_BASE = 0x8000;
+
+/** Serves one virtio device over vhost-user; see the module comment. */
+export class VhostUserBackend {
+  readonly device: VirtioDevice;
+  readonly stats: VhostUserBackendStats = {
+    connections: 0,
+    messages: 0,
+    rejected: 0,
+    kicks: 0,
+    calls: 0,
+  };
+  private readonly native: VhostUserNative;
+  private readonly logger: Logger;
+  private readonly onConnect: (() => void) | undefined;
+  private readonly onMessage: ((message: VhostUserMessage) => void) | undefined;
+  private readonly onDisconnect: ((reason: string) => void) | undefined;
+
+  private listenFd: number | null = null;
+  private listenWatcher: FdWatcher | null = null;
+  private socketPath: string | null = null;
+  private conn: Connection | null = null;
+
+  // Negotiated state of the current front-end.
+  private features = 0n;
+  private protocolFeatures = 0n;
+  private table: MemoryTable = MemoryTable.empty;
+  private rings: RingState[];
+  private queues: AnyQueue[] = [];
+  private ctx: DeviceContext | null = null;
+  /** fds of the message being handled that a handler kept (the rest are closed). */
+  private readonly kept = new Set<number>();
+
+  private readonly sink: InterruptSink = {
+    usedBuffer: (index) => this.signalUsed(index),
+    configChanged: () => {
+      // Without the back-end request channel there is no way to tell the front-end.
+      this.logger.warn('vhost-user: device configuration changed (not signalled to the front-end)');
+    },
+  };
+
+  constructor(device: VirtioDevice, options: VhostUserBackendOptions = {}) {
+    this.device = device;
+    this.native = options.native ?? loadNative();
+    this.logger = options.logger ?? consoleLogger;
+    this.onConnect = options.onConnect;
+    this.onMessage = options.onMessage;
+    this.onDisconnect = options.onDisconnect;
+    this.rings = device.queueMaxSizes.map(freshRing);
+  }
+
+  /** True while a front-end is connected. */
+  get connected(): boolean {
+    return this.conn !== null;
+  }
+
+  /** Negotiated device features (without VHOST_USER_F_PROTOCOL_FEATURES). */
+  get negotiatedFeatures(): bigint {
+    return this.features & ~PROTOCOL_FEATURES_BIT;
+  }
+
+  /** The front-end's memory table as mapped here. */
+  get memoryTable(): MemoryTable {
+    return this.table;
+  }
+
+  /**
+   * Listens on a Unix socket at `path` and serves front-ends one after the other. A stale
+   * socket file at `path` is removed; any other file there is an error.
+   */
+  listen(path: string): void {
+    if (this.listenFd !== null) throw new Error('the back-end is already listening');
+    let stale = false;
+    try {
+      stale = lstatSync(path).isSocket();
+      if (!stale) throw new Error(`${path} exists and is not a socket`);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    if (stale) unlinkSync(path);
+    this.listenFd = this.native.listen(path, 1);
+    this.socketPath = path;
+    if (this.conn === null) this.watchListener();
+  }
+
+  /** Serves a socket that is already connected to a front-end (e.g. one end of a socketpair). */
+  attach(fd: number): void {
+    if (this.conn !== null) throw new Error('the back-end already serves a front-end');
+    this.native.setNonBlocking(fd, true);
+    this.startConnection(fd);
+  }
+
+  /** Disconnects the front-end, stops listening and removes the socket file. */
+  close(): void {
+    if (this.conn !== null) this.disconnect('back-end closed');
+    this.listenWatcher?.stop();
+    this.listenWatcher = null;
+    if (this.listenFd !== null) {
+      this.native.close(this.listenFd);
+      this.listenFd = null;
+    }
+    if (this.socketPath !== null) {
+      try {
+        unlinkSync(this.socketPath);
+      } catch {
+        // Already gone.
+      }
+      this.socketPath = null;
+    }
+  }
+
+  // ---- connections ----
+
+  private watchListener(): void {
+    const fd = this.listenFd;
+    if (fd === null || this.listenWatcher !== null) return;
+    this.listenWatcher = this.native.watch(fd, this.native.constants.POLL_READABLE, (error) => {
+      if (error !== null) {
+        this.logger.warn('vhost-user: polling the listening socket failed', {
+          error: error.message,
+        });
+        return;
+      }
+      let client: number;
+      try {
+        client = this.native.accept(fd);
+      } catch (e) {
+        this.logger.warn('vhost-user: accept failed', { error: (e as Error).message });
+        return;
+      }
+      if (client < 0) return;
+      // One front-end at a time: stop accepting until this one leaves.
+      this.listenWatcher?.stop();
+      this.listenWatcher = null;
+      this.startConnection(client);
+    });
+  }
+
+  private startConnection(fd: number): void {
+    const conn: Connection = {
+      fd,
+      watcher: null,
+      rx: new Uint8Array(MESSAGE_BUFFER),
+      received: 0,
+      expected: VHOST_USER_HEADER_SIZE,
+      fds: [],
+      fdsTruncated: false,
+    };
+    this.conn = conn;
+    this.stats.connections++;
+    conn.watcher = this.native.watch(fd, this.native.constants.POLL_READABLE, (error) => {
+      if (this.conn !== conn) return;
+      if (error !== null) {
+        this.disconnect(`polling the connection failed: ${error.message}`);
+        return;
+      }
+      this.readable(conn);
+    });
+    this.onConnect?.();
+  }
+
+  /** Ends the connection, resets the device and all negotiated state, and listens again. */
+  private disconnect(reason: string): void {
+    const conn = this.conn;
+    if (conn === null) return;
+    this.conn = null;
+    conn.watcher?.stop();
+    this.closeFds(conn.fds);
+    conn.fds = [];
+    try {
+      this.native.close(conn.fd);
+    } catch {
+      // Nothing more to do with it.
+    }
+    this.resetState();
+    this.features = 0n;
+    this.protocolFeatures = 0n;
+    this.table = MemoryTable.empty;
+    this.onDisconnect?.(reason);
+    this.watchListener();
+  }
+
+  /** Reads whatever the socket holds, dispatching each complete message. */
+  private readable(conn: Connection): void {
+    const maxFds = this.native.constants.MAX_FDS_PER_MESSAGE;
+    // Bounded: every pass either consumes bytes from the socket or returns.
+    while (this.conn === conn) {
+      let r: ReturnType<VhostUserNative['recvmsg']>;
+      try {
+        r = this.native.recvmsg(conn.fd, conn.rx.subarray(conn.received, conn.expected), maxFds);
+      } catch (e) {
+        this.disconnect(`receive failed: ${(e as Error).message}`);
+        return;
+      }
+      for (const fd of r.fds) conn.fds.push(fd);
+      if (r.controlTruncated) conn.fdsTruncated = true;
+      if (r.bytes < 0) return;
+      if (r.bytes === 0) {
+        this.disconnect('the front-end closed the connection');
+        return;
+      }
+      conn.received += r.bytes;
+      if (conn.received < conn.expected) continue;
+      if (conn.expected === VHOST_USER_HEADER_SIZE) {
+        let size: number;
+        try {
+          size = decodeHeader(conn.rx.subarray(0, VHOST_USER_HEADER_SIZE), conn.fds).size;
+        } catch (e) {
+          // The framing is lost: nothing after this header can be trusted.
+          this.reject(e);
+          this.disconnect(`bad message header: ${(e as Error).message}`);
+          return;
+        }
+        conn.expected = VHOST_USER_HEADER_SIZE + size;
+        if (size > 0) continue;
+      }
+      const bytes = conn.rx.slice(0, conn.expected);
+      const fds = conn.fds;
+      const truncated = conn.fdsTruncated;
+      conn.received = 0;
+      conn.expected = VHOST_USER_HEADER_SIZE;
+      conn.fds = [];
+      conn.fdsTruncated = false;
+      this.message(bytes, fds, truncated);
+    }
+  }
+
+  private reject(e: unknown): void {
+    this.stats.rejected++;
+    if (e instanceof VhostUserError) this.closeFds(e.fds);
+    this.logger.warn('vhost-user: message rejected', { error: (e as Error).message });
+  }
+
+  /** Decodes and handles one complete message. */
+  private message(bytes: Uint8Array, fds: number[], fdsTruncated: boolean): void {
+    this.stats.messages++;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const request = view.getUint32(0, true);
+    const needReply = (view.getUint32(4, true) & VhostUserFlags.NEED_REPLY) !== 0;
+    let msg: VhostUserMessage;
+    try {
+      if (fdsTruncated) {
+        throw new VhostUserError(
+          'VHOST_BAD_FDS',
+          request,
+          fds,
+          'more fds than one message may carry',
+        );
+      }
+      msg = decodeMessage(bytes, fds);
+    } catch (e) {
+      if (!(e instanceof VhostUserError)) throw e;
+      this.reject(e);
+      this.failed(request, needReply, e.message);
+      return;
+    }
+    this.kept.clear();
+    let reply: Uint8Array | null;
+    try {
+      this.onMessage?.(msg);
+      reply = this.handle(msg);
+    } catch (e) {
+      this.closeUnkept(msg.fds);
+      if (!(e instanceof RequestFailure || e instanceof MemoryTableError || isVirtqError(e))) {
+        // A bug of the back-end or the device, not of the front-end: report it, never crash.
+        this.logger.warn('vhost-user: internal error while handling a request', {
+          request: msg.kind,
+          error: e instanceof Error ? (e.stack ?? e.message) : String(e),
+        });
+      }
+      this.stats.rejected++;
+      this.logger.warn('vhost-user: request refused', {
+        request: msg.kind,
+        error: (e as Error).message,
+      });
+      this.failed(msg.request, msg.needReply, (e as Error).message);
+      return;
+    }
+    this.closeUnkept(msg.fds);
+    if (this.conn === null) return;
+    if (reply !== null) this.send(reply);
+    else if (msg.needReply && this.replyAck) this.send(encodeAckReply(msg.request, 0));
+  }
+
+  /** Answers a refused request: a failure ack, an empty config, or a closed connection. */
+  private failed(request: number, needReply: boolean, why: string): void {
+    if (this.conn === null) return;
+    if (request === VhostUserRequest.GET_CONFIG) {
+      this.send(encodeConfigErrorReply());
+    } else if (REPLYING_REQUESTS.has(request)) {
+      // The front-end waits for a reply that cannot be given.
+      this.disconnect(`cannot answer request ${request}: ${why}`);
+    } else if (needReply && this.replyAck) {
+      this.send(encodeAckReply(request, 1));
+    }
+  }
+
+  private get replyAck(): boolean {
+    return (this.protocolFeatures & protocolFeatureMask(VhostUserProtocolFeature.REPLY_ACK)) !== 0n;
+  }
+
+  private send(bytes: Uint8Array): void {
+    const conn = this.conn;
+    if (conn === null) return;
+    try {
+      // Replies are small; a socket buffer too full for one means the front-end stopped reading.
+      const n = this.native.sendmsg(conn.fd, bytes, []);
+      if (n !== bytes.length) this.disconnect('the front-end does not read its replies');
+    } catch (e) {
+      this.disconnect(`send failed: ${(e as Error).message}`);
+    }
+  }
+
+  private closeFds(fds: readonly number[]): void {
+    for (const fd of fds) {
+      try {
+        this.native.close(fd);
+      } catch {
+        // Already closed.
+      }
+    }
+  }
+
+  private closeUnkept(fds: readonly number[]): void {
+    for (const fd of fds) {
+      if (!this.kept.has(fd)) this.closeFds([fd]);
+    }
+    this.kept.clear();
+  }
+
+  // ---- requests ----
+
+  private ring(index: number): RingState {
+    const r = this.rings[index];
+    // "Ring index": a ring the device does not have.
+    if (r === undefined) {
+      throw new RequestFailure(`ring ${index} does not exist (${this.rings.length} rings)`);
+    }
+    return r;
+  }
+
+  /** Handles a decoded message; returns its reply (null: none, or only an ack). */
+  private handle(msg: VhostUserMessage): Uint8Array | null {
+    const device = this.device;
+    switch (msg.kind) {
+      case 'GET_FEATURES':
+        return encodeU64Reply(msg.request, device.offeredFeatures | PROTOCOL_FEATURES_BIT);
+      case 'SET_FEATURES': {
+        const offered = device.offeredFeatures | PROTOCOL_FEATURES_BIT;
+        // The front-end may only acknowledge what GET_FEATURES offered.
+        if ((msg.features & ~offered) !== 0n) {
+          throw new RequestFailure(`features 0x${msg.features.toString(16)} were not offered`);
+        }
+        if (!device.acceptFeatures(msg.features & ~PROTOCOL_FEATURES_BIT)) {
+          throw new RequestFailure(`the device refuses features 0x${msg.features.toString(16)}`);
+        }
+        this.features = msg.features;
+        return null;
+      }
+      case 'GET_PROTOCOL_FEATURES':
+        return encodeU64Reply(msg.request, VHOST_USER_BACKEND_PROTOCOL_FEATURES);
+      case 'SET_PROTOCOL_FEATURES':
+        if ((msg.features & ~VHOST_USER_BACKEND_PROTOCOL_FEATURES) !== 0n) {
+          throw new RequestFailure(
+            `protocol features 0x${msg.features.toString(16)} were not offered`,
+          );
+        }
+        this.protocolFeatures = msg.features;
+        return null;
+      case 'SET_OWNER':
+        return null;
+      case 'RESET_OWNER':
+      case 'RESET_DEVICE':
+        this.resetState();
+        this.features = 0n;
+        return null;
+      case 'GET_QUEUE_NUM':
+        return encodeU64Reply(msg.request, this.rings.length);
+      case 'GET_MAX_MEM_SLOTS':
+        return encodeU64Reply(msg.request, VHOST_USER_BACKEND_MAX_MEM_SLOTS);
+      case 'SET_MEM_TABLE':
+        // The mappings outlive the fds, which are closed after the message.
+        this.setTable(MemoryTable.map(this.native, msg.regions));
+        return null;
+      case 'ADD_MEM_REG':
+        this.setTable(this.table.add(this.native, msg.region, VHOST_USER_BACKEND_MAX_MEM_SLOTS));
+        return null;
+      case 'REM_MEM_REG':
+        this.setTable(this.table.remove(msg.region));
+        return null;
+      case 'SET_VRING_NUM': {
+        const ring = this.ring(msg.state.index);
+        const max = device.queueMaxSizes[msg.state.index]!;
+        if (msg.state.num < 1 || msg.state.num > max) {
+          throw new RequestFailure(`ring size ${msg.state.num} is not in 1..${max}`);
+        }
+        if (ring.running) throw new RequestFailure('the ring is running');
+        ring.num = msg.state.num;
+        return null;
+      }
+      case 'SET_VRING_ADDR': {
+        const a = msg.addr;
+        const ring = this.ring(a.index);
+        if (ring.running) throw new RequestFailure('the ring is running');
+        const user = { desc: a.descUserAddr, avail: a.availUserAddr, used: a.usedUserAddr };
+        this.translate(ring, user);
+        ring.userAddr = user;
+        return null;
+      }
+      case 'SET_VRING_BASE': {
+        const ring = this.ring(msg.state.index);
+        if (ring.running) throw new RequestFailure('the ring is running');
+        // "SET_VRING_BASE": a split ring's next available index is 16 bits.
+        if (!this.packed && msg.state.num > 0xffff) {
+          throw new RequestFailure(`split ring base ${msg.state.num} exceeds 0xffff`);
+        }
+        ring.base = msg.state.num;
+        ring.paused = false;
+        return null;
+      }
+      case 'GET_VRING_BASE': {
+        const index = msg.state.index;
+        const ring = this.ring(index);
+        // "GET_VRING_BASE": the ring stops; the answer is where the device would read next.
+        this.stopRing(index);
+        this.stopKick(ring);
+        ring.started = false;
+        ring.paused = false;
+        const q = this.queues[index];
+        q?.reset();
+        this.resetDeviceIfIdle();
+        return encodeVringStateReply(msg.request, { index, num: ring.base & 0xffff });
+      }
+      case 'SET_VRING_KICK': {
+        const { index, fd } = msg.file;
+        const ring = this.ring(index);
+        this.stopKick(ring);
+        if (fd !== null) {
+          this.kept.add(fd);
+          ring.kickFd = fd;
+          ring.kickWatcher = this.native.watch(fd, this.native.constants.POLL_READABLE, (err) =>
+            this.kicked(index, err),
+          );
+        } else {
+          this.logger.warn('vhost-user: ring without kick fd; it is served only when started', {
+            index,
+          });
+        }
+        // "Starting and stopping rings": a kick fd starts the ring.
+        ring.started = true;
+        this.tryStart(index);
+        return null;
+      }
+      case 'SET_VRING_CALL': {
+        const ring = this.ring(msg.file.index);
+        if (ring.callFd !== null) this.closeFds([ring.callFd]);
+        ring.callFd = msg.file.fd;
+        if (msg.file.fd !== null) this.kept.add(msg.file.fd);
+        return null;
+      }
+      case 'SET_VRING_ERR': {
+        const ring = this.ring(msg.file.index);
+        if (ring.errFd !== null) this.closeFds([ring.errFd]);
+        ring.errFd = msg.file.fd;
+        if (msg.file.fd !== null) this.kept.add(msg.file.fd);
+        return null;
+      }
+      case 'SET_VRING_ENABLE': {
+        const index = msg.state.index;
+        const ring = this.ring(index);
+        ring.enabled = msg.state.num === 1;
+        if (ring.enabled) this.tryStart(index);
+        else if (ring.running) {
+          this.stopRing(index);
+          ring.paused = true;
+        }
+        return null;
+      }
+      case 'GET_CONFIG': {
+        const c = msg.config;
+        if (c.offset + c.size > VHOST_USER_MAX_CONFIG_SIZE) {
+          throw new RequestFailure(`config access [${c.offset}, +${c.size}) is out of range`);
+        }
+        const out = new Uint8Array(c.size);
+        device.readConfig(c.offset, out);
+        return encodeConfigReply({ offset: c.offset, flags: c.flags, payload: out });
+      }
+      case 'SET_CONFIG': {
+        const c = msg.config;
+        if (c.offset + c.size > VHOST_USER_MAX_CONFIG_SIZE) {
+          throw new RequestFailure(`config access [${c.offset}, +${c.size}) is out of range`);
+        }
+        device.writeConfig(c.offset, c.payload);
+        return null;
+      }
+      default:
+        throw new RequestFailure(`${msg.kind} is not supported by this back-end`);
+    }
+  }
+
+  /** Translates a ring's user addresses through the table (or throws). */
+  private translate(ring: RingState, user: { desc: number; avail: number; used: number }): void {
+    const desc = this.table.userToGuest(user.desc, 1);
+    const avail = this.table.userToGuest(user.avail, 1);
+    const used = this.table.userToGuest(user.used, 1);
+    // "SET_VRING_ADDR": the addresses are front-end virtual addresses inside the memory table.
+    if (desc === null || avail === null || used === null) {
+      throw new RequestFailure('a ring address lies outside the memory table');
+    }
+    ring.desc = desc;
+    ring.avail = avail;
+    ring.used = used;
+  }
+
+  private setTable(table: MemoryTable): void {
+    this.table = table;
+    const memory = table.memory;
+    if (this.ctx === null) return;
+    // Running rings move to the new mappings (QEMU updates the table on memory hot-plug).
+    if (memory !== null) this.ctx.memory = memory;
+    for (let i = 0; i < this.rings.length; i++) {
+      const ring = this.rings[i]!;
+      if (!ring.running) continue;
+      this.stopRing(i);
+      ring.paused = true;
+      try {
+        if (ring.userAddr !== null) this.translate(ring, ring.userAddr);
+        this.tryStart(i);
+      } catch (e) {
+        this.logger.warn('vhost-user: ring stopped by a memory table change', {
+          index: i,
+          error: (e as Error).message,
+        });
+      }
+    }
+  }
+
+  // ---- rings ----
+
+  private get packed(): boolean {
+    return hasFeature(this.features, VIRTIO_F_RING_PACKED);
+  }
+
+  /** Starts ring `index` if it is started, enabled and fully configured. */
+  private tryStart(index: number): void {
+    const ring = this.rings[index]!;
+    const protocolAcked = (this.features & PROTOCOL_FEATURES_BIT) !== 0n;
+    // "Ring states": without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled when started.
+    const enabled = protocolAcked ? ring.enabled : true;
+    if (ring.running || !ring.started || !enabled) return;
+    const memory = this.table.memory;
+    if (memory === null || ring.userAddr === null || ring.num === 0) {
+      throw new RequestFailure(`ring ${index} started before its memory, size or addresses`);
+    }
+    const packed = this.packed;
+    const f = this.negotiatedFeatures;
+    if (this.ctx === null) {
+      this.queues = this.device.queueMaxSizes.map((max) =>
+        createQueue(packed ? 'packed' : 'split', max, { logger: this.logger }),
+      );
+      this.ctx = { memory, queues: this.queues, features: f, interrupt: this.sink };
+      this.device.activate(this.ctx);
+    }
+    let q = this.queues[index]!;
+    const resume = packed && ring.paused && q.isActive;
+    if (!resume) {
+      if (packed && ring.base !== PACKED_FRESH_BASE && (ring.base & 0xffff) !== PACKED_FRESH_BASE) {
+        throw new RequestFailure(
+          `packed ring ${index}: resuming at base 0x${ring.base.toString(16)} is not supported`,
+        );
+      }
+      q = createQueue(packed ? 'packed' : 'split', this.device.queueMaxSizes[index]!, {
+        logger: this.logger,
+      });
+      this.queues[index] = q;
+    }
+    q.size = ring.num;
+    q.descTableAddress = ring.desc;
+    q.availRingAddress = ring.avail;
+    q.usedRingAddress = ring.used;
+    q.usesNotifSuppression = hasFeature(f, VIRTIO_F_EVENT_IDX);
+    q.indirectDesc = hasFeature(f, VIRTIO_F_INDIRECT_DESC);
+    q.ready = true;
+    // Checks size, alignment and that each ring lies in one region (VIRTIO 1.2 §2.7, §2.8).
+    q.initialize(memory);
+    if (q.format === 'split') {
+      q.nextAvail = ring.base;
+      // The used index lives in guest memory and survives a stop of the back-end.
+      q.nextUsed = q.usedRingIdxGet();
+    }
+    ring.running = true;
+    ring.paused = false;
+    // Buffers made available before the ring started are served now.
+    this.notify(index);
+  }
+
+  /** Stops processing ring `index`, remembering where it stopped. */
+  private stopRing(index: number): void {
+    const ring = this.rings[index]!;
+    if (!ring.running) return;
+    ring.running = false;
+    const q = this.queues[index];
+    if (q === undefined || !q.isActive) return;
+    if (q.format === 'split') ring.base = q.nextAvail;
+    else ring.base = (q.nextAvail & 0x7fff) | (q.availWrapCounter ? PACKED_FRESH_BASE : 0);
+  }
+
+  private stopKick(ring: RingState): void {
+    ring.kickWatcher?.stop();
+    ring.kickWatcher = null;
+    if (ring.kickFd !== null) this.closeFds([ring.kickFd]);
+    ring.kickFd = null;
+  }
+
+  /** Resets the device once no ring runs or waits to resume. */
+  private resetDeviceIfIdle(): void {
+    if (this.ctx === null) return;
+    if (this.rings.some((r) => r.started)) return;
+    this.resetDevice();
+  }
+
+  private resetDevice(): void {
+    if (this.ctx !== null) {
+      try {
+        this.device.reset();
+      } catch (e) {
+        this.logger.warn('vhost-user: device reset failed', { error: (e as Error).message });
+      }
+    }
+    this.ctx = null;
+    this.queues = [];
+  }
+
+  /** Forgets every ring and resets the device (disconnect, RESET_OWNER, RESET_DEVICE). */
+  private resetState(): void {
+    for (const ring of this.rings) {
+      this.stopKick(ring);
+      if (ring.callFd !== null) this.closeFds([ring.callFd]);
+      if (ring.errFd !== null) this.closeFds([ring.errFd]);
+    }
+    this.rings = this.device.queueMaxSizes.map(freshRing);
+    this.resetDevice();
+  }
+
+  private kicked(index: number, error: Error | null): void {
+    const ring = this.rings[index];
+    if (ring === undefined || ring.kickFd === null) return;
+    if (error !== null) {
+      this.logger.warn('vhost-user: polling a kick fd failed', { index, error: error.message });
+      this.stopKick(ring);
+      return;
+    }
+    try {
+      // Drain the eventfd: the poll is level-triggered.
+      this.native.eventfdRead(ring.kickFd);
+    } catch (e) {
+      this.logger.warn('vhost-user: reading a kick fd failed', {
+        index,
+        error: (e as Error).message,
+      });
+      this.stopKick(ring);
+      return;
+    }
+    this.stats.kicks++;
+    if (ring.running) this.notify(index);
+  }
+
+  private notify(index: number): void {
+    try {
+      this.device.queueNotify(index);
+    } catch (e) {
+      this.logger.warn('vhost-user: the device failed while serving a ring', {
+        index,
+        error: e instanceof Error ? (e.stack ?? e.message) : String(e),
+      });
+    }
+  }
+
+  private signalUsed(index: number): void {
+    const fd = this.rings[index]?.callFd;
+    if (fd === null || fd === undefined) return;
+    try {
+      this.native.eventfdWrite(fd, 1);
+      this.stats.calls++;
+    } catch (e) {
+      this.logger.warn('vhost-user: writing a call fd failed', {
+        index,
+        error: (e as Error).message,
+      });
+    }
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * The front-end's memory table as a vhost-user back-end holds it: each region's descriptor
+ * mapped into this process, a {@link GuestMemory} over the mappings (guest-physical
+ * addresses), and the front-end's user addresses of the same regions, which SET_VRING_ADDR
+ * speaks in (QEMU docs/interop/vhost-user.rst, "Memory access").
+ */
+import { fstatSync } from 'node:fs';
+import { GuestMemory } from '../memory/guest-memory.js';
+import type { VhostUserMappedRegion, VhostUserMemoryRegion } from './codec.js';
+import type { VhostUserNative } from './native.js';
+
+/** A region of the table, mapped. */
+export interface MappedMemoryRegion extends VhostUserMemoryRegion {
+  /** The mapping; the region's first byte is at `offset`. */
+  readonly buffer: SharedArrayBuffer;
+  readonly offset: number;
+}
+
+/** Why a region could not be added; the back-end answers the front-end with a failure. */
+export class MemoryTableError extends Error {
+  override readonly name = 'MemoryTableError';
+}
+
+/**
+ * An immutable set of mapped regions. Adding or removing a region gives a new table; the
+ * mappings themselves are shared between tables and unmapped when the last view over them is
+ * garbage collected (see {@link VhostUserNative.mmap}).
+ */
+export class MemoryTable {
+  readonly regions: readonly MappedMemoryRegion[];
+  /** Guest-physical memory over the regions, or null when the table is empty. */
+  readonly memory: GuestMemory | null;
+
+  private constructor(regions: readonly MappedMemoryRegion[]) {
+    this.regions = regions;
+    this.memory =
+      regions.length === 0
+        ? null
+        : new GuestMemory(
+            regions.map((r) => ({
+              base: r.guestPhysAddr,
+              length: r.size,
+              buffer: r.buffer,
+              offset: r.offset,
+            })),
+          );
+  }
+
+  static readonly empty = new MemoryTable([]);
+
+  /**
+   * Maps `regions` (each from its own fd) into a new table. The fds are not closed here. Throws
+   * {@link MemoryTableError} when a region cannot be mapped safely.
+   */
+  static map(native: VhostUserNative, regions: readonly VhostUserMappedRegion[]): MemoryTable {
+    return new MemoryTable(regions.map((r) => mapRegion(native, r)));
+  }
+
+  /** This table plus one region (ADD_MEM_REG), which must not overlap the others. */
+  add(native: VhostUserNative, region: VhostUserMappedRegion, maxSlots: number): MemoryTable {
+    if (this.regions.length >= maxSlots) {
+      throw new MemoryTableError(`all ${maxSlots} memory slots are in use`);
+    }
+    for (const r of this.regions) {
+      // "Memory access": a guest address belongs to one region only.
+      if (
+        region.guestPhysAddr < r.guestPhysAddr + r.size &&
+        r.guestPhysAddr < region.guestPhysAddr + region.size
+      ) {
+        throw new MemoryTableError(
+          `region at guest 0x${region.guestPhysAddr.toString(16)} overlaps one at 0x${r.guestPhysAddr.toString(16)}`,
+        );
+      }
+    }
+    return new MemoryTable([...this.regions, mapRegion(native, region)]);
+  }
+
+  /** This table without the region matching `region` (REM_MEM_REG). */
+  remove(region: VhostUserMemoryRegion): MemoryTable {
+    const i = this.regions.findIndex(
+      (r) =>
+        r.guestPhysAddr === region.guestPhysAddr &&
+        r.size === region.size &&
+        r.userAddr === region.userAddr,
+    );
+    if (i < 0) {
+      throw new MemoryTableError(
+        `no region at guest 0x${region.guestPhysAddr.toString(16)} of ${region.size} bytes`,
+      );
+    }
+    return new MemoryTable(this.regions.filter((_, j) => j !== i));
+  }
+
+  /**
+   * The guest-physical address of front-end user address `userAddr`, when all of
+   * [userAddr, userAddr + len) lies in one region; otherwise null.
+   */
+  userToGuest(userAddr: number, len: number): number | null {
+    for (const r of this.regions) {
+      if (userAddr >= r.userAddr && userAddr - r.userAddr + len <= r.size) {
+        return r.guestPhysAddr + (userAddr - r.userAddr);
+      }
+    }
+    return null;
+  }
+}
+
+function mapRegion(native: VhostUserNative, r: VhostUserMappedRegion): MappedMemoryRegion {
+  const page = native.constants.PAGE_SIZE;
+  // GuestRegion needs 8-byte alignment of the base and of the offset in the mapping.
+  if (r.guestPhysAddr % 8 !== 0 || r.mmapOffset % 8 !== 0) {
+    throw new MemoryTableError(
+      `region at guest 0x${r.guestPhysAddr.toString(16)} (mmap offset 0x${r.mmapOffset.toString(16)}) is not 8-byte aligned`,
+    );
+  }
+  // Touching a page past the end of the file would kill the process with SIGBUS: check first.
+  let fileSize: number;
+  try {
+    fileSize = fstatSync(r.fd).size;
+  } catch (e) {
+    throw new MemoryTableError(`fstat of the region's fd failed: ${(e as Error).message}`);
+  }
+  if (r.mmapOffset + r.size > fileSize) {
+    throw new MemoryTableError(
+      `region needs bytes [0x${r.mmapOffset.toString(16)}, +0x${r.size.toString(16)}) of a ${fileSize}-byte file`,
+    );
+  }
+  // mmap wants a page-aligned file offset: map from the page holding the region's start.
+  const mapStart = r.mmapOffset - (r.mmapOffset % page);
+  const delta = r.mmapOffset - mapStart;
+  let buffer: SharedArrayBuffer;
+  try {
+    buffer = native.mmap(
+      r.fd,
+      r.size + delta,
+      mapStart,
+      native.constants.PROT_READ | native.constants.PROT_WRITE,
+    );
+  } catch (e) {
+    throw new MemoryTableError(`mmap of the region failed: ${(e as Error).message}`);
+  }
+  return {
+    guestPhysAddr: r.guestPhysAddr,
+    size: r.size,
+    userAddr: r.userAddr,
+    mmapOffset: r.mmapOffset,
+    buffer,
+    offset: delta,
+  };
+}
