@@ -18,6 +18,7 @@ import {
   RING_EVENT_FLAGS_DISABLE,
   RING_EVENT_FLAGS_ENABLE,
 } from '../queue/packed/layout.js';
+import { IdFifo } from './id-fifo.js';
 import { DeviceBehaviourError, type DriverBuffer } from './split.js';
 
 export interface PackedDriverOptions {
@@ -86,9 +87,7 @@ export class PackedDriver {
   private readonly idWritable: Float64Array;
   private inFlightCount = 0;
   /** In-order mode: ids in flight in the order they were made available, and batch state. */
-  private readonly fifo: Uint16Array;
-  private fifoFirst = 0;
-  private fifoCount = 0;
+  private readonly fifo: IdFifo;
   private batchLeft = 0;
   private batchLen = 0;
 
@@ -144,7 +143,7 @@ export class PackedDriver {
     for (let i = 0; i < size; i++) this.freeNext[i] = i + 1;
     this.idSlots = new Uint16Array(size);
     this.idWritable = new Float64Array(size);
-    this.fifo = new Uint16Array(size);
+    this.fifo = new IdFifo(size);
     this.numFree = size;
     // With EVENT_IDX, ask for a notification when the first used descriptor arrives.
     if (this.eventIdx) this.writeDriverEvent(RING_EVENT_FLAGS_DESC, packOffWrap(0, 1));
@@ -227,8 +226,7 @@ export class PackedDriver {
     const added = this.numAdded + slots;
     this.numAdded = Math.min(added, 2 * this.size);
     if (this.inOrder) {
-      this.fifo[(this.fifoFirst + this.fifoCount) % this.size] = id;
-      this.fifoCount++;
+      this.fifo.push(id);
     }
   }
 
@@ -390,25 +388,21 @@ export class PackedDriver {
    */
   private popUsedInOrder(): number {
     if (this.batchLeft === 0) {
-      if (this.fifoCount === 0 || !this.isUsedAt(this.nextUsed)) return -1;
+      if (this.fifo.count === 0 || !this.isUsedAt(this.nextUsed)) return -1;
       const slot = this.nextUsed;
       const id = Atomics.load(this.desc16, (slot << 3) + 6);
-      let k = 0;
-      while (k < this.fifoCount && this.fifo[(this.fifoFirst + k) % this.size] !== id) k++;
-      if (k === this.fifoCount) {
+      const k = this.fifo.indexOf(id);
+      if (k < 0) {
         throw new DeviceBehaviourError(`in-order used descriptor names id ${id}, not in flight`);
       }
       let slots = 0;
-      for (let j = 0; j <= k; j++)
-        slots += this.idSlots[this.fifo[(this.fifoFirst + j) % this.size]!]!;
+      for (let j = 0; j <= k; j++) slots += this.idSlots[this.fifo.at(j)]!;
       this.batchLeft = k + 1;
       this.batchLen = this.usedLen(slot);
       this.stepUsed(slots);
       this.rearm();
     }
-    const id = this.fifo[this.fifoFirst]!;
-    this.fifoFirst = (this.fifoFirst + 1) % this.size;
-    this.fifoCount--;
+    const id = this.fifo.shift();
     this.batchLeft--;
     const len = this.batchLeft === 0 ? this.batchLen : this.idWritable[id]!;
     if (len > this.idWritable[id]!) {

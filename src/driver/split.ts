@@ -13,6 +13,7 @@ import {
   splitLayout,
   usedRingBytes,
 } from '../queue/split/layout.js';
+import { IdFifo } from './id-fifo.js';
 
 /** A buffer in guest memory. */
 export interface DriverBuffer {
@@ -71,9 +72,7 @@ export class SplitDriver {
   private readonly chainNext: Uint16Array;
   /** In-order mode: next descriptor to allocate, heads in flight in avail order, batch state. */
   private allocPos = 0;
-  private readonly fifo: Uint16Array;
-  private fifoFirst = 0;
-  private fifoCount = 0;
+  private readonly fifo: IdFifo;
   private batchLeft = 0;
   private batchLen = 0;
   private availShadow = 0;
@@ -96,7 +95,7 @@ export class SplitDriver {
     this.layout = options.layout ?? splitLayout(options.base ?? 0, size);
     this.eventIdx = options.eventIdx ?? false;
     this.inOrder = options.inOrder ?? false;
-    this.fifo = new Uint16Array(size);
+    this.fifo = new IdFifo(size);
     const { desc, avail, used } = this.layout;
     this.desc32 = memory.typedView(Uint32Array, desc, 4 * size);
     this.desc16 = memory.typedView(Uint16Array, desc, 8 * size);
@@ -209,8 +208,7 @@ export class SplitDriver {
 
   private pushAvail(head: number): void {
     if (this.inOrder) {
-      this.fifo[(this.fifoFirst + this.fifoCount) & (this.size - 1)] = head;
-      this.fifoCount++;
+      this.fifo.push(head);
     }
     this.avail16[2 + (this.availShadow & (this.size - 1))] = head;
     this.availShadow = (this.availShadow + 1) & 0xffff;
@@ -298,9 +296,8 @@ export class SplitDriver {
       }
       const slot = this.lastUsed & (this.size - 1);
       const id = this.used32[1 + 2 * slot]!;
-      let k = 0;
-      while (k < this.fifoCount && this.fifo[(this.fifoFirst + k) & (this.size - 1)] !== id) k++;
-      if (k === this.fifoCount || k + 1 > published) {
+      const k = this.fifo.indexOf(id);
+      if (k < 0 || k + 1 > published) {
         throw new DeviceBehaviourError(
           `in-order used entry names id ${id}, not a chain it may complete`,
         );
@@ -310,9 +307,7 @@ export class SplitDriver {
       this.lastUsed = (this.lastUsed + k + 1) & 0xffff;
       if (this.eventIdx) Atomics.store(this.avail16, 2 + this.size, this.lastUsed);
     }
-    const head = this.fifo[this.fifoFirst]!;
-    this.fifoFirst = (this.fifoFirst + 1) & (this.size - 1);
-    this.fifoCount--;
+    const head = this.fifo.shift();
     this.batchLeft--;
     const len = this.batchLeft === 0 ? this.batchLen : this.chainWritable[head]!;
     if (len > this.chainWritable[head]!) {
