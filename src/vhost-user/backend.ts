@@ -14,7 +14,7 @@
  * message that loses the framing, or a failed request whose reply the front-end waits for,
  * closes that connection and the back-end waits for the next front-end.
  */
-import { lstatSync, unlinkSync } from 'node:fs';
+import { ftruncateSync, lstatSync, unlinkSync } from 'node:fs';
 import type { DeviceContext, InterruptSink, VirtioDevice } from '../devices/device.js';
 import { featureBit, hasFeature } from '../devices/device.js';
 import { isVirtqError, VhostUserError } from '../errors.js';
@@ -25,32 +25,42 @@ import {
 } from '../queue/constants.js';
 import { type AnyQueue, createQueue } from '../queue/factory.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
+import type { PackedQueue } from '../queue/packed/queue.js';
+import { usedRingBytes } from '../queue/split/layout.js';
+import type { SplitQueue } from '../queue/split/queue.js';
 import {
   decodeHeader,
   decodeMessage,
   encodeAckReply,
   encodeConfigErrorReply,
   encodeConfigReply,
+  encodeInflightReply,
   encodeU64Reply,
   encodeVringStateReply,
   protocolFeatureMask,
+  VHOST_F_LOG_ALL,
   VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_USER_HEADER_SIZE,
   VHOST_USER_MAX_CONFIG_SIZE,
   VHOST_USER_MAX_PAYLOAD_SIZE,
+  VHOST_VRING_F_LOG,
   VhostUserFlags,
   type VhostUserMessage,
   VhostUserProtocolFeature,
   VhostUserRequest,
 } from './codec.js';
-import { MemoryTable, MemoryTableError } from './memory-table.js';
+import { DirtyLog } from './dirty-log.js';
+import { InflightBuffer, splitInflightBytes } from './inflight.js';
+import { MemoryTable, MemoryTableError, mapShared } from './memory-table.js';
 import { type FdWatcher, loadNative, type VhostUserNative } from './native.js';
 
 /** Protocol features this back-end offers. */
 export const VHOST_USER_BACKEND_PROTOCOL_FEATURES: bigint =
   protocolFeatureMask(VhostUserProtocolFeature.MQ) |
+  protocolFeatureMask(VhostUserProtocolFeature.LOG_SHMFD) |
   protocolFeatureMask(VhostUserProtocolFeature.REPLY_ACK) |
   protocolFeatureMask(VhostUserProtocolFeature.CONFIG) |
+  protocolFeatureMask(VhostUserProtocolFeature.INFLIGHT_SHMFD) |
   protocolFeatureMask(VhostUserProtocolFeature.RESET_DEVICE) |
   protocolFeatureMask(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS);
 
@@ -78,6 +88,10 @@ export interface VhostUserBackendStats {
   rejected: number;
   kicks: number;
   calls: number;
+  /** Guest pages written into the dirty log (LOG_SHMFD). */
+  loggedPages: number;
+  /** Chains a restarted ring found in its inflight buffer and served again (INFLIGHT_SHMFD). */
+  resubmitted: number;
 }
 
 /** A request the back-end refuses (bad ring index, address outside the table...). */
@@ -105,6 +119,9 @@ interface RingState {
   used: number;
   /** The user addresses, re-translated when the memory table changes. */
   userAddr: { desc: number; avail: number; used: number } | null;
+  /** SET_VRING_ADDR's VHOST_VRING_F_LOG: used-ring writes are logged at `logGuestAddr`. */
+  logUsed: boolean;
+  logGuestAddr: number;
   /** SET_VRING_BASE's value, or where the ring stopped. */
   base: number;
   kickFd: number | null;
@@ -128,6 +145,8 @@ function freshRing(): RingState {
     avail: 0,
     used: 0,
     userAddr: null,
+    logUsed: false,
+    logGuestAddr: 0,
     base: 0,
     kickFd: null,
     kickWatcher: null,
@@ -155,6 +174,11 @@ interface Connection {
 
 const MESSAGE_BUFFER = VHOST_USER_HEADER_SIZE + VHOST_USER_MAX_PAYLOAD_SIZE;
 const PROTOCOL_FEATURES_BIT = featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+const LOG_ALL_BIT = featureBit(VHOST_F_LOG_ALL);
+/** Feature bits that belong to vhost-user itself, not to the device. */
+const VHOST_FEATURE_BITS = PROTOCOL_FEATURES_BIT | LOG_ALL_BIT;
+/** Largest inflight buffer a front-end may ask for (GET_INFLIGHT_FD). */
+const MAX_INFLIGHT_BYTES = 256 << 20;
 const PACKED_FRESH_BASE = 0x8000;
 
 /** Serves one virtio device over vhost-user; see the module comment. */
@@ -166,6 +190,8 @@ export class VhostUserBackend {
     rejected: 0,
     kicks: 0,
     calls: 0,
+    loggedPages: 0,
+    resubmitted: 0,
   };
   private readonly native: VhostUserNative;
   private readonly logger: Logger;
@@ -185,6 +211,13 @@ export class VhostUserBackend {
   private rings: RingState[];
   private queues: AnyQueue[] = [];
   private ctx: DeviceContext | null = null;
+  /** The dirty log of SET_LOG_BASE, and the eventfd of SET_LOG_FD. */
+  private log: DirtyLog | null = null;
+  private logFd: number | null = null;
+  /** The inflight buffer of GET/SET_INFLIGHT_FD. */
+  private inflight: InflightBuffer | null = null;
+  /** fds a handler sends with its reply; closed once the message is done. */
+  private readonly replyFds: number[] = [];
   /** fds of the message being handled that a handler kept (the rest are closed). */
   private readonly kept = new Set<number>();
 
@@ -211,9 +244,14 @@ export class VhostUserBackend {
     return this.conn !== null;
   }
 
-  /** Negotiated device features (without VHOST_USER_F_PROTOCOL_FEATURES). */
+  /** Negotiated device features (without the vhost-user bits PROTOCOL_FEATURES and LOG_ALL). */
   get negotiatedFeatures(): bigint {
-    return this.features & ~PROTOCOL_FEATURES_BIT;
+    return this.features & ~VHOST_FEATURE_BITS;
+  }
+
+  /** True while the front-end has the back-end log its writes (LOG_ALL and a log base). */
+  get logging(): boolean {
+    return this.log !== null && (this.features & LOG_ALL_BIT) !== 0n;
   }
 
   /** The front-end's memory table as mapped here. */
@@ -333,6 +371,8 @@ export class VhostUserBackend {
     this.features = 0n;
     this.protocolFeatures = 0n;
     this.table = MemoryTable.empty;
+    // The front-end keeps the inflight buffer and sends it again when it reconnects.
+    this.inflight = null;
     this.onDisconnect?.(reason);
     this.watchListener();
   }
@@ -418,6 +458,7 @@ export class VhostUserBackend {
       reply = this.handle(msg);
     } catch (e) {
       this.closeUnkept(msg.fds);
+      this.closeFds(this.replyFds.splice(0));
       if (!(e instanceof RequestFailure || e instanceof MemoryTableError || isVirtqError(e))) {
         // A bug of the back-end or the device, not of the front-end: report it, never crash.
         this.logger.warn('vhost-user: internal error while handling a request', {
@@ -434,9 +475,11 @@ export class VhostUserBackend {
       return;
     }
     this.closeUnkept(msg.fds);
-    if (this.conn === null) return;
-    if (reply !== null) this.send(reply);
-    else if (msg.needReply && this.replyAck) this.send(encodeAckReply(msg.request, 0));
+    const replyFds = this.replyFds.splice(0);
+    if (this.conn !== null && reply !== null) this.send(reply, replyFds);
+    this.closeFds(replyFds);
+    if (this.conn === null || reply !== null) return;
+    if (msg.needReply && this.replyAck) this.send(encodeAckReply(msg.request, 0));
   }
 
   /** Answers a refused request: a failure ack, an empty config, or a closed connection. */
@@ -456,12 +499,12 @@ export class VhostUserBackend {
     return (this.protocolFeatures & protocolFeatureMask(VhostUserProtocolFeature.REPLY_ACK)) !== 0n;
   }
 
-  private send(bytes: Uint8Array): void {
+  private send(bytes: Uint8Array, fds: readonly number[] = []): void {
     const conn = this.conn;
     if (conn === null) return;
     try {
       // Replies are small; a socket buffer too full for one means the front-end stopped reading.
-      const n = this.native.sendmsg(conn.fd, bytes, []);
+      const n = this.native.sendmsg(conn.fd, bytes, fds);
       if (n !== bytes.length) this.disconnect('the front-end does not read its replies');
     } catch (e) {
       this.disconnect(`send failed: ${(e as Error).message}`);
@@ -501,17 +544,25 @@ export class VhostUserBackend {
     const device = this.device;
     switch (msg.kind) {
       case 'GET_FEATURES':
-        return encodeU64Reply(msg.request, device.offeredFeatures | PROTOCOL_FEATURES_BIT);
+        return encodeU64Reply(msg.request, device.offeredFeatures | VHOST_FEATURE_BITS);
       case 'SET_FEATURES': {
-        const offered = device.offeredFeatures | PROTOCOL_FEATURES_BIT;
+        const offered = device.offeredFeatures | VHOST_FEATURE_BITS;
         // The front-end may only acknowledge what GET_FEATURES offered.
         if ((msg.features & ~offered) !== 0n) {
           throw new RequestFailure(`features 0x${msg.features.toString(16)} were not offered`);
         }
-        if (!device.acceptFeatures(msg.features & ~PROTOCOL_FEATURES_BIT)) {
+        const deviceFeatures = msg.features & ~VHOST_FEATURE_BITS;
+        if (this.ctx !== null) {
+          // "Migration": while rings run, the front-end only turns LOG_ALL on or off.
+          if (deviceFeatures !== this.negotiatedFeatures) {
+            throw new RequestFailure('device features cannot change while rings run');
+          }
+        } else if (!device.acceptFeatures(deviceFeatures)) {
           throw new RequestFailure(`the device refuses features 0x${msg.features.toString(16)}`);
         }
+        const wasLogging = this.logging;
         this.features = msg.features;
+        this.loggingChanged(wasLogging);
         return null;
       }
       case 'GET_PROTOCOL_FEATURES':
@@ -530,6 +581,7 @@ export class VhostUserBackend {
       case 'RESET_DEVICE':
         this.resetState();
         this.features = 0n;
+        this.setLog(null, null);
         return null;
       case 'GET_QUEUE_NUM':
         return encodeU64Reply(msg.request, this.rings.length);
@@ -562,6 +614,8 @@ export class VhostUserBackend {
         const user = { desc: a.descUserAddr, avail: a.availUserAddr, used: a.usedUserAddr };
         this.translate(ring, user);
         ring.userAddr = user;
+        ring.logUsed = (a.flags & VHOST_VRING_F_LOG) !== 0;
+        ring.logGuestAddr = a.logGuestAddr;
         return null;
       }
       case 'SET_VRING_BASE': {
@@ -585,8 +639,10 @@ export class VhostUserBackend {
         ring.paused = false;
         const q = this.queues[index];
         q?.reset();
+        // The front-end's last pass over the dirty log comes after this answer.
+        this.flushLog();
         this.resetDeviceIfIdle();
-        return encodeVringStateReply(msg.request, { index, num: ring.base & 0xffff });
+        return encodeVringStateReply(msg.request, { index, num: ring.base });
       }
       case 'SET_VRING_KICK': {
         const { index, fd } = msg.file;
@@ -650,8 +706,124 @@ export class VhostUserBackend {
         device.writeConfig(c.offset, c.payload);
         return null;
       }
+      case 'SET_LOG_BASE': {
+        if (!this.hasProtocolFeature(VhostUserProtocolFeature.LOG_SHMFD)) {
+          throw new RequestFailure('SET_LOG_BASE without LOG_SHMFD');
+        }
+        const m = mapShared(this.native, msg.fd, msg.log.mmapOffset, msg.log.mmapSize, 'log');
+        this.setLog(new DirtyLog(m.buffer, m.offset, msg.log.mmapSize), this.logFd);
+        // "SET_LOG_BASE": with LOG_SHMFD the front-end waits for this (zero) answer.
+        return encodeU64Reply(msg.request, 0);
+      }
+      case 'SET_LOG_FD':
+        this.kept.add(msg.fd);
+        this.setLog(this.log, msg.fd);
+        return null;
+      case 'GET_INFLIGHT_FD':
+        return this.getInflight(msg.inflight);
+      case 'SET_INFLIGHT_FD': {
+        const i = msg.inflight;
+        this.checkInflightShape(i.numQueues, i.queueSize);
+        const need = splitInflightBytes(i.numQueues, i.queueSize);
+        if (i.mmapSize < need) {
+          throw new RequestFailure(`inflight buffer of ${i.mmapSize} bytes; ${need} needed`);
+        }
+        const m = mapShared(this.native, msg.fd, i.mmapOffset, need, 'inflight buffer');
+        this.inflight = new InflightBuffer(m, i.numQueues, i.queueSize);
+        return null;
+      }
       default:
         throw new RequestFailure(`${msg.kind} is not supported by this back-end`);
+    }
+  }
+
+  private hasProtocolFeature(bit: number): boolean {
+    return (this.protocolFeatures & protocolFeatureMask(bit)) !== 0n;
+  }
+
+  // ---- inflight tracking (INFLIGHT_SHMFD) ----
+
+  private checkInflightShape(numQueues: number, queueSize: number): void {
+    if (!this.hasProtocolFeature(VhostUserProtocolFeature.INFLIGHT_SHMFD)) {
+      throw new RequestFailure('inflight buffer without INFLIGHT_SHMFD');
+    }
+    if (numQueues < 1 || numQueues > this.rings.length) {
+      throw new RequestFailure(
+        `inflight buffer for ${numQueues} queues; the device has ${this.rings.length}`,
+      );
+    }
+    if (queueSize < 1 || queueSize > 32768) {
+      throw new RequestFailure(`inflight queue size ${queueSize} is not in 1..32768`);
+    }
+    if (splitInflightBytes(numQueues, queueSize) > MAX_INFLIGHT_BYTES) {
+      throw new RequestFailure('inflight buffer too large');
+    }
+  }
+
+  /** GET_INFLIGHT_FD: a new, zeroed buffer in a memfd, which becomes this back-end's too. */
+  private getInflight(req: { numQueues: number; queueSize: number }): Uint8Array {
+    this.checkInflightShape(req.numQueues, req.queueSize);
+    const none = { mmapSize: 0, mmapOffset: 0, numQueues: req.numQueues, queueSize: req.queueSize };
+    if (this.packed) {
+      // Only split rings are tracked; a zero size tells the front-end there is no buffer.
+      this.inflight = null;
+      return encodeInflightReply(none);
+    }
+    const size = splitInflightBytes(req.numQueues, req.queueSize);
+    const fd = this.native.memfdCreate('virtq-inflight', 0);
+    // Sent with the reply, then closed (message() closes it on every path).
+    this.replyFds.push(fd);
+    ftruncateSync(fd, size);
+    const m = mapShared(this.native, fd, 0, size, 'inflight buffer');
+    this.inflight = new InflightBuffer(m, req.numQueues, req.queueSize);
+    return encodeInflightReply({ ...none, mmapSize: size });
+  }
+
+  // ---- dirty logging (LOG_SHMFD) ----
+
+  /** Replaces the log and its eventfd (closing an old eventfd), flushing into the old log first. */
+  private setLog(log: DirtyLog | null, fd: number | null): void {
+    const wasLogging = this.logging;
+    this.flushLog();
+    if (this.logFd !== null && this.logFd !== fd) this.closeFds([this.logFd]);
+    this.logFd = fd;
+    this.log = log;
+    this.loggingChanged(wasLogging);
+  }
+
+  /** When logging starts, forgets pages written before: the front-end copies all of memory first. */
+  private loggingChanged(wasLogging: boolean): void {
+    if (!wasLogging && this.logging) this.table.memory?.clearDirty();
+  }
+
+  /**
+   * Moves the pages the device wrote since the last call into the dirty log (see
+   * {@link DirtyLog}), and tells the front-end through the log eventfd when there were any.
+   */
+  private flushLog(): void {
+    const log = this.log;
+    const memory = this.table.memory;
+    if (log === null || memory === null || !this.logging) return;
+    const moved = log.absorb(memory);
+    if (moved === 0) return;
+    if (!this.packed) {
+      for (const ring of this.rings) {
+        // "Migration": used-ring writes are logged at log_guest_addr. QEMU passes the ring's
+        // own guest address, which absorb() has covered; a front-end that passes another gets
+        // the whole ring marked there too.
+        if (ring.running && ring.logUsed && ring.logGuestAddr !== ring.used) {
+          log.markRange(ring.logGuestAddr, usedRingBytes(ring.num));
+        }
+      }
+    }
+    if (moved === 0) return;
+    this.stats.loggedPages += moved;
+    if (this.logFd !== null) {
+      try {
+        this.native.eventfdWrite(this.logFd, 1);
+      } catch (e) {
+        this.logger.warn('vhost-user: writing the log fd failed', { error: (e as Error).message });
+      }
     }
   }
 
@@ -670,6 +842,7 @@ export class VhostUserBackend {
   }
 
   private setTable(table: MemoryTable): void {
+    this.flushLog();
     this.table = table;
     const memory = table.memory;
     if (this.ctx === null) return;
@@ -721,11 +894,6 @@ export class VhostUserBackend {
     let q = this.queues[index]!;
     const resume = packed && ring.paused && q.isActive;
     if (!resume) {
-      if (packed && ring.base !== PACKED_FRESH_BASE && (ring.base & 0xffff) !== PACKED_FRESH_BASE) {
-        throw new RequestFailure(
-          `packed ring ${index}: resuming at base 0x${ring.base.toString(16)} is not supported`,
-        );
-      }
       q = createQueue(packed ? 'packed' : 'split', this.device.queueMaxSizes[index]!, {
         logger: this.logger,
       });
@@ -741,14 +909,86 @@ export class VhostUserBackend {
     // Checks size, alignment and that each ring lies in one region (VIRTIO 1.2 §2.7, §2.8).
     q.initialize(memory);
     if (q.format === 'split') {
-      q.nextAvail = ring.base;
       // The used index lives in guest memory and survives a stop of the back-end.
       q.nextUsed = q.usedRingIdxGet();
+      q.nextAvail = ring.base;
+      this.resumeInflight(index, q);
+    } else if (!resume) {
+      this.placePacked(index, q, ring.base);
     }
     ring.running = true;
     ring.paused = false;
     // Buffers made available before the ring started are served now.
     this.notify(index);
+  }
+
+  /**
+   * Split ring with an inflight buffer: chains a previous back-end took and never completed
+   * are served first, and the ring continues after them ("Inflight I/O tracking").
+   */
+  private resumeInflight(index: number, q: SplitQueue): void {
+    const region = this.inflight?.queue(index) ?? null;
+    if (region === null || !this.hasProtocolFeature(VhostUserProtocolFeature.INFLIGHT_SHMFD)) {
+      return;
+    }
+    if (q.activeSize > region.descNum) {
+      throw new RequestFailure(
+        `ring ${index} of ${q.activeSize} exceeds its inflight region of ${region.descNum}`,
+      );
+    }
+    const r = region.resume(q.activeSize, q.nextUsed, this.logger);
+    if (r.nextAvail !== q.nextAvail || r.heads.length > 0) {
+      this.logger.warn('vhost-user: ring resumes from its inflight buffer', {
+        index,
+        base: q.nextAvail,
+        nextAvail: r.nextAvail,
+        resubmitted: r.heads.length,
+      });
+    }
+    q.nextAvail = r.nextAvail;
+    q.redeliver(r.heads);
+    q.tracker = region;
+    this.stats.resubmitted += r.heads.length;
+  }
+
+  /**
+   * A new packed queue continues where SET_VRING_BASE says: bits 0-14 the next available slot,
+   * bit 15 its wrap counter, bits 16-31 the same for the next used slot (QEMU sends both; a
+   * front-end that sends only the low half means used = available).
+   */
+  private placePacked(index: number, q: PackedQueue, base: number): void {
+    const avail = base & 0xffff;
+    const used = base > 0xffff ? base >>> 16 : avail;
+    if (avail === PACKED_FRESH_BASE && used === PACKED_FRESH_BASE) return;
+    const size = q.activeSize;
+    if ((avail & 0x7fff) >= size || (used & 0x7fff) >= size) {
+      throw new RequestFailure(
+        `packed ring ${index}: base 0x${base.toString(16)} is outside a ring of ${size}`,
+      );
+    }
+    // Chains between the used and the available position were taken but never completed:
+    // their descriptors are still in the ring (the device writes used entries at the used
+    // position), and this device completes in order, so they are served again from there.
+    if (avail !== used) {
+      this.logger.warn('vhost-user: packed ring resumes at its used position', {
+        index,
+        avail,
+        used,
+      });
+    }
+    q.restore(
+      {
+        ...q.save(),
+        nextAvail: used & 0x7fff,
+        availWrap: (used & 0x8000) !== 0,
+        nextUsed: used & 0x7fff,
+        usedWrap: (used & 0x8000) !== 0,
+        inFlight: [],
+        numAdded: 0,
+        pendingUsed: 0,
+      },
+      this.table.memory,
+    );
   }
 
   /** Stops processing ring `index`, remembering where it stopped. */
@@ -758,8 +998,13 @@ export class VhostUserBackend {
     ring.running = false;
     const q = this.queues[index];
     if (q === undefined || !q.isActive) return;
-    if (q.format === 'split') ring.base = q.nextAvail;
-    else ring.base = (q.nextAvail & 0x7fff) | (q.availWrapCounter ? PACKED_FRESH_BASE : 0);
+    if (q.format === 'split') {
+      ring.base = q.nextAvail;
+    } else {
+      const avail = (q.nextAvail & 0x7fff) | (q.availWrapCounter ? PACKED_FRESH_BASE : 0);
+      const used = (q.nextUsed & 0x7fff) | (q.usedWrapCounter ? PACKED_FRESH_BASE : 0);
+      ring.base = (avail | (used << 16)) >>> 0;
+    }
   }
 
   private stopKick(ring: RingState): void {
@@ -831,9 +1076,12 @@ export class VhostUserBackend {
         error: e instanceof Error ? (e.stack ?? e.message) : String(e),
       });
     }
+    this.flushLog();
   }
 
   private signalUsed(index: number): void {
+    // Pages of the buffers the guest is about to see completed are logged first.
+    this.flushLog();
     const fd = this.rings[index]?.callFd;
     if (fd === null || fd === undefined) return;
     try {

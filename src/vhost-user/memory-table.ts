@@ -106,45 +106,69 @@ export class MemoryTable {
 }
 
 function mapRegion(native: VhostUserNative, r: VhostUserMappedRegion): MappedMemoryRegion {
-  const page = native.constants.PAGE_SIZE;
   // GuestRegion needs 8-byte alignment of the base and of the offset in the mapping.
   if (r.guestPhysAddr % 8 !== 0 || r.mmapOffset % 8 !== 0) {
     throw new MemoryTableError(
       `region at guest 0x${r.guestPhysAddr.toString(16)} (mmap offset 0x${r.mmapOffset.toString(16)}) is not 8-byte aligned`,
     );
   }
-  // Touching a page past the end of the file would kill the process with SIGBUS: check first.
-  let fileSize: number;
-  try {
-    fileSize = fstatSync(r.fd).size;
-  } catch (e) {
-    throw new MemoryTableError(`fstat of the region's fd failed: ${(e as Error).message}`);
-  }
-  if (r.mmapOffset + r.size > fileSize) {
-    throw new MemoryTableError(
-      `region needs bytes [0x${r.mmapOffset.toString(16)}, +0x${r.size.toString(16)}) of a ${fileSize}-byte file`,
-    );
-  }
-  // mmap wants a page-aligned file offset: map from the page holding the region's start.
-  const mapStart = r.mmapOffset - (r.mmapOffset % page);
-  const delta = r.mmapOffset - mapStart;
-  let buffer: SharedArrayBuffer;
-  try {
-    buffer = native.mmap(
-      r.fd,
-      r.size + delta,
-      mapStart,
-      native.constants.PROT_READ | native.constants.PROT_WRITE,
-    );
-  } catch (e) {
-    throw new MemoryTableError(`mmap of the region failed: ${(e as Error).message}`);
-  }
+  const { buffer, offset } = mapShared(native, r.fd, r.mmapOffset, r.size, 'region');
   return {
     guestPhysAddr: r.guestPhysAddr,
     size: r.size,
     userAddr: r.userAddr,
     mmapOffset: r.mmapOffset,
     buffer,
-    offset: delta,
+    offset,
   };
+}
+
+/** A shared mapping of part of a file: `size` bytes from `offset` of `buffer`. */
+export interface SharedMapping {
+  readonly buffer: SharedArrayBuffer;
+  readonly offset: number;
+}
+
+/**
+ * Maps bytes [fileOffset, fileOffset + size) of the file `fd` read-write and shared (a memory
+ * region, the dirty log, the inflight buffer). The file must hold every byte: touching a page
+ * past its end would kill the process with SIGBUS. Throws {@link MemoryTableError} naming
+ * `what`.
+ */
+export function mapShared(
+  native: VhostUserNative,
+  fd: number,
+  fileOffset: number,
+  size: number,
+  what: string,
+): SharedMapping {
+  if (!Number.isSafeInteger(size) || size <= 0) {
+    throw new MemoryTableError(`${what} of ${size} bytes cannot be mapped`);
+  }
+  let fileSize: number;
+  try {
+    fileSize = fstatSync(fd).size;
+  } catch (e) {
+    throw new MemoryTableError(`fstat of the ${what}'s fd failed: ${(e as Error).message}`);
+  }
+  if (fileOffset + size > fileSize) {
+    throw new MemoryTableError(
+      `${what} needs bytes [0x${fileOffset.toString(16)}, +0x${size.toString(16)}) of a ${fileSize}-byte file`,
+    );
+  }
+  // mmap wants a page-aligned file offset: map from the page holding the first byte.
+  const page = native.constants.PAGE_SIZE;
+  const mapStart = fileOffset - (fileOffset % page);
+  const delta = fileOffset - mapStart;
+  try {
+    const buffer = native.mmap(
+      fd,
+      size + delta,
+      mapStart,
+      native.constants.PROT_READ | native.constants.PROT_WRITE,
+    );
+    return { buffer, offset: delta };
+  } catch (e) {
+    throw new MemoryTableError(`mmap of the ${what} failed: ${(e as Error).message}`);
+  }
 }

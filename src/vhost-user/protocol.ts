@@ -104,6 +104,11 @@ export function protocolFeatureMask(bit: number): bigint {
  * GET/SET_PROTOCOL_FEATURES ("Communication").
  */
 export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
+/**
+ * Feature bit 26 (VHOST_F_LOG_ALL): offered by a back-end that can log its writes for live
+ * migration; the front-end sets it in SET_FEATURES while it migrates ("Migration").
+ */
+export const VHOST_F_LOG_ALL = 26;
 
 /** Header `flags` field ("Header"). */
 export const VhostUserFlags = {

@@ -1,0 +1,76 @@
+/**
+ * The dirty log of live migration (QEMU docs/interop/vhost-user.rst, "Migration"): a bitmap
+ * the front-end shares with SET_LOG_BASE, one bit per 4 KiB guest-physical page, bit
+ * `page % 8` of byte `page / 8`, which the back-end sets for every page it writes while the
+ * front-end copies guest memory to the destination.
+ *
+ * virtq does not log on every store. {@link GuestMemory} already records each page the device
+ * writes in its own per-region bitmaps (the used ring included); {@link DirtyLog.absorb} moves
+ * those bits into the shared log, clearing them. The back-end absorbs after each batch of
+ * ring processing, before each used-buffer notification and when a ring stops, so a page is
+ * in the log before the guest can see the buffer completed, and every page is in it before
+ * GET_VRING_BASE returns (after which the front-end does its final pass).
+ */
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { DIRTY_PAGE_SIZE } from '../memory/region.js';
+import { VHOST_LOG_PAGE } from './protocol.js';
+
+// The two page sizes must agree for GuestMemory's bits to map one-to-one onto the log's.
+if (DIRTY_PAGE_SIZE !== VHOST_LOG_PAGE) throw new Error('dirty page size mismatch');
+
+/** A shared dirty-page bitmap, as SET_LOG_BASE describes it. */
+export class DirtyLog {
+  /** The log's bytes (a view of the shared mapping). */
+  readonly bytes: Uint8Array;
+  /** Pages the log covers: `8 * bytes.length`. */
+  readonly pages: number;
+  /** Pages that could not be logged because they lie beyond the log's end. */
+  droppedPages = 0;
+
+  constructor(buffer: SharedArrayBuffer, offset: number, size: number) {
+    this.bytes = new Uint8Array(buffer, offset, size);
+    this.pages = size * 8;
+  }
+
+  /** Sets the bit of guest page `page`; false when the log does not reach it. */
+  markPage(page: number): boolean {
+    if (page >= this.pages) {
+      this.droppedPages++;
+      return false;
+    }
+    // "Use atomic operations, as the log may be concurrently manipulated."
+    Atomics.or(this.bytes, page >>> 3, 1 << (page & 7));
+    return true;
+  }
+
+  /** Sets the bits of every page of guest range [addr, addr + len). */
+  markRange(addr: number, len: number): void {
+    if (len <= 0) return;
+    const last = Math.floor((addr + len - 1) / VHOST_LOG_PAGE);
+    for (let p = Math.floor(addr / VHOST_LOG_PAGE); p <= last; p++) this.markPage(p);
+  }
+
+  /**
+   * Moves every page `memory` has recorded as written into the log and clears the record.
+   * Returns the number of pages moved.
+   */
+  absorb(memory: GuestMemory): number {
+    let moved = 0;
+    for (const r of memory.regions) {
+      const words = r.dirty;
+      for (let w = 0; w < words.length; w++) {
+        // Cheap test first: most words are clear.
+        if (Atomics.load(words, w) === 0) continue;
+        let bits = Atomics.exchange(words, w, 0);
+        const base = r.firstPage + w * 32;
+        while (bits !== 0) {
+          const low = bits & -bits;
+          this.markPage(base + 31 - Math.clz32(low));
+          bits ^= low;
+          moved++;
+        }
+      }
+    }
+    return moved;
+  }
+}
