@@ -16,6 +16,7 @@ import {
   type Ring,
 } from './demo-protocol.js';
 import { runDemo, summary } from './device-demo.js';
+import { withInjectedFaults } from './fault.js';
 import { runQueueDemo } from './queue-demo.js';
 
 /** A commander parser for an integer within [min, max]. */
@@ -251,7 +252,9 @@ function vhostUserBlk(opts: VhostUserBlkOptions): void {
   let backend: VhostUserBackend;
   try {
     const device = new BlockDevice({
-      backend: file,
+      backend: withInjectedFaults(file, process.env, (line) =>
+        console.error(`virtq vhost-user-blk: ${line}`),
+      ),
       numQueues: opts.numQueues,
       queueSize: opts.queueSize,
     });
@@ -277,6 +280,11 @@ function vhostUserBlk(opts: VhostUserBlkOptions): void {
     `virtq vhost-user-blk: serving ${opts.blkFile} (${file.size} bytes${opts.readOnly ? ', read-only' : ''}) on ${opts.socketPath}`,
   );
   const stop = (): void => {
+    const { requests, ioErrors, bytesRead, bytesWritten } = (backend.device as BlockDevice).stats;
+    const { connections, kicks, calls, resubmitted, loggedPages } = backend.stats;
+    console.error(
+      `virtq vhost-user-blk: stopping; ${JSON.stringify({ requests, ioErrors, bytesRead, bytesWritten, connections, kicks, calls, resubmitted, loggedPages })}`,
+    );
     backend.close();
     file.close();
     process.exit(0);
