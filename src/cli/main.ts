@@ -2,10 +2,9 @@
 import { accessSync, constants, statSync } from 'node:fs';
 import { SingleBar } from 'cli-progress';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { BlockDevice } from '../devices/block/index.js';
-import { FileBackend } from '../node/file-backend.js';
 import { VhostUserBackend } from '../vhost-user/backend.js';
 import type { VhostUserMessage } from '../vhost-user/codec.js';
+import { type BlkDeviceOptions, createBlkDevice } from './blk-device.js';
 import {
   DEMO_DEVICES,
   DEMO_FEATURES,
@@ -16,7 +15,6 @@ import {
   type Ring,
 } from './demo-protocol.js';
 import { runDemo, summary } from './device-demo.js';
-import { withInjectedFaults } from './fault.js';
 import { runQueueDemo } from './queue-demo.js';
 
 /** A commander parser for an integer within [min, max]. */
@@ -221,6 +219,7 @@ export function buildProgram(): Command {
         .default(1024)
         .argParser(powerOfTwo('--queue-size')),
     )
+    .option('--no-ring-threads', 'serve every ring on the main thread instead of one thread each')
     .action((opts: VhostUserBlkOptions) => vhostUserBlk(opts));
 
   return program;
@@ -245,48 +244,51 @@ interface VhostUserBlkOptions {
   readOnly: boolean;
   numQueues: number;
   queueSize: number;
+  ringThreads: boolean;
 }
 
 function vhostUserBlk(opts: VhostUserBlkOptions): void {
-  const file = FileBackend.open(opts.blkFile, { readOnly: opts.readOnly });
-  let backend: VhostUserBackend;
-  try {
-    const device = new BlockDevice({
-      backend: withInjectedFaults(file, process.env, (line) =>
-        console.error(`virtq vhost-user-blk: ${line}`),
-      ),
-      numQueues: opts.numQueues,
-      queueSize: opts.queueSize,
-    });
-    backend = new VhostUserBackend(device, {
-      onConnect: () => console.error('virtq vhost-user-blk: front-end connected'),
-      onDisconnect: (why) => console.error(`virtq vhost-user-blk: front-end left (${why})`),
-      // VIRTQ_VHOST_TRACE=1 prints every request (a debugging aid, not an interface).
-      ...(process.env.VIRTQ_VHOST_TRACE === '1'
-        ? {
-            onMessage: (m: VhostUserMessage) =>
-              console.error(
-                `virtq vhost-user-blk: ${m.kind} ${JSON.stringify(m, (k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : k === 'payload' ? undefined : v))}`,
-              ),
-          }
-        : {}),
-    });
-    backend.listen(opts.socketPath);
-  } catch (e) {
-    file.close();
-    throw e;
-  }
+  const blk: BlkDeviceOptions = {
+    file: opts.blkFile,
+    readOnly: opts.readOnly,
+    numQueues: opts.numQueues,
+    queueSize: opts.queueSize,
+  };
+  const device = createBlkDevice(blk);
+  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+  const backend = new VhostUserBackend(device, {
+    onConnect: () => console.error('virtq vhost-user-blk: front-end connected'),
+    onDisconnect: (why) => console.error(`virtq vhost-user-blk: front-end left (${why})`),
+    // Each ring on its own thread, with its own handle on the image.
+    ...(opts.ringThreads
+      ? {
+          ringWorkers: {
+            spec: {
+              kind: 'module',
+              module: new URL(`./blk-device${ext}`, import.meta.url).href,
+              export: 'createBlkDevice',
+              options: blk,
+            },
+          },
+        }
+      : {}),
+    // VIRTQ_VHOST_TRACE=1 prints every request (a debugging aid, not an interface).
+    ...(process.env.VIRTQ_VHOST_TRACE === '1'
+      ? {
+          onMessage: (m: VhostUserMessage) =>
+            console.error(
+              `virtq vhost-user-blk: ${m.kind} ${JSON.stringify(m, (k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : k === 'payload' ? undefined : v))}`,
+            ),
+        }
+      : {}),
+  });
+  backend.listen(opts.socketPath);
   console.error(
-    `virtq vhost-user-blk: serving ${opts.blkFile} (${file.size} bytes${opts.readOnly ? ', read-only' : ''}) on ${opts.socketPath}`,
+    `virtq vhost-user-blk: serving ${opts.blkFile} (${device.backend.size} bytes${opts.readOnly ? ', read-only' : ''}, ${opts.numQueues} queue${opts.numQueues > 1 ? 's' : ''}${opts.ringThreads ? ', one thread each' : ''}) on ${opts.socketPath}`,
   );
   const stop = (): void => {
-    const { requests, ioErrors, bytesRead, bytesWritten } = (backend.device as BlockDevice).stats;
-    const { connections, kicks, calls, resubmitted, loggedPages } = backend.stats;
-    console.error(
-      `virtq vhost-user-blk: stopping; ${JSON.stringify({ requests, ioErrors, bytesRead, bytesWritten, connections, kicks, calls, resubmitted, loggedPages })}`,
-    );
+    console.error(`virtq vhost-user-blk: stopping; ${JSON.stringify(backend.stats)}`);
     backend.close();
-    file.close();
     process.exit(0);
   };
   process.once('SIGINT', stop);

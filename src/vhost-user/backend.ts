@@ -18,6 +18,7 @@ import { ftruncateSync, lstatSync, unlinkSync } from 'node:fs';
 import type { DeviceContext, InterruptSink, VirtioDevice } from '../devices/device.js';
 import { featureBit, hasFeature } from '../devices/device.js';
 import { isVirtqError, VhostUserError } from '../errors.js';
+import { startModuleWorker } from '../node/device-worker.js';
 import {
   VIRTIO_F_EVENT_IDX,
   VIRTIO_F_INDIRECT_DESC,
@@ -27,7 +28,6 @@ import { type AnyQueue, createQueue } from '../queue/factory.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
 import type { PackedQueue } from '../queue/packed/queue.js';
 import { usedRingBytes } from '../queue/split/layout.js';
-import type { SplitQueue } from '../queue/split/queue.js';
 import {
   decodeHeader,
   decodeMessage,
@@ -50,9 +50,21 @@ import {
   VhostUserRequest,
 } from './codec.js';
 import { DirtyLog } from './dirty-log.js';
-import { InflightBuffer, splitInflightBytes } from './inflight.js';
+import { InflightBuffer, type SplitInflight, splitInflightBytes } from './inflight.js';
 import { MemoryTable, MemoryTableError, mapShared } from './memory-table.js';
 import { type FdWatcher, loadNative, type VhostUserNative } from './native.js';
+import { applyInflight, PACKED_WRAP_BIT, ringBase } from './ring-state.js';
+import {
+  C_CALLS,
+  C_KICKS,
+  C_LOGGED_PAGES,
+  C_RESUBMITTED,
+  CONTROL_WORDS,
+  type RingLog,
+  type RingWorkerData,
+  RingWorkerHandle,
+  type SharedArea,
+} from './ring-workers.js';
 
 /** Protocol features this back-end offers. */
 export const VHOST_USER_BACKEND_PROTOCOL_FEATURES: bigint =
@@ -78,6 +90,13 @@ export interface VhostUserBackendOptions {
   onConnect?: () => void;
   /** Called when the front-end's connection ends, with the reason. */
   onDisconnect?: (reason: string) => void;
+  /**
+   * Serve each ring on its own worker thread (see ring-workers.ts), on a device the worker
+   * builds from `spec` (a DeviceWorkerSpec of virtq/node). The device given to the constructor
+   * then only answers feature negotiation and configuration accesses; it must be built from
+   * the same spec. `quiet` drops the workers' warnings.
+   */
+  ringWorkers?: { spec: unknown; quiet?: boolean };
 }
 
 /** Counters for tests and diagnostics. */
@@ -179,12 +198,11 @@ const LOG_ALL_BIT = featureBit(VHOST_F_LOG_ALL);
 const VHOST_FEATURE_BITS = PROTOCOL_FEATURES_BIT | LOG_ALL_BIT;
 /** Largest inflight buffer a front-end may ask for (GET_INFLIGHT_FD). */
 const MAX_INFLIGHT_BYTES = 256 << 20;
-const PACKED_FRESH_BASE = 0x8000;
 
 /** Serves one virtio device over vhost-user; see the module comment. */
 export class VhostUserBackend {
   readonly device: VirtioDevice;
-  readonly stats: VhostUserBackendStats = {
+  private readonly counters: VhostUserBackendStats = {
     connections: 0,
     messages: 0,
     rejected: 0,
@@ -198,6 +216,9 @@ export class VhostUserBackend {
   private readonly onConnect: (() => void) | undefined;
   private readonly onMessage: ((message: VhostUserMessage) => void) | undefined;
   private readonly onDisconnect: ((reason: string) => void) | undefined;
+  private readonly workerSpec: { spec: unknown; quiet: boolean } | null;
+  /** One worker per ring in ring-worker mode (null: not started yet, or gone). */
+  private readonly workers: (RingWorkerHandle | null)[];
 
   private listenFd: number | null = null;
   private listenWatcher: FdWatcher | null = null;
@@ -213,6 +234,7 @@ export class VhostUserBackend {
   private ctx: DeviceContext | null = null;
   /** The dirty log of SET_LOG_BASE, and the eventfd of SET_LOG_FD. */
   private log: DirtyLog | null = null;
+  private logArea: SharedArea | null = null;
   private logFd: number | null = null;
   /** The inflight buffer of GET/SET_INFLIGHT_FD. */
   private inflight: InflightBuffer | null = null;
@@ -237,6 +259,24 @@ export class VhostUserBackend {
     this.onMessage = options.onMessage;
     this.onDisconnect = options.onDisconnect;
     this.rings = device.queueMaxSizes.map(freshRing);
+    this.workerSpec =
+      options.ringWorkers === undefined
+        ? null
+        : { spec: options.ringWorkers.spec, quiet: options.ringWorkers.quiet ?? false };
+    this.workers = device.queueMaxSizes.map(() => null);
+  }
+
+  /** Counters of this back-end and its ring workers. */
+  get stats(): VhostUserBackendStats {
+    const s = { ...this.counters };
+    for (const w of this.workers) {
+      if (w === null) continue;
+      s.kicks += w.counter(C_KICKS);
+      s.calls += w.counter(C_CALLS);
+      s.resubmitted += w.counter(C_RESUBMITTED);
+      s.loggedPages += w.counter(C_LOGGED_PAGES);
+    }
+    return s;
   }
 
   /** True while a front-end is connected. */
@@ -285,9 +325,13 @@ export class VhostUserBackend {
     this.startConnection(fd);
   }
 
-  /** Disconnects the front-end, stops listening and removes the socket file. */
+  /** Disconnects the front-end, stops listening, removes the socket file, ends the workers. */
   close(): void {
     if (this.conn !== null) this.disconnect('back-end closed');
+    for (let i = 0; i < this.workers.length; i++) {
+      void this.workers[i]?.terminate();
+      this.workers[i] = null;
+    }
     this.listenWatcher?.stop();
     this.listenWatcher = null;
     if (this.listenFd !== null) {
@@ -342,7 +386,9 @@ export class VhostUserBackend {
       fdsTruncated: false,
     };
     this.conn = conn;
-    this.stats.connections++;
+    this.counters.connections++;
+    // Workers load while the front-end negotiates.
+    if (this.workerSpec !== null) for (let i = 0; i < this.rings.length; i++) this.worker(i);
     conn.watcher = this.native.watch(fd, this.native.constants.POLL_READABLE, (error) => {
       if (this.conn !== conn) return;
       if (error !== null) {
@@ -368,6 +414,7 @@ export class VhostUserBackend {
       // Nothing more to do with it.
     }
     this.resetState();
+    this.setLog(null, null);
     this.features = 0n;
     this.protocolFeatures = 0n;
     this.table = MemoryTable.empty;
@@ -423,14 +470,14 @@ export class VhostUserBackend {
   }
 
   private reject(e: unknown): void {
-    this.stats.rejected++;
+    this.counters.rejected++;
     if (e instanceof VhostUserError) this.closeFds(e.fds);
     this.logger.warn('vhost-user: message rejected', { error: (e as Error).message });
   }
 
   /** Decodes and handles one complete message. */
   private message(bytes: Uint8Array, fds: number[], fdsTruncated: boolean): void {
-    this.stats.messages++;
+    this.counters.messages++;
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const request = view.getUint32(0, true);
     const needReply = (view.getUint32(4, true) & VhostUserFlags.NEED_REPLY) !== 0;
@@ -466,7 +513,7 @@ export class VhostUserBackend {
           error: e instanceof Error ? (e.stack ?? e.message) : String(e),
         });
       }
-      this.stats.rejected++;
+      this.counters.rejected++;
       this.logger.warn('vhost-user: request refused', {
         request: msg.kind,
         error: (e as Error).message,
@@ -562,7 +609,7 @@ export class VhostUserBackend {
         }
         const wasLogging = this.logging;
         this.features = msg.features;
-        this.loggingChanged(wasLogging);
+        if (this.logging !== wasLogging) this.loggingChanged();
         return null;
       }
       case 'GET_PROTOCOL_FEATURES':
@@ -647,13 +694,26 @@ export class VhostUserBackend {
       case 'SET_VRING_KICK': {
         const { index, fd } = msg.file;
         const ring = this.ring(index);
+        // A running ring moves to the new eventfd: stopped here, started again below.
+        if (ring.running) this.stopRing(index);
         this.stopKick(ring);
         if (fd !== null) {
+          let watcher: FdWatcher;
+          try {
+            watcher = this.native.watch(fd, this.native.constants.POLL_READABLE, (err) =>
+              this.kicked(index, err),
+            );
+          } catch (e) {
+            // A regular file, a directory, /dev/null...: nothing to wait on.
+            throw new RequestFailure(
+              `ring ${index}: the kick fd cannot be polled: ${(e as Error).message}`,
+            );
+          }
           this.kept.add(fd);
           ring.kickFd = fd;
-          ring.kickWatcher = this.native.watch(fd, this.native.constants.POLL_READABLE, (err) =>
-            this.kicked(index, err),
-          );
+          // In ring-worker mode the ring's worker waits on the eventfd instead.
+          if (this.workerSpec === null) ring.kickWatcher = watcher;
+          else watcher.stop();
         } else {
           this.logger.warn('vhost-user: ring without kick fd; it is served only when started', {
             index,
@@ -666,6 +726,9 @@ export class VhostUserBackend {
       }
       case 'SET_VRING_CALL': {
         const ring = this.ring(msg.file.index);
+        // QEMU replaces call eventfds of running rings (interrupt masking): the worker must
+        // have let go of the old one before it is closed.
+        if (ring.running) this.workers[msg.file.index]?.setCall(msg.file.fd);
         if (ring.callFd !== null) this.closeFds([ring.callFd]);
         ring.callFd = msg.file.fd;
         if (msg.file.fd !== null) this.kept.add(msg.file.fd);
@@ -711,13 +774,16 @@ export class VhostUserBackend {
           throw new RequestFailure('SET_LOG_BASE without LOG_SHMFD');
         }
         const m = mapShared(this.native, msg.fd, msg.log.mmapOffset, msg.log.mmapSize, 'log');
-        this.setLog(new DirtyLog(m.buffer, m.offset, msg.log.mmapSize), this.logFd);
+        this.setLog({ buffer: m.buffer, offset: m.offset, size: msg.log.mmapSize }, this.logFd);
         // "SET_LOG_BASE": with LOG_SHMFD the front-end waits for this (zero) answer.
         return encodeU64Reply(msg.request, 0);
       }
       case 'SET_LOG_FD':
+        if (!this.hasProtocolFeature(VhostUserProtocolFeature.LOG_SHMFD)) {
+          throw new RequestFailure('SET_LOG_FD without LOG_SHMFD');
+        }
         this.kept.add(msg.fd);
-        this.setLog(this.log, msg.fd);
+        this.setLog(this.logArea, msg.fd);
         return null;
       case 'GET_INFLIGHT_FD':
         return this.getInflight(msg.inflight);
@@ -781,19 +847,34 @@ export class VhostUserBackend {
 
   // ---- dirty logging (LOG_SHMFD) ----
 
-  /** Replaces the log and its eventfd (closing an old eventfd), flushing into the old log first. */
-  private setLog(log: DirtyLog | null, fd: number | null): void {
-    const wasLogging = this.logging;
+  /**
+   * Replaces the log and its eventfd (closing an old eventfd once no worker uses it), flushing
+   * into the old log first.
+   */
+  private setLog(area: SharedArea | null, fd: number | null): void {
     this.flushLog();
-    if (this.logFd !== null && this.logFd !== fd) this.closeFds([this.logFd]);
+    const oldFd = this.logFd;
     this.logFd = fd;
-    this.log = log;
-    this.loggingChanged(wasLogging);
+    this.logArea = area;
+    this.log = area === null ? null : new DirtyLog(area.buffer, area.offset, area.size);
+    this.loggingChanged();
+    if (oldFd !== null && oldFd !== fd) this.closeFds([oldFd]);
   }
 
-  /** When logging starts, forgets pages written before: the front-end copies all of memory first. */
-  private loggingChanged(wasLogging: boolean): void {
-    if (!wasLogging && this.logging) this.table.memory?.clearDirty();
+  /** What the ring workers log into: nothing unless the front-end has logging on. */
+  private ringLog(): RingLog {
+    return { area: this.logging ? this.logArea : null, fd: this.logFd };
+  }
+
+  /**
+   * Logging was switched or moved: running ring workers follow. Pages written before logging
+   * started are still in GuestMemory's record and reach the log too; the front-end copies
+   * them anyway, so that costs a little bandwidth and keeps every page accounted for.
+   */
+  private loggingChanged(): void {
+    for (let i = 0; i < this.rings.length; i++) {
+      if (this.rings[i]!.running) this.workers[i]?.setLog(this.ringLog());
+    }
   }
 
   /**
@@ -817,7 +898,7 @@ export class VhostUserBackend {
       }
     }
     if (moved === 0) return;
-    this.stats.loggedPages += moved;
+    this.counters.loggedPages += moved;
     if (this.logFd !== null) {
       try {
         this.native.eventfdWrite(this.logFd, 1);
@@ -845,9 +926,8 @@ export class VhostUserBackend {
     this.flushLog();
     this.table = table;
     const memory = table.memory;
-    if (this.ctx === null) return;
     // Running rings move to the new mappings (QEMU updates the table on memory hot-plug).
-    if (memory !== null) this.ctx.memory = memory;
+    if (this.ctx !== null && memory !== null) this.ctx.memory = memory;
     for (let i = 0; i < this.rings.length; i++) {
       const ring = this.rings[i]!;
       if (!ring.running) continue;
@@ -884,21 +964,11 @@ export class VhostUserBackend {
     }
     const packed = this.packed;
     const f = this.negotiatedFeatures;
-    if (this.ctx === null) {
-      this.queues = this.device.queueMaxSizes.map((max) =>
-        createQueue(packed ? 'packed' : 'split', max, { logger: this.logger }),
-      );
-      this.ctx = { memory, queues: this.queues, features: f, interrupt: this.sink };
-      this.device.activate(this.ctx);
-    }
-    let q = this.queues[index]!;
-    const resume = packed && ring.paused && q.isActive;
-    if (!resume) {
-      q = createQueue(packed ? 'packed' : 'split', this.device.queueMaxSizes[index]!, {
-        logger: this.logger,
-      });
-      this.queues[index] = q;
-    }
+    // The queue is built and checked here in both modes: a ring the front-end got wrong is
+    // refused to it, never found out on a worker.
+    const q = createQueue(packed ? 'packed' : 'split', this.device.queueMaxSizes[index]!, {
+      logger: this.logger,
+    });
     q.size = ring.num;
     q.descTableAddress = ring.desc;
     q.availRingAddress = ring.avail;
@@ -908,47 +978,103 @@ export class VhostUserBackend {
     q.ready = true;
     // Checks size, alignment and that each ring lies in one region (VIRTIO 1.2 §2.7, §2.8).
     q.initialize(memory);
+    const region = this.inflightRegion(index);
     if (q.format === 'split') {
       // The used index lives in guest memory and survives a stop of the back-end.
       q.nextUsed = q.usedRingIdxGet();
       q.nextAvail = ring.base;
-      this.resumeInflight(index, q);
-    } else if (!resume) {
+      if (region !== null && q.activeSize > region.descNum) {
+        throw new RequestFailure(
+          `ring ${index} of ${q.activeSize} exceeds its inflight region of ${region.descNum}`,
+        );
+      }
+    } else {
       this.placePacked(index, q, ring.base);
     }
     ring.running = true;
     ring.paused = false;
+
+    if (this.workerSpec !== null) {
+      this.worker(index).start({
+        type: 'start',
+        features: f,
+        regions: this.table.regions.map((r) => ({
+          base: r.guestPhysAddr,
+          length: r.size,
+          buffer: r.buffer,
+          offset: r.offset,
+        })),
+        queue: q.save(),
+        inflight:
+          region === null || q.format !== 'split'
+            ? null
+            : {
+                buffer: region.buffer,
+                offset: region.offset,
+                size: 0,
+                descNum: region.descNum,
+              },
+        kickFd: ring.kickFd,
+        callFd: ring.callFd,
+        log: this.ringLog(),
+      });
+      return;
+    }
+
+    if (this.ctx === null) {
+      this.queues = this.device.queueMaxSizes.map((max) =>
+        createQueue(packed ? 'packed' : 'split', max, { logger: this.logger }),
+      );
+      this.ctx = { memory, queues: this.queues, features: f, interrupt: this.sink };
+      this.device.activate(this.ctx);
+    }
+    this.queues[index] = q;
+    if (q.format === 'split' && region !== null) {
+      this.counters.resubmitted += applyInflight(q, region, index, this.logger);
+    }
     // Buffers made available before the ring started are served now.
     this.notify(index);
   }
 
-  /**
-   * Split ring with an inflight buffer: chains a previous back-end took and never completed
-   * are served first, and the ring continues after them ("Inflight I/O tracking").
-   */
-  private resumeInflight(index: number, q: SplitQueue): void {
-    const region = this.inflight?.queue(index) ?? null;
-    if (region === null || !this.hasProtocolFeature(VhostUserProtocolFeature.INFLIGHT_SHMFD)) {
-      return;
-    }
-    if (q.activeSize > region.descNum) {
-      throw new RequestFailure(
-        `ring ${index} of ${q.activeSize} exceeds its inflight region of ${region.descNum}`,
-      );
-    }
-    const r = region.resume(q.activeSize, q.nextUsed, this.logger);
-    if (r.nextAvail !== q.nextAvail || r.heads.length > 0) {
-      this.logger.warn('vhost-user: ring resumes from its inflight buffer', {
-        index,
-        base: q.nextAvail,
-        nextAvail: r.nextAvail,
-        resubmitted: r.heads.length,
-      });
-    }
-    q.nextAvail = r.nextAvail;
-    q.redeliver(r.heads);
-    q.tracker = region;
-    this.stats.resubmitted += r.heads.length;
+  /** The inflight region of ring `index`, when INFLIGHT_SHMFD gave one. */
+  private inflightRegion(index: number): SplitInflight | null {
+    if (!this.hasProtocolFeature(VhostUserProtocolFeature.INFLIGHT_SHMFD)) return null;
+    return this.inflight?.queue(index) ?? null;
+  }
+
+  /** The worker of ring `index`, started if need be (ring-worker mode only). */
+  private worker(index: number): RingWorkerHandle {
+    const existing = this.workers[index];
+    if (existing !== null && existing !== undefined) return existing;
+    const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+    const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
+    const data: RingWorkerData = {
+      spec: this.workerSpec!.spec,
+      index,
+      control,
+      quiet: this.workerSpec!.quiet,
+    };
+    const worker = startModuleWorker(new URL(`./ring-worker${ext}`, import.meta.url), {
+      workerData: data,
+      name: `virtq vhost-user ring ${index}`,
+    });
+    const handle = new RingWorkerHandle(worker, control);
+    worker.on('error', (e) => {
+      this.logger.warn('vhost-user: a ring worker failed', { index, error: e.message });
+    });
+    worker.on('exit', () => {
+      if (this.workers[index] !== handle) return;
+      this.workers[index] = null;
+      const ring = this.rings[index];
+      if (ring?.running === true) {
+        this.logger.warn('vhost-user: the worker of a running ring exited', { index });
+        ring.running = false;
+      }
+    });
+    // The back-end's own thread must not wait for workers to end.
+    worker.unref();
+    this.workers[index] = handle;
+    return handle;
   }
 
   /**
@@ -959,7 +1085,7 @@ export class VhostUserBackend {
   private placePacked(index: number, q: PackedQueue, base: number): void {
     const avail = base & 0xffff;
     const used = base > 0xffff ? base >>> 16 : avail;
-    if (avail === PACKED_FRESH_BASE && used === PACKED_FRESH_BASE) return;
+    if (avail === PACKED_WRAP_BIT && used === PACKED_WRAP_BIT) return;
     const size = q.activeSize;
     if ((avail & 0x7fff) >= size || (used & 0x7fff) >= size) {
       throw new RequestFailure(
@@ -996,15 +1122,25 @@ export class VhostUserBackend {
     const ring = this.rings[index]!;
     if (!ring.running) return;
     ring.running = false;
+    if (this.workerSpec !== null) {
+      const w = this.workers[index];
+      if (w === null || w === undefined) return;
+      try {
+        const base = w.stop();
+        if (base !== null) ring.base = base;
+      } catch (e) {
+        // A worker that does not answer is terminated; its ring starts afresh on a new one.
+        this.logger.warn('vhost-user: a ring worker did not stop', {
+          index,
+          error: (e as Error).message,
+        });
+        this.workers[index] = null;
+      }
+      return;
+    }
     const q = this.queues[index];
     if (q === undefined || !q.isActive) return;
-    if (q.format === 'split') {
-      ring.base = q.nextAvail;
-    } else {
-      const avail = (q.nextAvail & 0x7fff) | (q.availWrapCounter ? PACKED_FRESH_BASE : 0);
-      const used = (q.nextUsed & 0x7fff) | (q.usedWrapCounter ? PACKED_FRESH_BASE : 0);
-      ring.base = (avail | (used << 16)) >>> 0;
-    }
+    ring.base = ringBase(q);
   }
 
   private stopKick(ring: RingState): void {
@@ -1035,6 +1171,8 @@ export class VhostUserBackend {
 
   /** Forgets every ring and resets the device (disconnect, RESET_OWNER, RESET_DEVICE). */
   private resetState(): void {
+    // Workers let go of the rings' eventfds before they are closed.
+    for (let i = 0; i < this.rings.length; i++) this.stopRing(i);
     for (const ring of this.rings) {
       this.stopKick(ring);
       if (ring.callFd !== null) this.closeFds([ring.callFd]);
@@ -1063,7 +1201,7 @@ export class VhostUserBackend {
       this.stopKick(ring);
       return;
     }
-    this.stats.kicks++;
+    this.counters.kicks++;
     if (ring.running) this.notify(index);
   }
 
@@ -1086,7 +1224,7 @@ export class VhostUserBackend {
     if (fd === null || fd === undefined) return;
     try {
       this.native.eventfdWrite(fd, 1);
-      this.stats.calls++;
+      this.counters.calls++;
     } catch (e) {
       this.logger.warn('vhost-user: writing a call fd failed', {
         index,

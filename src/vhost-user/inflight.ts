@@ -59,6 +59,9 @@ export class SplitInflight implements SplitQueueTracker {
   private readonly bytes: Uint8Array;
   /** Entries in the region (`desc_num`): the largest ring it can track. */
   readonly descNum: number;
+  /** Where the region lives (to hand it to another thread). */
+  readonly buffer: SharedArrayBuffer;
+  readonly offset: number;
   private counter = 0;
   private usedIdx = 0;
   private lastBatchHead = 0;
@@ -68,6 +71,8 @@ export class SplitInflight implements SplitQueueTracker {
     this.view = new DataView(buffer, offset, length);
     this.bytes = new Uint8Array(buffer, offset, length);
     this.descNum = descNum;
+    this.buffer = buffer;
+    this.offset = offset;
   }
 
   /**

@@ -1,0 +1,33 @@
+/**
+ * The block device `virtq vhost-user-blk` serves, built the same way on the back-end's thread
+ * (which answers configuration reads) and on each ring worker (which serves one ring): a
+ * FileBackend over the image, opened by each thread for itself.
+ */
+import { BlockDevice } from '../devices/block/device.js';
+import { FileBackend } from '../node/file-backend.js';
+import { withInjectedFaults } from './fault.js';
+
+/** Everything crosses to the workers by structured clone. */
+export interface BlkDeviceOptions {
+  file: string;
+  readOnly: boolean;
+  numQueues: number;
+  queueSize: number;
+}
+
+/** Builds the device (the `module` device spec the ring workers load calls this). */
+export function createBlkDevice(o: BlkDeviceOptions): BlockDevice {
+  const file = FileBackend.open(o.file, { readOnly: o.readOnly });
+  try {
+    return new BlockDevice({
+      backend: withInjectedFaults(file, process.env, (line) =>
+        console.error(`virtq vhost-user-blk: ${line}`),
+      ),
+      numQueues: o.numQueues,
+      queueSize: o.queueSize,
+    });
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+}

@@ -1,0 +1,55 @@
+/**
+ * Ring state rules both the back-end's thread and its ring workers apply: the VRING_BASE value
+ * of a stopped ring, and resuming a split ring from its inflight region.
+ */
+import type { AnyQueue } from '../queue/factory.js';
+import type { Logger } from '../queue/logger.js';
+import type { SplitQueue } from '../queue/split/queue.js';
+import type { SplitInflight } from './inflight.js';
+
+/** A packed ring position's wrap counter bit in VRING_BASE. */
+export const PACKED_WRAP_BIT = 0x8000;
+
+/**
+ * Where a ring stopped, as GET_VRING_BASE reports it: a split ring's next available index; a
+ * packed ring's next available slot and wrap counter in bits 0-15 and its next used slot and
+ * wrap counter in bits 16-31.
+ */
+export function ringBase(q: AnyQueue): number {
+  if (q.format === 'split') return q.nextAvail;
+  const avail = (q.nextAvail & 0x7fff) | (q.availWrapCounter ? PACKED_WRAP_BIT : 0);
+  const used = (q.nextUsed & 0x7fff) | (q.usedWrapCounter ? PACKED_WRAP_BIT : 0);
+  return (avail | (used << 16)) >>> 0;
+}
+
+/**
+ * Resumes split queue `q` (active, its used index read from guest memory) from its inflight
+ * region ("Inflight I/O tracking"): chains a previous back-end took and never completed are
+ * popped first, the ring continues after them, and the region records from now on. Returns
+ * the number of chains to serve again.
+ */
+export function applyInflight(
+  q: SplitQueue,
+  region: SplitInflight,
+  index: number,
+  logger: Logger,
+): number {
+  if (q.activeSize > region.descNum) {
+    throw new RangeError(
+      `ring ${index} of ${q.activeSize} exceeds its inflight region of ${region.descNum}`,
+    );
+  }
+  const r = region.resume(q.activeSize, q.nextUsed, logger);
+  if (r.nextAvail !== q.nextAvail || r.heads.length > 0) {
+    logger.warn('vhost-user: ring resumes from its inflight buffer', {
+      index,
+      base: q.nextAvail,
+      nextAvail: r.nextAvail,
+      resubmitted: r.heads.length,
+    });
+  }
+  q.nextAvail = r.nextAvail;
+  q.redeliver(r.heads);
+  q.tracker = region;
+  return r.heads.length;
+}

@@ -1,0 +1,203 @@
+/**
+ * Entry module of a ring worker (see ring-workers.ts): builds its own device from the spec in
+ * `workerData`, then serves one ring whenever the back-end starts it.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import type { InterruptSink, VirtioDevice } from '../devices/device.js';
+import { GuestMemory } from '../memory/guest-memory.js';
+import { buildDevices } from '../node/device-factories.js';
+import { type AnyQueue, createQueue, queueFromState } from '../queue/factory.js';
+import { consoleLogger, type Logger, silentLogger } from '../queue/logger.js';
+import { DirtyLog } from './dirty-log.js';
+import { SplitInflight } from './inflight.js';
+import { loadNative } from './native.js';
+import { applyInflight, ringBase } from './ring-state.js';
+import {
+  C_ACK,
+  C_BASE,
+  C_CALLS,
+  C_KICKS,
+  C_LOGGED_PAGES,
+  C_RESUBMITTED,
+  C_WAS_RUNNING,
+  type RingLog,
+  type RingWorkerData,
+  type RingWorkerMessage,
+} from './ring-workers.js';
+
+if (parentPort === null) throw new Error('ring-worker runs in a worker thread');
+const port = parentPort;
+const data = workerData as RingWorkerData;
+const index = data.index;
+const control = new Int32Array(data.control);
+const logger: Logger = data.quiet ? silentLogger : consoleLogger;
+const native = loadNative();
+const devices: VirtioDevice[] = await buildDevices(data.spec);
+const device = devices[0]!;
+
+interface Running {
+  readonly queue: AnyQueue;
+  readonly memory: GuestMemory;
+  readonly kickFd: number | null;
+  readonly watcher: { stop(): void } | null;
+}
+
+let running: Running | null = null;
+let callFd: number | null = null;
+let log: DirtyLog | null = null;
+let logFd: number | null = null;
+
+function setLog(l: RingLog): void {
+  flushLog();
+  log = l.area === null ? null : new DirtyLog(l.area.buffer, l.area.offset, l.area.size);
+  logFd = l.fd;
+}
+
+/** Moves the pages the device wrote into the dirty log (see DirtyLog). */
+function flushLog(): void {
+  if (log === null || running === null) return;
+  const moved = log.absorb(running.memory);
+  if (moved === 0) return;
+  Atomics.add(control, C_LOGGED_PAGES, moved);
+  if (logFd !== null) {
+    try {
+      native.eventfdWrite(logFd, 1);
+    } catch (e) {
+      logger.warn('vhost-user ring worker: writing the log fd failed', {
+        error: (e as Error).message,
+      });
+    }
+  }
+}
+
+const sink: InterruptSink = {
+  usedBuffer: () => {
+    flushLog();
+    if (callFd === null) return;
+    try {
+      native.eventfdWrite(callFd, 1);
+      Atomics.add(control, C_CALLS, 1);
+    } catch (e) {
+      logger.warn('vhost-user ring worker: writing the call fd failed', {
+        index,
+        error: (e as Error).message,
+      });
+    }
+  },
+  configChanged: () => {
+    logger.warn('vhost-user ring worker: device configuration changed (not signalled)');
+  },
+};
+
+function serve(): void {
+  try {
+    device.queueNotify(index);
+  } catch (e) {
+    logger.warn('vhost-user ring worker: the device failed while serving its ring', {
+      index,
+      error: e instanceof Error ? (e.stack ?? e.message) : String(e),
+    });
+  }
+  flushLog();
+}
+
+function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
+  stop();
+  const memory = new GuestMemory(m.regions);
+  const queue = queueFromState(m.queue, memory, { logger });
+  if (queue.format === 'split' && m.inflight !== null) {
+    const region = new SplitInflight(m.inflight.buffer, m.inflight.offset, m.inflight.descNum);
+    Atomics.add(control, C_RESUBMITTED, applyInflight(queue, region, index, logger));
+  }
+  const queues = device.queueMaxSizes.map((max, i) =>
+    i === index ? queue : createQueue(queue.format, max, { logger }),
+  );
+  if (!device.acceptFeatures(m.features)) {
+    logger.warn('vhost-user ring worker: the device refused the features', { index });
+    return;
+  }
+  device.activate({ memory, queues, features: m.features, interrupt: sink });
+  callFd = m.callFd;
+  setLog(m.log);
+  const kickFd = m.kickFd;
+  const watcher =
+    kickFd === null
+      ? null
+      : native.watch(kickFd, native.constants.POLL_READABLE, (error) => {
+          if (running === null || running.kickFd !== kickFd) return;
+          if (error !== null) {
+            logger.warn('vhost-user ring worker: polling the kick fd failed', {
+              index,
+              error: error.message,
+            });
+            running.watcher?.stop();
+            return;
+          }
+          try {
+            // Drain the eventfd: the poll is level-triggered.
+            native.eventfdRead(kickFd);
+          } catch (e) {
+            logger.warn('vhost-user ring worker: reading the kick fd failed', {
+              index,
+              error: (e as Error).message,
+            });
+            running.watcher?.stop();
+            return;
+          }
+          Atomics.add(control, C_KICKS, 1);
+          serve();
+        });
+  running = { queue, memory, kickFd, watcher };
+  // Buffers made available before the ring started are served now.
+  serve();
+}
+
+/** Stops the ring (if it runs) and records where it stopped in the control block. */
+function stop(): void {
+  const r = running;
+  Atomics.store(control, C_WAS_RUNNING, r === null ? 0 : 1);
+  if (r === null) return;
+  r.watcher?.stop();
+  flushLog();
+  Atomics.store(control, C_BASE, ringBase(r.queue) | 0);
+  running = null;
+  try {
+    device.reset();
+  } catch (e) {
+    logger.warn('vhost-user ring worker: device reset failed', { error: (e as Error).message });
+  }
+}
+
+function ack(seq: number): void {
+  Atomics.store(control, C_ACK, seq);
+  Atomics.notify(control, C_ACK);
+}
+
+port.on('message', (m: RingWorkerMessage) => {
+  switch (m.type) {
+    case 'start':
+      try {
+        start(m);
+      } catch (e) {
+        // The back-end validated the ring; anything here is a bug, reported, never fatal.
+        logger.warn('vhost-user ring worker: starting the ring failed', {
+          index,
+          error: e instanceof Error ? (e.stack ?? e.message) : String(e),
+        });
+        running = null;
+      }
+      return;
+    case 'stop':
+      stop();
+      ack(m.seq);
+      return;
+    case 'setCall':
+      callFd = m.fd;
+      ack(m.seq);
+      return;
+    case 'setLog':
+      setLog(m.log);
+      ack(m.seq);
+      return;
+  }
+});

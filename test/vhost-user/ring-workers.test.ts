@@ -1,0 +1,185 @@
+/**
+ * Ring-worker mode of VhostUserBackend: each ring served on its own thread. A read that blocks
+ * one ring's worker must not hold up the other ring; stopping a ring answers with where it
+ * stopped; call eventfds and the dirty log can be replaced while rings run.
+ */
+import { pathToFileURL } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SplitDriver } from '../../src/driver/index.js';
+import { GuestMemory } from '../../src/memory/index.js';
+import {
+  isNativeAvailable,
+  loadNative,
+  VHOST_F_LOG_ALL,
+  VhostUserBackend,
+  type VhostUserNative,
+  VhostUserProtocolFeature,
+} from '../../src/vhost-user/index.js';
+import {
+  concat,
+  Frontend,
+  HALF,
+  memTable,
+  PROTOCOL_BIT,
+  R,
+  RAM,
+  REGION1_GPA,
+  RING_GPA,
+  silent,
+  u32s,
+  u64,
+  until,
+  VERSION_1,
+  vringAddr,
+} from './frontend.js';
+import { create, GATED_SECTOR } from './workers/gated-block.js';
+
+const P = VhostUserProtocolFeature;
+const PROTOCOL =
+  (1n << BigInt(P.REPLY_ACK)) |
+  (1n << BigInt(P.CONFIG)) |
+  (1n << BigInt(P.MQ)) |
+  (1n << BigInt(P.LOG_SHMFD));
+const LOG_ALL = 1n << BigInt(VHOST_F_LOG_ALL);
+const QSIZE = 16;
+const T_IN = 0;
+const T_OUT = 1;
+const nativeOk = isNativeAvailable();
+
+describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () => {
+  const n = nativeOk ? loadNative() : (undefined as unknown as VhostUserNative);
+  const cleanups: (() => void)[] = [];
+  afterEach(() => {
+    for (const c of cleanups.splice(0).reverse()) c();
+  });
+
+  function eventfd(): number {
+    const fd = n.eventfd(0, n.constants.EFD_NONBLOCK);
+    cleanups.push(() => n.close(fd));
+    return fd;
+  }
+
+  it('serves two rings on two threads: one blocked ring never holds up the other', async () => {
+    const image = new SharedArrayBuffer(128 * 512);
+    const gate = new SharedArrayBuffer(8);
+    const options = { image, gate, numQueues: 2 };
+    const spec = {
+      kind: 'module',
+      module: pathToFileURL(new URL('./workers/gated-block.ts', import.meta.url).pathname).href,
+      export: 'create',
+      options,
+    };
+    const backend = new VhostUserBackend(create(options), {
+      native: n,
+      logger: silent,
+      ringWorkers: { spec, quiet: true },
+    });
+    cleanups.push(() => backend.close());
+    const memfd = n.memfdCreate('guest-ram', 0);
+    n.ftruncate(memfd, RAM);
+    cleanups.push(() => n.close(memfd));
+    const ram = n.mmap(memfd, RAM, 0, n.constants.PROT_READ | n.constants.PROT_WRITE);
+    const guest = new GuestMemory([
+      { base: 0, length: HALF, buffer: ram },
+      { base: REGION1_GPA, length: HALF, buffer: ram, offset: HALF },
+    ]);
+    const [a, b] = n.socketpair();
+    cleanups.push(() => n.close(a));
+    backend.attach(b);
+    const fe = new Frontend(n, a);
+
+    const offered = await fe.u64(R.GET_FEATURES);
+    await fe.u64(R.GET_PROTOCOL_FEATURES);
+    fe.send(R.SET_PROTOCOL_FEATURES, u64(PROTOCOL));
+    expect(await fe.u64(R.GET_QUEUE_NUM)).toBe(2n);
+    const features = (offered & VERSION_1) | PROTOCOL_BIT;
+    expect(await fe.acked(R.SET_FEATURES, u64(features))).toBe(0n);
+    expect(await fe.acked(R.SET_MEM_TABLE, memTable(), [memfd, memfd])).toBe(0n);
+
+    const rings = [0, 1].map((index) => {
+      const driver = new SplitDriver(guest, { size: QSIZE, base: RING_GPA + index * 0x4000 });
+      return { index, driver, kick: eventfd(), call: eventfd() };
+    });
+    for (const r of rings) {
+      const { desc, avail, used } = r.driver.layout;
+      expect(await fe.acked(R.SET_VRING_NUM, u32s(r.index, QSIZE))).toBe(0n);
+      expect(await fe.acked(R.SET_VRING_BASE, u32s(r.index, 0))).toBe(0n);
+      expect(await fe.acked(R.SET_VRING_ADDR, vringAddr(r.index, desc, avail, used))).toBe(0n);
+      expect(await fe.acked(R.SET_VRING_CALL, u64(r.index), [r.call])).toBe(0n);
+      expect(await fe.acked(R.SET_VRING_KICK, u64(r.index), [r.kick])).toBe(0n);
+      expect(await fe.acked(R.SET_VRING_ENABLE, u32s(r.index, 1))).toBe(0n);
+    }
+
+    /** A one-sector request on ring `r`, its buffers at `at` (header, data, status pages). */
+    const submit = (r: (typeof rings)[number], at: number, type: number, sector: number) => {
+      guest.writeU32(at, type);
+      guest.writeU32(at + 4, 0);
+      guest.writeU64(at + 8, sector);
+      guest.writeU8(at + 0x2000, 0xff);
+      const hdr = { addr: at, len: 16 };
+      const data = { addr: at + 0x1000, len: 512 };
+      const status = { addr: at + 0x2000, len: 1 };
+      if (type === T_OUT) r.driver.add([hdr, data], [status]);
+      else r.driver.add([hdr], [data, status]);
+      if (r.driver.kick()) n.eventfdWrite(r.kick, 1);
+    };
+    const completed = async (r: (typeof rings)[number], what: string) => {
+      await until(() => r.driver.hasUsed(), what);
+      expect(r.driver.popUsed()).toBeGreaterThanOrEqual(0);
+    };
+
+    // Ring 0: a read of the gated sector, which blocks ring 0's worker inside the disk read.
+    new Uint8Array(image, GATED_SECTOR * 512, 512).fill(0x77);
+    submit(rings[0]!, 0x10000, T_IN, GATED_SECTOR);
+    const gateView = new Int32Array(gate);
+    await until(() => Atomics.load(gateView, 1) === 1, 'ring 0 to block');
+
+    // Ring 1 keeps going meanwhile: a write and a read back.
+    guest.fill(0x21000, 512, 0x5a);
+    submit(rings[1]!, 0x20000, T_OUT, 7);
+    await completed(rings[1]!, 'ring 1 write while ring 0 is blocked');
+    submit(rings[1]!, 0x30000, T_IN, 7);
+    await completed(rings[1]!, 'ring 1 read while ring 0 is blocked');
+    expect(guest.readU8(0x31000)).toBe(0x5a);
+    expect(new Uint8Array(image, 7 * 512, 512).every((x) => x === 0x5a)).toBe(true);
+    expect(rings[0]!.driver.hasUsed()).toBe(false);
+
+    // Open the gate: ring 0 completes its read.
+    Atomics.store(gateView, 0, 1);
+    Atomics.notify(gateView, 0);
+    await completed(rings[0]!, 'ring 0 after the gate opened');
+    expect(guest.readU8(0x11000)).toBe(0x77);
+    expect(guest.readU8(0x12000)).toBe(0);
+
+    // A new call eventfd for a running ring: the next completion signals it, not the old one.
+    const call2 = eventfd();
+    expect(await fe.acked(R.SET_VRING_CALL, u64(1), [call2])).toBe(0n);
+    // Logging starts on the running rings.
+    expect(await fe.acked(R.SET_FEATURES, u64(features | LOG_ALL))).toBe(0n);
+    const logFd = n.memfdCreate('log', 0);
+    cleanups.push(() => n.close(logFd));
+    n.ftruncate(logFd, 4096);
+    const logMap = new Uint8Array(n.mmap(logFd, 4096, 0, n.constants.PROT_READ));
+    fe.send(R.SET_LOG_BASE, concat(u64(4096), u64(0)), [logFd]);
+    expect((await fe.recv())?.request).toBe(R.SET_LOG_BASE);
+    submit(rings[1]!, 0x40000, T_IN, 7);
+    await completed(rings[1]!, 'ring 1 with the new call fd');
+    expect(Number(n.eventfdRead(call2))).toBeGreaterThanOrEqual(1);
+    const page = 0x41000 >>> 12;
+    expect(logMap[page >>> 3]! & (1 << (page & 7))).not.toBe(0);
+
+    // Stopping answers with where each ring stopped.
+    for (const [index, expected] of [
+      [0, 1],
+      [1, 3],
+    ] as const) {
+      fe.send(R.GET_VRING_BASE, u32s(index, 0));
+      const reply = await fe.recv();
+      expect(new DataView(reply!.payload.buffer).getUint32(4, true)).toBe(expected);
+    }
+    const stats = backend.stats;
+    expect(stats.kicks).toBeGreaterThanOrEqual(4);
+    expect(stats.calls).toBeGreaterThanOrEqual(4);
+    expect(stats.loggedPages).toBeGreaterThanOrEqual(1);
+  });
+});
