@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BlockDevice, MemoryBackend } from '../../src/devices/index.js';
 import { SplitDriver } from '../../src/driver/index.js';
-import { GuestMemory } from '../../src/memory/index.js';
 import {
   isNativeAvailable,
   loadNative,
@@ -15,13 +14,12 @@ import {
 import {
   concat,
   Frontend,
-  HALF,
+  guestRam,
   memTable,
   PROTOCOL_BIT,
   QSIZE,
   R,
   RAM,
-  REGION1_GPA,
   RING_GPA,
   silent,
   USER0,
@@ -51,14 +49,7 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
       onDisconnect: (why) => disconnects.push(why),
     });
     cleanups.push(() => backend.close());
-    const memfd = n.memfdCreate('guest-ram', 0);
-    n.ftruncate(memfd, RAM);
-    cleanups.push(() => n.close(memfd));
-    const ram = n.mmap(memfd, RAM, 0, n.constants.PROT_READ | n.constants.PROT_WRITE);
-    const guest = new GuestMemory([
-      { base: 0, length: HALF, buffer: ram },
-      { base: REGION1_GPA, length: HALF, buffer: ram, offset: HALF },
-    ]);
+    const { memfd, guest } = guestRam(n, cleanups);
     return { disk, device, backend, memfd, guest, disconnects };
   }
 

@@ -3,6 +3,7 @@
  * one socket, and a 1 MiB guest RAM layout shown to the back-end as two memfd regions.
  */
 import { expect } from 'vitest';
+import { GuestMemory } from '../../src/memory/index.js';
 import {
   VHOST_USER_F_PROTOCOL_FEATURES,
   VhostUserFlags,
@@ -84,6 +85,23 @@ export function vringAddr(index: number, gpaDesc: number, gpaAvail: number, gpaU
   );
 }
 
+/**
+ * Guest RAM for the back-end tests: a memfd of {@link RAM} bytes (sent twice with
+ * {@link memTable}), mapped here as the two regions the table describes. `cleanups` gets the
+ * close of the memfd.
+ */
+export function guestRam(n: VhostUserNative, cleanups: (() => void)[]) {
+  const memfd = n.memfdCreate('guest-ram', 0);
+  n.ftruncate(memfd, RAM);
+  cleanups.push(() => n.close(memfd));
+  const ram = n.mmap(memfd, RAM, 0, n.constants.PROT_READ | n.constants.PROT_WRITE);
+  const guest = new GuestMemory([
+    { base: 0, length: HALF, buffer: ram },
+    { base: REGION1_GPA, length: HALF, buffer: ram, offset: HALF },
+  ]);
+  return { memfd, guest };
+}
+
 /** A minimal vhost-user front-end over one socket. */
 export class Frontend {
   replyAck = false;
@@ -99,12 +117,21 @@ export class Frontend {
 
   /** The next reply, or null when the back-end closed the connection. */
   async recv(): Promise<{ request: number; flags: number; payload: Uint8Array } | null> {
+    return this.recvWithFds(0);
+  }
+
+  /** The next reply with the fds attached to it (up to `maxFds`), or null when closed. */
+  async recvWithFds(
+    maxFds = 4,
+  ): Promise<{ request: number; flags: number; payload: Uint8Array; fds: number[] } | null> {
     const buf = new Uint8Array(12 + 268);
+    const fds: number[] = [];
     let got = 0;
     let need = 12;
     const deadline = Date.now() + 3000;
     while (got < need) {
-      const r = this.n.recvmsg(this.fd, buf.subarray(got, need), 0);
+      const r = this.n.recvmsg(this.fd, buf.subarray(got, need), maxFds);
+      fds.push(...r.fds);
       if (r.bytes === 0) return null;
       if (r.bytes < 0) {
         if (Date.now() > deadline) throw new Error('no reply from the back-end');
@@ -119,6 +146,7 @@ export class Frontend {
       request: v.getUint32(0, true),
       flags: v.getUint32(4, true),
       payload: buf.slice(12, need),
+      fds,
     };
   }
 

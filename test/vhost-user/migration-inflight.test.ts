@@ -7,7 +7,6 @@ import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BlockDevice, MemoryBackend } from '../../src/devices/index.js';
 import { PackedDriver, SplitDriver } from '../../src/driver/index.js';
-import { GuestMemory } from '../../src/memory/index.js';
 import { VIRTIO_F_RING_PACKED } from '../../src/queue/constants.js';
 import {
   isNativeAvailable,
@@ -25,12 +24,10 @@ import {
 import {
   concat,
   Frontend,
-  HALF,
+  guestRam,
   memTable,
   PROTOCOL_BIT,
   R,
-  RAM,
-  REGION1_GPA,
   RING_GPA,
   silent,
   u32s,
@@ -81,14 +78,7 @@ describe.runIf(nativeOk)('vhost-user LOG_SHMFD, INFLIGHT_SHMFD and ring restarts
     const device = new BlockDevice({ backend: new MemoryBackend(disk), queueSize: 64 });
     const backend = new VhostUserBackend(device, { native: n, logger });
     cleanups.push(() => backend.close());
-    const memfd = n.memfdCreate('guest-ram', 0);
-    n.ftruncate(memfd, RAM);
-    cleanups.push(() => n.close(memfd));
-    const ram = n.mmap(memfd, RAM, 0, n.constants.PROT_READ | n.constants.PROT_WRITE);
-    const guest = new GuestMemory([
-      { base: 0, length: HALF, buffer: ram },
-      { base: REGION1_GPA, length: HALF, buffer: ram, offset: HALF },
-    ]);
+    const { memfd, guest } = guestRam(n, cleanups);
     return { disk, device, backend, memfd, guest };
   }
   type Setup = ReturnType<typeof setup>;
@@ -114,24 +104,9 @@ describe.runIf(nativeOk)('vhost-user LOG_SHMFD, INFLIGHT_SHMFD and ring restarts
 
   /** A reply with the fds attached to it. */
   async function recvWithFds(fe: Frontend): Promise<{ payload: Uint8Array; fds: number[] }> {
-    const buf = new Uint8Array(12 + 64);
-    const fds: number[] = [];
-    let got = 0;
-    let need = 12;
-    const deadline = Date.now() + 3000;
-    while (got < need) {
-      const r = n.recvmsg(fe.fd, buf.subarray(got, need), 4);
-      fds.push(...r.fds);
-      if (r.bytes === 0) throw new Error('connection closed');
-      if (r.bytes < 0) {
-        if (Date.now() > deadline) throw new Error('no reply');
-        await new Promise((res) => setImmediate(res));
-        continue;
-      }
-      got += r.bytes;
-      if (got === 12) need = 12 + new DataView(buf.buffer).getUint32(8, true);
-    }
-    return { payload: buf.slice(12, need), fds };
+    const r = await fe.recvWithFds();
+    if (r === null) throw new Error('connection closed');
+    return r;
   }
 
   /** Negotiation up to a mapped memory table; returns the offered device features. */

@@ -6,7 +6,6 @@
 import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SplitDriver } from '../../src/driver/index.js';
-import { GuestMemory } from '../../src/memory/index.js';
 import {
   isNativeAvailable,
   loadNative,
@@ -18,12 +17,10 @@ import {
 import {
   concat,
   Frontend,
-  HALF,
+  guestRam,
   memTable,
   PROTOCOL_BIT,
   R,
-  RAM,
-  REGION1_GPA,
   RING_GPA,
   silent,
   u32s,
@@ -75,14 +72,7 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
       ringWorkers: { spec, quiet: true },
     });
     cleanups.push(() => backend.close());
-    const memfd = n.memfdCreate('guest-ram', 0);
-    n.ftruncate(memfd, RAM);
-    cleanups.push(() => n.close(memfd));
-    const ram = n.mmap(memfd, RAM, 0, n.constants.PROT_READ | n.constants.PROT_WRITE);
-    const guest = new GuestMemory([
-      { base: 0, length: HALF, buffer: ram },
-      { base: REGION1_GPA, length: HALF, buffer: ram, offset: HALF },
-    ]);
+    const { memfd, guest } = guestRam(n, cleanups);
     const [a, b] = n.socketpair();
     cleanups.push(() => n.close(a));
     backend.attach(b);
@@ -154,6 +144,8 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
     // A new call eventfd for a running ring: the next completion signals it, not the old one.
     const call2 = eventfd();
     expect(await fe.acked(R.SET_VRING_CALL, u64(1), [call2])).toBe(0n);
+    // Acknowledged: the worker is done with the old eventfd (drained here, then left alone).
+    n.eventfdRead(rings[1]!.call);
     // Logging starts on the running rings.
     expect(await fe.acked(R.SET_FEATURES, u64(features | LOG_ALL))).toBe(0n);
     const logFd = n.memfdCreate('log', 0);
@@ -164,7 +156,9 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
     expect((await fe.recv())?.request).toBe(R.SET_LOG_BASE);
     submit(rings[1]!, 0x40000, T_IN, 7);
     await completed(rings[1]!, 'ring 1 with the new call fd');
-    expect(Number(n.eventfdRead(call2))).toBeGreaterThanOrEqual(1);
+    // The worker writes the call eventfd just after publishing the used element.
+    await until(() => Number(n.eventfdRead(call2)) >= 1, 'the new call eventfd');
+    expect(Number(n.eventfdRead(rings[1]!.call))).toBe(-1);
     const page = 0x41000 >>> 12;
     expect(logMap[page >>> 3]! & (1 << (page & 7))).not.toBe(0);
 
@@ -178,7 +172,8 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
       expect(new DataView(reply!.payload.buffer).getUint32(4, true)).toBe(expected);
     }
     const stats = backend.stats;
-    expect(stats.kicks).toBeGreaterThanOrEqual(4);
+    // A kick the driver skipped (the device had notifications off while busy) is fine.
+    expect(stats.kicks).toBeGreaterThanOrEqual(2);
     expect(stats.calls).toBeGreaterThanOrEqual(4);
     expect(stats.loggedPages).toBeGreaterThanOrEqual(1);
   });
