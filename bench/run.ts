@@ -9,12 +9,35 @@
  * Each case runs in a fresh Node process (this script again, with `--case=<name>`), so the
  * optimised code and type feedback one case leaves behind cannot speed up or slow down the
  * next. `--same-process` runs them all in this process instead.
+ *
+ * Benchmarks that are whole programs rather than cases (they boot guests under QEMU and take
+ * minutes) are listed in {@link PROGRAMS}: `npm run bench -- <name> [options]` runs one, with
+ * every other argument passed on; a filter never selects them, and neither does a bare
+ * `npm run bench`.
  */
 
 import { spawn } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { type BenchCase, type BenchContext, header } from './lib/harness.js';
+
+/** Benchmark programs run by exact name (see the module comment), with their script. */
+const PROGRAMS: Readonly<Record<string, string>> = {
+  // Guest-measured vhost-user-blk throughput, virtq against qemu-storage-daemon.
+  'vhost-user-blk': './vhost-user-blk.ts',
+};
+
+/** Runs a benchmark program in a child process with `args`; resolves with its exit code. */
+function runProgram(script: string, args: readonly string[]): Promise<number> {
+  const file = fileURLToPath(new URL(script, import.meta.url));
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [...process.execArgv, file, ...args], {
+      stdio: 'inherit',
+    });
+    child.on('error', reject);
+    child.on('exit', (code, signal) => resolve(code ?? (signal === null ? 1 : 128)));
+  });
+}
 
 /** Every case of every module in bench/cases/; a module that fails to load is reported. */
 async function loadCases(): Promise<BenchCase[]> {
@@ -73,6 +96,14 @@ function runInChild(name: string, verbose: boolean): Promise<void> {
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
+  const program = args.find((a) => !a.startsWith('-') && Object.hasOwn(PROGRAMS, a));
+  if (program !== undefined) {
+    process.exitCode = await runProgram(
+      PROGRAMS[program]!,
+      args.filter((a) => a !== program),
+    );
+    return;
+  }
   const verbose = args.includes('--verbose') || args.includes('-v');
   const sameProcess = args.includes('--same-process');
   const only = args.find((a) => a.startsWith('--case='))?.slice('--case='.length);

@@ -18,8 +18,10 @@ const ZERO_CHUNK = 64 * 1024;
  *
  * Reads and writes are positional (`fs.readSync` / `fs.writeSync` with a position, looping
  * over short transfers) on one file descriptor, so requests need no seek and no shared file
- * position. `flush()` is `fs.fdatasyncSync`: after it returns, every write that returned
- * before it is on stable storage, which is what VIRTIO_BLK_T_FLUSH promises the driver.
+ * position. A request over several guest buffers is one `preadv` / `pwritev` (`readv` and
+ * `writev`), not one call per buffer. `flush()` is `fs.fdatasyncSync`: after it returns,
+ * every write that returned before it is on stable storage, which is what
+ * VIRTIO_BLK_T_FLUSH promises the driver.
  *
  * Discard is not offered: Node has no `fallocate(PUNCH_HOLE)`, and a discard that merely wrote
  * zeroes would be a slow write-zeroes under another name. Write-zeroes is offered and writes
@@ -100,6 +102,41 @@ export class FileBackend implements BlockBackend {
     let done = 0;
     while (done < length) {
       done += fs.writeSync(fd, src, srcOffset + done, length - done, offset + done);
+    }
+  }
+
+  /**
+   * One `preadv` for all of `buffers` (what the device calls for a request over several guest
+   * pages); a short transfer is finished buffer by buffer.
+   */
+  readv(offset: number, buffers: readonly Uint8Array[]): void {
+    const n = fs.readvSync(this.fd, buffers as Uint8Array[], offset);
+    this.finishVector(offset, buffers, n, true);
+  }
+
+  /** One `pwritev` for all of `buffers`; a short transfer is finished buffer by buffer. */
+  writev(offset: number, buffers: readonly Uint8Array[]): void {
+    if (this.readOnly) throw new Error('file backend is read-only');
+    const n = fs.writevSync(this.fd, buffers as Uint8Array[], offset);
+    this.finishVector(offset, buffers, n, false);
+  }
+
+  /** Moves whatever a vectored call left undone: the buffers past its first `done` bytes. */
+  private finishVector(
+    offset: number,
+    buffers: readonly Uint8Array[],
+    done: number,
+    read: boolean,
+  ): void {
+    let at = 0;
+    for (const b of buffers) {
+      const len = b.length;
+      const skip = Math.min(len, Math.max(0, done - at));
+      if (skip < len) {
+        if (read) this.read(offset + at + skip, b, skip, len - skip);
+        else this.write(offset + at + skip, b, skip, len - skip);
+      }
+      at += len;
     }
   }
 

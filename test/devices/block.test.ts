@@ -159,6 +159,17 @@ describe('virtio-blk: configuration and features (§5.2.3, §5.2.4)', () => {
     expect(r.guest.readConfig(BLK_CONFIG.CAPACITY, 4)).toBe(SECTORS);
   });
 
+  it('offers a seg_max that fits a 128-entry ring whatever the maximum queue size', () => {
+    // A front-end may set up rings smaller than the maximum (QEMU's vhost-user-blk uses 128 by
+    // default), and §2.7.5.3.1 bounds every chain, indirect tables included, by the ring size.
+    const big = blockRig({ device: { queueSize: 1024 } });
+    big.blk.init(ALL_BLK);
+    expect(big.blk.config?.segMax).toBe(126);
+    const small = blockRig({ device: { queueSize: 64 } });
+    small.blk.init(ALL_BLK);
+    expect(small.blk.config?.segMax).toBe(62);
+  });
+
   it('offers only what the backend supports', () => {
     const plain = blockRig({ memoryBackend: { flush: false, discard: false, writeZeroes: false } });
     const offered = plain.guest.deviceFeatures();
@@ -836,6 +847,83 @@ describe('virtio-blk: FileBackend', () => {
     expect((await r.blk.submit({ type: 'in', sector: 0, sectors: 1 })).status).toBe(
       VIRTIO_BLK_S_IOERR,
     );
+  });
+
+  it('moves a request scattered over guest memory with one preadv / pwritev', () => {
+    const file = tmp();
+    const backend = FileBackend.open(file, { create: true, size: DISK });
+    const r = blockRig({ backend, memoryBytes: 2 << 20 });
+    r.blk.init(ALL_BLK);
+    const a = r.guest.alloc;
+    // Three data buffers with gaps between them, so no two coalesce into one piece.
+    const piece = (len: number): number => {
+      const addr = a.alloc(len);
+      a.alloc(64);
+      return addr;
+    };
+    const lens = [512, 1024, 512];
+    const data = pattern(2048, 9);
+    const out = lens.map(piece);
+    let at = 0;
+    for (let i = 0; i < lens.length; i++) {
+      r.memory.write(out[i]!, data.subarray(at, at + lens[i]!));
+      at += lens[i]!;
+    }
+    const writev = vi.spyOn(fs, 'writevSync');
+    const write = vi.spyOn(fs, 'writeSync');
+    const status = () => {
+      const addr = a.alloc(1);
+      r.memory.fill(addr, 1, 0xee);
+      return { addr, len: 1 };
+    };
+    const hdr = header(VIRTIO_BLK_T_OUT, 4);
+    const h = a.alloc(16);
+    r.memory.write(h, hdr);
+    const ws = status();
+    r.blk
+      .queue(0)
+      .add([{ addr: h, len: 16 }, ...out.map((addr, i) => ({ addr, len: lens[i]! }))], [ws]);
+    collect(r);
+    expect(r.memory.slice(ws.addr, 1)[0]).toBe(VIRTIO_BLK_S_OK);
+    expect(writev).toHaveBeenCalledTimes(1);
+    expect(write).not.toHaveBeenCalled();
+    expect(fs.readFileSync(file).subarray(2048, 4096)).toEqual(Buffer.from(data));
+
+    // Read it back into three scattered buffers; the first preadv stops short (as a signal
+    // may make it), and the rest is read buffer by buffer.
+    const real = fs.readvSync;
+    const readv = vi
+      .spyOn(fs, 'readvSync')
+      .mockImplementationOnce((fd, buffers, position) =>
+        real(
+          fd,
+          [(buffers as Uint8Array[])[0]!, (buffers as Uint8Array[])[1]!.subarray(0, 100)],
+          position,
+        ),
+      );
+    const read = vi.spyOn(fs, 'readSync');
+    const back = lens.map(piece);
+    for (let i = 0; i < lens.length; i++) r.memory.fill(back[i]!, lens[i]!, 0xee);
+    const h2 = a.alloc(16);
+    r.memory.write(h2, header(VIRTIO_BLK_T_IN, 4));
+    const rs = status();
+    r.blk
+      .queue(0)
+      .add([{ addr: h2, len: 16 }], [...back.map((addr, i) => ({ addr, len: lens[i]! })), rs]);
+    const { len } = collect(r);
+    expect(len).toBe(2048 + 1);
+    expect(r.memory.slice(rs.addr, 1)[0]).toBe(VIRTIO_BLK_S_OK);
+    expect(readv).toHaveBeenCalledTimes(1);
+    // The rest of the second buffer, then the third.
+    expect(read).toHaveBeenCalledTimes(2);
+    const got = new Uint8Array(2048);
+    at = 0;
+    for (let i = 0; i < lens.length; i++) {
+      got.set(r.memory.slice(back[i]!, lens[i]!), at);
+      at += lens[i]!;
+    }
+    expect(got).toEqual(data);
+    backend.close();
   });
 
   it('serves guest memory in a SharedArrayBuffer', async () => {

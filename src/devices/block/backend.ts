@@ -28,6 +28,15 @@ export interface BlockBackend {
   read(offset: number, dst: Uint8Array, dstOffset: number, length: number): void;
   /** Copies `src[srcOffset .. srcOffset + length)` to the disk at `offset`. */
   write(offset: number, src: Uint8Array, srcOffset: number, length: number): void;
+  /**
+   * Optional: fills `buffers`, in order, from the disk at `offset` onwards, as {@link read}
+   * would one by one. A backend where each call is costly (a system call per request) offers
+   * it so that a request scattered over many guest pages costs one call, not one per page.
+   * The device passes at most {@link MAX_VECTOR_BUFFERS} buffers per call.
+   */
+  readv?(offset: number, buffers: readonly Uint8Array[]): void;
+  /** Optional: writes `buffers`, in order, to the disk at `offset` onwards (see {@link readv}). */
+  writev?(offset: number, buffers: readonly Uint8Array[]): void;
   /** Makes every write that returned before this call durable. */
   flush(): void;
   /** The range's contents become unspecified; storage may be released. */
@@ -35,6 +44,9 @@ export interface BlockBackend {
   /** The range reads as zeroes afterwards; with `unmap`, storage may be released. */
   writeZeroes(offset: number, length: number, unmap: boolean): void;
 }
+
+/** Most buffers the device passes to one {@link BlockBackend.readv} / `writev` call (IOV_MAX). */
+export const MAX_VECTOR_BUFFERS = 1024;
 
 /** Options of {@link MemoryBackend}. */
 export interface MemoryBackendOptions {

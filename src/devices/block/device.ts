@@ -18,7 +18,7 @@ import {
   VIRTIO_ID_BLOCK,
   VirtioDeviceBase,
 } from '../device.js';
-import type { BlockBackend } from './backend.js';
+import { type BlockBackend, MAX_VECTOR_BUFFERS } from './backend.js';
 import {
   BLK_HEADER_BYTES,
   BLK_ID_BYTES,
@@ -107,7 +107,13 @@ export interface BlockOptions {
   blockSize?: number;
   /** `size_max`: offered (VIRTIO_BLK_F_SIZE_MAX) only when given. */
   sizeMax?: number;
-  /** `seg_max` (default: queue size - 2, the header and status taking two descriptors). */
+  /**
+   * `seg_max` (default: the smaller of `queueSize` and {@link DEFAULT_SEG_MAX_RING} minus 2, the
+   * header and status taking two descriptors). A driver may set a ring smaller than
+   * `queueSize` after it read this, and §2.7.5.3.1 bounds every chain, indirect table
+   * included, by the ring's size, which the queue enforces: a `seg_max` above the ring the
+   * driver actually uses makes Linux send large requests the queue must refuse.
+   */
   segMax?: number;
   /** Offered with VIRTIO_BLK_F_TOPOLOGY when given. */
   topology?: BlockTopology;
@@ -124,6 +130,15 @@ export interface BlockOptions {
   /** Where backend failures are reported (default: console). */
   logger?: Logger;
 }
+
+/**
+ * The ring size the default `seg_max` assumes at most. QEMU's vhost-user-blk front-end offers
+ * its back-end's maximum (up to 1024) yet sets up 128-entry rings by default (its `queue-size`
+ * property), and Linux sizes its indirect tables by `seg_max` alone: with `seg_max` 1022 a
+ * 1 MiB direct read arrives as a 258-entry indirect table in a 128-entry ring. 126 segments
+ * (QEMU's qemu-storage-daemon offers the same) fit every ring of 128 or more.
+ */
+export const DEFAULT_SEG_MAX_RING = 128;
 
 /** Largest segment count accepted as an option: bounds the device's one scratch buffer. */
 const MAX_SEGMENTS_OPTION = 4096;
@@ -147,9 +162,16 @@ class DataCursor extends ChainCursor {
     return this;
   }
 
+  /** Views of the pieces of one vectored backend call (emptied after each call). */
+  private readonly vector: Uint8Array[] = [];
+
   /** Fills the next `length` bytes of guest memory from the disk at `offset`. */
   fromBackend(backend: BlockBackend, offset: number, length: number): void {
     this.need(length, 'read from the disk');
+    if (length > this.pLeft && backend.readv !== undefined) {
+      this.vectored(backend, offset, length, true);
+      return;
+    }
     let n = length;
     let at = offset;
     while (n > 0) {
@@ -167,6 +189,10 @@ class DataCursor extends ChainCursor {
   /** Writes the next `length` bytes of guest memory to the disk at `offset`. */
   toBackend(backend: BlockBackend, offset: number, length: number): void {
     this.need(length, 'write to the disk');
+    if (length > this.pLeft && backend.writev !== undefined) {
+      this.vectored(backend, offset, length, false);
+      return;
+    }
     let n = length;
     let at = offset;
     while (n > 0) {
@@ -175,6 +201,40 @@ class DataCursor extends ChainCursor {
       this.advance(k);
       at += k;
       n -= k;
+    }
+  }
+
+  /**
+   * Moves the next `length` bytes (more than one piece) with one `readv` / `writev` per
+   * {@link MAX_VECTOR_BUFFERS} pieces: a request scattered over guest pages is one system
+   * call for a file, not one per page.
+   */
+  private vectored(backend: BlockBackend, offset: number, length: number, read: boolean): void {
+    const v = this.vector;
+    let n = length;
+    let at = offset;
+    try {
+      while (n > 0) {
+        let bytes = 0;
+        let count = 0;
+        while (bytes < n && count < MAX_VECTOR_BUFFERS) {
+          const k = Math.min(n - bytes, this.pLeft);
+          const r = this.region!;
+          const p = this.pos;
+          v[count++] = r.bytes.subarray(p, p + k);
+          if (read) r.markDirty(r.base + p, k);
+          this.advance(k);
+          bytes += k;
+        }
+        v.length = count;
+        if (read) backend.readv!(at, v);
+        else backend.writev!(at, v);
+        at += bytes;
+        n -= bytes;
+      }
+    } finally {
+      // Holds no view of guest memory between requests.
+      v.length = 0;
     }
   }
 }
@@ -317,7 +377,11 @@ export class BlockDevice extends VirtioDeviceBase {
       v.setUint32(C.SIZE_MAX, checkU32('sizeMax', options.sizeMax, 1), true);
     v.setUint32(
       C.SEG_MAX,
-      checkU32('segMax', options.segMax ?? Math.max(1, queueSize - 2), 1),
+      checkU32(
+        'segMax',
+        options.segMax ?? Math.max(1, Math.min(queueSize, DEFAULT_SEG_MAX_RING) - 2),
+        1,
+      ),
       true,
     );
     v.setUint32(C.BLK_SIZE, blockSize, true);

@@ -1,4 +1,9 @@
-export { type BlockBackend, MemoryBackend, type MemoryBackendOptions } from './backend.js';
+export {
+  type BlockBackend,
+  MAX_VECTOR_BUFFERS,
+  MemoryBackend,
+  type MemoryBackendOptions,
+} from './backend.js';
 export {
   BLK_CONFIG,
   BLK_CONFIG_SIZE,
