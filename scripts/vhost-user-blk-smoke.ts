@@ -6,8 +6,10 @@
  * For each case, starts the CLI back-end as a child process on a fresh raw image, boots QEMU
  * with shared guest memory and a vhost-user-blk device on the back-end's socket, lets the guest
  * write a pattern with direct I/O, read it back and compare, then checks the image on the host.
- * Not part of the test suite (it needs QEMU and takes seconds per case). Exits non-zero on any
- * failure.
+ * Exits non-zero on any failure. The test suite's version, with many more checks, is
+ * test/real/vhost-user-blk.test.ts; this script is for a quick look (`--verbose` prints every
+ * console and back-end log). Microvm guests get `tsc_early_khz=` from runQemu (see
+ * docs/REAL-GUEST.md: without it they hang whenever the host is busy).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -141,7 +143,9 @@ async function main(): Promise<number> {
             ...(c.numQueues !== undefined ? { numQueues: c.numQueues } : {}),
           }),
         ];
-        const r = await runQemu({ ...guest, args, timeoutMs: 60_000, memMiB: MEM_MIB });
+        // Linux drives at most one queue per CPU.
+        const smp = c.numQueues ?? 1;
+        const r = await runQemu({ ...guest, args, timeoutMs: 60_000, memMiB: MEM_MIB, smp });
         const bytes = await fs.readFile(image);
         const start = OFFSET_BLOCKS * 4096;
         const hostOk = bytes.subarray(start, start + PATTERN_BYTES).equals(expected);

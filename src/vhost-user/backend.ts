@@ -978,15 +978,21 @@ export class VhostUserBackend {
     q.ready = true;
     // Checks size, alignment and that each ring lies in one region (VIRTIO 1.2 §2.7, §2.8).
     q.initialize(memory);
-    const region = this.inflightRegion(index);
+    let region = this.inflightRegion(index);
     if (q.format === 'split') {
       // The used index lives in guest memory and survives a stop of the back-end.
       q.nextUsed = q.usedRingIdxGet();
       q.nextAvail = ring.base;
       if (region !== null && q.activeSize > region.descNum) {
-        throw new RequestFailure(
-          `ring ${index} of ${q.activeSize} exceeds its inflight region of ${region.descNum}`,
-        );
+        // QEMU sizes the buffer by its `queue-size` property, yet its virtio-mmio transport
+        // lets the guest pick any ring up to the back-end's maximum: such a ring is served,
+        // without crash recovery.
+        this.logger.warn('vhost-user: ring larger than its inflight region; served untracked', {
+          index,
+          size: q.activeSize,
+          descNum: region.descNum,
+        });
+        region = null;
       }
     } else {
       this.placePacked(index, q, ring.base);

@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -429,6 +429,179 @@ export function microvmArgs(): string[] {
   return ['-M', 'microvm', '-global', 'virtio-mmio.force-legacy=false'];
 }
 
+/** Whether QEMU arguments select the microvm machine (`-M microvm…` or `-machine microvm…`). */
+export function isMicrovm(args: readonly string[]): boolean {
+  for (let i = 0; i + 1 < args.length; i++) {
+    const a = args[i];
+    if ((a === '-M' || a === '-machine') && /^(type=)?microvm(,|$)/.test(args[i + 1]!)) return true;
+  }
+  return false;
+}
+
+/**
+ * The host's TSC frequency in kHz, from the first `cpu MHz` of /proc/cpuinfo (on the x86 hosts
+ * these tests run on, with `constant_tsc`, that is the TSC rate), or null when unknown.
+ */
+export function hostTscKhz(cpuinfo?: string): number | null {
+  let text = cpuinfo;
+  if (text === undefined) {
+    try {
+      text = readFileSync('/proc/cpuinfo', 'utf8');
+    } catch {
+      return null;
+    }
+  }
+  const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(text);
+  if (m === null) return null;
+  const khz = Math.round(Number(m[1]) * 1000);
+  return Number.isFinite(khz) && khz > 0 ? khz : null;
+}
+
+/** Used when the host's TSC rate is unknown: any plausible value lets the guest boot. */
+const FALLBACK_TSC_KHZ = 2_000_000;
+
+/**
+ * Kernel arguments that make microvm boots reliable under TCG: `tsc_early_khz=<kHz>`.
+ *
+ * A microvm has no HPET and no ACPI PM timer, so Linux can calibrate the TSC only against the
+ * PIT. Under TCG that calibration fails whenever the host is busy (the guest's PIT and TSC are
+ * both host clocks read at the mercy of the host scheduler); the kernel then prints
+ * `tsc: Unable to calibrate against PIT`, `tsc: No reference (HPET/PMTIMER) available`,
+ * `tsc: Marking TSC unstable due to could not calculate TSC khz` and hangs before `/init`.
+ * Giving it the frequency skips the calibration. Under TCG the guest's TSC runs at the host's
+ * rate, so the host's frequency keeps guest time right. `false` returns nothing.
+ */
+export function microvmTscAppend(tscKhz?: number | false): string[] {
+  if (tscKhz === false) return [];
+  const khz = tscKhz ?? hostTscKhz() ?? FALLBACK_TSC_KHZ;
+  if (!Number.isInteger(khz) || khz <= 0)
+    throw new RangeError(`tscKhz ${khz} is not a positive integer`);
+  return [`tsc_early_khz=${khz}`];
+}
+
+/** `fallocate(2)` modes, for {@link fallocateProgram}. */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_NO_HIDE_STALE = 0x04;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+export interface FallocateProgramOptions {
+  /** File to open read-write, e.g. `/dev/vda`. */
+  readonly path: string;
+  readonly mode: number;
+  readonly offset: number;
+  readonly length: number;
+}
+
+/**
+ * A tiny static x86-64 Linux executable (about 200 bytes, no libc) that runs
+ * `fallocate(open(path, O_RDWR), mode, offset, length)` and exits with 0 on success or the
+ * errno of the failing call (open or fallocate). Busybox's `fallocate` only does mode 0, and
+ * its `blkdiscard` has no `-z`; on a block device, Linux maps
+ * `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` to `blkdev_issue_zeroout(…,
+ * BLKDEV_ZERO_NOFALLBACK)`, i.e. REQ_OP_WRITE_ZEROES with no fallback to writing zero pages
+ * (VIRTIO_BLK_T_WRITE_ZEROES with the unmap flag), `FALLOC_FL_ZERO_RANGE` to write-zeroes
+ * with a fallback, and `PUNCH_HOLE | KEEP_SIZE | NO_HIDE_STALE` to a discard.
+ */
+export function fallocateProgram(o: FallocateProgramOptions): Uint8Array {
+  for (const [k, v] of [
+    ['mode', o.mode],
+    ['offset', o.offset],
+    ['length', o.length],
+  ] as const) {
+    if (!Number.isSafeInteger(v) || v < 0)
+      throw new RangeError(`${k} ${v} is not a safe integer >= 0`);
+  }
+  if (o.mode > 0x7fffffff) throw new RangeError(`mode ${o.mode} does not fit an int`);
+  const u32 = (v: number): number[] => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, v >>> 24];
+  const u64 = (v: number): number[] => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(v));
+    return [...b];
+  };
+  const code: number[] = [];
+  code.push(0xb8, ...u32(2)); //              mov eax, SYS_open
+  const lea = code.length;
+  code.push(0x48, 0x8d, 0x3d, 0, 0, 0, 0); // lea rdi, [rip + path]
+  code.push(0xbe, ...u32(2)); //              mov esi, O_RDWR
+  code.push(0x31, 0xd2); //                   xor edx, edx
+  code.push(0x0f, 0x05); //                   syscall
+  code.push(0x48, 0x85, 0xc0); //             test rax, rax
+  const js = code.length;
+  code.push(0x78, 0); //                      js exit (rax = -errno)
+  code.push(0x48, 0x89, 0xc7); //             mov rdi, rax (the fd)
+  code.push(0xb8, ...u32(285)); //            mov eax, SYS_fallocate
+  code.push(0xbe, ...u32(o.mode)); //         mov esi, mode
+  code.push(0x48, 0xba, ...u64(o.offset)); // mov rdx, offset
+  code.push(0x49, 0xba, ...u64(o.length)); // mov r10, length
+  code.push(0x0f, 0x05); //                   syscall
+  code[js + 1] = code.length - (js + 2); //   exit:
+  code.push(0xf7, 0xd8); //                   neg eax (0 or errno)
+  code.push(0x89, 0xc7); //                   mov edi, eax
+  code.push(0xb8, ...u32(60)); //             mov eax, SYS_exit
+  code.push(0x0f, 0x05); //                   syscall
+  code.splice(lea + 3, 4, ...u32(code.length - (lea + 7)));
+  code.push(...Buffer.from(`${o.path}\0`));
+
+  const base = 0x400000;
+  const headers = 64 + 56; // ELF header + one program header
+  const total = headers + code.length;
+  const b = Buffer.alloc(total);
+  b.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0], 0); // ELF, 64-bit, little-endian, version 1, SysV
+  b.writeUInt16LE(2, 16); // ET_EXEC
+  b.writeUInt16LE(0x3e, 18); // EM_X86_64
+  b.writeUInt32LE(1, 20); // EV_CURRENT
+  b.writeBigUInt64LE(BigInt(base + headers), 24); // e_entry
+  b.writeBigUInt64LE(64n, 32); // e_phoff
+  b.writeUInt16LE(64, 52); // e_ehsize
+  b.writeUInt16LE(56, 54); // e_phentsize
+  b.writeUInt16LE(1, 56); // e_phnum
+  b.writeUInt16LE(64, 58); // e_shentsize
+  b.writeUInt32LE(1, 64); // PT_LOAD
+  b.writeUInt32LE(5, 68); // PF_R | PF_X
+  b.writeBigUInt64LE(BigInt(base), 80); // p_vaddr
+  b.writeBigUInt64LE(BigInt(base), 88); // p_paddr
+  b.writeBigUInt64LE(BigInt(total), 96); // p_filesz
+  b.writeBigUInt64LE(BigInt(total), 104); // p_memsz
+  b.writeBigUInt64LE(0x1000n, 112); // p_align
+  b.set(code, headers);
+  return b;
+}
+
+/** Install command printed when something the real-guest tests need is missing. */
+export const GUEST_DEPS_INSTALL = 'sudo scripts/install-guest-deps.sh';
+
+/**
+ * What the real-guest tests need and this machine lacks (empty when everything is there):
+ * QEMU (or `$QEMU_BINARY`), `timeout`, `xz`, a kernel with its modules, the virtio modules,
+ * and busybox.
+ */
+export async function missingGuestDeps(): Promise<string[]> {
+  const missing: string[] = [];
+  const onPath = (cmd: string): boolean =>
+    cmd.includes('/')
+      ? existsSync(cmd)
+      : (process.env.PATH ?? '')
+          .split(path.delimiter)
+          .some((d) => d !== '' && existsSync(path.join(d, cmd)));
+  const qemu = process.env.QEMU_BINARY ?? 'qemu-system-x86_64';
+  if (!onPath(qemu)) missing.push(`${qemu} (package qemu-system-x86)`);
+  if (!onPath('timeout')) missing.push('timeout (package coreutils)');
+  if (!onPath('xz')) missing.push('xz (package xz-utils)');
+  if (!['/usr/bin/busybox', '/bin/busybox'].some((p) => existsSync(p)))
+    missing.push('busybox (package busybox-static)');
+  try {
+    const kernel = await findKernel();
+    await fs.access(kernel.bzImage, fs.constants.R_OK);
+    await findModules(kernel);
+  } catch (e) {
+    missing.push(
+      `a kernel with virtio modules (package linux-image-amd64): ${(e as Error).message}`,
+    );
+  }
+  return missing;
+}
+
 export interface VhostUserBlkOptions {
   /** Unix socket the backend listens on. */
   readonly socket: string;
@@ -492,6 +665,13 @@ export interface RunQemuOptions {
   readonly onOutput?: (chunk: string) => void;
   /** Environment variable QEMU_BINARY overrides this; default `qemu-system-x86_64`. */
   readonly qemu?: string;
+  /** Guest CPUs (`-smp`). Default 1. Linux uses at most one virtio-blk queue per CPU. */
+  readonly smp?: number;
+  /**
+   * `tsc_early_khz=` for microvm guests (see {@link microvmTscAppend}); `false` leaves the
+   * kernel to calibrate the TSC itself. Default: the host's TSC frequency, on microvm only.
+   */
+  readonly tscKhz?: number | false;
 }
 
 export interface QemuResult {
@@ -524,14 +704,18 @@ function runOnce(o: RunQemuOptions, accel: 'tcg' | 'kvm'): Promise<QemuResult> {
   const timeoutMs = o.timeoutMs ?? 60_000;
   const memMiB = o.memMiB ?? 512;
   const qemu = process.env.QEMU_BINARY ?? o.qemu ?? 'qemu-system-x86_64';
-  const append = `console=ttyS0 panic=-1 quiet${o.append === undefined ? '' : ` ${o.append}`}`;
+  const extra = [
+    ...(isMicrovm(o.args ?? []) ? microvmTscAppend(o.tscKhz) : []),
+    ...(o.append === undefined ? [] : [o.append]),
+  ];
+  const append = ['console=ttyS0 panic=-1 quiet', ...extra].join(' ');
   const qemuArgs = [
     '-accel',
     accel,
     '-m',
     `${memMiB}M`,
     '-smp',
-    '1',
+    String(o.smp ?? 1),
     '-nographic',
     '-no-reboot',
     '-kernel',
