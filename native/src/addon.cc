@@ -10,7 +10,7 @@ namespace virtq {
 
 // Bumped whenever a function's contract changes, so the TypeScript loader can refuse a stale
 // build instead of calling it wrongly.
-constexpr int kAbiVersion = 1;
+constexpr int kAbiVersion = 2;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Object constants = Napi::Object::New(env);

@@ -4,6 +4,7 @@
 // Node-API has no SharedArrayBuffer over external memory, so mmap() builds one with the V8 API
 // (Node 20 ships its headers) and hands it back as a napi_value.
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <v8.h>
@@ -113,6 +114,27 @@ Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// fallocate(fd, mode, offset, length): allocates, or with FALLOC_FL_PUNCH_HOLE |
+// FALLOC_FL_KEEP_SIZE releases, a byte range of a file (a disk image's discard).
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  int64_t mode;
+  int64_t offset;
+  int64_t length;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  if (!ArgInteger(info, 1, "mode", 0, INT32_MAX, &mode)) return env.Undefined();
+  if (!ArgInteger(info, 2, "offset", 0, kMaxSafeInteger, &offset)) return env.Undefined();
+  if (!ArgInteger(info, 3, "length", 1, kMaxSafeInteger, &length)) return env.Undefined();
+  int r;
+  do {
+    r = fallocate(fd, static_cast<int>(mode), static_cast<off_t>(offset),
+                  static_cast<off_t>(length));
+  } while (r != 0 && errno == EINTR);
+  if (r != 0) return ThrowErrno(env, errno, "fallocate");
+  return env.Undefined();
+}
+
 // getSeals(fd) -> the F_SEAL_* bits set on a memfd.
 Napi::Value GetSeals(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -141,6 +163,7 @@ void InitMemory(Napi::Env env, Napi::Object exports, Napi::Object constants) {
   exports.Set("mappingStats", Napi::Function::New(env, MappingStats, "mappingStats"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate, "ftruncate"));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("getSeals", Napi::Function::New(env, GetSeals, "getSeals"));
   exports.Set("addSeals", Napi::Function::New(env, AddSeals, "addSeals"));
   constants.Set("PROT_READ", Napi::Number::New(env, PROT_READ));
@@ -148,6 +171,8 @@ void InitMemory(Napi::Env env, Napi::Object exports, Napi::Object constants) {
   constants.Set("MFD_ALLOW_SEALING", Napi::Number::New(env, MFD_ALLOW_SEALING));
   constants.Set("F_SEAL_SEAL", Napi::Number::New(env, F_SEAL_SEAL));
   constants.Set("F_SEAL_SHRINK", Napi::Number::New(env, F_SEAL_SHRINK));
+  constants.Set("FALLOC_FL_KEEP_SIZE", Napi::Number::New(env, FALLOC_FL_KEEP_SIZE));
+  constants.Set("FALLOC_FL_PUNCH_HOLE", Napi::Number::New(env, FALLOC_FL_PUNCH_HOLE));
   constants.Set("F_SEAL_GROW", Napi::Number::New(env, F_SEAL_GROW));
   constants.Set("F_SEAL_WRITE", Napi::Number::New(env, F_SEAL_WRITE));
   constants.Set("PAGE_SIZE", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));

@@ -5,6 +5,7 @@
  */
 import { BlockDevice } from '../devices/block/device.js';
 import { FileBackend } from '../node/file-backend.js';
+import { loadNative } from '../vhost-user/native.js';
 import { withInjectedFaults } from './fault.js';
 
 /** Everything crosses to the workers by structured clone. */
@@ -13,11 +14,20 @@ export interface BlkDeviceOptions {
   readOnly: boolean;
   numQueues: number;
   queueSize: number;
+  /** Logical block size the device advertises (VIRTIO_BLK_F_BLK_SIZE). */
+  blockSize: number;
 }
 
 /** Builds the device (the `module` device spec the ring workers load calls this). */
 export function createBlkDevice(o: BlkDeviceOptions): BlockDevice {
-  const file = FileBackend.open(o.file, { readOnly: o.readOnly });
+  // Discard releases the image's blocks (fallocate PUNCH_HOLE, through the vhost-user addon,
+  // which serving over vhost-user needs anyway).
+  const native = loadNative();
+  const mode = native.constants.FALLOC_FL_PUNCH_HOLE | native.constants.FALLOC_FL_KEEP_SIZE;
+  const file = FileBackend.open(o.file, {
+    readOnly: o.readOnly,
+    punchHole: (fd, offset, length) => native.fallocate(fd, mode, offset, length),
+  });
   try {
     return new BlockDevice({
       backend: withInjectedFaults(file, process.env, (line) =>
@@ -25,6 +35,7 @@ export function createBlkDevice(o: BlkDeviceOptions): BlockDevice {
       ),
       numQueues: o.numQueues,
       queueSize: o.queueSize,
+      blockSize: o.blockSize,
     });
   } catch (e) {
     file.close();

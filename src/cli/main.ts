@@ -100,6 +100,12 @@ function powerOfTwo(what: string): (v: string) => number {
   };
 }
 
+function blockSize(v: string): number {
+  const n = intIn(512, 65536, '--block-size')(v);
+  if ((n & (n - 1)) !== 0) throw new InvalidArgumentError('--block-size must be a power of two.');
+  return n;
+}
+
 export function buildProgram(): Command {
   const program = new Command();
   program
@@ -219,6 +225,14 @@ export function buildProgram(): Command {
         .default(1024)
         .argParser(powerOfTwo('--queue-size')),
     )
+    .addOption(
+      new Option(
+        '--block-size <bytes>',
+        'logical block size the guest sees (a power of two, 512-65536)',
+      )
+        .default(512)
+        .argParser(blockSize),
+    )
     .option('--no-ring-threads', 'serve every ring on the main thread instead of one thread each')
     .action((opts: VhostUserBlkOptions) => vhostUserBlk(opts));
 
@@ -244,6 +258,7 @@ interface VhostUserBlkOptions {
   readOnly: boolean;
   numQueues: number;
   queueSize: number;
+  blockSize: number;
   ringThreads: boolean;
 }
 
@@ -253,6 +268,7 @@ function vhostUserBlk(opts: VhostUserBlkOptions): void {
     readOnly: opts.readOnly,
     numQueues: opts.numQueues,
     queueSize: opts.queueSize,
+    blockSize: opts.blockSize,
   };
   const device = createBlkDevice(blk);
   const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
@@ -282,7 +298,14 @@ function vhostUserBlk(opts: VhostUserBlkOptions): void {
         }
       : {}),
   });
-  backend.listen(opts.socketPath);
+  try {
+    backend.listen(opts.socketPath);
+  } catch (e) {
+    console.error(
+      `virtq vhost-user-blk: cannot listen on ${opts.socketPath}: ${(e as Error).message}`,
+    );
+    process.exit(1);
+  }
   console.error(
     `virtq vhost-user-blk: serving ${opts.blkFile} (${device.backend.size} bytes${opts.readOnly ? ', read-only' : ''}, ${opts.numQueues} queue${opts.numQueues > 1 ? 's' : ''}${opts.ringThreads ? ', one thread each' : ''}) on ${opts.socketPath}`,
   );

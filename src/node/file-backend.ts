@@ -8,7 +8,16 @@ export interface FileBackendOptions {
   create?: boolean;
   /** Set the file to this many bytes after opening (extending with zeroes or truncating). */
   size?: number;
+  /**
+   * Releases a byte range of the file (`fallocate(fd, PUNCH_HOLE | KEEP_SIZE, ...)`, which
+   * Node lacks; virtq/vhost-user's native addon has it). With it the device offers discard,
+   * and write-zeroes with `unmap` may release the range too.
+   */
+  punchHole?: PunchHole;
 }
+
+/** Releases [offset, offset + length) of the file `fd`; afterwards it reads as zeroes. */
+export type PunchHole = (fd: number, offset: number, length: number) => void;
 
 /** Size of the zero buffer write-zeroes writes from (allocated once per backend). */
 const ZERO_CHUNK = 64 * 1024;
@@ -23,9 +32,11 @@ const ZERO_CHUNK = 64 * 1024;
  * every write that returned before it is on stable storage, which is what
  * VIRTIO_BLK_T_FLUSH promises the driver.
  *
- * Discard is not offered: Node has no `fallocate(PUNCH_HOLE)`, and a discard that merely wrote
- * zeroes would be a slow write-zeroes under another name. Write-zeroes is offered and writes
- * zero bytes (`write_zeroes_may_unmap` is 0: nothing is ever deallocated).
+ * Discard is offered only when the caller supplies `punchHole` (Node has no
+ * `fallocate(PUNCH_HOLE)`; the vhost-user native addon does): a discard then releases the
+ * range, and reads return zeroes. A file system that cannot punch holes gets zeroes written
+ * instead, so a discard never fails for that reason. Write-zeroes writes zero bytes, or, with
+ * `unmap` and `punchHole`, releases the range (`write_zeroes_may_unmap` is then 1).
  *
  * The size is taken when the file is opened; after the file grows or shrinks, call
  * {@link refreshSize} and then the device's `updateCapacity()`. Every failing call throws the
@@ -34,18 +45,25 @@ const ZERO_CHUNK = 64 * 1024;
 export class FileBackend implements BlockBackend {
   readonly readOnly: boolean;
   readonly supportsFlush = true;
-  readonly supportsDiscard = false;
+  readonly supportsDiscard: boolean;
   readonly supportsWriteZeroes: boolean;
-  readonly writeZeroesMayUnmap = false;
+  readonly writeZeroesMayUnmap: boolean;
+  private readonly punchHole: PunchHole | null;
   private fdOrNull: number | null;
   private bytes: number;
   private zeroes: Uint8Array | null = null;
 
   /** Wraps an open descriptor (closed by {@link close}); `size` defaults to the file's size. */
-  constructor(fd: number, options: { readOnly?: boolean; size?: number } = {}) {
+  constructor(
+    fd: number,
+    options: { readOnly?: boolean; size?: number; punchHole?: PunchHole } = {},
+  ) {
     this.fdOrNull = fd;
     this.readOnly = options.readOnly ?? false;
     this.supportsWriteZeroes = !this.readOnly;
+    this.punchHole = this.readOnly ? null : (options.punchHole ?? null);
+    this.supportsDiscard = this.punchHole !== null;
+    this.writeZeroesMayUnmap = this.punchHole !== null;
     this.bytes = options.size ?? fs.fstatSync(fd).size;
   }
 
@@ -63,7 +81,10 @@ export class FileBackend implements BlockBackend {
     const fd = fs.openSync(path, flags, 0o644);
     try {
       if (options.size !== undefined) fs.ftruncateSync(fd, options.size);
-      return new FileBackend(fd, { readOnly });
+      return new FileBackend(fd, {
+        readOnly,
+        ...(options.punchHole !== undefined ? { punchHole: options.punchHole } : {}),
+      });
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -144,12 +165,33 @@ export class FileBackend implements BlockBackend {
     fs.fdatasyncSync(this.fd);
   }
 
-  discard(_offset: number, _length: number): void {
-    throw new Error('file backend does not support discard');
+  discard(offset: number, length: number): void {
+    if (this.punchHole === null) throw new Error('file backend does not support discard');
+    this.release(offset, length);
   }
 
-  writeZeroes(offset: number, length: number, _unmap: boolean): void {
+  writeZeroes(offset: number, length: number, unmap: boolean): void {
     if (this.readOnly) throw new Error('file backend is read-only');
+    if (unmap && this.punchHole !== null) {
+      this.release(offset, length);
+      return;
+    }
+    this.fillZeroes(offset, length);
+  }
+
+  /** Punches a hole, or writes zeroes where the file system cannot. */
+  private release(offset: number, length: number): void {
+    if (length === 0) return;
+    try {
+      this.punchHole!(this.fd, offset, length);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EOPNOTSUPP' && code !== 'ENOTSUP') throw e;
+      this.fillZeroes(offset, length);
+    }
+  }
+
+  private fillZeroes(offset: number, length: number): void {
     this.zeroes ??= new Uint8Array(ZERO_CHUNK);
     let done = 0;
     while (done < length) {

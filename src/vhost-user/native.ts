@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { getSystemErrorMap, getSystemErrorName } from 'node:util';
 
 /** The addon's interface version this module was written for (`abiVersion` in `addon.cc`). */
-export const NATIVE_ABI_VERSION = 1;
+export const NATIVE_ABI_VERSION = 2;
 
 /** Where the built addon lives (same path from `src/vhost-user/` and `dist/vhost-user/`). */
 export const nativeAddonPath: string = fileURLToPath(
@@ -94,6 +94,9 @@ export interface NativeConstants {
   readonly F_SEAL_SHRINK: number;
   readonly F_SEAL_GROW: number;
   readonly F_SEAL_WRITE: number;
+  /** {@link VhostUserNative.fallocate} modes. */
+  readonly FALLOC_FL_KEEP_SIZE: number;
+  readonly FALLOC_FL_PUNCH_HOLE: number;
   /** {@link VhostUserNative.shutdown} `how`. */
   readonly SHUT_RD: number;
   readonly SHUT_WR: number;
@@ -167,6 +170,8 @@ export interface VhostUserNative {
   memfdCreate(name: string, flags: number): number;
   /** ftruncate(2). */
   ftruncate(fd: number, length: number): void;
+  /** fallocate(2); `mode` of FALLOC_FL_* bits (`PUNCH_HOLE | KEEP_SIZE` releases a range). */
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
   /** The `F_SEAL_*` bits set on a memfd. */
   getSeals(fd: number): number;
   /** Adds `F_SEAL_*` bits to a memfd created with `MFD_ALLOW_SEALING`. */
@@ -257,6 +262,7 @@ function wrap(raw: RawAddon): VhostUserNative {
     mappingStats: raw.mappingStats,
     memfdCreate: raw.memfdCreate,
     ftruncate: raw.ftruncate,
+    fallocate: raw.fallocate,
     getSeals: raw.getSeals,
     addSeals: raw.addSeals,
     eventfd: raw.eventfd,

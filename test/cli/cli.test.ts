@@ -190,3 +190,50 @@ describe('virtq demo', () => {
     }
   });
 });
+
+describe('virtq vhost-user-blk', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'virtq-cli-vub-'));
+  const image = join(dir, 'disk.img');
+  writeFileSync(image, new Uint8Array(1 << 20));
+  const notSocket = join(dir, 'not-a-socket');
+  writeFileSync(notSocket, 'x');
+
+  it.each([
+    [['--block-size', '1000'], /--block-size must be a power of two/],
+    [['--block-size', '256'], /--block-size must be between 512 and 65536/],
+    [['--num-queues', '0'], /--num-queues must be between 1 and 256/],
+    [['--queue-size', '100'], /--queue-size must be a power of two/],
+    [
+      ['--blk-file', '/nonexistent/virtq.img'],
+      /--blk-file \/nonexistent\/virtq.img cannot be opened \(ENOENT\)/,
+    ],
+    [
+      ['--socket-path', notSocket],
+      /cannot listen on .*not-a-socket: .* exists and is not a socket/,
+    ],
+  ])('rejects %j with a clear message and status 1', (extra, message) => {
+    const base = ['vhost-user-blk', '--socket-path', join(dir, 'vub.sock'), '--blk-file', image];
+    // Later occurrences of an option override earlier ones.
+    const r = virtq(...base, ...extra);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(message);
+    expect(r.stdout).toBe('');
+  });
+
+  it('--help lists every option', () => {
+    const d = virtq('vhost-user-blk', '--help');
+    expect(d.status).toBe(0);
+    for (const flag of [
+      '--socket-path',
+      '--blk-file',
+      '--read-only',
+      '--num-queues',
+      '--queue-size',
+      '--block-size',
+      '--no-ring-threads',
+    ]) {
+      expect(d.stdout).toContain(flag);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+});

@@ -960,6 +960,55 @@ describe('virtio-blk: FileBackend', () => {
     backend.close();
   });
 
+  it('discards through a hole puncher, and writes zeroes where the file system has none', async () => {
+    const file = tmp();
+    fs.writeFileSync(file, pattern(DISK, 6));
+    const punched: [number, number][] = [];
+    let supported = true;
+    const backend = FileBackend.open(file, {
+      punchHole: (fd, offset, length) => {
+        if (!supported) throw Object.assign(new Error('EOPNOTSUPP'), { code: 'EOPNOTSUPP' });
+        punched.push([offset, length]);
+        // Stand-in for the kernel: the range reads as zeroes afterwards.
+        fs.writeSync(fd, new Uint8Array(length), 0, length, offset);
+      },
+    });
+    expect(backend.supportsDiscard).toBe(true);
+    expect(backend.writeZeroesMayUnmap).toBe(true);
+    const r = blockRig({ backend });
+    const f = r.blk.init(ALL_BLK);
+    expect(f & F(VIRTIO_BLK_F_DISCARD)).not.toBe(0n);
+    const discard = (sector: number, sectors: number) =>
+      r.blk.submit({ type: 'discard', segments: [{ sector, sectors }] });
+    expect((await discard(2, 2)).status).toBe(VIRTIO_BLK_S_OK);
+    expect(punched).toEqual([[1024, 1024]]);
+    // Write-zeroes with unmap may release the range too; without unmap it writes zeroes.
+    await r.blk.writeZeroes(8, 1, true);
+    await r.blk.writeZeroes(10, 1, false);
+    expect(punched).toEqual([
+      [1024, 1024],
+      [4096, 512],
+    ]);
+    supported = false;
+    expect((await discard(12, 1)).status).toBe(VIRTIO_BLK_S_OK);
+    const bytes = fs.readFileSync(file);
+    const want = pattern(DISK, 6);
+    for (const [at, n] of [
+      [2, 2],
+      [8, 1],
+      [10, 1],
+      [12, 1],
+    ] as const) {
+      want.fill(0, at * 512, (at + n) * 512);
+    }
+    expect(diffBytes(bytes, want)).toBe('equal');
+    // A read-only image never punches.
+    const ro = FileBackend.open(file, { readOnly: true, punchHole: () => {} });
+    expect(ro.supportsDiscard).toBe(false);
+    ro.close();
+    backend.close();
+  });
+
   it('turns fs errors into IOERR and keeps every acknowledged write', async () => {
     const file = tmp();
     const backend = FileBackend.open(file, { create: true, size: DISK });

@@ -99,6 +99,8 @@ interface Config {
   readonly readOnly: boolean;
   /** `--no-ring-threads`: every ring served on the back-end's main thread. */
   readonly noRingThreads?: boolean;
+  /** `--block-size` (default 512). */
+  readonly blockSize?: number;
 }
 
 const CONFIGS: readonly Config[] = [
@@ -131,6 +133,14 @@ const CONFIGS: readonly Config[] = [
     packed: true,
     numQueues: 1,
     readOnly: false,
+  },
+  {
+    name: 'pci (MSI-X), split ring, 4 KiB logical blocks',
+    machine: 'pc',
+    packed: false,
+    numQueues: 1,
+    readOnly: false,
+    blockSize: 4096,
   },
   {
     name: 'pci (MSI-X), split ring, read-only',
@@ -167,6 +177,7 @@ function advertised(image: string, c: Config): Advertised {
     readOnly: c.readOnly,
     numQueues: c.numQueues,
     queueSize: CLI_QUEUE_SIZE,
+    blockSize: c.blockSize ?? 512,
   });
   try {
     const cfg = new Uint8Array(64);
@@ -311,6 +322,7 @@ function startBackend(cmd: string[], socket: string, image: string, c: Config): 
     String(c.numQueues),
     ...(c.readOnly ? ['--read-only'] : []),
     ...(c.noRingThreads === true ? ['--no-ring-threads'] : []),
+    ...(c.blockSize !== undefined ? ['--block-size', String(c.blockSize)] : []),
   ];
   const child = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   const b: Backend = { child, log: [], exitCode: undefined, exited: Promise.resolve() };
