@@ -42,7 +42,6 @@
  *                      (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`)
  *   --verbose          console output of every boot and the back-ends' logs on stderr
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
@@ -51,10 +50,14 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   buildGuest,
+  type LoggedProcess,
   type QemuResult,
   runQemu,
   sharedMemoryArgs,
+  spawnLogged,
+  stopProcess,
   vhostUserBlkArgs,
+  waitFor,
 } from '../test/real/guest.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -67,11 +70,12 @@ const BOOT_TIMEOUT_MS = 240_000;
 
 export const WORKLOADS = ['seq-write', 'seq-read', '4k-write', '4k-read'] as const;
 export type Workload = (typeof WORKLOADS)[number];
-export const BACKENDS = ['virtq', 'qsd'] as const;
+export const BACKENDS = ['virtq', 'virtq-sync', 'qsd'] as const;
 export type Backend = (typeof BACKENDS)[number];
 
 const BACKEND_LABEL: Record<Backend, string> = {
   virtq: 'virtq',
+  'virtq-sync': 'virtq --no-ring-threads',
   qsd: 'qemu-storage-daemon',
 };
 
@@ -198,24 +202,6 @@ export function parseGuestOutput(out: string): {
   return { rate, seconds, info };
 }
 
-function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  return new Promise((resolve) => {
-    const tick = (): void => {
-      if (cond()) resolve(true);
-      else if (Date.now() > end) resolve(false);
-      else setTimeout(tick, 25);
-    };
-    tick();
-  });
-}
-
-interface Started {
-  readonly child: ChildProcess;
-  readonly log: string[];
-  exited: boolean;
-}
-
 /** The back-end's command line (socket and image filled in). */
 export function backendCommand(
   backend: Backend,
@@ -246,31 +232,13 @@ export function backendCommand(
     image,
     '--num-queues',
     String(NUM_QUEUES),
+    // Every ring on the main thread, one request at a time (the synchronous path).
+    ...(backend === 'virtq-sync' ? ['--no-ring-threads'] : []),
   ];
 }
 
-function startBackend(command: readonly string[]): Started {
-  const log: string[] = [];
-  const child = spawn(command[0]!, command.slice(1), {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const s: Started = { child, log, exited: false };
-  child.stdout?.on('data', (d: Buffer) => log.push(d.toString()));
-  child.stderr?.on('data', (d: Buffer) => log.push(d.toString()));
-  child.on('exit', () => {
-    s.exited = true;
-  });
-  return s;
-}
-
-async function stopBackend(s: Started): Promise<void> {
-  if (s.exited) return;
-  s.child.kill('SIGTERM');
-  if (!(await waitFor(() => s.exited, 10_000))) {
-    s.child.kill('SIGKILL');
-    await waitFor(() => s.exited, 5_000);
-  }
+function startBackend(command: readonly string[]): LoggedProcess {
+  return spawnLogged(command[0]!, command.slice(1));
 }
 
 async function createImage(file: string, mib: number): Promise<void> {
@@ -318,7 +286,10 @@ async function oneRun(
   const command = backendCommand(backend, socket, image, o);
   const started = startBackend(command);
   try {
-    if (!(await waitFor(() => existsSync(socket) || started.exited, 30_000)) || started.exited) {
+    if (
+      !(await waitFor(() => existsSync(socket) || started.exitCode !== undefined, 30_000)) ||
+      started.exitCode !== undefined
+    ) {
       throw new Error(`${BACKEND_LABEL[backend]} did not start:\n${started.log.join('')}`);
     }
     const args = [
@@ -337,10 +308,10 @@ async function oneRun(
     }
     const parsed = parseGuestOutput(r.stdout);
     const missing = WORKLOADS.filter((w) => parsed.rate[w] === undefined);
-    if (r.guestRc !== 0 || r.timedOut || missing.length > 0 || started.exited) {
+    if (r.guestRc !== 0 || r.timedOut || missing.length > 0 || started.exitCode !== undefined) {
       throw new Error(
         `${BACKEND_LABEL[backend]} round ${round}: guest rc=${r.guestRc}, timedOut=${r.timedOut}, ` +
-          `missing ${missing.join(',') || 'nothing'}${started.exited ? ', back-end exited' : ''}\n` +
+          `missing ${missing.join(',') || 'nothing'}${started.exitCode !== undefined ? ', back-end exited' : ''}\n` +
           `${r.stdout}\n--- back-end log ---\n${started.log.join('')}`,
       );
     }
@@ -353,7 +324,7 @@ async function oneRun(
       bootMs: r.readyMs ?? Number.NaN,
     };
   } finally {
-    await stopBackend(started);
+    await stopProcess(started, 10_000);
   }
 }
 
@@ -415,17 +386,20 @@ export async function main(argv: readonly string[]): Promise<number> {
   // Medians per back-end, and virtq / qsd ratios (of the medians and per round).
   const of = (b: Backend) => results.filter((r) => r.backend === b);
   const med = (b: Backend, w: Workload) => median(of(b).map((r) => figure(w, r.rate[w])));
-  const both = o.backends.length === 2;
+  const compared = o.backends.includes('qsd') ? o.backends.filter((b) => b !== 'qsd') : [];
   console.log('');
   const header = ['workload', ...o.backends.map((b) => `${BACKEND_LABEL[b]} (median)`)];
-  if (both) header.push('virtq / qsd', 'per-round ratios');
+  for (const b of compared) header.push(`${b} / qsd`, 'per-round ratios');
   const rows = WORKLOADS.map((w) => {
     const row = [`${w} (${unit(w)})`, ...o.backends.map((b) => fmt(med(b, w)))];
-    if (both) {
-      row.push(fmt(med('virtq', w) / med('qsd', w), 2));
-      const v = of('virtq');
-      const q = of('qsd');
-      row.push(v.map((r, i) => fmt(r.rate[w] / q[i]!.rate[w], 2)).join(' '));
+    const q = of('qsd');
+    for (const b of compared) {
+      row.push(fmt(med(b, w) / med('qsd', w), 2));
+      row.push(
+        of(b)
+          .map((r, i) => fmt(r.rate[w] / q[i]!.rate[w], 2))
+          .join(' '),
+      );
     }
     return row;
   });

@@ -16,6 +16,8 @@ export interface BlkDeviceOptions {
   queueSize: number;
   /** Logical block size the device advertises (VIRTIO_BLK_F_BLK_SIZE). */
   blockSize: number;
+  /** Several requests of a ring under way at once (ring workers only: they drain at stop). */
+  asyncIo: boolean;
 }
 
 /** Builds the device (the `module` device spec the ring workers load calls this). */
@@ -36,6 +38,7 @@ export function createBlkDevice(o: BlkDeviceOptions): BlockDevice {
       numQueues: o.numQueues,
       queueSize: o.queueSize,
       blockSize: o.blockSize,
+      asyncIo: o.asyncIo,
     });
   } catch (e) {
     file.close();

@@ -269,6 +269,7 @@ function vhostUserBlk(opts: VhostUserBlkOptions): void {
     numQueues: opts.numQueues,
     queueSize: opts.queueSize,
     blockSize: opts.blockSize,
+    asyncIo: opts.ringThreads,
   };
   const device = createBlkDevice(blk);
   const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';

@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import type { BlockBackend } from '../devices/block/backend.js';
+import type { AsyncBlockIo, BlockBackend, BlockIoDone } from '../devices/block/backend.js';
 
 export interface FileBackendOptions {
   /** Open the file read-only (the device then offers VIRTIO_BLK_F_RO). Default false. */
@@ -140,6 +140,52 @@ export class FileBackend implements BlockBackend {
     if (this.readOnly) throw new Error('file backend is read-only');
     const n = fs.writevSync(this.fd, buffers as Uint8Array[], offset);
     this.finishVector(offset, buffers, n, false);
+  }
+
+  /**
+   * Asynchronous `preadv` / `pwritev` / `fdatasync` on libuv's thread pool (`fs.readv`,
+   * `fs.writev`, `fs.fdatasync`), so a device can have several requests under way; a short
+   * transfer is finished synchronously, buffer by buffer.
+   */
+  readonly async: AsyncBlockIo = {
+    readv: (offset, buffers, done) => {
+      fs.readv(this.fd, buffers, offset, (err, n) =>
+        this.vectorDone(err, offset, buffers, n, true, done),
+      );
+    },
+    writev: (offset, buffers, done) => {
+      if (this.readOnly) {
+        queueMicrotask(() => done(new Error('file backend is read-only')));
+        return;
+      }
+      fs.writev(this.fd, buffers, offset, (err, n) =>
+        this.vectorDone(err, offset, buffers, n, false, done),
+      );
+    },
+    flush: (done) => {
+      fs.fdatasync(this.fd, (err) => done(err));
+    },
+  };
+
+  private vectorDone(
+    err: Error | null,
+    offset: number,
+    buffers: Uint8Array[],
+    n: number,
+    read: boolean,
+    done: BlockIoDone,
+  ): void {
+    if (err !== null) {
+      done(err);
+      return;
+    }
+    try {
+      this.finishVector(offset, buffers, n, read);
+    } catch (e) {
+      done(e as Error);
+      return;
+    }
+    done(null);
   }
 
   /** Moves whatever a vectored call left undone: the buffers past its first `done` bytes. */

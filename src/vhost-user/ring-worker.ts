@@ -187,10 +187,19 @@ port.on('message', (m: RingWorkerMessage) => {
         running = null;
       }
       return;
-    case 'stop':
-      stop();
-      ack(m.seq);
+    case 'stop': {
+      // A device with transfers under way (BlockDevice with asyncIo) completes them before
+      // the ring stops: GET_VRING_BASE must not leave a request taken and never answered.
+      running?.watcher?.stop();
+      const idle = (device as { whenIdle?: (callback: () => void) => void }).whenIdle;
+      const finish = (): void => {
+        stop();
+        ack(m.seq);
+      };
+      if (idle === undefined) finish();
+      else idle.call(device, finish);
       return;
+    }
     case 'setCall':
       callFd = m.fd;
       ack(m.seq);

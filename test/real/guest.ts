@@ -6,7 +6,7 @@
  * virtio modules, runs a caller-supplied shell script, prints a result marker line and powers
  * off. See docs/REAL-GUEST.md.
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
@@ -797,4 +797,89 @@ export async function runQemu(o: RunQemuOptions): Promise<QemuResult> {
 export async function createRawImage(file: string, bytes: number): Promise<void> {
   await fs.writeFile(file, new Uint8Array(0));
   await fs.truncate(file, bytes);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helper processes (back-ends): output collected, exit observed.
+
+/** A child process whose stdout and stderr are collected in `log`. */
+export interface LoggedProcess {
+  readonly child: ChildProcess;
+  readonly log: string[];
+  /** undefined while it runs; then its exit status, or -1 when a signal ended it. */
+  exitCode: number | null | undefined;
+  readonly exited: Promise<void>;
+}
+
+/** Starts `command args` with stdin closed, collecting its output. */
+export function spawnLogged(
+  command: string,
+  args: readonly string[],
+  options: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): LoggedProcess {
+  const child = spawn(command, args, {
+    cwd: options.cwd ?? repoRoot,
+    env: options.env ?? process.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const log: string[] = [];
+  child.stdout?.setEncoding('utf8');
+  child.stderr?.setEncoding('utf8');
+  child.stdout?.on('data', (s: string) => log.push(s));
+  child.stderr?.on('data', (s: string) => log.push(s));
+  const p: { -readonly [K in keyof LoggedProcess]: LoggedProcess[K] } = {
+    child,
+    log,
+    exitCode: undefined,
+    exited: Promise.resolve(),
+  };
+  p.exited = new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      p.exitCode = code ?? (signal === null ? null : -1);
+      resolve();
+    });
+  });
+  return p;
+}
+
+/** Polls `cond` every `stepMs` until it holds (true) or `ms` have passed (false). */
+export async function waitFor(cond: () => boolean, ms: number, stepMs = 25): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+  return true;
+}
+
+/** SIGTERM, then SIGKILL after `graceMs`; resolves once the process has exited. */
+export async function stopProcess(p: LoggedProcess, graceMs = 5_000): Promise<void> {
+  if (p.exitCode !== undefined) return;
+  p.child.kill('SIGTERM');
+  if (!(await waitFor(() => p.exitCode !== undefined, graceMs))) {
+    p.child.kill('SIGKILL');
+    await p.exited;
+  }
+}
+
+/**
+ * How to run the `virtq` CLI: `dist/cli/main.js` when it is at least as new as every file
+ * under src/ (`npm test` builds it first), else `src/cli/main.ts` through tsx, with a warning.
+ */
+export async function virtqCliArgs(): Promise<{ args: string[]; what: string }> {
+  const dist = path.join(repoRoot, 'dist/cli/main.js');
+  const src = path.join(repoRoot, 'src/cli/main.ts');
+  if (existsSync(dist)) {
+    const built = (await fs.stat(dist)).mtimeMs;
+    let newest = 0;
+    for (const f of await fs.readdir(path.join(repoRoot, 'src'), { recursive: true })) {
+      if (!f.endsWith('.ts')) continue;
+      newest = Math.max(newest, (await fs.stat(path.join(repoRoot, 'src', f))).mtimeMs);
+    }
+    if (newest <= built) return { args: [dist], what: 'dist/cli/main.js' };
+    console.warn(
+      'virtq: dist/ is older than src/; running the CLI from src with tsx (npm run build to use dist)',
+    );
+  }
+  return { args: ['--import', 'tsx', src], what: 'src/cli/main.ts (tsx)' };
 }

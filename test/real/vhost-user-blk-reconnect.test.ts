@@ -10,7 +10,6 @@
  * merely waiting in the available ring. When QEMU, the kernel or busybox is missing the test
  * is skipped with a loud warning, or fails when CI is set.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
@@ -21,9 +20,12 @@ import {
   buildGuest,
   createRawImage,
   GUEST_DEPS_INSTALL,
+  type LoggedProcess,
   missingGuestDeps,
   runQemu,
   sharedMemoryArgs,
+  spawnLogged,
+  waitFor,
 } from './guest.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -58,14 +60,10 @@ cmp /tmp/pattern /tmp/back
 echo "readback ok"
 `;
 
-interface Backend {
-  readonly child: ChildProcess;
-  readonly log: string[];
-  exited: boolean;
-}
+type Backend = LoggedProcess;
 
 function startBackend(socket: string, image: string, env: NodeJS.ProcessEnv): Backend {
-  const child = spawn(
+  return spawnLogged(
     process.execPath,
     [
       '--import',
@@ -77,24 +75,8 @@ function startBackend(socket: string, image: string, env: NodeJS.ProcessEnv): Ba
       '--blk-file',
       image,
     ],
-    { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] },
+    { env },
   );
-  const b: Backend = { child, log: [], exited: false };
-  child.stdout?.on('data', (d: Buffer) => b.log.push(d.toString()));
-  child.stderr?.on('data', (d: Buffer) => b.log.push(d.toString()));
-  child.on('exit', () => {
-    b.exited = true;
-  });
-  return b;
-}
-
-async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return true;
 }
 
 function expectedPattern(): Buffer {
@@ -129,8 +111,10 @@ describe('real guest: a killed vhost-user-blk back-end is replaced mid-I/O (INFL
       });
       let second: Backend | null = null;
       try {
-        expect(await waitFor(() => existsSync(socket) || first.exited, 20_000)).toBe(true);
-        expect(first.exited).toBe(false);
+        expect(
+          await waitFor(() => existsSync(socket) || first.exitCode !== undefined, 20_000),
+        ).toBe(true);
+        expect(first.exitCode).toBeUndefined();
 
         // Kill the first back-end once it hangs inside a write; start the second at once.
         const watcher = setInterval(() => {
@@ -155,7 +139,7 @@ describe('real guest: a killed vhost-user-blk back-end is replaced mid-I/O (INFL
         const b2 = second as Backend | null;
         // The second back-end prints its counters when asked to stop.
         b2?.child.kill('SIGTERM');
-        if (b2 !== null) await waitFor(() => b2.exited, 10_000);
+        if (b2 !== null) await waitFor(() => b2.exitCode !== undefined, 10_000);
         const diagnostics = `--- guest ---\n${r.stdout}\n--- first back-end ---\n${first.log.join('')}\n--- second back-end ---\n${b2?.log.join('') ?? '(never started)'}`;
 
         expect(first.log.join(''), diagnostics).toContain('fault injected');

@@ -9,12 +9,10 @@
  * One boot per configuration, one QEMU at a time. When QEMU, the kernel or busybox is missing
  * the tests are skipped with a loud warning, or fail when CI is set. See docs/REAL-GUEST.md.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBlkDevice } from '../../src/cli/blk-device.js';
 import { BLK_CONFIG } from '../../src/devices/index.js';
@@ -25,15 +23,18 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   fallocateProgram,
   GUEST_DEPS_INSTALL,
+  type LoggedProcess,
   type Machine,
   missingGuestDeps,
   type QemuResult,
   runQemu,
   sharedMemoryArgs,
+  spawnLogged,
+  stopProcess,
   vhostUserBlkArgs,
+  virtqCliArgs,
+  waitFor,
 } from './guest.js';
-
-const root = fileURLToPath(new URL('../..', import.meta.url));
 
 // ---------------------------------------------------------------------------------------------
 // Presence check: loud skip locally, failure under CI.
@@ -178,6 +179,7 @@ function advertised(image: string, c: Config): Advertised {
     numQueues: c.numQueues,
     queueSize: CLI_QUEUE_SIZE,
     blockSize: c.blockSize ?? 512,
+    asyncIo: false,
   });
   try {
     const cfg = new Uint8Array(64);
@@ -284,34 +286,10 @@ function parseFacts(stdout: string): Map<string, string> {
 // ---------------------------------------------------------------------------------------------
 // The back-end process.
 
-/** `dist/cli/main.js` when it is at least as new as every file under src/ (npm test builds it). */
-async function backendCommand(): Promise<{ args: string[]; what: string }> {
-  const dist = path.join(root, 'dist/cli/main.js');
-  const src = path.join(root, 'src/cli/main.ts');
-  if (existsSync(dist)) {
-    const built = statSync(dist).mtimeMs;
-    let newest = 0;
-    for (const f of await fs.readdir(path.join(root, 'src'), { recursive: true })) {
-      if (!f.endsWith('.ts')) continue;
-      newest = Math.max(newest, statSync(path.join(root, 'src', f)).mtimeMs);
-    }
-    if (newest <= built) return { args: [dist], what: 'dist/cli/main.js' };
-    console.warn(
-      'vhost-user-blk real-guest test: dist/ is older than src/; running the back-end from src with tsx (npm run build to use dist)',
-    );
-  }
-  return { args: ['--import', 'tsx', src], what: 'src/cli/main.ts (tsx)' };
-}
-
-interface Backend {
-  readonly child: ChildProcess;
-  readonly log: string[];
-  exitCode: number | null | undefined;
-  exited: Promise<void>;
-}
+type Backend = LoggedProcess;
 
 function startBackend(cmd: string[], socket: string, image: string, c: Config): Backend {
-  const args = [
+  return spawnLogged(process.execPath, [
     ...cmd,
     'vhost-user-blk',
     '--socket-path',
@@ -323,38 +301,7 @@ function startBackend(cmd: string[], socket: string, image: string, c: Config): 
     ...(c.readOnly ? ['--read-only'] : []),
     ...(c.noRingThreads === true ? ['--no-ring-threads'] : []),
     ...(c.blockSize !== undefined ? ['--block-size', String(c.blockSize)] : []),
-  ];
-  const child = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-  const b: Backend = { child, log: [], exitCode: undefined, exited: Promise.resolve() };
-  child.stdout?.setEncoding('utf8');
-  child.stderr?.setEncoding('utf8');
-  child.stdout?.on('data', (s: string) => b.log.push(s));
-  child.stderr?.on('data', (s: string) => b.log.push(s));
-  b.exited = new Promise((resolve) => {
-    child.on('exit', (code, signal) => {
-      b.exitCode = code ?? (signal === null ? null : -1);
-      resolve();
-    });
-  });
-  return b;
-}
-
-async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return true;
-}
-
-async function stopBackend(b: Backend): Promise<void> {
-  if (b.exitCode !== undefined) return;
-  b.child.kill('SIGTERM');
-  if (!(await waitFor(() => b.exitCode !== undefined, 5_000))) {
-    b.child.kill('SIGKILL');
-    await b.exited;
-  }
+  ]);
 }
 
 /** `virtq vhost-user-blk: stopping; {counters}`, printed on SIGTERM. */
@@ -460,7 +407,7 @@ async function runConfig(c: Config, index: number): Promise<Run> {
     });
     diedEarly = backend.exitCode !== undefined;
   } finally {
-    await stopBackend(backend);
+    await stopProcess(backend);
   }
   return {
     qemu,
@@ -723,7 +670,7 @@ describe('virtq vhost-user-blk with a real Linux guest (QEMU TCG, Debian 6.1 ker
   beforeAll(async () => {
     if (missing.length > 0) return;
     workDir = await fs.mkdtemp(path.join(os.tmpdir(), 'virtq-vub-test-'));
-    backendCmd = await backendCommand();
+    backendCmd = await virtqCliArgs();
   });
   afterAll(async () => {
     if (workDir !== '') await fs.rm(workDir, { recursive: true, force: true });

@@ -39,10 +39,30 @@ export interface BlockBackend {
   writev?(offset: number, buffers: readonly Uint8Array[]): void;
   /** Makes every write that returned before this call durable. */
   flush(): void;
+  /**
+   * Optional: the same transfers, asynchronous (see {@link AsyncBlockIo}). A device created
+   * with `asyncIo` serves reads, writes and flushes through them, several at a time.
+   */
+  readonly async?: AsyncBlockIo;
   /** The range's contents become unspecified; storage may be released. */
   discard(offset: number, length: number): void;
   /** The range reads as zeroes afterwards; with `unmap`, storage may be released. */
   writeZeroes(offset: number, length: number, unmap: boolean): void;
+}
+
+/** How an asynchronous backend call ends: `null`, or the error that failed it. */
+export type BlockIoDone = (error: Error | null) => void;
+
+/**
+ * Asynchronous transfers of a {@link BlockBackend}: each call starts the transfer and returns;
+ * `done` runs later, on the caller's event loop, once the transfer has finished. Buffers are
+ * views of guest memory that stay valid until then.
+ */
+export interface AsyncBlockIo {
+  readv(offset: number, buffers: Uint8Array[], done: BlockIoDone): void;
+  writev(offset: number, buffers: Uint8Array[], done: BlockIoDone): void;
+  /** Makes every write whose `done` ran before this call durable. */
+  flush(done: BlockIoDone): void;
 }
 
 /** Most buffers the device passes to one {@link BlockBackend.readv} / `writev` call (IOV_MAX). */

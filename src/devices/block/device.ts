@@ -18,7 +18,7 @@ import {
   VIRTIO_ID_BLOCK,
   VirtioDeviceBase,
 } from '../device.js';
-import { type BlockBackend, MAX_VECTOR_BUFFERS } from './backend.js';
+import { type BlockBackend, type BlockIoDone, MAX_VECTOR_BUFFERS } from './backend.js';
 import {
   BLK_HEADER_BYTES,
   BLK_ID_BYTES,
@@ -129,6 +129,20 @@ export interface BlockOptions {
   maxWriteZeroesSegments?: number;
   /** Where backend failures are reported (default: console). */
   logger?: Logger;
+  /**
+   * Serve reads, writes and flushes through the backend's asynchronous calls (when it has
+   * them), several requests under way at once and each completed when its own transfer ends,
+   * in whatever order that is. The owner must wait for {@link BlockDevice.whenIdle} before
+   * resetting the device or unmapping guest memory. Default false: every request is served
+   * inside `queueNotify`.
+   */
+  asyncIo?: boolean;
+  /**
+   * With `asyncIo`: reads and writes smaller than this are still served inside `queueNotify`
+   * (a thread-pool round trip costs more than a small transfer); flushes always go
+   * asynchronously. Default 64 KiB.
+   */
+  asyncMinBytes?: number;
 }
 
 /**
@@ -160,6 +174,24 @@ class DataCursor extends ChainCursor {
   writable(chain: DescriptorChain): this {
     this.bind(chain, false);
     return this;
+  }
+
+  /**
+   * Views of the next `length` bytes of guest memory, piece by piece, for an asynchronous
+   * transfer; their guest addresses go to `addrs` (to mark them dirty once written).
+   */
+  pieces(length: number, bufs: Uint8Array[], addrs: number[]): void {
+    this.need(length, 'transfer');
+    let n = length;
+    while (n > 0) {
+      const k = Math.min(n, this.pLeft);
+      const r = this.region!;
+      const p = this.pos;
+      bufs.push(r.bytes.subarray(p, p + k));
+      addrs.push(r.base + p);
+      this.advance(k);
+      n -= k;
+    }
   }
 
   /** Views of the pieces of one vectored backend call (emptied after each call). */
@@ -239,6 +271,21 @@ class DataCursor extends ChainCursor {
   }
 }
 
+/** One asynchronous request under way. */
+interface AsyncOp {
+  readonly index: number;
+  readonly queue: Queue;
+  readonly head: number;
+  readonly kind: 'in' | 'out' | 'flush';
+  readonly length: number;
+  readonly bufs: Uint8Array[];
+  readonly addrs: number[];
+  /** The request's status byte (a one-byte view of guest memory) and its guest address. */
+  readonly status: Uint8Array;
+  readonly statusAddr: number;
+  readonly generation: number;
+}
+
 function checkU32(name: string, v: number, min = 0): number {
   if (!Number.isInteger(v) || v < min || v > 0xffffffff) {
     throw new RangeError(`${name} ${v} is not an integer in [${min}, 2^32)`);
@@ -304,6 +351,13 @@ export class BlockDevice extends VirtioDeviceBase {
   private served = 0;
   /** FLUSH offered but not negotiated: every write is flushed before it completes. */
   private writeThrough = false;
+  private readonly asyncIo: boolean;
+  private readonly asyncMinBytes: number;
+  /** Asynchronous transfers under way, and who waits for there to be none. */
+  private pendingIo = 0;
+  private idleWaiters: (() => void)[] = [];
+  /** Bumped at every reset: a transfer that ends after one completes nothing. */
+  private generation = 0;
 
   constructor(options: BlockOptions) {
     const backend = options.backend;
@@ -337,6 +391,8 @@ export class BlockDevice extends VirtioDeviceBase {
 
     this.backend = backend;
     this.logger = options.logger ?? consoleLogger;
+    this.asyncIo = options.asyncIo === true && backend.async !== undefined;
+    this.asyncMinBytes = checkU32('asyncMinBytes', options.asyncMinBytes ?? 64 * 1024);
     this.maxDiscardSectors = checkU32(
       'maxDiscardSectors',
       options.maxDiscardSectors ?? 0xffffffff,
@@ -454,6 +510,7 @@ export class BlockDevice extends VirtioDeviceBase {
   }
 
   protected override onReset(): void {
+    this.generation++;
     this.served = 0;
     this.writeThrough = false;
     this.reader.reset();
@@ -470,6 +527,7 @@ export class BlockDevice extends VirtioDeviceBase {
         c !== null;
         c = queue.popOrEnableNotification(chain)
       ) {
+        if (this.asyncIo && this.startAsync(index, queue, c)) continue;
         const len = this.serve(c);
         queue.addUsed(c.head, len);
         done++;
@@ -477,6 +535,116 @@ export class BlockDevice extends VirtioDeviceBase {
     } finally {
       // Requests served before a broken one are completed, not lost.
       if (done > 0) this.publish(index);
+    }
+  }
+
+  /** Asynchronous transfers under way ({@link BlockOptions.asyncIo}). */
+  get inFlight(): number {
+    return this.pendingIo;
+  }
+
+  /** Calls `callback` once no asynchronous transfer is under way (at once if none is). */
+  whenIdle(callback: () => void): void {
+    if (this.pendingIo === 0) callback();
+    else this.idleWaiters.push(callback);
+  }
+
+  /**
+   * Starts a read, write or flush asynchronously and returns true; false leaves the request to
+   * the synchronous path (other types, errors found before any transfer, write-through).
+   * The request is completed by {@link completeAsync}.
+   */
+  private startAsync(index: number, queue: Queue, c: DescriptorChain): boolean {
+    const io = this.backend.async!;
+    const req = parseBlockRequest(c, this.reader, this.served, this.request);
+    const kind = req.kind;
+    if (kind !== 'in' && kind !== 'out' && kind !== 'flush') return false;
+    let length = 0;
+    let offset = 0;
+    if (kind !== 'flush') {
+      length = req.dataLength;
+      offset = req.sector * SECTOR_BYTES;
+      if (length < this.asyncMinBytes || length === 0) return false;
+      if (!this.inRange(req.sector, length / SECTOR_BYTES)) return false;
+      if (kind === 'out' && (this.backend.readOnly || this.writeThrough)) return false;
+    }
+    const bufs: Uint8Array[] = [];
+    const addrs: number[] = [];
+    if (kind === 'in') this.data.writable(c).pieces(length, bufs, addrs);
+    else if (kind === 'out') {
+      const d = this.data.readable(c);
+      d.skipExact(BLK_HEADER_BYTES);
+      d.pieces(length, bufs, addrs);
+    }
+    // The status byte: the last device-writable byte (§5.2.6).
+    const statusBufs: Uint8Array[] = [];
+    const statusAddrs: number[] = [];
+    const st = this.data.writable(c);
+    st.skipExact(this.request.statusOffset);
+    st.pieces(1, statusBufs, statusAddrs);
+    const op: AsyncOp = {
+      index,
+      queue,
+      head: c.head,
+      kind,
+      length,
+      bufs,
+      addrs,
+      status: statusBufs[0]!,
+      statusAddr: statusAddrs[0]!,
+      generation: this.generation,
+    };
+    const done: BlockIoDone = (error) => this.completeAsync(op, error);
+    this.pendingIo++;
+    try {
+      if (kind === 'in') io.readv(offset, bufs, done);
+      else if (kind === 'out') io.writev(offset, bufs, done);
+      else io.flush(done);
+    } catch (e) {
+      queueMicrotask(() => done(e as Error));
+    }
+    return true;
+  }
+
+  /** Writes the status of an asynchronous request and publishes it (unless reset since). */
+  private completeAsync(op: AsyncOp, error: Error | null): void {
+    this.pendingIo--;
+    const ctx = this.ctx;
+    if (op.generation === this.generation && ctx !== null && !this.needsReset) {
+      const s = this.stats;
+      let status = VIRTIO_BLK_S_OK;
+      if (error !== null) {
+        status = this.backendFailed(
+          error,
+          op.kind === 'in' ? 'read' : op.kind === 'out' ? 'write' : 'flush',
+        );
+      } else if (op.kind === 'in') s.bytesRead += op.length;
+      else if (op.kind === 'out') s.bytesWritten += op.length;
+      else s.flushes++;
+      const memory = ctx.memory;
+      if (op.kind === 'in' && status === VIRTIO_BLK_S_OK) {
+        // The transfer wrote guest memory behind the queue's back: record the pages now.
+        for (let i = 0; i < op.addrs.length; i++)
+          memory.markDirty(op.addrs[i]!, op.bufs[i]!.length);
+      }
+      op.status[0] = status;
+      memory.markDirty(op.statusAddr, 1);
+      s.requests++;
+      if (status === VIRTIO_BLK_S_IOERR) s.ioErrors++;
+      const written = op.kind === 'in' && status === VIRTIO_BLK_S_OK ? op.length : 0;
+      try {
+        op.queue.addUsed(op.head, written + 1);
+        this.publish(op.index);
+      } catch (e) {
+        // Runs from the backend's callback: nothing may escape to the event loop.
+        if (isVirtqError(e)) this.fail(e);
+        else this.logger.warn('block: completing a request failed', { error: String(e) });
+      }
+    }
+    if (this.pendingIo === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
     }
   }
 
