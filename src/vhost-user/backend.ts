@@ -53,7 +53,7 @@ import { DirtyLog } from './dirty-log.js';
 import { InflightBuffer, type SplitInflight, splitInflightBytes } from './inflight.js';
 import { MemoryTable, MemoryTableError, mapShared } from './memory-table.js';
 import { type FdWatcher, loadNative, type VhostUserNative } from './native.js';
-import { applyInflight, PACKED_WRAP_BIT, ringBase } from './ring-state.js';
+import { applyInflight, PACKED_WRAP_BIT, ringBase, signalError } from './ring-state.js';
 import {
   C_CALLS,
   C_KICKS,
@@ -246,6 +246,15 @@ export class VhostUserBackend {
   private readonly sink: InterruptSink = {
     usedBuffer: (index) => this.signalUsed(index),
     configChanged: () => {
+      if (this.device.needsReset) {
+        // DEVICE_NEEDS_RESET has no vhost-user message: the rings' error eventfds are what
+        // tells the front-end (QEMU reports "vhost vring error in virtqueue N").
+        this.logger.warn('vhost-user: the device needs a reset', {
+          error: String((this.device as { lastError?: unknown }).lastError ?? ''),
+        });
+        for (const ring of this.rings) signalError(this.native, ring.errFd, this.logger);
+        return;
+      }
       // Without the back-end request channel there is no way to tell the front-end.
       this.logger.warn('vhost-user: device configuration changed (not signalled to the front-end)');
     },
@@ -736,9 +745,13 @@ export class VhostUserBackend {
       }
       case 'SET_VRING_ERR': {
         const ring = this.ring(msg.file.index);
+        // A running ring's worker moves to the new eventfd: stopped here, started again below.
+        const restart = ring.running && this.workerSpec !== null;
+        if (restart) this.stopRing(msg.file.index);
         if (ring.errFd !== null) this.closeFds([ring.errFd]);
         ring.errFd = msg.file.fd;
         if (msg.file.fd !== null) this.kept.add(msg.file.fd);
+        if (restart) this.tryStart(msg.file.index);
         return null;
       }
       case 'SET_VRING_ENABLE': {
@@ -1022,6 +1035,7 @@ export class VhostUserBackend {
               },
         kickFd: ring.kickFd,
         callFd: ring.callFd,
+        errFd: ring.errFd,
         log: this.ringLog(),
       });
       return;

@@ -6,6 +6,7 @@ import type { AnyQueue } from '../queue/factory.js';
 import type { Logger } from '../queue/logger.js';
 import type { SplitQueue } from '../queue/split/queue.js';
 import type { SplitInflight } from './inflight.js';
+import type { VhostUserNative } from './native.js';
 
 /** A packed ring position's wrap counter bit in VRING_BASE. */
 export const PACKED_WRAP_BIT = 0x8000;
@@ -52,4 +53,14 @@ export function applyInflight(
   q.redeliver(r.heads);
   q.tracker = region;
   return r.heads.length;
+}
+
+/** Signals a ring's error eventfd (SET_VRING_ERR), if it has one; failures are logged. */
+export function signalError(native: VhostUserNative, fd: number | null, logger: Logger): void {
+  if (fd === null) return;
+  try {
+    native.eventfdWrite(fd, 1);
+  } catch (e) {
+    logger.warn('vhost-user: writing an error fd failed', { error: (e as Error).message });
+  }
 }

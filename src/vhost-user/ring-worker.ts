@@ -11,7 +11,7 @@ import { consoleLogger, type Logger, silentLogger } from '../queue/logger.js';
 import { DirtyLog } from './dirty-log.js';
 import { SplitInflight } from './inflight.js';
 import { loadNative } from './native.js';
-import { applyInflight, ringBase } from './ring-state.js';
+import { applyInflight, ringBase, signalError } from './ring-state.js';
 import {
   C_ACK,
   C_BASE,
@@ -44,6 +44,7 @@ interface Running {
 
 let running: Running | null = null;
 let callFd: number | null = null;
+let errFd: number | null = null;
 let log: DirtyLog | null = null;
 let logFd: number | null = null;
 
@@ -85,6 +86,14 @@ const sink: InterruptSink = {
     }
   },
   configChanged: () => {
+    if (device.needsReset) {
+      logger.warn('vhost-user ring worker: the device needs a reset', {
+        index,
+        error: String((device as { lastError?: unknown }).lastError ?? ''),
+      });
+      signalError(native, errFd, logger);
+      return;
+    }
     logger.warn('vhost-user ring worker: device configuration changed (not signalled)');
   },
 };
@@ -118,6 +127,7 @@ function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
   }
   device.activate({ memory, queues, features: m.features, interrupt: sink });
   callFd = m.callFd;
+  errFd = m.errFd;
   setLog(m.log);
   const kickFd = m.kickFd;
   const watcher =

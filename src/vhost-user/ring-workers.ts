@@ -56,6 +56,8 @@ export type RingWorkerMessage =
       readonly inflight: (SharedArea & { readonly descNum: number }) | null;
       readonly kickFd: number | null;
       readonly callFd: number | null;
+      /** Signalled when the device needs a reset (DEVICE_NEEDS_RESET). */
+      readonly errFd: number | null;
       readonly log: RingLog;
     }
   | { readonly type: 'stop'; readonly seq: number }

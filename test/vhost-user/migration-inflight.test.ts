@@ -383,6 +383,26 @@ describe.runIf(nativeOk)('vhost-user LOG_SHMFD, INFLIGHT_SHMFD and ring restarts
     expect(await stopRing(fe)).toBe(1);
   });
 
+  it('signals the error eventfds when a hostile chain puts the device into DEVICE_NEEDS_RESET', async () => {
+    const log = recordingLogger();
+    const s = setup(log);
+    const fe = connect(s.backend);
+    await negotiate(s, fe);
+    const driver = new SplitDriver(s.guest, { size: QSIZE, base: RING_GPA });
+    const err = eventfd();
+    expect(await fe.acked(R.SET_VRING_ERR, u64(0), [err])).toBe(0n);
+    const { kick } = await startRing(fe, driver.layout, 0);
+    // An available-ring entry naming descriptor 999 of a 16-entry table.
+    const avail = driver.layout.avail;
+    s.guest.writeU16(avail + 4, 999);
+    Atomics.store(s.guest.typedView(Uint16Array, avail, 2), 1, 1);
+    n.eventfdWrite(kick, 1);
+    await until(() => Number(n.eventfdRead(err)) >= 1, 'the error eventfd');
+    expect(s.device.needsReset).toBe(true);
+    expect(log.lines.some((l) => l.includes('needs a reset'))).toBe(true);
+    expect(await stopRing(fe)).toBe(1);
+  });
+
   it('packed: GET_VRING_BASE reports both positions and a ring restarts from them', async () => {
     const s = setup();
     const fe = connect(s.backend);

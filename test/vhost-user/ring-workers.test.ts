@@ -88,7 +88,7 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
 
     const rings = [0, 1].map((index) => {
       const driver = new SplitDriver(guest, { size: QSIZE, base: RING_GPA + index * 0x4000 });
-      return { index, driver, kick: eventfd(), call: eventfd() };
+      return { index, driver, kick: eventfd(), call: eventfd(), err: eventfd() };
     });
     for (const r of rings) {
       const { desc, avail, used } = r.driver.layout;
@@ -96,6 +96,7 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
       expect(await fe.acked(R.SET_VRING_BASE, u32s(r.index, 0))).toBe(0n);
       expect(await fe.acked(R.SET_VRING_ADDR, vringAddr(r.index, desc, avail, used))).toBe(0n);
       expect(await fe.acked(R.SET_VRING_CALL, u64(r.index), [r.call])).toBe(0n);
+      expect(await fe.acked(R.SET_VRING_ERR, u64(r.index), [r.err])).toBe(0n);
       expect(await fe.acked(R.SET_VRING_KICK, u64(r.index), [r.kick])).toBe(0n);
       expect(await fe.acked(R.SET_VRING_ENABLE, u32s(r.index, 1))).toBe(0n);
     }
@@ -162,10 +163,19 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
     const page = 0x41000 >>> 12;
     expect(logMap[page >>> 3]! & (1 << (page & 7))).not.toBe(0);
 
+    // A hostile chain on ring 1 (descriptor 999 of 16): its worker's device needs a reset,
+    // and the ring's error eventfd says so; ring 0 is unaffected.
+    const avail = rings[1]!.driver.layout.avail;
+    guest.writeU16(avail + 4 + 2 * 3, 999);
+    Atomics.store(guest.typedView(Uint16Array, avail, 2), 1, 4);
+    n.eventfdWrite(rings[1]!.kick, 1);
+    await until(() => Number(n.eventfdRead(rings[1]!.err)) >= 1, 'ring 1 error eventfd');
+    expect(Number(n.eventfdRead(rings[0]!.err))).toBe(-1);
+
     // Stopping answers with where each ring stopped.
     for (const [index, expected] of [
       [0, 1],
-      [1, 3],
+      [1, 4],
     ] as const) {
       fe.send(R.GET_VRING_BASE, u32s(index, 0));
       const reply = await fe.recv();
