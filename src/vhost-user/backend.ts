@@ -153,8 +153,6 @@ interface RingState {
   enabled: boolean;
   /** The device processes the ring. */
   running: boolean;
-  /** Disabled while started: the packed queue keeps its state for re-enabling. */
-  paused: boolean;
 }
 
 function freshRing(): RingState {
@@ -174,7 +172,6 @@ function freshRing(): RingState {
     started: false,
     enabled: false,
     running: false,
-    paused: false,
   };
 }
 
@@ -682,7 +679,6 @@ export class VhostUserBackend {
           throw new RequestFailure(`split ring base ${msg.state.num} exceeds 0xffff`);
         }
         ring.base = msg.state.num;
-        ring.paused = false;
         return null;
       }
       case 'GET_VRING_BASE': {
@@ -692,7 +688,6 @@ export class VhostUserBackend {
         this.stopRing(index);
         this.stopKick(ring);
         ring.started = false;
-        ring.paused = false;
         const q = this.queues[index];
         q?.reset();
         // The front-end's last pass over the dirty log comes after this answer.
@@ -761,7 +756,6 @@ export class VhostUserBackend {
         if (ring.enabled) this.tryStart(index);
         else if (ring.running) {
           this.stopRing(index);
-          ring.paused = true;
         }
         return null;
       }
@@ -945,7 +939,6 @@ export class VhostUserBackend {
       const ring = this.rings[i]!;
       if (!ring.running) continue;
       this.stopRing(i);
-      ring.paused = true;
       try {
         if (ring.userAddr !== null) this.translate(ring, ring.userAddr);
         this.tryStart(i);
@@ -1011,7 +1004,6 @@ export class VhostUserBackend {
       this.placePacked(index, q, ring.base);
     }
     ring.running = true;
-    ring.paused = false;
 
     if (this.workerSpec !== null) {
       this.worker(index).start({
