@@ -70,12 +70,13 @@ const BOOT_TIMEOUT_MS = 240_000;
 
 export const WORKLOADS = ['seq-write', 'seq-read', '4k-write', '4k-read'] as const;
 export type Workload = (typeof WORKLOADS)[number];
-export const BACKENDS = ['virtq', 'virtq-sync', 'qsd'] as const;
+export const BACKENDS = ['virtq', 'virtq-main', 'virtq-async', 'qsd'] as const;
 export type Backend = (typeof BACKENDS)[number];
 
 const BACKEND_LABEL: Record<Backend, string> = {
   virtq: 'virtq',
-  'virtq-sync': 'virtq --no-ring-threads',
+  'virtq-main': 'virtq --no-ring-threads',
+  'virtq-async': 'virtq --async-io',
   qsd: 'qemu-storage-daemon',
 };
 
@@ -232,8 +233,9 @@ export function backendCommand(
     image,
     '--num-queues',
     String(NUM_QUEUES),
-    // Every ring on the main thread, one request at a time (the synchronous path).
-    ...(backend === 'virtq-sync' ? ['--no-ring-threads'] : []),
+    // Every ring on the main thread; or ring threads with large transfers on the thread pool.
+    ...(backend === 'virtq-main' ? ['--no-ring-threads'] : []),
+    ...(backend === 'virtq-async' ? ['--async-io'] : []),
   ];
 }
 

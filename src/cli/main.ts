@@ -234,6 +234,11 @@ export function buildProgram(): Command {
         .argParser(blockSize),
     )
     .option('--no-ring-threads', 'serve every ring on the main thread instead of one thread each')
+    .option(
+      '--async-io',
+      'with ring threads: transfers of 64 KiB or more (and flushes) on the thread pool, several under way per ring',
+      false,
+    )
     .action((opts: VhostUserBlkOptions) => vhostUserBlk(opts));
 
   return program;
@@ -260,6 +265,7 @@ interface VhostUserBlkOptions {
   queueSize: number;
   blockSize: number;
   ringThreads: boolean;
+  asyncIo: boolean;
 }
 
 function vhostUserBlk(opts: VhostUserBlkOptions): void {
@@ -269,7 +275,8 @@ function vhostUserBlk(opts: VhostUserBlkOptions): void {
     numQueues: opts.numQueues,
     queueSize: opts.queueSize,
     blockSize: opts.blockSize,
-    asyncIo: opts.ringThreads,
+    // Ring workers drain transfers under way before a ring stops; the main thread cannot.
+    asyncIo: opts.ringThreads && opts.asyncIo,
   };
   const device = createBlkDevice(blk);
   const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';

@@ -21,6 +21,7 @@ import { isVirtqError, VhostUserError } from '../errors.js';
 import { startModuleWorker } from '../node/device-worker.js';
 import {
   VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_IN_ORDER,
   VIRTIO_F_INDIRECT_DESC,
   VIRTIO_F_RING_PACKED,
 } from '../queue/constants.js';
@@ -60,6 +61,7 @@ import {
   C_LOGGED_PAGES,
   C_RESUBMITTED,
   CONTROL_WORDS,
+  DEFAULT_ACK_TIMEOUT_MS,
   type RingLog,
   type RingWorkerData,
   RingWorkerHandle,
@@ -96,7 +98,15 @@ export interface VhostUserBackendOptions {
    * then only answers feature negotiation and configuration accesses; it must be built from
    * the same spec. `quiet` drops the workers' warnings.
    */
-  ringWorkers?: { spec: unknown; quiet?: boolean };
+  ringWorkers?: {
+    spec: unknown;
+    quiet?: boolean;
+    /**
+     * How long a stop (GET_VRING_BASE) may wait for a worker, in-flight transfers included,
+     * before the ring is given up as lost and the connection closed (default 15 s).
+     */
+    ackTimeoutMs?: number;
+  };
 }
 
 /** Counters for tests and diagnostics. */
@@ -153,6 +163,12 @@ interface RingState {
   enabled: boolean;
   /** The device processes the ring. */
   running: boolean;
+  /**
+   * The ring's worker died or did not stop in time while the ring ran: where the ring stopped
+   * is unknown, so GET_VRING_BASE cannot be answered (the connection is closed instead, and
+   * the front-end recovers through the inflight buffer).
+   */
+  lost: boolean;
 }
 
 function freshRing(): RingState {
@@ -172,6 +188,7 @@ function freshRing(): RingState {
     started: false,
     enabled: false,
     running: false,
+    lost: false,
   };
 }
 
@@ -213,7 +230,7 @@ export class VhostUserBackend {
   private readonly onConnect: (() => void) | undefined;
   private readonly onMessage: ((message: VhostUserMessage) => void) | undefined;
   private readonly onDisconnect: ((reason: string) => void) | undefined;
-  private readonly workerSpec: { spec: unknown; quiet: boolean } | null;
+  private readonly workerSpec: { spec: unknown; quiet: boolean; ackTimeoutMs: number } | null;
   /** One worker per ring in ring-worker mode (null: not started yet, or gone). */
   private readonly workers: (RingWorkerHandle | null)[];
 
@@ -268,8 +285,17 @@ export class VhostUserBackend {
     this.workerSpec =
       options.ringWorkers === undefined
         ? null
-        : { spec: options.ringWorkers.spec, quiet: options.ringWorkers.quiet ?? false };
+        : {
+            spec: options.ringWorkers.spec,
+            quiet: options.ringWorkers.quiet ?? false,
+            ackTimeoutMs: options.ringWorkers.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS,
+          };
     this.workers = device.queueMaxSizes.map(() => null);
+    // A device with transfers under way must drain them before a ring stops, which only a
+    // ring worker can wait for.
+    if (this.workerSpec === null && (device as { asyncTransfers?: boolean }).asyncTransfers) {
+      throw new TypeError('a device with asynchronous transfers needs ringWorkers');
+    }
   }
 
   /** Counters of this back-end and its ring workers. */
@@ -605,7 +631,7 @@ export class VhostUserBackend {
           throw new RequestFailure(`features 0x${msg.features.toString(16)} were not offered`);
         }
         const deviceFeatures = msg.features & ~VHOST_FEATURE_BITS;
-        if (this.ctx !== null) {
+        if (this.rings.some((r) => r.running || r.started)) {
           // "Migration": while rings run, the front-end only turns LOG_ALL on or off.
           if (deviceFeatures !== this.negotiatedFeatures) {
             throw new RequestFailure('device features cannot change while rings run');
@@ -679,6 +705,7 @@ export class VhostUserBackend {
           throw new RequestFailure(`split ring base ${msg.state.num} exceeds 0xffff`);
         }
         ring.base = msg.state.num;
+        ring.lost = false;
         return null;
       }
       case 'GET_VRING_BASE': {
@@ -686,6 +713,11 @@ export class VhostUserBackend {
         const ring = this.ring(index);
         // "GET_VRING_BASE": the ring stops; the answer is where the device would read next.
         this.stopRing(index);
+        if (ring.lost) {
+          // No answer is better than a wrong one: a stale base would make the front-end replay
+          // requests the guest saw completed. A closed connection is a back-end crash to it.
+          throw new RequestFailure(`ring ${index} was lost with its worker; its base is unknown`);
+        }
         this.stopKick(ring);
         ring.started = false;
         const q = this.queues[index];
@@ -864,8 +896,11 @@ export class VhostUserBackend {
     this.logFd = fd;
     this.logArea = area;
     this.log = area === null ? null : new DirtyLog(area.buffer, area.offset, area.size);
-    this.loggingChanged();
-    if (oldFd !== null && oldFd !== fd) this.closeFds([oldFd]);
+    try {
+      this.loggingChanged();
+    } finally {
+      if (oldFd !== null && oldFd !== fd) this.closeFds([oldFd]);
+    }
   }
 
   /** What the ring workers log into: nothing unless the front-end has logging on. */
@@ -964,6 +999,9 @@ export class VhostUserBackend {
     // "Ring states": without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled when started.
     const enabled = protocolAcked ? ring.enabled : true;
     if (ring.running || !ring.started || !enabled) return;
+    if (ring.lost) {
+      throw new RequestFailure(`ring ${index} was lost with its worker; SET_VRING_BASE first`);
+    }
     const memory = this.table.memory;
     if (memory === null || ring.userAddr === null || ring.num === 0) {
       throw new RequestFailure(`ring ${index} started before its memory, size or addresses`);
@@ -1051,6 +1089,9 @@ export class VhostUserBackend {
   /** The inflight region of ring `index`, when INFLIGHT_SHMFD gave one. */
   private inflightRegion(index: number): SplitInflight | null {
     if (!this.hasProtocolFeature(VhostUserProtocolFeature.INFLIGHT_SHMFD)) return null;
+    // In-order batches publish one used element for several chains; the region's batch list
+    // needs every chain's own element.
+    if (hasFeature(this.features, VIRTIO_F_IN_ORDER)) return null;
     return this.inflight?.queue(index) ?? null;
   }
 
@@ -1070,7 +1111,7 @@ export class VhostUserBackend {
       workerData: data,
       name: `virtq vhost-user ring ${index}`,
     });
-    const handle = new RingWorkerHandle(worker, control);
+    const handle = new RingWorkerHandle(worker, control, this.workerSpec!.ackTimeoutMs);
     worker.on('error', (e) => {
       this.logger.warn('vhost-user: a ring worker failed', { index, error: e.message });
     });
@@ -1081,6 +1122,9 @@ export class VhostUserBackend {
       if (ring?.running === true) {
         this.logger.warn('vhost-user: the worker of a running ring exited', { index });
         ring.running = false;
+        ring.lost = true;
+        // The guest would otherwise wait for the ring for ever.
+        signalError(this.native, ring.errFd, this.logger);
       }
     });
     // The back-end's own thread must not wait for workers to end.
@@ -1133,20 +1177,27 @@ export class VhostUserBackend {
   private stopRing(index: number): void {
     const ring = this.rings[index]!;
     if (!ring.running) return;
+    // "Migration": the used ring is logged at log_guest_addr while the ring still counts as
+    // running.
+    this.flushLog();
     ring.running = false;
     if (this.workerSpec !== null) {
       const w = this.workers[index];
-      if (w === null || w === undefined) return;
+      if (w === null || w === undefined) {
+        ring.lost = true;
+        return;
+      }
       try {
         const base = w.stop();
         if (base !== null) ring.base = base;
       } catch (e) {
-        // A worker that does not answer is terminated; its ring starts afresh on a new one.
+        // A worker that does not answer is terminated; where its ring stopped is unknown.
         this.logger.warn('vhost-user: a ring worker did not stop', {
           index,
           error: (e as Error).message,
         });
         this.workers[index] = null;
+        ring.lost = true;
       }
       return;
     }

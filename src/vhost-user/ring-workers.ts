@@ -77,8 +77,8 @@ export const C_RESUBMITTED = 5;
 export const C_LOGGED_PAGES = 6;
 export const CONTROL_WORDS = 8;
 
-/** How long the back-end waits for a worker's acknowledgement before giving up on it. */
-const ACK_TIMEOUT_MS = 15_000;
+/** How long the back-end waits, by default, for a worker's acknowledgement before giving up. */
+export const DEFAULT_ACK_TIMEOUT_MS = 15_000;
 
 /** Thrown when a worker does not acknowledge in time (it is then terminated). */
 export class RingWorkerTimeout extends Error {
@@ -94,6 +94,7 @@ export class RingWorkerHandle {
   constructor(
     readonly worker: Worker,
     control: SharedArrayBuffer,
+    private readonly ackTimeoutMs = DEFAULT_ACK_TIMEOUT_MS,
   ) {
     this.control = new Int32Array(control);
     worker.on('exit', () => {
@@ -132,7 +133,7 @@ export class RingWorkerHandle {
     if (this.dead) return;
     const seq = ++this.seq;
     this.worker.postMessage({ ...m, seq });
-    const deadline = Date.now() + ACK_TIMEOUT_MS;
+    const deadline = Date.now() + this.ackTimeoutMs;
     for (;;) {
       const ack = Atomics.load(this.control, C_ACK);
       if (ack === seq || this.dead) return;
@@ -140,7 +141,9 @@ export class RingWorkerHandle {
       if (left <= 0) {
         this.dead = true;
         void this.worker.terminate();
-        throw new RingWorkerTimeout(`ring worker did not answer ${m.type} in ${ACK_TIMEOUT_MS} ms`);
+        throw new RingWorkerTimeout(
+          `ring worker did not answer ${m.type} in ${this.ackTimeoutMs} ms`,
+        );
       }
       Atomics.wait(this.control, C_ACK, ack, Math.min(left, 100));
     }

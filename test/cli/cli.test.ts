@@ -231,6 +231,7 @@ describe('virtq vhost-user-blk', () => {
       '--queue-size',
       '--block-size',
       '--no-ring-threads',
+      '--async-io',
     ]) {
       expect(d.stdout).toContain(flag);
     }

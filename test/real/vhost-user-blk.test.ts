@@ -102,6 +102,8 @@ interface Config {
   readonly noRingThreads?: boolean;
   /** `--block-size` (default 512). */
   readonly blockSize?: number;
+  /** `--async-io`: large transfers on the thread pool. */
+  readonly asyncIo?: boolean;
 }
 
 const CONFIGS: readonly Config[] = [
@@ -134,6 +136,14 @@ const CONFIGS: readonly Config[] = [
     packed: true,
     numQueues: 1,
     readOnly: false,
+  },
+  {
+    name: 'pci (MSI-X), split ring, --async-io',
+    machine: 'pc',
+    packed: false,
+    numQueues: 1,
+    readOnly: false,
+    asyncIo: true,
   },
   {
     name: 'pci (MSI-X), split ring, 4 KiB logical blocks',
@@ -253,6 +263,10 @@ function guestScript(c: Config): string {
     });
     lines.push(
       'cmp -s /tmp/pattern /tmp/back; fact readback_cmp $?',
+      // The same bytes again in large requests (hundreds of KiB each: the --async-io path).
+      `dd if=/tmp/pattern of=/dev/vda bs=${PATTERN_BYTES / 2} seek=${PATTERN_AT / (PATTERN_BYTES / 2)} count=2 oflag=direct conv=fsync 2>/dev/null; fact big_write_rc $?`,
+      `dd if=/dev/vda of=/tmp/big bs=${PATTERN_BYTES} skip=${PATTERN_AT / PATTERN_BYTES} count=1 iflag=direct 2>/dev/null; fact big_read_rc $?`,
+      'cmp -s /tmp/pattern /tmp/big; fact big_readback_cmp $?',
       // VIRTIO_BLK_T_WRITE_ZEROES with no fallback to plain writes (see fallocateProgram).
       '/bin/virtq-write-zeroes; fact write_zeroes_rc $?',
       `head -c ${ZEROES_BYTES} /dev/zero > /tmp/zeros`,
@@ -301,6 +315,7 @@ function startBackend(cmd: string[], socket: string, image: string, c: Config): 
     ...(c.readOnly ? ['--read-only'] : []),
     ...(c.noRingThreads === true ? ['--no-ring-threads'] : []),
     ...(c.blockSize !== undefined ? ['--block-size', String(c.blockSize)] : []),
+    ...(c.asyncIo === true ? ['--async-io'] : []),
   ]);
 }
 
@@ -592,6 +607,9 @@ function judge(c: Config, r: Run): string[] {
       f.get('write_zeroes_rc'),
       '0',
     );
+    check('large direct write (512 KiB requests) status', f.get('big_write_rc'), '0');
+    check('large direct read (1 MiB) status', f.get('big_read_rc'), '0');
+    check('large readback equals the pattern (cmp)', f.get('big_readback_cmp'), '0');
     check('guest reads zeroes after write-zeroes', f.get('zeroes_readback_cmp'), '0');
     checkThat(
       'image: pattern before the write-zeroes range',

@@ -5,6 +5,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { BlockDevice, MemoryBackend } from '../../src/devices/index.js';
 import { SplitDriver } from '../../src/driver/index.js';
 import {
   isNativeAvailable,
@@ -186,5 +187,71 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
     expect(stats.kicks).toBeGreaterThanOrEqual(2);
     expect(stats.calls).toBeGreaterThanOrEqual(4);
     expect(stats.loggedPages).toBeGreaterThanOrEqual(1);
+  });
+  it('gives up a ring whose worker does not stop in time: the connection closes, no stale base', async () => {
+    const image = new SharedArrayBuffer(128 * 512);
+    const gate = new SharedArrayBuffer(8);
+    const options = { image, gate, numQueues: 1 };
+    const spec = {
+      kind: 'module',
+      module: pathToFileURL(new URL('./workers/gated-block.ts', import.meta.url).pathname).href,
+      export: 'create',
+      options,
+    };
+    const backend = new VhostUserBackend(create(options), {
+      native: n,
+      logger: silent,
+      ringWorkers: { spec, quiet: true, ackTimeoutMs: 300 },
+    });
+    cleanups.push(() => backend.close());
+    const { memfd, guest } = guestRam(n, cleanups);
+    const [a, b] = n.socketpair();
+    cleanups.push(() => n.close(a));
+    backend.attach(b);
+    const fe = new Frontend(n, a);
+    const offered = await fe.u64(R.GET_FEATURES);
+    fe.send(R.SET_PROTOCOL_FEATURES, u64(PROTOCOL));
+    const features = (offered & VERSION_1) | PROTOCOL_BIT;
+    expect(await fe.acked(R.SET_FEATURES, u64(features))).toBe(0n);
+    expect(await fe.acked(R.SET_MEM_TABLE, memTable(), [memfd, memfd])).toBe(0n);
+    const driver = new SplitDriver(guest, { size: QSIZE, base: RING_GPA });
+    const { desc, avail, used } = driver.layout;
+    const kick = eventfd();
+    expect(await fe.acked(R.SET_VRING_NUM, u32s(0, QSIZE))).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_BASE, u32s(0, 0))).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_ADDR, vringAddr(0, desc, avail, used))).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_KICK, u64(0), [kick])).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_ENABLE, u32s(0, 1))).toBe(0n);
+    // Device features cannot change under a running ring (only LOG_ALL may).
+    expect(await fe.acked(R.SET_FEATURES, u64(features | (1n << 28n)))).not.toBe(0n);
+
+    // A read the worker's disk never finishes.
+    guest.writeU32(0x10000, T_IN);
+    guest.writeU64(0x10008, GATED_SECTOR);
+    driver.add(
+      [{ addr: 0x10000, len: 16 }],
+      [
+        { addr: 0x11000, len: 512 },
+        { addr: 0x12000, len: 1 },
+      ],
+    );
+    if (driver.kick()) n.eventfdWrite(kick, 1);
+    await until(() => Atomics.load(new Int32Array(gate), 1) === 1, 'the worker to block');
+    fe.send(R.GET_VRING_BASE, u32s(0, 0));
+    expect(await fe.recv()).toBeNull();
+    await until(() => !backend.connected, 'the disconnect');
+    // The back-end serves the next front-end (a new worker for the ring).
+    const [c, d] = n.socketpair();
+    cleanups.push(() => n.close(c));
+    backend.attach(d);
+    expect(await new Frontend(n, c).u64(R.GET_QUEUE_NUM)).toBe(1n);
+  });
+  it('refuses to serve a device with asynchronous transfers on its own thread', () => {
+    const disk = Object.assign(new MemoryBackend(4096), {
+      async: { readv() {}, writev() {}, flush() {} },
+    });
+    const device = new BlockDevice({ backend: disk, asyncIo: true });
+    expect(device.asyncTransfers).toBe(true);
+    expect(() => new VhostUserBackend(device, { native: n, logger: silent })).toThrow(TypeError);
   });
 });

@@ -2,6 +2,7 @@ import { isVirtqError } from '../../errors.js';
 import { ChainCursor } from '../../iovec/cursor.js';
 import { ChainReader } from '../../iovec/reader.js';
 import { ChainWriter } from '../../iovec/writer.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
 import { U64_UNSAFE } from '../../memory/guest-memory.js';
 import { DescriptorChain } from '../../queue/chain.js';
 import {
@@ -143,6 +144,11 @@ export interface BlockOptions {
    * asynchronously. Default 64 KiB.
    */
   asyncMinBytes?: number;
+  /**
+   * With `asyncIo`: runs a callback once the current event-loop turn's completions are in
+   * (default `setImmediate`, or a zero-delay timer where there is none).
+   */
+  defer?: (callback: () => void) => void;
 }
 
 /**
@@ -271,6 +277,13 @@ class DataCursor extends ChainCursor {
   }
 }
 
+/** Runs `callback` after the current event-loop turn. */
+function defaultDefer(callback: () => void): void {
+  const g = globalThis as { setImmediate?: (cb: () => void) => unknown };
+  if (typeof g.setImmediate === 'function') g.setImmediate(callback);
+  else setTimeout(callback, 0);
+}
+
 /** One asynchronous request under way. */
 interface AsyncOp {
   readonly index: number;
@@ -284,6 +297,8 @@ interface AsyncOp {
   readonly status: Uint8Array;
   readonly statusAddr: number;
   readonly generation: number;
+  /** The guest memory the views are of. */
+  readonly memory: GuestMemory;
 }
 
 function checkU32(name: string, v: number, min = 0): number {
@@ -358,6 +373,14 @@ export class BlockDevice extends VirtioDeviceBase {
   private idleWaiters: (() => void)[] = [];
   /** Bumped at every reset: a transfer that ends after one completes nothing. */
   private generation = 0;
+  /**
+   * Queues with used elements written by asynchronous completions and not yet published: the
+   * completions that land in one event-loop turn are published together, with one
+   * notification, as a synchronous batch is.
+   */
+  private readonly unpublished = new Set<number>();
+  private publishScheduled = false;
+  private readonly defer: (callback: () => void) => void;
 
   constructor(options: BlockOptions) {
     const backend = options.backend;
@@ -393,6 +416,7 @@ export class BlockDevice extends VirtioDeviceBase {
     this.logger = options.logger ?? consoleLogger;
     this.asyncIo = options.asyncIo === true && backend.async !== undefined;
     this.asyncMinBytes = checkU32('asyncMinBytes', options.asyncMinBytes ?? 64 * 1024);
+    this.defer = options.defer ?? defaultDefer;
     this.maxDiscardSectors = checkU32(
       'maxDiscardSectors',
       options.maxDiscardSectors ?? 0xffffffff,
@@ -511,6 +535,7 @@ export class BlockDevice extends VirtioDeviceBase {
 
   protected override onReset(): void {
     this.generation++;
+    this.unpublished.clear();
     this.served = 0;
     this.writeThrough = false;
     this.reader.reset();
@@ -520,12 +545,16 @@ export class BlockDevice extends VirtioDeviceBase {
   protected processQueue(index: number, queue: Queue): void {
     const chain = this.chain;
     let done = 0;
+    // A driver that keeps the ring full must not keep the thread from everything else (with
+    // asynchronous transfers, the completions): after a ring's worth of chains the rest waits
+    // for the next event-loop turn.
+    let budget = this.asyncIo ? queue.size : Number.POSITIVE_INFINITY;
     try {
       // popOrEnableNotification keeps avail_event current with EVENT_IDX (§2.7.10, §2.8.10).
       for (
         let c = queue.popOrEnableNotification(chain);
         c !== null;
-        c = queue.popOrEnableNotification(chain)
+        c = --budget > 0 ? queue.popOrEnableNotification(chain) : this.yieldQueue(index)
       ) {
         if (this.asyncIo && this.startAsync(index, queue, c)) continue;
         const len = this.serve(c);
@@ -534,8 +563,16 @@ export class BlockDevice extends VirtioDeviceBase {
       }
     } finally {
       // Requests served before a broken one are completed, not lost.
-      if (done > 0) this.publish(index);
+      if (done > 0 || this.unpublished.has(index)) {
+        this.unpublished.delete(index);
+        this.publish(index);
+      }
     }
+  }
+
+  /** Reads, writes and flushes go asynchronous (`asyncIo` with a backend that can). */
+  get asyncTransfers(): boolean {
+    return this.asyncIo;
   }
 
   /** Asynchronous transfers under way ({@link BlockOptions.asyncIo}). */
@@ -593,6 +630,7 @@ export class BlockDevice extends VirtioDeviceBase {
       status: statusBufs[0]!,
       statusAddr: statusAddrs[0]!,
       generation: this.generation,
+      memory: this.ctx!.memory,
     };
     const done: BlockIoDone = (error) => this.completeAsync(op, error);
     this.pendingIo++;
@@ -609,6 +647,13 @@ export class BlockDevice extends VirtioDeviceBase {
   /** Writes the status of an asynchronous request and publishes it (unless reset since). */
   private completeAsync(op: AsyncOp, error: Error | null): void {
     this.pendingIo--;
+    if (op.kind === 'in') {
+      // The transfer wrote guest memory behind the queue's back, even one that failed part
+      // way or that a reset made moot: record the pages now (the dirty log must see them).
+      for (let i = 0; i < op.addrs.length; i++) {
+        op.memory.markDirty(op.addrs[i]!, op.bufs[i]!.length);
+      }
+    }
     const ctx = this.ctx;
     if (op.generation === this.generation && ctx !== null && !this.needsReset) {
       const s = this.stats;
@@ -621,20 +666,18 @@ export class BlockDevice extends VirtioDeviceBase {
       } else if (op.kind === 'in') s.bytesRead += op.length;
       else if (op.kind === 'out') s.bytesWritten += op.length;
       else s.flushes++;
-      const memory = ctx.memory;
-      if (op.kind === 'in' && status === VIRTIO_BLK_S_OK) {
-        // The transfer wrote guest memory behind the queue's back: record the pages now.
-        for (let i = 0; i < op.addrs.length; i++)
-          memory.markDirty(op.addrs[i]!, op.bufs[i]!.length);
-      }
       op.status[0] = status;
-      memory.markDirty(op.statusAddr, 1);
+      op.memory.markDirty(op.statusAddr, 1);
       s.requests++;
       if (status === VIRTIO_BLK_S_IOERR) s.ioErrors++;
       const written = op.kind === 'in' && status === VIRTIO_BLK_S_OK ? op.length : 0;
       try {
         op.queue.addUsed(op.head, written + 1);
-        this.publish(op.index);
+        this.unpublished.add(op.index);
+        if (!this.publishScheduled) {
+          this.publishScheduled = true;
+          this.defer(() => this.publishCompleted());
+        }
       } catch (e) {
         // Runs from the backend's callback: nothing may escape to the event loop.
         if (isVirtqError(e)) this.fail(e);
@@ -642,10 +685,35 @@ export class BlockDevice extends VirtioDeviceBase {
       }
     }
     if (this.pendingIo === 0 && this.idleWaiters.length > 0) {
+      // Whoever waits for idleness (a ring about to stop) sees every completion published.
+      this.publishCompleted();
       const waiters = this.idleWaiters;
       this.idleWaiters = [];
       for (const w of waiters) w();
     }
+  }
+
+  /** Stops this pass over the queue (its budget is spent) and serves it again next turn. */
+  private yieldQueue(index: number): null {
+    const generation = this.generation;
+    this.defer(() => {
+      if (generation === this.generation) this.queueNotify(index);
+    });
+    return null;
+  }
+
+  /** Publishes the used elements asynchronous completions wrote (see `unpublished`). */
+  private publishCompleted(): void {
+    this.publishScheduled = false;
+    for (const index of this.unpublished) {
+      try {
+        this.publish(index);
+      } catch (e) {
+        if (isVirtqError(e)) this.fail(e);
+        else this.logger.warn('block: publishing completions failed', { error: String(e) });
+      }
+    }
+    this.unpublished.clear();
   }
 
   /** Serves one request and writes its status; returns the used length. */
