@@ -57,10 +57,14 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
     return fd;
   }
 
-  it('serves two rings on two threads: one blocked ring never holds up the other', async () => {
+  /**
+   * A back-end in ring-worker mode over the gated block device (test/vhost-user/workers), its
+   * guest RAM, and a front-end connected to it.
+   */
+  function gatedBackend(numQueues: number, ackTimeoutMs?: number) {
     const image = new SharedArrayBuffer(128 * 512);
     const gate = new SharedArrayBuffer(8);
-    const options = { image, gate, numQueues: 2 };
+    const options = { image, gate, numQueues };
     const spec = {
       kind: 'module',
       module: pathToFileURL(new URL('./workers/gated-block.ts', import.meta.url).pathname).href,
@@ -70,14 +74,22 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
     const backend = new VhostUserBackend(create(options), {
       native: n,
       logger: silent,
-      ringWorkers: { spec, quiet: true },
+      ringWorkers: {
+        spec,
+        quiet: true,
+        ...(ackTimeoutMs !== undefined ? { ackTimeoutMs } : {}),
+      },
     });
     cleanups.push(() => backend.close());
     const { memfd, guest } = guestRam(n, cleanups);
     const [a, b] = n.socketpair();
     cleanups.push(() => n.close(a));
     backend.attach(b);
-    const fe = new Frontend(n, a);
+    return { image, gate, backend, memfd, guest, fe: new Frontend(n, a) };
+  }
+
+  it('serves two rings on two threads: one blocked ring never holds up the other', async () => {
+    const { image, gate, backend, memfd, guest, fe } = gatedBackend(2);
 
     const offered = await fe.u64(R.GET_FEATURES);
     await fe.u64(R.GET_PROTOCOL_FEATURES);
@@ -189,26 +201,7 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
     expect(stats.loggedPages).toBeGreaterThanOrEqual(1);
   });
   it('gives up a ring whose worker does not stop in time: the connection closes, no stale base', async () => {
-    const image = new SharedArrayBuffer(128 * 512);
-    const gate = new SharedArrayBuffer(8);
-    const options = { image, gate, numQueues: 1 };
-    const spec = {
-      kind: 'module',
-      module: pathToFileURL(new URL('./workers/gated-block.ts', import.meta.url).pathname).href,
-      export: 'create',
-      options,
-    };
-    const backend = new VhostUserBackend(create(options), {
-      native: n,
-      logger: silent,
-      ringWorkers: { spec, quiet: true, ackTimeoutMs: 300 },
-    });
-    cleanups.push(() => backend.close());
-    const { memfd, guest } = guestRam(n, cleanups);
-    const [a, b] = n.socketpair();
-    cleanups.push(() => n.close(a));
-    backend.attach(b);
-    const fe = new Frontend(n, a);
+    const { gate, backend, memfd, guest, fe } = gatedBackend(1, 300);
     const offered = await fe.u64(R.GET_FEATURES);
     fe.send(R.SET_PROTOCOL_FEATURES, u64(PROTOCOL));
     const features = (offered & VERSION_1) | PROTOCOL_BIT;
