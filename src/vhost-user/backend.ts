@@ -29,6 +29,7 @@ import { type AnyQueue, createQueue } from '../queue/factory.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
 import type { PackedQueue } from '../queue/packed/queue.js';
 import { usedRingBytes } from '../queue/split/layout.js';
+import { TrackedSplitQueue } from '../queue/split/tracked.js';
 import {
   decodeHeader,
   decodeMessage,
@@ -1010,9 +1011,13 @@ export class VhostUserBackend {
     const f = this.negotiatedFeatures;
     // The queue is built and checked here in both modes: a ring the front-end got wrong is
     // refused to it, never found out on a worker.
-    const q = createQueue(packed ? 'packed' : 'split', this.device.queueMaxSizes[index]!, {
-      logger: this.logger,
-    });
+    let region = this.inflightRegion(index);
+    const max = this.device.queueMaxSizes[index]!;
+    // Only a tracked split queue pays for the inflight bookkeeping.
+    const q =
+      !packed && region !== null
+        ? new TrackedSplitQueue(max, { logger: this.logger })
+        : createQueue(packed ? 'packed' : 'split', max, { logger: this.logger });
     q.size = ring.num;
     q.descTableAddress = ring.desc;
     q.availRingAddress = ring.avail;
@@ -1022,7 +1027,6 @@ export class VhostUserBackend {
     q.ready = true;
     // Checks size, alignment and that each ring lies in one region (VIRTIO 1.2 §2.7, §2.8).
     q.initialize(memory);
-    let region = this.inflightRegion(index);
     if (q.format === 'split') {
       // The used index lives in guest memory and survives a stop of the back-end.
       q.nextUsed = q.usedRingIdxGet();
@@ -1079,7 +1083,7 @@ export class VhostUserBackend {
       this.device.activate(this.ctx);
     }
     this.queues[index] = q;
-    if (q.format === 'split' && region !== null) {
+    if (q instanceof TrackedSplitQueue && region !== null) {
       this.counters.resubmitted += applyInflight(q, region, index, this.logger);
     }
     // Buffers made available before the ring started are served now.

@@ -14,7 +14,7 @@
  * front-end can write, and a crash may leave any field half-updated.
  */
 import type { Logger } from '../queue/logger.js';
-import type { SplitQueueTracker } from '../queue/split/queue.js';
+import type { SplitQueueTracker } from '../queue/split/tracked.js';
 import type { SharedMapping } from './memory-table.js';
 
 const HEADER_BYTES = 16;

@@ -4,7 +4,7 @@
  */
 import type { AnyQueue } from '../queue/factory.js';
 import type { Logger } from '../queue/logger.js';
-import type { SplitQueue } from '../queue/split/queue.js';
+import type { TrackedSplitQueue } from '../queue/split/tracked.js';
 import type { SplitInflight } from './inflight.js';
 import type { VhostUserNative } from './native.js';
 
@@ -30,7 +30,7 @@ export function ringBase(q: AnyQueue): number {
  * the number of chains to serve again.
  */
 export function applyInflight(
-  q: SplitQueue,
+  q: TrackedSplitQueue,
   region: SplitInflight,
   index: number,
   logger: Logger,

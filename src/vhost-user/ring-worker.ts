@@ -8,6 +8,7 @@ import { GuestMemory } from '../memory/guest-memory.js';
 import { buildDevices } from '../node/device-factories.js';
 import { type AnyQueue, createQueue, queueFromState } from '../queue/factory.js';
 import { consoleLogger, type Logger, silentLogger } from '../queue/logger.js';
+import { TrackedSplitQueue } from '../queue/split/tracked.js';
 import { DirtyLog } from './dirty-log.js';
 import { SplitInflight } from './inflight.js';
 import { loadNative } from './native.js';
@@ -113,10 +114,16 @@ function serve(): void {
 function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
   stop();
   const memory = new GuestMemory(m.regions);
-  const queue = queueFromState(m.queue, memory, { logger });
-  if (queue.format === 'split' && m.inflight !== null) {
+  let queue: AnyQueue;
+  if (m.queue.format === 'split' && m.inflight !== null) {
+    // Only a tracked split queue pays for the inflight bookkeeping.
+    const tracked = new TrackedSplitQueue(m.queue.maxSize, { logger });
+    tracked.restore(m.queue, memory);
     const region = new SplitInflight(m.inflight.buffer, m.inflight.offset, m.inflight.descNum);
-    Atomics.add(control, C_RESUBMITTED, applyInflight(queue, region, index, logger));
+    Atomics.add(control, C_RESUBMITTED, applyInflight(tracked, region, index, logger));
+    queue = tracked;
+  } else {
+    queue = queueFromState(m.queue, memory, { logger });
   }
   const queues = device.queueMaxSizes.map((max, i) =>
     i === index ? queue : createQueue(queue.format, max, { logger }),

@@ -1,2 +1,3 @@
 export * from './layout.js';
-export { SplitQueue, type SplitQueueOptions, type SplitQueueTracker } from './queue.js';
+export { SplitQueue, type SplitQueueOptions } from './queue.js';
+export { type SplitQueueTracker, TrackedSplitQueue } from './tracked.js';

@@ -23,20 +23,6 @@ import {
   usedRingBytes,
 } from './layout.js';
 
-/**
- * Watches the chains a split queue hands out and completes: what a vhost-user back-end needs
- * to keep its inflight buffer ("Inflight I/O tracking") current. Each call comes after the
- * queue's own bookkeeping for the event.
- */
-export interface SplitQueueTracker {
-  /** Chain `head` was popped from the available ring (not called for redelivered chains). */
-  popped(head: number): void;
-  /** A used element was written for chain `id` (not yet published). */
-  used(id: number): void;
-  /** `used.idx` was published as `usedIdx`. */
-  published(usedIdx: number): void;
-}
-
 /** Options of a {@link SplitQueue}. */
 export interface SplitQueueOptions {
   /** Where to report a resynchronised available index (default: console). */
@@ -64,12 +50,6 @@ export class SplitQueue extends QueueBase implements Queue {
 
   /** How many times a wrapped available index was resynchronised. */
   resyncCount = 0;
-  /** Told of every pop, used element and publication (null: nobody listens). */
-  tracker: SplitQueueTracker | null = null;
-
-  /** Heads {@link redeliver} queued, handed out by the pops before the available ring. */
-  private redeliverHeads: readonly number[] = [];
-  private redeliverNext = 0;
 
   private _nextAvail = 0;
   private _nextUsed = 0;
@@ -294,7 +274,6 @@ export class SplitQueue extends QueueBase implements Queue {
    */
   pop(into?: DescriptorChain): DescriptorChain | null {
     this.requireActive();
-    if (this.redeliverNext < this.redeliverHeads.length) return this.popRedelivered(into);
     if (this.lenSanitized() === 0) return null;
     return this.popUnchecked(into);
   }
@@ -307,7 +286,6 @@ export class SplitQueue extends QueueBase implements Queue {
   popOrEnableNotification(into?: DescriptorChain): DescriptorChain | null {
     if (!this.usesNotifSuppression) return this.pop(into);
     this.requireActive();
-    if (this.redeliverNext < this.redeliverHeads.length) return this.popRedelivered(into);
     if (this.tryEnableNotification()) return null;
     return this.popUnchecked(into);
   }
@@ -316,41 +294,6 @@ export class SplitQueue extends QueueBase implements Queue {
     // The Atomics.load of avail.idx in lenSanitized() orders this read of the ring entry.
     const head = this.avail16[2 + (this._nextAvail & (this.qsize - 1))]!;
     this._nextAvail = (this._nextAvail + 1) & 0xffff;
-    const chain = into ?? new DescriptorChain(Math.min(this.qsize, 16));
-    this.parseChain(head, chain);
-    this.tracker?.popped(head);
-    return chain;
-  }
-
-  /**
-   * Makes the next pops return the chains at `heads`, in that order, before anything from the
-   * available ring: chains a previous incarnation of the device took from the ring (and
-   * counted in `nextAvail`) but never completed, as a restarted vhost-user back-end finds them
-   * in its inflight buffer. Each head must be a descriptor index of this active queue; they
-   * are parsed (and validated) only when popped.
-   */
-  redeliver(heads: readonly number[]): void {
-    this.requireActive();
-    for (const h of heads) {
-      if (!(Number.isInteger(h) && h >= 0 && h < this.qsize)) {
-        throw new RangeError(`redelivered head ${h} is outside a table of ${this.qsize}`);
-      }
-    }
-    this.redeliverHeads = [...heads];
-    this.redeliverNext = 0;
-  }
-
-  /** Chains queued by {@link redeliver} that were not popped yet. */
-  get redeliveryPending(): number {
-    return this.redeliverHeads.length - this.redeliverNext;
-  }
-
-  private popRedelivered(into: DescriptorChain | undefined): DescriptorChain {
-    const head = this.redeliverHeads[this.redeliverNext++]!;
-    if (this.redeliverNext === this.redeliverHeads.length) {
-      this.redeliverHeads = [];
-      this.redeliverNext = 0;
-    }
     const chain = into ?? new DescriptorChain(Math.min(this.qsize, 16));
     this.parseChain(head, chain);
     return chain;
@@ -424,7 +367,6 @@ export class SplitQueue extends QueueBase implements Queue {
     this.used32[w] = id;
     this.used32[w + 1] = len;
     this.usedRegion!.markDirty(this.usedAddr + 4 + 8 * slot, 8);
-    this.tracker?.used(id);
   }
 
   /** Counts `n` more used elements as written (they are published by {@link advanceUsedRingIdx}). */
@@ -438,7 +380,6 @@ export class SplitQueue extends QueueBase implements Queue {
     this.requireActive();
     Atomics.store(this.used16, 1, this._nextUsed);
     this.usedRegion!.markPageDirty(this.usedAddr + 2);
-    this.tracker?.published(this._nextUsed);
   }
 
   /** Adds a used element for chain `id` with `len` bytes written; publish with {@link advanceUsedRingIdx}. */
@@ -564,8 +505,6 @@ export class SplitQueue extends QueueBase implements Queue {
   /** Back to the state of a new queue (device reset, §2.4): inactive, size = maxSize, zeroes. */
   reset(): void {
     this.resetConfig();
-    this.redeliverHeads = [];
-    this.redeliverNext = 0;
     this._nextAvail = 0;
     this._nextUsed = 0;
     this._numAdded = 0;

@@ -1,0 +1,96 @@
+import type { DescriptorChain } from '../chain.js';
+import { SplitQueue, type SplitQueueOptions } from './queue.js';
+
+/**
+ * Watches the chains a split queue hands out and completes: what a vhost-user back-end needs
+ * to keep its inflight buffer ("Inflight I/O tracking") current. Each call comes after the
+ * queue's own bookkeeping for the event.
+ */
+export interface SplitQueueTracker {
+  /** Chain `head` was popped from the available ring (not called for redelivered chains). */
+  popped(head: number): void;
+  /** A used element was written for chain `id` (not yet published). */
+  used(id: number): void;
+  /** `used.idx` was published as `usedIdx`. */
+  published(usedIdx: number): void;
+}
+
+/**
+ * A {@link SplitQueue} that reports every pop, used element and publication to a
+ * {@link SplitQueueTracker}, and can hand out again chains a previous incarnation of the
+ * device took and never completed ({@link redeliver}). A subclass, so that queues nobody
+ * tracks keep the plain per-chain path.
+ */
+export class TrackedSplitQueue extends SplitQueue {
+  tracker: SplitQueueTracker | null = null;
+  /** Heads {@link redeliver} queued, handed out by the pops before the available ring. */
+  private redeliverHeads: readonly number[] = [];
+  private redeliverNext = 0;
+
+  constructor(maxSize: number, options: SplitQueueOptions = {}) {
+    super(maxSize, options);
+  }
+
+  /**
+   * Makes the next pops return the chains at `heads`, in that order, before anything from the
+   * available ring: chains counted in `nextAvail` but never completed, as a restarted
+   * vhost-user back-end finds them in its inflight buffer. Each head must be a descriptor index
+   * of this active queue; a chain is parsed (and validated) only when popped.
+   */
+  redeliver(heads: readonly number[]): void {
+    this.requireActive();
+    for (const h of heads) {
+      if (!(Number.isInteger(h) && h >= 0 && h < this.qsize)) {
+        throw new RangeError(`redelivered head ${h} is outside a table of ${this.qsize}`);
+      }
+    }
+    this.redeliverHeads = [...heads];
+    this.redeliverNext = 0;
+  }
+
+  /** Chains queued by {@link redeliver} that were not popped yet. */
+  get redeliveryPending(): number {
+    return this.redeliverHeads.length - this.redeliverNext;
+  }
+
+  override pop(into?: DescriptorChain): DescriptorChain | null {
+    if (this.redeliveryPending > 0) return this.popRedelivered(into);
+    const c = super.pop(into);
+    if (c !== null) this.tracker?.popped(c.head);
+    return c;
+  }
+
+  override popOrEnableNotification(into?: DescriptorChain): DescriptorChain | null {
+    // Without notification suppression the base class pops through pop(), tracked above.
+    if (!this.usesNotifSuppression) return this.pop(into);
+    if (this.redeliveryPending > 0) return this.popRedelivered(into);
+    const c = super.popOrEnableNotification(into);
+    if (c !== null) this.tracker?.popped(c.head);
+    return c;
+  }
+
+  override writeUsedElement(offset: number, id: number, len: number): void {
+    super.writeUsedElement(offset, id, len);
+    this.tracker?.used(id);
+  }
+
+  override advanceUsedRingIdx(): void {
+    super.advanceUsedRingIdx();
+    this.tracker?.published(this.nextUsed);
+  }
+
+  override reset(): void {
+    super.reset();
+    this.redeliverHeads = [];
+    this.redeliverNext = 0;
+  }
+
+  private popRedelivered(into: DescriptorChain | undefined): DescriptorChain {
+    const head = this.redeliverHeads[this.redeliverNext++]!;
+    if (this.redeliverNext === this.redeliverHeads.length) {
+      this.redeliverHeads = [];
+      this.redeliverNext = 0;
+    }
+    return this.chainAt(head, into);
+  }
+}
