@@ -690,12 +690,25 @@ export class VhostUserBackend {
       case 'SET_VRING_ADDR': {
         const a = msg.addr;
         const ring = this.ring(a.index);
-        if (ring.running) throw new RequestFailure('the ring is running');
         const user = { desc: a.descUserAddr, avail: a.availUserAddr, used: a.usedUserAddr };
-        this.translate(ring, user);
-        ring.userAddr = user;
+        const old = ring.userAddr;
+        const moved =
+          old === null ||
+          old.desc !== user.desc ||
+          old.avail !== user.avail ||
+          old.used !== user.used;
+        // QEMU sends SET_VRING_ADDR to running rings when migration starts and ends, to turn
+        // VHOST_VRING_F_LOG on and off: only the log fields change then. A running ring whose
+        // addresses really move is stopped and started again over the new ones.
+        const restart = moved && ring.running;
+        if (restart) this.stopRing(a.index);
+        if (moved) {
+          this.translate(ring, user);
+          ring.userAddr = user;
+        }
         ring.logUsed = (a.flags & VHOST_VRING_F_LOG) !== 0;
         ring.logGuestAddr = a.logGuestAddr;
+        if (restart) this.tryStart(a.index);
         return null;
       }
       case 'SET_VRING_BASE': {

@@ -47,8 +47,12 @@ export function splitInflightBytes(numQueues: number, queueSize: number): number
 
 /** What a ring resumes with: where to read the available ring next, and what to redo first. */
 export interface InflightResume {
-  /** The ring's next available index: `used.idx` plus the chains still in flight. */
-  readonly nextAvail: number;
+  /**
+   * The ring's next available index: `used.idx` plus the chains still in flight; null for a
+   * region never used, where the front-end's VRING_BASE stands (a new buffer after a device
+   * reset, or a destination of live migration, which QEMU gives a fresh one).
+   */
+  readonly nextAvail: number | null;
   /** Heads of the chains in flight, oldest first. */
   readonly heads: readonly number[];
 }
@@ -99,7 +103,7 @@ export class SplitInflight implements SplitQueueTracker {
       this.counter = 0;
       this.usedIdx = guestUsedIdx;
       this.lastBatchHead = 0;
-      return { nextAvail: guestUsedIdx, heads: [] };
+      return { nextAvail: null, heads: [] };
     }
 
     // A batch published to the guest whose entries were not all cleared: clear them now.

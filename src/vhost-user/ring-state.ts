@@ -41,6 +41,8 @@ export function applyInflight(
     );
   }
   const r = region.resume(q.activeSize, q.nextUsed, logger);
+  q.tracker = region;
+  if (r.nextAvail === null) return 0;
   if (r.nextAvail !== q.nextAvail || r.heads.length > 0) {
     logger.warn('vhost-user: ring resumes from its inflight buffer', {
       index,
@@ -51,7 +53,6 @@ export function applyInflight(
   }
   q.nextAvail = r.nextAvail;
   q.redeliver(r.heads);
-  q.tracker = region;
   return r.heads.length;
 }
 
