@@ -179,6 +179,11 @@ describe.runIf(nativeOk)('vhost-user LOG_SHMFD, INFLIGHT_SHMFD and ring restarts
 
     // Migration starts: LOG_ALL on a running device, then the log and its eventfd.
     expect(await fe.acked(R.SET_FEATURES, u64(features | LOG_ALL))).toBe(0n);
+    // QEMU also re-sends each running ring's addresses with VHOST_VRING_F_LOG: accepted.
+    const again = vringAddr(0, driver.layout.desc, driver.layout.avail, driver.layout.used);
+    new DataView(again.buffer).setUint32(4, 1, true);
+    new DataView(again.buffer).setBigUint64(32, BigInt(driver.layout.used), true);
+    expect(await fe.acked(R.SET_VRING_ADDR, again)).toBe(0n);
     // Changing device features while rings run is refused.
     expect(await fe.acked(R.SET_FEATURES, u64((features & ~VERSION_1) | LOG_ALL))).not.toBe(0n);
     const logBytes = 4096;
