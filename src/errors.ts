@@ -201,6 +201,31 @@ export class VhostUserError extends VirtqError {
   }
 }
 
+/**
+ * The host environment cannot share memory between threads: `SharedArrayBuffer` is missing.
+ * Browsers offer it only to cross-origin isolated pages (served with
+ * `Cross-Origin-Opener-Policy: same-origin` and `Cross-Origin-Embedder-Policy: require-corp`);
+ * every Node version has it. This is a problem of the embedding program, not of the guest, so
+ * it is not a {@link VirtqError}.
+ */
+export class SharedMemoryUnavailableError extends Error {
+  readonly code = 'SHARED_MEMORY_UNAVAILABLE' as const;
+
+  constructor(what: string) {
+    super(
+      `${what} needs SharedArrayBuffer, which this environment does not provide; in a browser ` +
+        'the page must be cross-origin isolated (serve it with the headers ' +
+        '"Cross-Origin-Opener-Policy: same-origin" and "Cross-Origin-Embedder-Policy: require-corp")',
+    );
+    this.name = 'SharedMemoryUnavailableError';
+  }
+}
+
+/** Throws {@link SharedMemoryUnavailableError} when `SharedArrayBuffer` is missing. */
+export function requireSharedArrayBuffer(what: string): void {
+  if (typeof SharedArrayBuffer === 'undefined') throw new SharedMemoryUnavailableError(what);
+}
+
 /** Formats a guest address for messages. */
 export function hex(n: number): string {
   return Number.isFinite(n) ? `0x${n.toString(16)}` : String(n);

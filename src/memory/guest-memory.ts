@@ -1,4 +1,4 @@
-import { GuestMemoryError } from '../errors.js';
+import { GuestMemoryError, requireSharedArrayBuffer } from '../errors.js';
 import { GuestRegion, isSharedArrayBuffer, type RegionSpec } from './region.js';
 
 /**
@@ -69,6 +69,7 @@ export class GuestMemory {
 
   /** A single region of `size` bytes at guest address `base`, over a fresh buffer. */
   static create(size: number, options: { base?: number; shared?: boolean } = {}): GuestMemory {
+    if (options.shared) requireSharedArrayBuffer('GuestMemory.create({ shared: true })');
     const buffer = options.shared ? new SharedArrayBuffer(size) : new ArrayBuffer(size);
     return new GuestMemory([{ base: options.base ?? 0, length: size, buffer }]);
   }
