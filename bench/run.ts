@@ -126,9 +126,17 @@ async function main(): Promise<void> {
     return;
   }
 
-  const filter = filters[0] ?? '';
-  const selected = all.filter((c) => c.name.includes(filter));
-  if (selected.length === 0) throw new Error(`no benchmark case name contains "${filter}"`);
+  // Case names are lower case (`w1/l=4`) while output lines name workloads as BENCH.md does
+  // (`W1`): the filter ignores case so that either spelling selects.
+  const filter = (filters[0] ?? '').toLowerCase();
+  const selected = all.filter((c) => c.name.toLowerCase().includes(filter));
+  if (selected.length === 0) {
+    console.error(
+      `bench: no benchmark case name contains "${filters[0]}". Cases:\n  ${all.map((c) => c.name).join('\n  ')}`,
+    );
+    process.exitCode = 1;
+    return;
+  }
   for (const line of header()) console.log(line);
   for (const c of selected) {
     if (sameProcess) await runHere(c, ctx);

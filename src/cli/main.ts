@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { accessSync, constants, statSync } from 'node:fs';
+import { accessSync, constants, realpathSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { SingleBar } from 'cli-progress';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { VhostUserBackend } from '../vhost-user/backend.js';
@@ -32,11 +33,17 @@ export function intIn(min: number, max: number, what: string): (v: string) => nu
 /** A commander parser for a number of seconds in (0, max]. */
 function seconds(max: number, what: string): (v: string) => number {
   return (v) => {
-    if (!/^\d+(\.\d+)?$/.test(v.trim()))
-      throw new InvalidArgumentError(`${what} must be a number of seconds.`);
-    const n = Number(v);
-    if (!(n > 0) || n > max)
-      throw new InvalidArgumentError(`${what} must be more than 0 and at most ${max}.`);
+    const n = v.trim() === '' ? Number.NaN : Number(v);
+    if (!Number.isFinite(n)) {
+      throw new InvalidArgumentError(
+        `${what} must be a number of seconds (got ${JSON.stringify(v)}).`,
+      );
+    }
+    if (!(n > 0) || n > max) {
+      throw new InvalidArgumentError(
+        `${what} must be more than 0 and at most ${max} seconds (got ${v}).`,
+      );
+    }
     return n;
   };
 }
@@ -77,15 +84,25 @@ function oneOrBoth<T extends string>(choices: readonly [T, T], what: string): (v
   };
 }
 
+/** The demo's block workload moves 4 KiB blocks: a smaller image has nothing to drive. */
+const DEMO_MIN_IMAGE_BYTES = 4096;
+
 function readableFile(v: string): string {
+  let size: number;
   try {
-    if (!statSync(v).isFile())
-      throw new InvalidArgumentError(`--disk-image ${v} is not a regular file.`);
+    const st = statSync(v);
+    if (!st.isFile()) throw new InvalidArgumentError(`--disk-image ${v} is not a regular file.`);
     accessSync(v, constants.R_OK);
+    size = st.size;
   } catch (e) {
     if (e instanceof InvalidArgumentError) throw e;
     throw new InvalidArgumentError(
       `--disk-image ${v} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
+    );
+  }
+  if (size < DEMO_MIN_IMAGE_BYTES) {
+    throw new InvalidArgumentError(
+      `--disk-image ${v} is ${size} bytes; the demo reads and writes 4 KiB blocks, so it needs at least ${DEMO_MIN_IMAGE_BYTES} bytes.`,
     );
   }
   return v;
@@ -268,7 +285,29 @@ interface VhostUserBlkOptions {
   asyncIo: boolean;
 }
 
+/** Bytes of one virtio-blk sector: capacity is counted in these whatever the block size. */
+const SECTOR = 512;
+
 function vhostUserBlk(opts: VhostUserBlkOptions): void {
+  if (opts.asyncIo && !opts.ringThreads) {
+    throw new InvalidArgumentError(
+      '--async-io needs ring threads (they wait for transfers under way before a ring stops); it cannot be combined with --no-ring-threads.',
+    );
+  }
+  const size = statSync(opts.blkFile).size;
+  if (size < opts.blockSize) {
+    throw new InvalidArgumentError(
+      `--blk-file ${opts.blkFile} is ${size} bytes, less than one ${opts.blockSize}-byte block: there is nothing to serve (make it larger, e.g. truncate -s 1G ${opts.blkFile}).`,
+    );
+  }
+  const tail = size % opts.blockSize;
+  if (tail !== 0) {
+    // The device's capacity counts whole 512-byte sectors, and a guest addresses whole logical
+    // blocks: the bytes past the last whole block are never read or written.
+    console.error(
+      `virtq vhost-user-blk: note: ${opts.blkFile} is ${size} bytes, not a whole number of ${opts.blockSize}-byte blocks; the guest sees ${Math.floor(size / opts.blockSize) * opts.blockSize} bytes (${Math.floor(size / opts.blockSize) * (opts.blockSize / SECTOR)} sectors) and never reads or writes the last ${tail}.`,
+    );
+  }
   const blk: BlkDeviceOptions = {
     file: opts.blkFile,
     readOnly: opts.readOnly,
@@ -309,10 +348,8 @@ function vhostUserBlk(opts: VhostUserBlkOptions): void {
   try {
     backend.listen(opts.socketPath);
   } catch (e) {
-    console.error(
-      `virtq vhost-user-blk: cannot listen on ${opts.socketPath}: ${(e as Error).message}`,
-    );
-    process.exit(1);
+    backend.close();
+    throw new InvalidArgumentError(`cannot listen on ${opts.socketPath}: ${(e as Error).message}`);
   }
   console.error(
     `virtq vhost-user-blk: serving ${opts.blkFile} (${device.backend.size} bytes${opts.readOnly ? ', read-only' : ''}, ${opts.numQueues} queue${opts.numQueues > 1 ? 's' : ''}${opts.ringThreads ? ', one thread each' : ''}) on ${opts.socketPath}`,
@@ -406,14 +443,29 @@ function queueDemo(opts: QueueDemoOptions): void {
   for (const [k, v] of rows) console.log(`  ${k.padEnd(w)}  ${v}`);
 }
 
-const isMain =
-  process.argv[1] !== undefined &&
-  import.meta.url.endsWith(process.argv[1].replace(/.*\/(dist|src)\//, '/$1/'));
-if (isMain) {
-  buildProgram()
-    .parseAsync(process.argv)
-    .catch((e: unknown) => {
-      console.error(`virtq: ${e instanceof Error ? e.message : String(e)}`);
-      process.exitCode = 1;
-    });
+/**
+ * Runs the command line with `argv` (as in `process.argv`) and sets `process.exitCode`. The
+ * package's bin entry (bin/virtq.js) calls this, so the program runs however it is started:
+ * through npm's bin symlink, `npx`, or `node dist/cli/main.js`.
+ */
+export async function main(argv: readonly string[] = process.argv): Promise<void> {
+  try {
+    await buildProgram().parseAsync([...argv]);
+  } catch (e) {
+    console.error(`virtq: ${e instanceof Error ? e.message : String(e)}`);
+    process.exitCode = 1;
+  }
 }
+
+/** True when this module is the program Node was started with (symlinks resolved). */
+function startedDirectly(): boolean {
+  const script = process.argv[1];
+  if (script === undefined) return false;
+  try {
+    return realpathSync(script) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (startedDirectly()) await main();

@@ -345,10 +345,34 @@ export class VhostUserBackend {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
-    if (stale) unlinkSync(path);
+    if (stale) {
+      // A socket file is left behind by a back-end that died, but it may also belong to one
+      // that is running: taking it over would silently cut that one off from its front-ends.
+      if (this.socketAnswers(path)) {
+        throw new Error(
+          `${path}: another back-end is listening on this socket; stop it first or choose another path`,
+        );
+      }
+      unlinkSync(path);
+    }
     this.listenFd = this.native.listen(path, 1);
     this.socketPath = path;
     if (this.conn === null) this.watchListener();
+  }
+
+  /**
+   * True when something accepts connections on the socket file `path` (a connect that succeeds,
+   * or finds the listener's backlog full); false when the file is a leftover nobody listens on.
+   */
+  private socketAnswers(path: string): boolean {
+    let fd: number;
+    try {
+      fd = this.native.connect(path);
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code === 'EAGAIN';
+    }
+    this.native.close(fd);
+    return true;
   }
 
   /** Serves a socket that is already connected to a front-end (e.g. one end of a socketpair). */

@@ -1,13 +1,19 @@
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { runQueueDemo } from '../../src/cli/queue-demo.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
-const cli = join(root, 'dist/cli/main.js');
+// Started the way npm starts it: through a symlink to the package's bin entry (as in
+// node_modules/.bin/virtq). test/cli/packed.test.ts runs the installed tarball itself.
+const cli = join(mkdtempSync(join(tmpdir(), 'virtq-cli-bin-')), 'virtq');
+symlinkSync(join(root, 'bin/virtq.js'), cli);
+const smallImage = join(dirname(cli), 'small.img');
+writeFileSync(smallImage, new Uint8Array(1000));
 
 function virtq(...args: string[]) {
   return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 60_000 });
@@ -162,10 +168,18 @@ describe('virtq demo', () => {
     [['demo', '--duration', 'soon'], /--duration must be a number of seconds/],
     [['demo', '--duration', '0'], /--duration must be more than 0/],
     [
+      ['demo', '--duration', '-1'],
+      /--duration must be more than 0 and at most 3600 seconds \(got -1\)/,
+    ],
+    [
       ['demo', '--disk-image', '/nonexistent/virtq.img'],
       /--disk-image \/nonexistent\/virtq.img cannot be read \(ENOENT\)/,
     ],
     [['demo', '--disk-image', '/'], /--disk-image \/ is not a regular file/],
+    [
+      ['demo', '--disk-image', smallImage],
+      /--disk-image .*small.img is 1000 bytes; the demo reads and writes 4 KiB blocks, so it needs at least 4096 bytes/,
+    ],
     [['demo', '--chains', '5'], /unknown option '--chains'/],
   ])('rejects %j with a clear message and status 1', (args, message) => {
     const r = virtq(...args);
@@ -195,6 +209,10 @@ describe('virtq vhost-user-blk', () => {
   const dir = mkdtempSync(join(tmpdir(), 'virtq-cli-vub-'));
   const image = join(dir, 'disk.img');
   writeFileSync(image, new Uint8Array(1 << 20));
+  const empty = join(dir, 'empty.img');
+  writeFileSync(empty, new Uint8Array(0));
+  const tiny = join(dir, 'tiny.img');
+  writeFileSync(tiny, new Uint8Array(1000));
   const notSocket = join(dir, 'not-a-socket');
   writeFileSync(notSocket, 'x');
 
@@ -211,6 +229,18 @@ describe('virtq vhost-user-blk', () => {
       ['--socket-path', notSocket],
       /cannot listen on .*not-a-socket: .* exists and is not a socket/,
     ],
+    [
+      ['--blk-file', empty],
+      /empty.img is 0 bytes, less than one 512-byte block: there is nothing to serve/,
+    ],
+    [
+      ['--blk-file', image, '--block-size', '4096', '--blk-file', tiny],
+      /tiny.img is 1000 bytes, less than one 4096-byte block/,
+    ],
+    [
+      ['--async-io', '--no-ring-threads'],
+      /--async-io needs ring threads .* cannot be combined with --no-ring-threads/,
+    ],
   ])('rejects %j with a clear message and status 1', (extra, message) => {
     const base = ['vhost-user-blk', '--socket-path', join(dir, 'vub.sock'), '--blk-file', image];
     // Later occurrences of an option override earlier ones.
@@ -219,6 +249,46 @@ describe('virtq vhost-user-blk', () => {
     expect(r.stderr).toMatch(message);
     expect(r.stdout).toBe('');
   });
+
+  it('says what happens to a tail that is not a whole block, refuses a socket a live back-end answers on, and stops on SIGINT', async () => {
+    const odd = join(dir, 'odd.img');
+    writeFileSync(odd, new Uint8Array(10 * 1024 + 100));
+    const sock = join(dir, 'live.sock');
+    const first = spawn(
+      process.execPath,
+      [cli, 'vhost-user-blk', '--socket-path', sock, '--blk-file', odd],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let err = '';
+    first.stderr.setEncoding('utf8').on('data', (d: string) => {
+      err += d;
+    });
+    const exited = new Promise<number | null>((resolve) =>
+      first.on('exit', (code) => resolve(code)),
+    );
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!err.includes('serving') && Date.now() < deadline) await delay(50);
+      expect(err).toContain(
+        'odd.img is 10340 bytes, not a whole number of 512-byte blocks; the guest sees 10240 bytes (20 sectors) and never reads or writes the last 100.',
+      );
+      expect(err).toMatch(/serving .*odd.img \(10340 bytes, 1 queue, one thread each\)/);
+
+      const second = virtq('vhost-user-blk', '--socket-path', sock, '--blk-file', image);
+      expect(second.status).toBe(1);
+      expect(second.stderr).toMatch(
+        /cannot listen on .*live.sock: .*another back-end is listening on this socket/,
+      );
+      expect(existsSync(sock)).toBe(true); // the first back-end's socket was left alone
+    } finally {
+      first.kill('SIGINT');
+    }
+    expect(await exited).toBe(0);
+    expect(err).toMatch(/stopping; \{"connections":/);
+    expect(existsSync(sock)).toBe(false);
+  }, 60_000);
 
   it('--help lists every option', () => {
     const d = virtq('vhost-user-blk', '--help');
