@@ -2,7 +2,7 @@
  * virtq as a user gets it: the packed tarball installed into a fresh project with no compiler
  * on PATH, the `virtq` command run through `npx`, and every command line the README shows.
  */
-import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
