@@ -295,17 +295,23 @@ function vhostUserBlk(opts: VhostUserBlkOptions): void {
     );
   }
   const size = statSync(opts.blkFile).size;
-  if (size < opts.blockSize) {
+  // FileBackend serves the file padded with zeroes to a whole sector (a write there lengthens
+  // the file); a guest addresses whole logical blocks of the disk that makes.
+  const disk = Math.ceil(size / SECTOR) * SECTOR;
+  if (size === 0 || disk < opts.blockSize) {
     throw new InvalidArgumentError(
       `--blk-file ${opts.blkFile} is ${size} bytes, less than one ${opts.blockSize}-byte block: there is nothing to serve (make it larger, e.g. truncate -s 1G ${opts.blkFile}).`,
     );
   }
-  const tail = size % opts.blockSize;
-  if (tail !== 0) {
-    // The device's capacity counts whole 512-byte sectors, and a guest addresses whole logical
-    // blocks: the bytes past the last whole block are never read or written.
+  if (disk !== size) {
     console.error(
-      `virtq vhost-user-blk: note: ${opts.blkFile} is ${size} bytes, not a whole number of ${opts.blockSize}-byte blocks; the guest sees ${Math.floor(size / opts.blockSize) * opts.blockSize} bytes (${Math.floor(size / opts.blockSize) * (opts.blockSize / SECTOR)} sectors) and never reads or writes the last ${tail}.`,
+      `virtq vhost-user-blk: note: ${opts.blkFile} is ${size} bytes, not a whole number of ${SECTOR}-byte sectors; the guest sees ${disk / SECTOR} sectors (${disk} bytes): the last sector's missing ${disk - size} bytes read as zeroes, and a write there makes the file ${disk} bytes long.`,
+    );
+  }
+  const reach = Math.floor(disk / opts.blockSize) * opts.blockSize;
+  if (reach !== disk) {
+    console.error(
+      `virtq vhost-user-blk: note: with ${opts.blockSize}-byte blocks the guest uses whole blocks only (${reach} bytes); the last ${disk - reach} bytes of the disk are out of its reach.`,
     );
   }
   const blk: BlkDeviceOptions = {

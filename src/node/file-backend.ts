@@ -19,6 +19,13 @@ export interface FileBackendOptions {
 /** Releases [offset, offset + length) of the file `fd`; afterwards it reads as zeroes. */
 export type PunchHole = (fd: number, offset: number, length: number) => void;
 
+/** The unit of a virtio-blk disk's capacity. */
+const SECTOR = 512;
+
+function roundUpToSector(bytes: number): number {
+  return Math.ceil(bytes / SECTOR) * SECTOR;
+}
+
 /** Size of the zero buffer write-zeroes writes from (allocated once per backend). */
 const ZERO_CHUNK = 64 * 1024;
 
@@ -38,6 +45,11 @@ const ZERO_CHUNK = 64 * 1024;
  * instead, so a discard never fails for that reason. Write-zeroes writes zero bytes, or, with
  * `unmap` and `punchHole`, releases the range (`write_zeroes_may_unmap` is then 1).
  *
+ * A file whose length is not a whole number of 512-byte sectors is served as the disk it starts:
+ * {@link size} is rounded up to the next sector, the missing bytes of the last sector read as
+ * zeroes, and a write there makes the file longer (as qemu-storage-daemon and QEMU's own
+ * virtio-blk do), so no byte of the file is out of the guest's reach.
+ *
  * The size is taken when the file is opened; after the file grows or shrinks, call
  * {@link refreshSize} and then the device's `updateCapacity()`. Every failing call throws the
  * `fs` error, which the device reports to the driver as VIRTIO_BLK_S_IOERR.
@@ -50,7 +62,10 @@ export class FileBackend implements BlockBackend {
   readonly writeZeroesMayUnmap: boolean;
   private readonly punchHole: PunchHole | null;
   private fdOrNull: number | null;
+  /** The disk's size: the file's, rounded up to a whole sector. */
   private bytes: number;
+  /** The file's own length, as far as this backend knows (it grows with writes past it). */
+  private fileBytes: number;
   private zeroes: Uint8Array | null = null;
 
   /** Wraps an open descriptor (closed by {@link close}); `size` defaults to the file's size. */
@@ -64,7 +79,8 @@ export class FileBackend implements BlockBackend {
     this.punchHole = this.readOnly ? null : (options.punchHole ?? null);
     this.supportsDiscard = this.punchHole !== null;
     this.writeZeroesMayUnmap = this.punchHole !== null;
-    this.bytes = options.size ?? fs.fstatSync(fd).size;
+    this.fileBytes = options.size ?? fs.fstatSync(fd).size;
+    this.bytes = roundUpToSector(this.fileBytes);
   }
 
   /** Opens (optionally creating and sizing) the image at `path`. */
@@ -102,7 +118,8 @@ export class FileBackend implements BlockBackend {
 
   /** Re-reads the file's size (after it was resized from outside). */
   refreshSize(): number {
-    this.bytes = fs.fstatSync(this.fd).size;
+    this.fileBytes = fs.fstatSync(this.fd).size;
+    this.bytes = roundUpToSector(this.fileBytes);
     return this.bytes;
   }
 
@@ -111,8 +128,16 @@ export class FileBackend implements BlockBackend {
     let done = 0;
     while (done < length) {
       const n = fs.readSync(fd, dst, dstOffset + done, length - done, offset + done);
-      // A file shorter than the capacity the driver was told about: report, do not invent data.
-      if (n === 0) throw new Error(`short read at byte ${offset + done} of the image`);
+      if (n === 0) {
+        const at = offset + done;
+        // The padding of a last sector the file does not fill reads as zeroes; anything else
+        // means the file shrank under the device: report it, do not invent data.
+        if (at < this.fileBytes || offset + length > this.bytes) {
+          throw new Error(`short read at byte ${at} of the image`);
+        }
+        dst.fill(0, dstOffset + done, dstOffset + length);
+        return;
+      }
       done += n;
     }
   }
@@ -124,6 +149,12 @@ export class FileBackend implements BlockBackend {
     while (done < length) {
       done += fs.writeSync(fd, src, srcOffset + done, length - done, offset + done);
     }
+    this.wrote(offset + length);
+  }
+
+  /** A write ending at `end` may have made the file longer (the last sector's padding). */
+  private wrote(end: number): void {
+    if (end > this.fileBytes) this.fileBytes = end;
   }
 
   /**
@@ -140,6 +171,7 @@ export class FileBackend implements BlockBackend {
     if (this.readOnly) throw new Error('file backend is read-only');
     const n = fs.writevSync(this.fd, buffers as Uint8Array[], offset);
     this.finishVector(offset, buffers, n, false);
+    this.wrote(offset + n);
   }
 
   /**
@@ -181,6 +213,7 @@ export class FileBackend implements BlockBackend {
     }
     try {
       this.finishVector(offset, buffers, n, read);
+      if (!read) this.wrote(offset + n);
     } catch (e) {
       done(e as Error);
       return;

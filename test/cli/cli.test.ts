@@ -234,8 +234,8 @@ describe('virtq vhost-user-blk', () => {
       /empty.img is 0 bytes, less than one 512-byte block: there is nothing to serve/,
     ],
     [
-      ['--blk-file', image, '--block-size', '4096', '--blk-file', tiny],
-      /tiny.img is 1000 bytes, less than one 4096-byte block/,
+      ['--blk-file', image, '--block-size', '2048', '--blk-file', tiny],
+      /tiny.img is 1000 bytes, less than one 2048-byte block/,
     ],
     [
       ['--async-io', '--no-ring-threads'],
@@ -272,9 +272,9 @@ describe('virtq vhost-user-blk', () => {
       const deadline = Date.now() + 30_000;
       while (!err.includes('serving') && Date.now() < deadline) await delay(50);
       expect(err).toContain(
-        'odd.img is 10340 bytes, not a whole number of 512-byte blocks; the guest sees 10240 bytes (20 sectors) and never reads or writes the last 100.',
+        "odd.img is 10340 bytes, not a whole number of 512-byte sectors; the guest sees 21 sectors (10752 bytes): the last sector's missing 412 bytes read as zeroes, and a write there makes the file 10752 bytes long.",
       );
-      expect(err).toMatch(/serving .*odd.img \(10340 bytes, 1 queue, one thread each\)/);
+      expect(err).toMatch(/serving .*odd.img \(10752 bytes, 1 queue, one thread each\)/);
 
       const second = virtq('vhost-user-blk', '--socket-path', sock, '--blk-file', image);
       expect(second.status).toBe(1);

@@ -828,7 +828,8 @@ describe('virtio-blk: FileBackend', () => {
     const f = r.blk.init(ALL_BLK);
     expect(f & F(VIRTIO_BLK_F_DISCARD)).toBe(0n);
     expect(f & F(VIRTIO_BLK_F_FLUSH)).not.toBe(0n);
-    expect(r.blk.config?.capacity).toBe(SECTORS);
+    // DISK + 100 bytes: the partial last sector counts (see the next test).
+    expect(r.blk.config?.capacity).toBe(SECTORS + 1);
     expect(r.blk.config?.writeZeroes?.mayUnmap).toBe(false);
     const data = pattern(8192, 3);
     await r.blk.write(10, data);
@@ -848,6 +849,36 @@ describe('virtio-blk: FileBackend', () => {
     expect((await r.blk.submit({ type: 'in', sector: 0, sectors: 1 })).status).toBe(
       VIRTIO_BLK_S_IOERR,
     );
+  });
+
+  it('serves a file that is not a whole number of sectors as qemu-storage-daemon does: the last sector padded with zeroes, and a write there lengthens the file', async () => {
+    const file = tmp();
+    const tail = pattern(100, 7);
+    fs.writeFileSync(file, Buffer.concat([Buffer.alloc(DISK), Buffer.from(tail)]));
+    const backend = FileBackend.open(file);
+    expect(backend.size).toBe(DISK + 512);
+    const r = blockRig({ backend, memoryBytes: 2 << 20 });
+    r.blk.init(ALL_BLK);
+    expect(r.blk.config?.capacity).toBe(SECTORS + 1);
+    // Two sectors across the end of the file: whole data, then the tail, then zeroes.
+    const before = await r.blk.read(SECTORS - 1, 2);
+    expect(before.subarray(512, 612)).toEqual(tail);
+    expect(before.subarray(612)).toEqual(new Uint8Array(412));
+    expect(fs.statSync(file).size).toBe(DISK + 100); // reading does not change the file
+    // Past the padded sector is past the capacity: IOERR, as for any disk.
+    expect((await r.blk.submit({ type: 'in', sector: SECTORS + 1, sectors: 1 })).status).toBe(
+      VIRTIO_BLK_S_IOERR,
+    );
+    const last = pattern(512, 11);
+    await r.blk.write(SECTORS, last);
+    expect(fs.statSync(file).size).toBe(DISK + 512);
+    expect(await r.blk.read(SECTORS, 1)).toEqual(last);
+    // The file shrinking under the device is an I/O error, not zeroes.
+    fs.truncateSync(file, DISK - 4096);
+    expect((await r.blk.submit({ type: 'in', sector: SECTORS - 2, sectors: 1 })).status).toBe(
+      VIRTIO_BLK_S_IOERR,
+    );
+    backend.close();
   });
 
   it('moves a request scattered over guest memory with one preadv / pwritev', () => {
