@@ -83,23 +83,33 @@ export function userEnv(): NodeJS.ProcessEnv {
  * compile during install would fail visibly.
  */
 export function bareEnv(): NodeJS.ProcessEnv {
-  const tools = mkdtempSync(join(tmpdir(), 'virtq-path-'));
-  symlinkSync(process.execPath, join(tools, 'node'));
-  symlinkSync('/bin/sh', join(tools, 'sh'));
-  const npmCli = realpathSync(
-    execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim(),
-  );
-  const npxCli = join(dirname(npmCli), 'npx-cli.js');
-  writeFileSync(join(tools, 'npm'), `#!/bin/sh\nexec "${process.execPath}" "${npmCli}" "$@"\n`, {
-    mode: 0o755,
-  });
-  writeFileSync(join(tools, 'npx'), `#!/bin/sh\nexec "${process.execPath}" "${npxCli}" "$@"\n`, {
-    mode: 0o755,
-  });
+  tools ??= bareTools();
   const env: NodeJS.ProcessEnv = {};
   for (const k of ['HOME', 'TMPDIR', 'LANG', 'USER', 'npm_config_cache']) {
     if (process.env[k] !== undefined) env[k] = process.env[k];
   }
   env.PATH = tools;
   return env;
+}
+
+let tools: string | undefined;
+
+/** A folder holding node, npm, npx and sh, and nothing else. */
+function bareTools(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'virtq-path-'));
+  symlinkSync(process.execPath, join(dir, 'node'));
+  symlinkSync('/bin/sh', join(dir, 'sh'));
+  const npmCli = realpathSync(
+    execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim(),
+  );
+  const npxCli = join(dirname(npmCli), 'npx-cli.js');
+  for (const [name, cli] of [
+    ['npm', npmCli],
+    ['npx', npxCli],
+  ] as const) {
+    writeFileSync(join(dir, name), `#!/bin/sh\nexec "${process.execPath}" "${cli}" "$@"\n`, {
+      mode: 0o755,
+    });
+  }
+  return dir;
 }
