@@ -104,7 +104,14 @@ interface Config {
   readonly blockSize?: number;
   /** `--async-io`: large transfers on the thread pool. */
   readonly asyncIo?: boolean;
+  /** Bytes past the last whole sector of the image (served padded to a whole sector). */
+  readonly imageTail?: number;
 }
+
+/** The image's length in bytes, as created on the host. */
+const imageBytes = (c: Config): number => IMAGE_BYTES + (c.imageTail ?? 0);
+/** The disk the guest sees: the image rounded up to a whole sector. */
+const diskSectors = (c: Config): number => Math.ceil(imageBytes(c) / 512);
 
 const CONFIGS: readonly Config[] = [
   { name: 'pci (MSI-X), split ring', machine: 'pc', packed: false, numQueues: 1, readOnly: false },
@@ -152,6 +159,15 @@ const CONFIGS: readonly Config[] = [
     numQueues: 1,
     readOnly: false,
     blockSize: 4096,
+  },
+  {
+    // As qemu-storage-daemon serves it: 49153 sectors, the last one half padding.
+    name: 'pci (MSI-X), split ring, image not a whole number of sectors',
+    machine: 'pc',
+    packed: false,
+    numQueues: 1,
+    readOnly: false,
+    imageTail: 100,
   },
   {
     name: 'pci (MSI-X), split ring, read-only',
@@ -261,6 +277,15 @@ function guestScript(c: Config): string {
         `${on(reader)}dd if=/dev/vda of=/tmp/back bs=${BS} skip=${blocks(PATTERN_AT) + from} seek=${from} count=${blocks(part)} iflag=direct conv=notrunc 2>/tmp/err || { fact read_rc $?; cat /tmp/err; }`,
       );
     });
+    if (c.imageTail !== undefined) {
+      // The last sector, padding included: written from the pattern, then read back.
+      lines.push(
+        'head -c 512 /tmp/pattern > /tmp/p512',
+        `dd if=/tmp/p512 of=/dev/vda bs=512 seek=${diskSectors(c) - 1} count=1 oflag=direct conv=fsync 2>/dev/null; fact tail_write_rc $?`,
+        `dd if=/dev/vda of=/tmp/tail bs=512 skip=${diskSectors(c) - 1} count=1 iflag=direct 2>/dev/null; fact tail_read_rc $?`,
+        'cmp -s /tmp/p512 /tmp/tail; fact tail_readback_cmp $?',
+      );
+    }
     lines.push(
       'cmp -s /tmp/pattern /tmp/back; fact readback_cmp $?',
       // The same bytes again in large requests (hundreds of KiB each: the --async-io path).
@@ -330,6 +355,8 @@ const EXPECTED_BACKEND_LINES = [
   // microvm: QEMU's virtio-mmio transport lets Linux pick a 1024-entry ring while QEMU sizes
   // the inflight buffer by the device's queue-size (128); the ring is served untracked.
   /^virtq: vhost-user: ring larger than its inflight region; served untracked .*size: 1024, descNum: 128 \}$/,
+  // An image that is not a whole number of sectors is padded, and says so.
+  /^virtq vhost-user-blk: note: .* is \d+ bytes, not a whole number of 512-byte sectors; the guest sees \d+ sectors .*$/,
   STOP_LINE,
 ];
 
@@ -374,7 +401,7 @@ let backendCmd: { args: string[]; what: string } = { args: [], what: '' };
 async function runConfig(c: Config, index: number): Promise<Run> {
   const image = path.join(workDir, `disk-${index}.raw`);
   const socket = path.join(workDir, `vub-${index}.sock`);
-  await createRawImage(image, IMAGE_BYTES);
+  await createRawImage(image, imageBytes(c));
   if (c.readOnly) {
     const fh = await fs.open(image, 'r+');
     try {
@@ -505,11 +532,11 @@ function judge(c: Config, r: Run): string[] {
   const adv = r.advertised;
   // Capacity, read-only flag and block sizes, as the guest's block layer sees them.
   check(
-    'capacity advertised (sectors) = image bytes / 512',
+    'capacity advertised (sectors) = image bytes / 512, rounded up',
     adv.capacitySectors,
-    IMAGE_BYTES / 512,
+    diskSectors(c),
   );
-  check('/sys/block/vda/size', f.get('size'), String(IMAGE_BYTES / 512));
+  check('/sys/block/vda/size', f.get('size'), String(diskSectors(c)));
   check('/sys/block/vda/ro', f.get('ro'), c.readOnly ? '1' : '0');
   check('logical_block_size', f.get('logical_block_size'), String(adv.blkSize));
   check(
@@ -568,7 +595,24 @@ function judge(c: Config, r: Run): string[] {
   // Data.
   const expected = pattern();
   const at = (off: number, len: number) => r.image.subarray(off, off + len);
-  check('image size unchanged', r.image.length, IMAGE_BYTES);
+  if (c.imageTail === undefined) {
+    check('image size unchanged', r.image.length, IMAGE_BYTES);
+  } else {
+    // Writing the padded last sector made the file a whole number of sectors long.
+    check('guest write of the last sector status', f.get('tail_write_rc'), '0');
+    check('guest read of the last sector status', f.get('tail_read_rc'), '0');
+    check(
+      'guest readback of the last sector equals what it wrote',
+      f.get('tail_readback_cmp'),
+      '0',
+    );
+    check('image grew to whole sectors', r.image.length, diskSectors(c) * 512);
+    checkThat(
+      'image: the last sector holds what the guest wrote',
+      r.image.subarray(r.image.length - 512).equals(expected.subarray(0, 512)),
+      'differs',
+    );
+  }
   check('guest read of the pattern (dd iflag=direct) status', f.get('read_rc'), '0');
   check('guest readback equals the pattern (cmp)', f.get('readback_cmp'), '0');
   const zeroes = Buffer.alloc(Math.max(ZEROES_BYTES, DISCARD_BYTES));
@@ -665,11 +709,12 @@ function judge(c: Config, r: Run): string[] {
       'differs',
     );
   }
-  // Nothing outside the pattern was touched.
+  // Nothing outside the pattern (and the padded last sector the guest wrote) was touched.
+  const end = c.imageTail === undefined ? r.image.length : r.image.length - 512;
   checkThat(
     'image: zero outside the pattern',
     r.image.subarray(0, PATTERN_AT).every((x) => x === 0) &&
-      r.image.subarray(PATTERN_AT + PATTERN_BYTES).every((x) => x === 0),
+      r.image.subarray(PATTERN_AT + PATTERN_BYTES, end).every((x) => x === 0),
     'non-zero bytes outside [1 MiB, 2 MiB)',
   );
   return failures;
