@@ -52,7 +52,12 @@ import {
   VhostUserRequest,
 } from './codec.js';
 import { DirtyLog } from './dirty-log.js';
-import { InflightBuffer, type SplitInflight, splitInflightBytes } from './inflight.js';
+import {
+  InflightBuffer,
+  recordedDescNum,
+  type SplitInflight,
+  splitInflightBytes,
+} from './inflight.js';
 import { MemoryTable, MemoryTableError, mapShared } from './memory-table.js';
 import { type FdWatcher, loadNative, type VhostUserNative } from './native.js';
 import { applyInflight, PACKED_WRAP_BIT, ringBase, signalError } from './ring-state.js';
@@ -867,12 +872,20 @@ export class VhostUserBackend {
       case 'SET_INFLIGHT_FD': {
         const i = msg.inflight;
         this.checkInflightShape(i.numQueues, i.queueSize);
-        const need = splitInflightBytes(i.numQueues, i.queueSize);
-        if (i.mmapSize < need) {
-          throw new RequestFailure(`inflight buffer of ${i.mmapSize} bytes; ${need} needed`);
+        const least = splitInflightBytes(i.numQueues, i.queueSize);
+        if (i.mmapSize > MAX_INFLIGHT_BYTES) throw new RequestFailure('inflight buffer too large');
+        if (i.mmapSize < least) {
+          throw new RequestFailure(`inflight buffer of ${i.mmapSize} bytes; ${least} needed`);
         }
-        const m = mapShared(this.native, msg.fd, i.mmapOffset, need, 'inflight buffer');
-        this.inflight = new InflightBuffer(m, i.numQueues, i.queueSize);
+        // The buffer's regions may be larger than the front-end's queue size (see
+        // inflightDescNum): the first region's header says how large, when it fits.
+        const whole = mapShared(this.native, msg.fd, i.mmapOffset, i.mmapSize, 'inflight buffer');
+        const recorded = recordedDescNum(whole, i.mmapSize);
+        const descNum =
+          recorded >= i.queueSize && splitInflightBytes(i.numQueues, recorded) <= i.mmapSize
+            ? recorded
+            : Math.min(this.inflightDescNum(i.queueSize), this.fittingDescNum(i));
+        this.inflight = new InflightBuffer(whole, i.numQueues, descNum);
         return null;
       }
       default:
@@ -903,6 +916,26 @@ export class VhostUserBackend {
     }
   }
 
+  /**
+   * Entries per inflight region for a front-end that asks for `queueSize`: at least the largest
+   * ring this device accepts. QEMU asks with its `queue-size` property (128 by default), yet its
+   * virtio-mmio transport lets the guest choose any ring size up to the back-end's maximum
+   * (Linux takes 1024); a region sized by the request could not track such a ring. The front-end
+   * only keeps the buffer and hands it back, so its regions may be larger than it asked for.
+   */
+  private inflightDescNum(queueSize: number): number {
+    let max = queueSize;
+    for (const m of this.device.queueMaxSizes) if (m > max) max = m;
+    return Math.min(max, 32768);
+  }
+
+  /** The largest region size a buffer of `mmapSize` bytes holds for `numQueues` regions. */
+  private fittingDescNum(i: { numQueues: number; queueSize: number; mmapSize: number }): number {
+    let n = this.inflightDescNum(i.queueSize);
+    while (n > i.queueSize && splitInflightBytes(i.numQueues, n) > i.mmapSize) n >>>= 1;
+    return Math.max(n, i.queueSize);
+  }
+
   /** GET_INFLIGHT_FD: a new, zeroed buffer in a memfd, which becomes this back-end's too. */
   private getInflight(req: { numQueues: number; queueSize: number }): Uint8Array {
     this.checkInflightShape(req.numQueues, req.queueSize);
@@ -912,13 +945,15 @@ export class VhostUserBackend {
       this.inflight = null;
       return encodeInflightReply(none);
     }
-    const size = splitInflightBytes(req.numQueues, req.queueSize);
+    const descNum = this.inflightDescNum(req.queueSize);
+    const size = splitInflightBytes(req.numQueues, descNum);
+    if (size > MAX_INFLIGHT_BYTES) throw new RequestFailure('inflight buffer too large');
     const fd = this.native.memfdCreate('virtq-inflight', 0);
     // Sent with the reply, then closed (message() closes it on every path).
     this.replyFds.push(fd);
     ftruncateSync(fd, size);
     const m = mapShared(this.native, fd, 0, size, 'inflight buffer');
-    this.inflight = new InflightBuffer(m, req.numQueues, req.queueSize);
+    this.inflight = new InflightBuffer(m, req.numQueues, descNum);
     return encodeInflightReply({ ...none, mmapSize: size });
   }
 

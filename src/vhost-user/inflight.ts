@@ -45,6 +45,16 @@ export function splitInflightBytes(numQueues: number, queueSize: number): number
   return numQueues * splitInflightRegionBytes(queueSize);
 }
 
+/**
+ * The `desc_num` recorded in the first region of an inflight buffer of `bytes` bytes (0 for a
+ * fresh, zeroed buffer, or one too short to hold a region header).
+ */
+export function recordedDescNum(mapping: SharedMapping, bytes: number): number {
+  if (bytes < HEADER_BYTES) return 0;
+  const v = new DataView(mapping.buffer, mapping.offset, HEADER_BYTES);
+  return v.getUint16(O_VERSION, true) === VERSION ? v.getUint16(O_DESC_NUM, true) : 0;
+}
+
 /** What a ring resumes with: where to read the available ring next, and what to redo first. */
 export interface InflightResume {
   /**

@@ -611,6 +611,8 @@ export interface VhostUserBlkOptions {
   readonly numQueues?: number;
   /** QEMU ids of the chardev and device; default `vub0`/`vub0dev`. */
   readonly id?: string;
+  /** `reconnect=1` on the chardev: QEMU reconnects to a back-end that was restarted. */
+  readonly reconnect?: boolean;
 }
 
 /** `-chardev socket` plus a vhost-user-blk device (PCI, or virtio-mmio on microvm). */
@@ -620,7 +622,8 @@ export function vhostUserBlkArgs(o: VhostUserBlkOptions): string[] {
   let device = `${model},chardev=${id},id=${id}dev`;
   if (o.packed === true) device += ',packed=on';
   if (o.numQueues !== undefined) device += `,num-queues=${o.numQueues}`;
-  return ['-chardev', `socket,id=${id},path=${qemuOptValue(o.socket)}`, '-device', device];
+  const chardev = `socket,id=${id},path=${qemuOptValue(o.socket)}${o.reconnect === true ? ',reconnect=1' : ''}`;
+  return ['-chardev', chardev, '-device', device];
 }
 
 export interface VirtioBlkOptions {

@@ -25,6 +25,7 @@ import {
   runQemu,
   sharedMemoryArgs,
   spawnLogged,
+  vhostUserBlkArgs,
   waitFor,
 } from './guest.js';
 
@@ -99,11 +100,13 @@ describe('real guest: a killed vhost-user-blk back-end is replaced mid-I/O (INFL
     if (dir !== '') await fs.rm(dir, { recursive: true, force: true });
   });
 
-  it.skipIf(missing.length > 0)(
-    'the new back-end completes the request in flight; nothing is lost or done twice',
-    async () => {
-      const image = path.join(dir, 'disk.raw');
-      const socket = path.join(dir, 'vub.sock');
+  // microvm: QEMU asks for an inflight buffer for 128-entry rings while Linux picks 1024 on
+  // virtio-mmio; the back-end's regions are sized for its own maximum, so the ring is tracked.
+  it.skipIf(missing.length > 0).each(['pc', 'microvm'] as const)(
+    '%s: the new back-end completes the request in flight; nothing is lost or done twice',
+    async (machine) => {
+      const image = path.join(dir, `disk-${machine}.raw`);
+      const socket = path.join(dir, `vub-${machine}.sock`);
       await createRawImage(image, IMAGE_BYTES);
       const first = startBackend(socket, image, {
         ...process.env,
@@ -128,11 +131,8 @@ describe('real guest: a killed vhost-user-blk back-end is replaced mid-I/O (INFL
           memMiB: MEM_MIB,
           timeoutMs: 120_000,
           args: [
-            ...sharedMemoryArgs(MEM_MIB, 'pc'),
-            '-chardev',
-            `socket,id=c0,path=${socket},reconnect=1`,
-            '-device',
-            'vhost-user-blk-pci,chardev=c0,id=d0',
+            ...sharedMemoryArgs(MEM_MIB, machine),
+            ...vhostUserBlkArgs({ socket, machine, reconnect: true }),
           ],
         });
         clearInterval(watcher);

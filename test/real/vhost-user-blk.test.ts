@@ -352,9 +352,6 @@ const EXPECTED_BACKEND_LINES = [
   /^virtq vhost-user-blk: serving .* on .*$/,
   /^virtq vhost-user-blk: front-end connected$/,
   /^virtq vhost-user-blk: front-end left \(.*\)$/,
-  // microvm: QEMU's virtio-mmio transport lets Linux pick a 1024-entry ring while QEMU sizes
-  // the inflight buffer by the device's queue-size (128); the ring is served untracked.
-  /^virtq: vhost-user: ring larger than its inflight region; served untracked .*size: 1024, descNum: 128 \}$/,
   // An image that is not a whole number of sectors is padded, and says so.
   /^virtq vhost-user-blk: note: .* is \d+ bytes, not a whole number of 512-byte sectors; the guest sees \d+ sectors .*$/,
   STOP_LINE,

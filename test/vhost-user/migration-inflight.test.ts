@@ -73,9 +73,10 @@ describe.runIf(nativeOk)('vhost-user LOG_SHMFD, INFLIGHT_SHMFD and ring restarts
     for (const c of cleanups.splice(0).reverse()) c();
   });
 
-  function setup(logger: { warn(m: string): void } = silent) {
+  /** A block device whose rings may be up to `queueSize` entries (default: the rings' QSIZE). */
+  function setup(logger: { warn(m: string): void } = silent, queueSize = QSIZE) {
     const disk = new Uint8Array(64 * 1024);
-    const device = new BlockDevice({ backend: new MemoryBackend(disk), queueSize: 64 });
+    const device = new BlockDevice({ backend: new MemoryBackend(disk), queueSize });
     const backend = new VhostUserBackend(device, { native: n, logger });
     cleanups.push(() => backend.close());
     const { memfd, guest } = guestRam(n, cleanups);
@@ -129,10 +130,11 @@ describe.runIf(nativeOk)('vhost-user LOG_SHMFD, INFLIGHT_SHMFD and ring restarts
     layout: { desc: number; avail: number; used: number },
     base: number,
     flags = 0,
+    size = QSIZE,
   ) {
     const kick = eventfd();
     const call = eventfd();
-    expect(await fe.acked(R.SET_VRING_NUM, u32s(0, QSIZE))).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_NUM, u32s(0, size))).toBe(0n);
     expect(await fe.acked(R.SET_VRING_BASE, u32s(0, base))).toBe(0n);
     const addr = vringAddr(0, layout.desc, layout.avail, layout.used);
     new DataView(addr.buffer).setUint32(4, flags, true);
@@ -268,6 +270,44 @@ describe.runIf(nativeOk)('vhost-user LOG_SHMFD, INFLIGHT_SHMFD and ring restarts
     expect(await fe.acked(R.SET_INFLIGHT_FD, set, [fd])).toBe(0n);
     return { fd, size };
   }
+
+  it('sizes inflight regions for the largest ring the device accepts, not the smaller queue size the front-end asks with', async () => {
+    // QEMU asks with its queue-size property (128) while its virtio-mmio transport lets Linux
+    // pick a 1024-entry ring: here the front-end asks for 16 and starts a 64-entry ring.
+    const log = recordingLogger();
+    const s = setup(log, 64);
+    const fe = connect(s.backend);
+    await negotiate(s, fe);
+    const req = concat(u64(0), u64(0), new Uint8Array([1, 0, QSIZE, 0, 0, 0, 0, 0]));
+    fe.send(R.GET_INFLIGHT_FD, req);
+    const r = await recvWithFds(fe);
+    const size = Number(new DataView(r.payload.buffer).getBigUint64(0, true));
+    expect(size).toBe(splitInflightBytes(1, 64));
+    const fd = r.fds[0]!;
+    cleanups.push(() => n.close(fd));
+    const set = concat(u64(size), u64(0), new Uint8Array([1, 0, QSIZE, 0, 0, 0, 0, 0]));
+    expect(await fe.acked(R.SET_INFLIGHT_FD, set, [fd])).toBe(0n);
+    const region = new DataView(n.mmap(fd, size, 0, n.constants.PROT_READ));
+    const driver = new SplitDriver(s.guest, { size: 64, base: RING_GPA });
+    const { kick } = await startRing(fe, driver.layout, 0, 0, 64);
+    expect(region.getUint16(10, true)).toBe(64); // desc_num
+    // Fill the ring beyond the 16 entries asked for: every chain is tracked and completed.
+    for (let k = 0; k < 20; k++) {
+      const w = blockRequest(s, 0x20000 + (k % 4) * 0x4000, T_OUT, k, k + 1);
+      driver.add(w.readable, w.writable);
+    }
+    if (driver.kick()) n.eventfdWrite(kick, 1);
+    let done = 0;
+    await until(() => {
+      while (driver.popUsed() >= 0) done++;
+      return done === 20;
+    }, 'all 20 chains');
+    expect(region.getUint16(14, true)).toBe(20); // used_idx
+    expect(log.lines.filter((l) => l.includes('untracked'))).toEqual([]);
+    // Chains took heads past 16: their counters were recorded in the larger region.
+    expect(Number(region.getBigUint64(16 + 16 * 57 + 8, true))).toBeGreaterThan(0);
+    expect(await stopRing(fe)).toBe(20);
+  });
 
   it('records pops and completions in the inflight buffer as the spec lays it out', async () => {
     const s = setup();
