@@ -28,6 +28,7 @@ import {
 import { type AnyQueue, createQueue } from '../queue/factory.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
 import type { PackedQueue } from '../queue/packed/queue.js';
+import { TrackedPackedQueue } from '../queue/packed/tracked.js';
 import { usedRingBytes } from '../queue/split/layout.js';
 import { TrackedSplitQueue } from '../queue/split/tracked.js';
 import {
@@ -54,13 +55,21 @@ import {
 import { DirtyLog } from './dirty-log.js';
 import {
   InflightBuffer,
+  inflightBufferBytes,
   recordedDescNum,
-  type SplitInflight,
-  splitInflightBytes,
+  SplitInflight,
+  splitInflightRegionBytes,
 } from './inflight.js';
 import { MemoryTable, MemoryTableError, mapShared } from './memory-table.js';
 import { type FdWatcher, loadNative, type VhostUserNative } from './native.js';
-import { applyInflight, PACKED_WRAP_BIT, ringBase, signalError } from './ring-state.js';
+import { PackedInflight } from './packed-inflight.js';
+import {
+  applyInflight,
+  applyPackedInflight,
+  PACKED_WRAP_BIT,
+  ringBase,
+  signalError,
+} from './ring-state.js';
 import {
   C_CALLS,
   C_KICKS,
@@ -872,20 +881,25 @@ export class VhostUserBackend {
       case 'SET_INFLIGHT_FD': {
         const i = msg.inflight;
         this.checkInflightShape(i.numQueues, i.queueSize);
-        const least = splitInflightBytes(i.numQueues, i.queueSize);
         if (i.mmapSize > MAX_INFLIGHT_BYTES) throw new RequestFailure('inflight buffer too large');
-        if (i.mmapSize < least) {
-          throw new RequestFailure(`inflight buffer of ${i.mmapSize} bytes; ${least} needed`);
+        // Regions follow each other at a fixed step; ours are larger than the front-end asked
+        // for (see inflightDescNum), and the first region's header says for how many entries.
+        const step = Math.floor(i.mmapSize / i.numQueues / 64) * 64;
+        if (step < splitInflightRegionBytes(i.queueSize)) {
+          throw new RequestFailure(
+            `inflight buffer of ${i.mmapSize} bytes is too small for ${i.numQueues} queues of ${i.queueSize}`,
+          );
         }
-        // The buffer's regions may be larger than the front-end's queue size (see
-        // inflightDescNum): the first region's header says how large, when it fits.
         const whole = mapShared(this.native, msg.fd, i.mmapOffset, i.mmapSize, 'inflight buffer');
         const recorded = recordedDescNum(whole, i.mmapSize);
-        const descNum =
-          recorded >= i.queueSize && splitInflightBytes(i.numQueues, recorded) <= i.mmapSize
-            ? recorded
-            : Math.min(this.inflightDescNum(i.queueSize), this.fittingDescNum(i));
-        this.inflight = new InflightBuffer(whole, i.numQueues, descNum);
+        let descNum = i.queueSize;
+        for (const n of [recorded, this.inflightDescNum(i.queueSize)]) {
+          if (n > descNum && splitInflightRegionBytes(n) <= step) {
+            descNum = n;
+            break;
+          }
+        }
+        this.inflight = new InflightBuffer(whole, i.numQueues, descNum, step);
         return null;
       }
       default:
@@ -911,7 +925,7 @@ export class VhostUserBackend {
     if (queueSize < 1 || queueSize > 32768) {
       throw new RequestFailure(`inflight queue size ${queueSize} is not in 1..32768`);
     }
-    if (splitInflightBytes(numQueues, queueSize) > MAX_INFLIGHT_BYTES) {
+    if (inflightBufferBytes(numQueues, queueSize) > MAX_INFLIGHT_BYTES) {
       throw new RequestFailure('inflight buffer too large');
     }
   }
@@ -929,24 +943,13 @@ export class VhostUserBackend {
     return Math.min(max, 32768);
   }
 
-  /** The largest region size a buffer of `mmapSize` bytes holds for `numQueues` regions. */
-  private fittingDescNum(i: { numQueues: number; queueSize: number; mmapSize: number }): number {
-    let n = this.inflightDescNum(i.queueSize);
-    while (n > i.queueSize && splitInflightBytes(i.numQueues, n) > i.mmapSize) n >>>= 1;
-    return Math.max(n, i.queueSize);
-  }
-
   /** GET_INFLIGHT_FD: a new, zeroed buffer in a memfd, which becomes this back-end's too. */
   private getInflight(req: { numQueues: number; queueSize: number }): Uint8Array {
     this.checkInflightShape(req.numQueues, req.queueSize);
-    const none = { mmapSize: 0, mmapOffset: 0, numQueues: req.numQueues, queueSize: req.queueSize };
-    if (this.packed) {
-      // Only split rings are tracked; a zero size tells the front-end there is no buffer.
-      this.inflight = null;
-      return encodeInflightReply(none);
-    }
+    const reply = { mmapOffset: 0, numQueues: req.numQueues, queueSize: req.queueSize };
     const descNum = this.inflightDescNum(req.queueSize);
-    const size = splitInflightBytes(req.numQueues, descNum);
+    // Room for either layout: QEMU asks before it sets the features (split or packed).
+    const size = inflightBufferBytes(req.numQueues, descNum);
     if (size > MAX_INFLIGHT_BYTES) throw new RequestFailure('inflight buffer too large');
     const fd = this.native.memfdCreate('virtq-inflight', 0);
     // Sent with the reply, then closed (message() closes it on every path).
@@ -954,7 +957,7 @@ export class VhostUserBackend {
     ftruncateSync(fd, size);
     const m = mapShared(this.native, fd, 0, size, 'inflight buffer');
     this.inflight = new InflightBuffer(m, req.numQueues, descNum);
-    return encodeInflightReply({ ...none, mmapSize: size });
+    return encodeInflightReply({ ...reply, mmapSize: size });
   }
 
   // ---- dirty logging (LOG_SHMFD) ----
@@ -1083,13 +1086,18 @@ export class VhostUserBackend {
     const f = this.negotiatedFeatures;
     // The queue is built and checked here in both modes: a ring the front-end got wrong is
     // refused to it, never found out on a worker.
-    let region = this.inflightRegion(index);
+    const buffer = this.inflightBuffer();
+    let region: SplitInflight | PackedInflight | null =
+      buffer === null ? null : packed ? buffer.packed(index) : buffer.split(index);
     const max = this.device.queueMaxSizes[index]!;
-    // Only a tracked split queue pays for the inflight bookkeeping.
+    const options = { logger: this.logger };
+    // Only a tracked queue pays for the inflight bookkeeping.
     const q =
-      !packed && region !== null
-        ? new TrackedSplitQueue(max, { logger: this.logger })
-        : createQueue(packed ? 'packed' : 'split', max, { logger: this.logger });
+      region === null
+        ? createQueue(packed ? 'packed' : 'split', max, options)
+        : packed
+          ? new TrackedPackedQueue(max, options)
+          : new TrackedSplitQueue(max, options);
     q.size = ring.num;
     q.descTableAddress = ring.desc;
     q.availRingAddress = ring.avail;
@@ -1103,19 +1111,18 @@ export class VhostUserBackend {
       // The used index lives in guest memory and survives a stop of the back-end.
       q.nextUsed = q.usedRingIdxGet();
       q.nextAvail = ring.base;
-      if (region !== null && q.activeSize > region.descNum) {
-        // QEMU sizes the buffer by its `queue-size` property, yet its virtio-mmio transport
-        // lets the guest pick any ring up to the back-end's maximum: such a ring is served,
-        // without crash recovery.
-        this.logger.warn('vhost-user: ring larger than its inflight region; served untracked', {
-          index,
-          size: q.activeSize,
-          descNum: region.descNum,
-        });
-        region = null;
-      }
     } else {
       this.placePacked(index, q, ring.base);
+    }
+    if (region !== null && q.activeSize > region.descNum) {
+      // Regions are sized for the device's largest ring; only a buffer from elsewhere (another
+      // back-end's, handed back by the front-end) can be smaller. Served, without recovery.
+      this.logger.warn('vhost-user: ring larger than its inflight region; served untracked', {
+        index,
+        size: q.activeSize,
+        descNum: region.descNum,
+      });
+      region = null;
     }
     ring.running = true;
 
@@ -1131,7 +1138,7 @@ export class VhostUserBackend {
         })),
         queue: q.save(),
         inflight:
-          region === null || q.format !== 'split'
+          region === null
             ? null
             : {
                 buffer: region.buffer,
@@ -1155,20 +1162,22 @@ export class VhostUserBackend {
       this.device.activate(this.ctx);
     }
     this.queues[index] = q;
-    if (q instanceof TrackedSplitQueue && region !== null) {
+    if (region instanceof SplitInflight && q instanceof TrackedSplitQueue) {
       this.counters.resubmitted += applyInflight(q, region, index, this.logger);
+    } else if (region instanceof PackedInflight && q instanceof TrackedPackedQueue) {
+      this.counters.resubmitted += applyPackedInflight(q, region, index, this.logger);
     }
     // Buffers made available before the ring started are served now.
     this.notify(index);
   }
 
-  /** The inflight region of ring `index`, when INFLIGHT_SHMFD gave one. */
-  private inflightRegion(index: number): SplitInflight | null {
+  /** The inflight buffer rings record in, when INFLIGHT_SHMFD gave one. */
+  private inflightBuffer(): InflightBuffer | null {
     if (!this.hasProtocolFeature(VhostUserProtocolFeature.INFLIGHT_SHMFD)) return null;
     // In-order batches publish one used element for several chains; the region's batch list
     // needs every chain's own element.
     if (hasFeature(this.features, VIRTIO_F_IN_ORDER)) return null;
-    return this.inflight?.queue(index) ?? null;
+    return this.inflight;
   }
 
   /** The worker of ring `index`, started if need be (ring-worker mode only). */

@@ -1,6 +1,6 @@
 /**
  * The inflight buffer of INFLIGHT_SHMFD (QEMU docs/interop/vhost-user.rst, "Inflight I/O
- * tracking"): shared memory in which the back-end records, for each split ring, which chains
+ * tracking"): shared memory in which the back-end records, for each ring, which chains
  * it has taken from the available ring and not yet completed. The front-end keeps the buffer
  * (GET_INFLIGHT_FD hands it over, SET_INFLIGHT_FD gives it back); a back-end that crashed and
  * was restarted reads it to complete exactly the requests its predecessor left behind.
@@ -16,6 +16,7 @@
 import type { Logger } from '../queue/logger.js';
 import type { SplitQueueTracker } from '../queue/split/tracked.js';
 import type { SharedMapping } from './memory-table.js';
+import { PackedInflight, packedInflightRegionBytes } from './packed-inflight.js';
 
 const HEADER_BYTES = 16;
 const ENTRY_BYTES = 16;
@@ -200,24 +201,64 @@ export class SplitInflight implements SplitQueueTracker {
   }
 }
 
-/** A whole inflight buffer: one {@link SplitInflight} region per queue. */
+/**
+ * Bytes of one queue's region in the buffers virtq hands out: room for a ring of `descNum`
+ * descriptors in either layout (the ring format is known only when a ring starts, and QEMU asks
+ * for the buffer before it sets the features).
+ */
+export function inflightRegionBytes(descNum: number): number {
+  return Math.max(splitInflightRegionBytes(descNum), packedInflightRegionBytes(descNum));
+}
+
+/** Bytes of a buffer for `numQueues` queues of up to `descNum` descriptors, either layout. */
+export function inflightBufferBytes(numQueues: number, descNum: number): number {
+  return numQueues * inflightRegionBytes(descNum);
+}
+
+/**
+ * A whole inflight buffer: one region per queue, `step` bytes apart, each viewed as a split
+ * ({@link SplitInflight}) or packed ({@link PackedInflight}) region when its ring starts.
+ */
 export class InflightBuffer {
   readonly numQueues: number;
-  readonly queueSize: number;
-  private readonly regions: SplitInflight[] = [];
+  /** Entries per region: the largest ring a region can track. */
+  readonly descNum: number;
+  /** Bytes from one region to the next. */
+  readonly step: number;
+  private readonly mapping: SharedMapping;
 
-  /** `mapping` must hold at least {@link splitInflightBytes}(numQueues, queueSize) bytes. */
-  constructor(mapping: SharedMapping, numQueues: number, queueSize: number) {
-    this.numQueues = numQueues;
-    this.queueSize = queueSize;
-    const step = splitInflightRegionBytes(queueSize);
-    for (let q = 0; q < numQueues; q++) {
-      this.regions.push(new SplitInflight(mapping.buffer, mapping.offset + q * step, queueSize));
+  /** `mapping` must hold `numQueues * step` bytes, and `step` a split region of `descNum`. */
+  constructor(
+    mapping: SharedMapping,
+    numQueues: number,
+    descNum: number,
+    step = inflightRegionBytes(descNum),
+  ) {
+    if (step < splitInflightRegionBytes(descNum)) {
+      throw new RangeError(`inflight regions of ${step} bytes cannot hold ${descNum} entries`);
     }
+    this.mapping = mapping;
+    this.numQueues = numQueues;
+    this.descNum = descNum;
+    this.step = step;
   }
 
-  /** The region of queue `index`, or null when the buffer has none for it. */
-  queue(index: number): SplitInflight | null {
-    return this.regions[index] ?? null;
+  /** Queue `index`'s region as a split ring's, or null when the buffer has none for it. */
+  split(index: number): SplitInflight | null {
+    if (index >= this.numQueues) return null;
+    const m = this.mapping;
+    return new SplitInflight(m.buffer, m.offset + index * this.step, this.descNum);
+  }
+
+  /**
+   * Queue `index`'s region as a packed ring's, or null when the buffer has none for it (or its
+   * regions are too small for the packed layout: a buffer from another back-end).
+   */
+  packed(index: number): PackedInflight | null {
+    if (index >= this.numQueues || this.step < packedInflightRegionBytes(this.descNum)) {
+      return null;
+    }
+    const m = this.mapping;
+    return new PackedInflight(m.buffer, m.offset + index * this.step, this.descNum);
   }
 }

@@ -4,9 +4,11 @@
  */
 import type { AnyQueue } from '../queue/factory.js';
 import type { Logger } from '../queue/logger.js';
+import type { TrackedPackedQueue } from '../queue/packed/tracked.js';
 import type { TrackedSplitQueue } from '../queue/split/tracked.js';
 import type { SplitInflight } from './inflight.js';
 import type { VhostUserNative } from './native.js';
+import type { PackedInflight } from './packed-inflight.js';
 
 /** A packed ring position's wrap counter bit in VRING_BASE. */
 export const PACKED_WRAP_BIT = 0x8000;
@@ -54,6 +56,63 @@ export function applyInflight(
   q.nextAvail = r.nextAvail;
   q.redeliver(r.heads);
   return r.heads.length;
+}
+
+/**
+ * Resumes packed queue `q` (active, its positions set from VRING_BASE) from its inflight region:
+ * the last batch is committed or rolled back, the buffers a previous back-end took and never
+ * completed are popped first (from the region's copies of their descriptors), the positions
+ * come from the region (QEMU, unable to ask a dead back-end, sends the base of the last orderly
+ * start), and the region records from now on. Returns the number of buffers to serve again.
+ */
+export function applyPackedInflight(
+  q: TrackedPackedQueue,
+  region: PackedInflight,
+  index: number,
+  logger: Logger,
+): number {
+  if (q.activeSize > region.descNum) {
+    throw new RangeError(
+      `ring ${index} of ${q.activeSize} exceeds its inflight region of ${region.descNum}`,
+    );
+  }
+  const r = region.resume(
+    q.activeSize,
+    q.nextUsed,
+    q.usedWrapCounter,
+    (slot) => q.slotFlags(slot),
+    logger,
+  );
+  q.tracker = region;
+  if (r === null) return 0;
+  const moved =
+    r.nextAvail !== q.nextAvail ||
+    r.availWrap !== q.availWrapCounter ||
+    r.nextUsed !== q.nextUsed ||
+    r.usedWrap !== q.usedWrapCounter;
+  if (moved || r.buffers.length > 0) {
+    logger.warn('vhost-user: packed ring resumes from its inflight buffer', {
+      index,
+      nextAvail: r.nextAvail,
+      nextUsed: r.nextUsed,
+      resubmitted: r.buffers.length,
+    });
+  }
+  q.restore(
+    {
+      ...q.save(),
+      nextAvail: r.nextAvail,
+      availWrap: r.availWrap,
+      nextUsed: r.nextUsed,
+      usedWrap: r.usedWrap,
+      inFlight: [],
+      numAdded: 0,
+      pendingUsed: 0,
+    },
+    q.guestMemory,
+  );
+  q.redeliver(r.buffers);
+  return r.buffers.length;
 }
 
 /** Signals a ring's error eventfd (SET_VRING_ERR), if it has one; failures are logged. */

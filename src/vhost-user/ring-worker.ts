@@ -8,11 +8,13 @@ import { GuestMemory } from '../memory/guest-memory.js';
 import { buildDevices } from '../node/device-factories.js';
 import { type AnyQueue, createQueue, queueFromState } from '../queue/factory.js';
 import { consoleLogger, type Logger, silentLogger } from '../queue/logger.js';
+import { TrackedPackedQueue } from '../queue/packed/tracked.js';
 import { TrackedSplitQueue } from '../queue/split/tracked.js';
 import { DirtyLog } from './dirty-log.js';
 import { SplitInflight } from './inflight.js';
 import { loadNative } from './native.js';
-import { applyInflight, ringBase, signalError } from './ring-state.js';
+import { PackedInflight } from './packed-inflight.js';
+import { applyInflight, applyPackedInflight, ringBase, signalError } from './ring-state.js';
 import {
   C_ACK,
   C_BASE,
@@ -115,12 +117,18 @@ function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
   stop();
   const memory = new GuestMemory(m.regions);
   let queue: AnyQueue;
+  // Only a tracked queue pays for the inflight bookkeeping.
   if (m.queue.format === 'split' && m.inflight !== null) {
-    // Only a tracked split queue pays for the inflight bookkeeping.
     const tracked = new TrackedSplitQueue(m.queue.maxSize, { logger });
     tracked.restore(m.queue, memory);
     const region = new SplitInflight(m.inflight.buffer, m.inflight.offset, m.inflight.descNum);
     Atomics.add(control, C_RESUBMITTED, applyInflight(tracked, region, index, logger));
+    queue = tracked;
+  } else if (m.queue.format === 'packed' && m.inflight !== null) {
+    const tracked = new TrackedPackedQueue(m.queue.maxSize, { logger });
+    tracked.restore(m.queue, memory);
+    const region = new PackedInflight(m.inflight.buffer, m.inflight.offset, m.inflight.descNum);
+    Atomics.add(control, C_RESUBMITTED, applyPackedInflight(tracked, region, index, logger));
     queue = tracked;
   } else {
     queue = queueFromState(m.queue, memory, { logger });

@@ -52,7 +52,7 @@ export type RingWorkerMessage =
       }[];
       /** The validated queue, placed where the ring continues. */
       readonly queue: QueueState;
-      /** The ring's region of the inflight buffer (split rings with INFLIGHT_SHMFD). */
+      /** The ring's region of the inflight buffer (INFLIGHT_SHMFD), in the ring's format. */
       readonly inflight: (SharedArea & { readonly descNum: number }) | null;
       readonly kickFd: number | null;
       readonly callFd: number | null;

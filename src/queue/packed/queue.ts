@@ -61,10 +61,10 @@ export class PackedQueue extends QueueBase implements Queue {
 
   // Ring state, built for `stateSize` slots (0: none yet).
   private stateSize = 0;
-  private _nextAvail = 0;
-  private _availWrap = 1;
-  private _nextUsed = 0;
-  private _usedWrap = 1;
+  protected _nextAvail = 0;
+  protected _availWrap = 1;
+  protected _nextUsed = 0;
+  protected _usedWrap = 1;
   /** Ring slots marked used since the last prepareKick, capped at 2 * size. */
   private _numAdded = 0;
   private _inFlightSlots = 0;
@@ -78,25 +78,25 @@ export class PackedQueue extends QueueBase implements Queue {
   private newestId = -1;
 
   /** Slot of the first used descriptor of the unpublished batch, or -1. */
-  private pendingSlot = -1;
+  protected pendingSlot = -1;
   /** The flags that slot gets when the batch is published. */
   private pendingFlags = 0;
   /** Ring slots the unpublished batch covers so far. */
   private pendingSpan = 0;
 
   /** What undoPop restores: the id popped last (-1: nothing to undo) and the position before. */
-  private undoId = -1;
+  protected undoId = -1;
   private undoNextAvail = 0;
   private undoWrap = 1;
 
   /** Ring slots read by the chain being parsed (consumed even when it turns out malformed). */
-  private walked = 0;
+  protected walked = 0;
   /** The flags value last written to the device event suppression structure. */
   private deviceEventFlags = RING_EVENT_FLAGS_ENABLE;
 
   // Captured by initialize().
-  private desc16: Uint16Array = EMPTY16;
-  private desc32: Uint32Array = EMPTY32;
+  protected desc16: Uint16Array = EMPTY16;
+  protected desc32: Uint32Array = EMPTY32;
   private driver32: Uint32Array = EMPTY32;
   private device32: Uint32Array = EMPTY32;
   private descRegion: GuestRegion | null = null;
