@@ -1165,7 +1165,9 @@ export class VhostUserBackend {
     if (region instanceof SplitInflight && q instanceof TrackedSplitQueue) {
       this.counters.resubmitted += applyInflight(q, region, index, this.logger);
     } else if (region instanceof PackedInflight && q instanceof TrackedPackedQueue) {
-      this.counters.resubmitted += applyPackedInflight(q, region, index, this.logger);
+      this.counters.resubmitted += applyPackedInflight(q, region, index, this.logger, () =>
+        signalError(this.native, ring.errFd, this.logger),
+      );
     }
     // Buffers made available before the ring started are served now.
     this.notify(index);

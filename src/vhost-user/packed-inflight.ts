@@ -133,11 +133,12 @@ export class PackedInflight implements PackedQueueTracker {
   /**
    * Prepares the region for a ring of `ringSize` slots, following "When reconnecting". A
    * region never used (or of another shape) is initialised at the front-end's position
-   * (`usedIdx`, `usedWrap`) and null returned: the ring starts where VRING_BASE says. A used one
-   * has its last batch committed or rolled back (`slotFlags(slot)` reads a ring slot's flags
-   * to tell whether the batch reached the driver) and returns the buffers still in flight, oldest
-   * first, and the positions to resume at. A region that does not hold together is reported to
-   * `logger` and started afresh.
+   * (`usedIdx`, `usedWrap`) and `'fresh'` returned: the ring starts where VRING_BASE says. A used
+   * one has its last batch committed or rolled back (`slotFlags(slot)` reads a ring slot's
+   * flags to tell whether the batch reached the driver) and returns the buffers still in flight,
+   * oldest first, and the positions to resume at. A region that does not hold together is
+   * reported to `logger`, started afresh, and `'unrecoverable'` returned: the ring's position
+   * and its buffers in flight are unknown.
    */
   resume(
     ringSize: number,
@@ -145,7 +146,7 @@ export class PackedInflight implements PackedQueueTracker {
     usedWrap: boolean,
     slotFlags: (slot: number) => number,
     logger: Logger,
-  ): PackedInflightResume | null {
+  ): PackedInflightResume | 'fresh' | 'unrecoverable' {
     const n = this.descNum;
     if (this.u16(O_VERSION) !== VERSION || this.u16(O_DESC_NUM) !== n || ringSize > n) {
       if (this.u16(O_VERSION) !== 0) {
@@ -159,7 +160,7 @@ export class PackedInflight implements PackedQueueTracker {
         );
       }
       this.initialise(usedIdx, usedWrap);
-      return null;
+      return 'fresh';
     }
     const found = this.recover(ringSize, slotFlags);
     if (typeof found === 'string') {
@@ -167,7 +168,7 @@ export class PackedInflight implements PackedQueueTracker {
         reason: found,
       });
       this.initialise(usedIdx, usedWrap);
-      return null;
+      return 'unrecoverable';
     }
     return found;
   }

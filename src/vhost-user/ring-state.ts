@@ -64,12 +64,15 @@ export function applyInflight(
  * completed are popped first (from the region's copies of their descriptors), the positions
  * come from the region (QEMU, unable to ask a dead back-end, sends the base of the last orderly
  * start), and the region records from now on. Returns the number of buffers to serve again.
+ * A region that does not hold together cannot say where the ring was: `unrecoverable` is
+ * called (the back-end signals the ring's error eventfd) and the ring starts at VRING_BASE.
  */
 export function applyPackedInflight(
   q: TrackedPackedQueue,
   region: PackedInflight,
   index: number,
   logger: Logger,
+  unrecoverable: () => void,
 ): number {
   if (q.activeSize > region.descNum) {
     throw new RangeError(
@@ -84,7 +87,12 @@ export function applyPackedInflight(
     logger,
   );
   q.tracker = region;
-  if (r === null) return 0;
+  if (r === 'fresh') return 0;
+  if (r === 'unrecoverable') {
+    logger.warn('vhost-user: packed ring cannot be resumed from its inflight buffer', { index });
+    unrecoverable();
+    return 0;
+  }
   const moved =
     r.nextAvail !== q.nextAvail ||
     r.availWrap !== q.availWrapCounter ||

@@ -128,7 +128,10 @@ function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
     const tracked = new TrackedPackedQueue(m.queue.maxSize, { logger });
     tracked.restore(m.queue, memory);
     const region = new PackedInflight(m.inflight.buffer, m.inflight.offset, m.inflight.descNum);
-    Atomics.add(control, C_RESUBMITTED, applyPackedInflight(tracked, region, index, logger));
+    const resubmitted = applyPackedInflight(tracked, region, index, logger, () =>
+      signalError(native, m.errFd, logger),
+    );
+    Atomics.add(control, C_RESUBMITTED, resubmitted);
     queue = tracked;
   } else {
     queue = queueFromState(m.queue, memory, { logger });

@@ -56,10 +56,11 @@ function rig(size: number) {
       memory,
     );
     const region = new CrashingRegion(regionBuffer, 0, size);
-    const resubmitted = applyPackedInflight(q, region, 0, silent);
-    return { q, region, resubmitted };
+    let unrecoverable = 0;
+    const resubmitted = applyPackedInflight(q, region, 0, silent, () => unrecoverable++);
+    return { q, region, resubmitted, unrecoverable };
   };
-  return { memory, driver, device };
+  return { memory, driver, device, regionBuffer };
 }
 
 describe('packed inflight tracking', () => {
@@ -68,6 +69,24 @@ describe('packed inflight tracking', () => {
     const d = r.device();
     expect(d.resubmitted).toBe(0);
     expect(d.region.inflightIds()).toEqual([]);
+  });
+
+  it('says so when a region does not hold together, and starts at VRING_BASE', () => {
+    const r = rig(8);
+    let d = r.device();
+    const chain = new DescriptorChain();
+    r.driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 32 }]);
+    r.driver.publish();
+    expect(d.q.pop(chain)).not.toBeNull();
+    // The front-end (or a crash) leaves the free list looping: the buffer took entries 0 and 1,
+    // the list goes on from 2, and entry 3 points back at 2.
+    new DataView(r.regionBuffer).setUint16(32 + 32 * 3 + 2, 2, true);
+    d = r.device({ slot: 3, wrap: true });
+    expect(d.unrecoverable).toBe(1);
+    expect(d.resubmitted).toBe(0);
+    expect(d.q.nextAvail).toBe(3);
+    expect(d.region.inflightIds()).toEqual([]);
+    expect(d.unrecoverable + r.device().unrecoverable).toBe(1); // the region was started afresh
   });
 
   it('resubmits the buffers in flight, oldest first, from copies of their descriptors, then carries on', () => {
@@ -205,6 +224,47 @@ describe('packed inflight tracking', () => {
         },
       ),
       { numRuns: 400 },
+    );
+  });
+
+  it('property: a region a hostile front-end wrote never throws, and yields only buffers that fit the ring', () => {
+    const size = 8;
+    fc.assert(
+      fc.property(
+        fc.uint8Array({
+          minLength: packedInflightRegionBytes(size),
+          maxLength: packedInflightRegionBytes(size),
+        }),
+        fc.boolean(),
+        fc.integer({ min: 1, max: size }),
+        (bytes, valid, ringSize) => {
+          const buf = new SharedArrayBuffer(bytes.length);
+          new Uint8Array(buf).set(bytes);
+          if (valid) {
+            const v = new DataView(buf);
+            v.setUint16(8, 1, true);
+            v.setUint16(10, size, true);
+          }
+          const region = new PackedInflight(buf, 0, size);
+          const r = region.resume(ringSize, 0, true, () => 0, silent);
+          if (typeof r === 'string') return;
+          expect(r.nextUsed).toBeLessThan(ringSize);
+          expect(r.nextAvail).toBeLessThan(ringSize);
+          const ids = r.buffers.map((b) => b.id);
+          expect(new Set(ids).size).toBe(ids.length);
+          let slots = 0;
+          for (const b of r.buffers) {
+            expect(b.id).toBeLessThan(ringSize);
+            slots += b.descriptors.length / 5;
+          }
+          expect(slots).toBeLessThanOrEqual(ringSize);
+          // Still records afterwards without throwing.
+          region.used(ids[0] ?? 0);
+          region.publishing(0, true);
+          region.published();
+        },
+      ),
+      { numRuns: 2000 },
     );
   });
 });
