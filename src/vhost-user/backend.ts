@@ -1087,6 +1087,9 @@ export class VhostUserBackend {
     // The queue is built and checked here in both modes: a ring the front-end got wrong is
     // refused to it, never found out on a worker.
     const buffer = this.inflightBuffer();
+    if (buffer === null && this.inflight !== null) {
+      this.logger.warn('vhost-user: IN_ORDER ring served without crash recovery', { index });
+    }
     let region: SplitInflight | PackedInflight | null =
       buffer === null ? null : packed ? buffer.packed(index) : buffer.split(index);
     const max = this.device.queueMaxSizes[index]!;
