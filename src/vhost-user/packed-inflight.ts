@@ -311,6 +311,23 @@ export class PackedInflight implements PackedQueueTracker {
     this.headOf[id] = head;
   }
 
+  unpopped(id: number): void {
+    if (id < 0 || id >= this.descNum) return;
+    const head = this.headOf[id]!;
+    if (head < 0) return;
+    this.headOf[id] = -1;
+    this.counter--;
+    // Its entries go back to the front of the free list, committed at once; the flag is cleared
+    // last, so a crash in between leaves a free entry marked in flight, which recovery clears.
+    const last = this.u16(this.entry(head) + E_LAST);
+    if (last < this.descNum) {
+      this.setU16(this.entry(last) + E_NEXT, this.u16(O_FREE_HEAD));
+      this.setU16(O_FREE_HEAD, head);
+      this.setU16(O_OLD_FREE_HEAD, head);
+    }
+    this.bytes[this.entry(head) + E_INFLIGHT] = 0;
+  }
+
   used(id: number): void {
     if (id >= this.descNum) return;
     const head = this.headOf[id]!;

@@ -7,9 +7,11 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { PackedDriver } from '../../src/driver/packed.js';
+import { SplitDriver } from '../../src/driver/split.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { DescriptorChain } from '../../src/queue/chain.js';
 import { TrackedPackedQueue } from '../../src/queue/packed/tracked.js';
+import { TrackedSplitQueue } from '../../src/queue/split/tracked.js';
 import { PackedInflight, packedInflightRegionBytes } from '../../src/vhost-user/packed-inflight.js';
 import { applyPackedInflight } from '../../src/vhost-user/ring-state.js';
 
@@ -138,6 +140,7 @@ describe('packed inflight tracking', () => {
           fc.oneof(
             fc.record({ op: fc.constant('add' as const), descs: fc.integer({ min: 1, max: 3 }) }),
             fc.record({ op: fc.constant('pop' as const), n: fc.integer({ min: 1, max: 4 }) }),
+            fc.record({ op: fc.constant('undo' as const) }),
             fc.record({ op: fc.constant('complete' as const), pick: fc.nat() }),
             fc.record({ op: fc.constant('publish' as const) }),
             fc.record({
@@ -200,6 +203,10 @@ describe('packed inflight tracking', () => {
                 if (c === null) break;
                 deviceInFlight.push(c.head);
               }
+            } else if (o.op === 'undo') {
+              // Pop one and give it back (the net device does this when it has no frame).
+              const c = d.q.pop(chain);
+              if (c !== null) d.q.undoPop();
             } else if (o.op === 'complete') {
               if (deviceInFlight.length === 0) continue;
               const [id] = deviceInFlight.splice(o.pick % deviceInFlight.length, 1);
@@ -266,5 +273,44 @@ describe('packed inflight tracking', () => {
       ),
       { numRuns: 2000 },
     );
+  });
+
+  it('undoPop of a redelivered buffer gives it back to the redelivery list, split and packed alike', () => {
+    // Packed: a buffer in flight at a crash, redelivered, popped, given back, popped again.
+    const r = rig(8);
+    let d = r.device();
+    const chain = new DescriptorChain();
+    const id = r.driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
+    r.driver.publish();
+    expect(d.q.pop(chain)?.head).toBe(id);
+    d = r.device();
+    expect(d.resubmitted).toBe(1);
+    expect(d.q.pop(chain)?.head).toBe(id);
+    d.q.undoPop();
+    expect(d.q.pop(chain)?.head).toBe(id);
+    expect(d.q.pop(chain)).toBeNull();
+
+    // Split: the same through TrackedSplitQueue.redeliver.
+    const memory = GuestMemory.create(1 << 20);
+    const driver = new SplitDriver(memory, { size: 8, base: 0 });
+    const q = new TrackedSplitQueue(8);
+    q.size = 8;
+    q.descTableAddress = driver.layout.desc;
+    q.availRingAddress = driver.layout.avail;
+    q.usedRingAddress = driver.layout.used;
+    q.ready = true;
+    q.initialize(memory);
+    const a = driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
+    const b = driver.add([{ addr: 0x11000, len: 16 }], [{ addr: 0x21000, len: 16 }]);
+    driver.publish();
+    q.nextAvail = 1; // chain a was taken by a previous incarnation
+    q.redeliver([a]);
+    expect(q.pop(chain)?.head).toBe(a);
+    q.undoPop();
+    expect(q.pop(chain)?.head).toBe(a);
+    expect(q.pop(chain)?.head).toBe(b);
+    q.undoPop();
+    expect(q.pop(chain)?.head).toBe(b);
+    expect(q.pop(chain)).toBeNull();
   });
 });

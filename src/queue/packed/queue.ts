@@ -235,7 +235,7 @@ export class PackedQueue extends QueueBase implements Queue {
     this.newestId = id;
   }
 
-  private unlink(id: number): void {
+  protected unlink(id: number): void {
     const p = this.prevId[id]!;
     const n = this.nextId[id]!;
     if (p >= 0) this.nextId[p] = n;

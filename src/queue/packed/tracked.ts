@@ -15,6 +15,8 @@ export interface PackedQueueTracker {
    * Not called for redelivered buffers.
    */
   popped(id: number, ring: Uint32Array, first: number, count: number, ringSize: number): void;
+  /** Buffer `id`, popped last, was given back ({@link PackedQueue.undoPop}). */
+  unpopped(id: number): void;
   /** A used descriptor was written for buffer `id` (not yet published). */
   used(id: number): void;
   /** The batch is about to be published; the device's used position will be this. */
@@ -45,6 +47,8 @@ export class TrackedPackedQueue extends PackedQueue {
   tracker: PackedQueueTracker | null = null;
   private redeliverList: readonly RedeliveredBuffer[] = [];
   private redeliverNext = 0;
+  /** The id of the last pop when it was a redelivered buffer (undoPop gives it back); else -1. */
+  private lastRedelivered = -1;
   /** A ring of the queue's size holding one redelivered buffer's descriptors at slot 0. */
   private scratch16: Uint16Array = new Uint16Array(0);
   private scratch32: Uint32Array = new Uint32Array(0);
@@ -93,6 +97,7 @@ export class TrackedPackedQueue extends PackedQueue {
 
   override pop(into?: DescriptorChain): DescriptorChain | null {
     if (this.redeliveryPending > 0) return this.popRedelivered(into);
+    this.lastRedelivered = -1;
     const first = this._nextAvail;
     const c = super.pop(into);
     if (c !== null) this.tracker?.popped(c.head, this.desc32, first, this.walked, this.qsize);
@@ -104,7 +109,22 @@ export class TrackedPackedQueue extends PackedQueue {
     return super.popOrEnableNotification(into);
   }
 
+  override undoPop(): void {
+    const redelivered = this.lastRedelivered;
+    if (redelivered >= 0) {
+      // Back to the front of the redelivery list; the region still has it in flight.
+      this.lastRedelivered = -1;
+      this.unlink(redelivered);
+      this.redeliverNext--;
+      return;
+    }
+    const id = this.undoId;
+    super.undoPop();
+    this.tracker?.unpopped(id);
+  }
+
   override addUsed(id: number, len: number): void {
+    if (id === this.lastRedelivered) this.lastRedelivered = -1;
     super.addUsed(id, len);
     this.tracker?.used(id);
   }
@@ -131,6 +151,7 @@ export class TrackedPackedQueue extends PackedQueue {
     super.reset();
     this.redeliverList = [];
     this.redeliverNext = 0;
+    this.lastRedelivered = -1;
   }
 
   /**
@@ -139,10 +160,6 @@ export class TrackedPackedQueue extends PackedQueue {
    */
   private popRedelivered(into: DescriptorChain | undefined): DescriptorChain {
     const b = this.redeliverList[this.redeliverNext++]!;
-    if (this.redeliveryPending === 0) {
-      this.redeliverList = [];
-      this.redeliverNext = 0;
-    }
     const d = b.descriptors;
     const n = d.length / 5;
     const s16 = this.scratch16;
@@ -177,6 +194,7 @@ export class TrackedPackedQueue extends PackedQueue {
       this._availWrap = availWrap;
       this.undoId = -1;
     }
+    if (c !== null) this.lastRedelivered = c.head;
     if (c === null || walked !== n || c.head !== b.id) {
       throw new DescriptorError(
         'DESC_PACKED_BAD_ID',

@@ -26,6 +26,8 @@ export class TrackedSplitQueue extends SplitQueue {
   /** Heads {@link redeliver} queued, handed out by the pops before the available ring. */
   private redeliverHeads: readonly number[] = [];
   private redeliverNext = 0;
+  /** The last pop was a redelivered chain (undoPop gives it back to the redelivery list). */
+  private lastRedelivered = false;
 
   constructor(maxSize: number, options: SplitQueueOptions = {}) {
     super(maxSize, options);
@@ -55,6 +57,7 @@ export class TrackedSplitQueue extends SplitQueue {
 
   override pop(into?: DescriptorChain): DescriptorChain | null {
     if (this.redeliveryPending > 0) return this.popRedelivered(into);
+    this.lastRedelivered = false;
     const c = super.pop(into);
     if (c !== null) this.tracker?.popped(c.head);
     return c;
@@ -64,9 +67,20 @@ export class TrackedSplitQueue extends SplitQueue {
     // Without notification suppression the base class pops through pop(), tracked above.
     if (!this.usesNotifSuppression) return this.pop(into);
     if (this.redeliveryPending > 0) return this.popRedelivered(into);
+    this.lastRedelivered = false;
     const c = super.popOrEnableNotification(into);
     if (c !== null) this.tracker?.popped(c.head);
     return c;
+  }
+
+  /** Gives back the chain popped last: to the redelivery list if it came from there. */
+  override undoPop(): void {
+    if (this.lastRedelivered) {
+      this.lastRedelivered = false;
+      this.redeliverNext--;
+      return;
+    }
+    super.undoPop();
   }
 
   override writeUsedElement(offset: number, id: number, len: number): void {
@@ -83,14 +97,13 @@ export class TrackedSplitQueue extends SplitQueue {
     super.reset();
     this.redeliverHeads = [];
     this.redeliverNext = 0;
+    this.lastRedelivered = false;
   }
 
   private popRedelivered(into: DescriptorChain | undefined): DescriptorChain {
     const head = this.redeliverHeads[this.redeliverNext++]!;
-    if (this.redeliverNext === this.redeliverHeads.length) {
-      this.redeliverHeads = [];
-      this.redeliverNext = 0;
-    }
-    return this.chainAt(head, into);
+    const c = this.chainAt(head, into);
+    this.lastRedelivered = true;
+    return c;
   }
 }
