@@ -4,6 +4,13 @@ import { VIRTIO_F_VERSION_1 } from '../queue/constants.js';
 import type { Queue } from '../queue/queue.js';
 import type { QueueState } from '../queue/state.js';
 import { StateReader } from '../queue/state.js';
+import {
+  checkBudget,
+  DEFAULT_BYTES_PER_TURN,
+  type DeviceBudgetOptions,
+  defaultScheduler,
+  type Scheduler,
+} from './budget.js';
 
 /** Device status bits (VIRTIO 1.2 §2.1). */
 export const STATUS_ACKNOWLEDGE = 1;
@@ -45,6 +52,12 @@ export interface DeviceContext {
   /** The features the driver acknowledged (accepted by {@link VirtioDevice.acceptFeatures}). */
   features: bigint;
   interrupt: InterruptSink;
+  /**
+   * How the device schedules the rest of its work when a turn's budget is spent (see
+   * {@link DeviceBudgetOptions}); a transport or runner whose thread has its own loop passes
+   * one that runs the callback there. Default: {@link defaultScheduler}.
+   */
+  schedule?: Scheduler;
 }
 
 /** Saved state of a device: its own fields and its queues. */
@@ -110,20 +123,47 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
   /** The last guest error that put the device into DEVICE_NEEDS_RESET. */
   lastError: VirtqError | null = null;
 
+  /** Turns that ended with work left and scheduled their own continuation. */
+  yields = 0;
+
   protected ctx: DeviceContext | null = null;
   /** Device configuration space (layout per device type). */
   protected config: Uint8Array;
+  /**
+   * Bumped at every activation and reset: a continuation or completion scheduled before it
+   * finds a different value and does nothing.
+   */
+  protected generation = 0;
+  /** Chains this turn may still take (see {@link withinBudget}). */
+  protected chainsLeft = 0;
+  /** Bytes this turn may still move (see {@link spend}). */
+  protected bytesLeft = 0;
+
+  /** Chains per turn (0: the notified queue's size). */
+  private readonly chainLimit: number;
+  private readonly byteLimit: number;
+  private readonly ownSchedule: Scheduler | null;
+  /** A turn is under way (a nested notification shares its budget). */
+  private inTurn = false;
+  /** Per queue: 1 while a continuation is scheduled (at most one each). */
+  private readonly continuing: Uint8Array;
 
   protected constructor(
     deviceType: number,
     queueMaxSizes: readonly number[],
     features: bigint,
     configSize: number,
+    budget: DeviceBudgetOptions = {},
   ) {
     this.deviceType = deviceType;
     this.queueMaxSizes = queueMaxSizes;
     this.offeredFeatures = features | featureBit(VIRTIO_F_VERSION_1);
     this.config = new Uint8Array(configSize);
+    this.chainLimit = checkBudget('maxChainsPerTurn', budget.maxChainsPerTurn) ?? 0;
+    this.byteLimit =
+      checkBudget('maxBytesPerTurn', budget.maxBytesPerTurn) ?? DEFAULT_BYTES_PER_TURN;
+    this.ownSchedule = budget.schedule ?? null;
+    this.continuing = new Uint8Array(queueMaxSizes.length);
   }
 
   get isActive(): boolean {
@@ -162,28 +202,85 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
   }
 
   activate(ctx: DeviceContext): void {
+    this.dropContinuations();
     this.ctx = ctx;
     this.onActivate(ctx);
   }
 
+  /**
+   * Serves queue `index` for one turn: at most a budget of chains and bytes (see
+   * {@link DeviceBudgetOptions}); work left after that is continued by the device itself
+   * through its scheduler, with no further notification needed. A notification that arrives
+   * while a turn runs (a backend callback) shares that turn's budget.
+   */
   queueNotify(index: number): void {
     const ctx = this.ctx;
     if (ctx === null || this.needsReset) return;
     const q = ctx.queues[index];
     if (q === undefined || !q.isActive) return;
+    const outer = !this.inTurn;
+    if (outer) {
+      this.inTurn = true;
+      this.chainsLeft = this.chainLimit === 0 ? q.size : this.chainLimit;
+      this.bytesLeft = this.byteLimit;
+    }
     try {
       this.processQueue(index, q);
     } catch (e) {
       if (!isVirtqError(e)) throw e;
       this.fail(e);
+    } finally {
+      if (outer) this.inTurn = false;
     }
   }
 
   reset(): void {
+    this.dropContinuations();
     this.onReset();
     this.ctx = null;
     this.needsReset = false;
     this.lastError = null;
+  }
+
+  /** Scheduled continuations will do nothing (a new generation). */
+  private dropContinuations(): void {
+    this.generation++;
+    this.continuing.fill(0);
+  }
+
+  /**
+   * In a queue loop, before taking the next chain: true while this turn's budget allows one
+   * more; false once it is spent, after scheduling a continuation of queue `index`. Costs an
+   * integer decrement and two compares.
+   */
+  protected withinBudget(index: number): boolean {
+    if (--this.chainsLeft >= 0 && this.bytesLeft > 0) return true;
+    this.continueLater(index);
+    return false;
+  }
+
+  /** Counts `bytes` moved between guest memory and the backend against this turn. */
+  protected spend(bytes: number): void {
+    this.bytesLeft -= bytes;
+  }
+
+  /**
+   * Serves queue `index` again in a later turn, at the back of the scheduler's queue: at most
+   * one continuation per queue is pending; it does nothing after a reset or re-activation,
+   * and nothing on a device in DEVICE_NEEDS_RESET.
+   */
+  protected continueLater(index: number): void {
+    const ctx = this.ctx;
+    if (ctx === null || this.continuing[index] === 1) return;
+    this.continuing[index] = 1;
+    this.yields++;
+    const generation = this.generation;
+    const schedule = this.ownSchedule ?? ctx.schedule ?? defaultScheduler;
+    schedule(() => {
+      if (generation !== this.generation) return;
+      this.continuing[index] = 0;
+      this.queueNotify(index);
+    });
   }
 
   /**

@@ -12,6 +12,7 @@ import {
 } from '../../queue/constants.js';
 import { consoleLogger, type Logger } from '../../queue/logger.js';
 import type { Queue } from '../../queue/queue.js';
+import { type DeviceBudgetOptions, defaultScheduler } from '../budget.js';
 import {
   type DeviceContext,
   featureBit,
@@ -95,7 +96,7 @@ export interface BlockTopology {
   optIoSize: number;
 }
 
-export interface BlockOptions {
+export interface BlockOptions extends DeviceBudgetOptions {
   /** Where the bytes live. What it supports decides the features offered. */
   backend: BlockBackend;
   /** Request queues (default 1); more than one offers VIRTIO_BLK_F_MQ. */
@@ -277,13 +278,6 @@ class DataCursor extends ChainCursor {
   }
 }
 
-/** Runs `callback` after the current event-loop turn. */
-function defaultDefer(callback: () => void): void {
-  const g = globalThis as { setImmediate?: (cb: () => void) => unknown };
-  if (typeof g.setImmediate === 'function') g.setImmediate(callback);
-  else setTimeout(callback, 0);
-}
-
 /** One asynchronous request under way. */
 interface AsyncOp {
   readonly index: number;
@@ -371,8 +365,6 @@ export class BlockDevice extends VirtioDeviceBase {
   /** Asynchronous transfers under way, and who waits for there to be none. */
   private pendingIo = 0;
   private idleWaiters: (() => void)[] = [];
-  /** Bumped at every reset: a transfer that ends after one completes nothing. */
-  private generation = 0;
   /**
    * Queues with used elements written by asynchronous completions and not yet published: the
    * completions that land in one event-loop turn are published together, with one
@@ -410,13 +402,19 @@ export class BlockDevice extends VirtioDeviceBase {
     if (backend.supportsFlush) features |= featureBit(VIRTIO_BLK_F_FLUSH);
     if (backend.supportsDiscard) features |= featureBit(VIRTIO_BLK_F_DISCARD);
     if (backend.supportsWriteZeroes) features |= featureBit(VIRTIO_BLK_F_WRITE_ZEROES);
-    super(VIRTIO_ID_BLOCK, new Array<number>(numQueues).fill(queueSize), features, BLK_CONFIG_SIZE);
+    super(
+      VIRTIO_ID_BLOCK,
+      new Array<number>(numQueues).fill(queueSize),
+      features,
+      BLK_CONFIG_SIZE,
+      options,
+    );
 
     this.backend = backend;
     this.logger = options.logger ?? consoleLogger;
     this.asyncIo = options.asyncIo === true && backend.async !== undefined;
     this.asyncMinBytes = checkU32('asyncMinBytes', options.asyncMinBytes ?? 64 * 1024);
-    this.defer = options.defer ?? defaultDefer;
+    this.defer = options.defer ?? options.schedule ?? defaultScheduler;
     this.maxDiscardSectors = checkU32(
       'maxDiscardSectors',
       options.maxDiscardSectors ?? 0xffffffff,
@@ -534,7 +532,7 @@ export class BlockDevice extends VirtioDeviceBase {
   }
 
   protected override onReset(): void {
-    this.generation++;
+    // The base class moved to a new generation: a transfer that ends now completes nothing.
     this.unpublished.clear();
     this.served = 0;
     this.writeThrough = false;
@@ -545,17 +543,14 @@ export class BlockDevice extends VirtioDeviceBase {
   protected processQueue(index: number, queue: Queue): void {
     const chain = this.chain;
     let done = 0;
-    // A driver that keeps the ring full must not keep the thread from everything else (with
-    // asynchronous transfers, the completions): after a ring's worth of chains the rest waits
-    // for the next event-loop turn.
-    let budget = this.asyncIo ? queue.size : Number.POSITIVE_INFINITY;
     try {
-      // popOrEnableNotification keeps avail_event current with EVENT_IDX (§2.7.10, §2.8.10).
-      for (
-        let c = queue.popOrEnableNotification(chain);
-        c !== null;
-        c = --budget > 0 ? queue.popOrEnableNotification(chain) : this.yieldQueue(index)
-      ) {
+      // A turn takes at most its budget of chains and bytes (a guest can keep the ring full,
+      // or make each completed read make the next request available); the rest is served
+      // in a later turn the device schedules itself.
+      while (this.withinBudget(index)) {
+        // popOrEnableNotification keeps avail_event current with EVENT_IDX (§2.7.10, §2.8.10).
+        const c = queue.popOrEnableNotification(chain);
+        if (c === null) break;
         if (this.asyncIo && this.startAsync(index, queue, c)) continue;
         const len = this.serve(c);
         queue.addUsed(c.head, len);
@@ -605,6 +600,7 @@ export class BlockDevice extends VirtioDeviceBase {
       if (!this.inRange(req.sector, length / SECTOR_BYTES)) return false;
       if (kind === 'out' && (this.backend.readOnly || this.writeThrough)) return false;
     }
+    this.spend(length);
     const bufs: Uint8Array[] = [];
     const addrs: number[] = [];
     if (kind === 'in') this.data.writable(c).pieces(length, bufs, addrs);
@@ -693,15 +689,6 @@ export class BlockDevice extends VirtioDeviceBase {
     }
   }
 
-  /** Stops this pass over the queue (its budget is spent) and serves it again next turn. */
-  private yieldQueue(index: number): null {
-    const generation = this.generation;
-    this.defer(() => {
-      if (generation === this.generation) this.queueNotify(index);
-    });
-    return null;
-  }
-
   /** Publishes the used elements asynchronous completions wrote (see `unpublished`). */
   private publishCompleted(): void {
     this.publishScheduled = false;
@@ -748,6 +735,9 @@ export class BlockDevice extends VirtioDeviceBase {
         status = VIRTIO_BLK_S_IOERR;
         break;
     }
+    // Reads and writes count against the turn's byte budget (erasures count in eraseSegments).
+    if (req.kind === 'in' || req.kind === 'out' || req.kind === 'get-id')
+      this.spend(req.dataLength);
     // §5.2.6: the status is the last device-writable byte.
     const w = this.writer.reset(c);
     w.skipExact(this.request.statusOffset);
@@ -835,6 +825,7 @@ export class BlockDevice extends VirtioDeviceBase {
         const n = v.getUint32(o + 8, true);
         if (n === 0) continue;
         const at = segmentSector(v, o) * SECTOR_BYTES;
+        this.spend(n * SECTOR_BYTES);
         if (discard) b.discard(at, n * SECTOR_BYTES);
         else
           b.writeZeroes(

@@ -26,12 +26,23 @@ export interface ConsoleBackend {
   inputDrained(): void;
 }
 
+/** Options of a {@link ConsolePipe}. */
+export interface ConsolePipeOptions {
+  /**
+   * Output bytes collected (with no {@link ConsolePipe.onOutput}) before the guest's output
+   * is paused until {@link ConsolePipe.takeOutput} (default 1 MiB). Nothing is dropped: the
+   * collection holds at most this plus one transmit chain.
+   */
+  maxCollectedBytes?: number;
+}
+
 /**
  * A browser-safe in-memory byte pipe for console port 0: {@link push} feeds the guest;
  * the guest's output goes to {@link onOutput}, or, when that is null, collects until
- * {@link takeOutput}. {@link pauseOutput} / {@link resumeOutput} apply back-pressure to the
- * guest's output; {@link push} returns false (as a Node stream's `write` does) when the device
- * holds its high-water mark of input, and {@link onDrain} fires once it has room again.
+ * {@link takeOutput}, bounded: a full collection pauses the guest's output until it is taken.
+ * {@link pauseOutput} / {@link resumeOutput} apply back-pressure to the guest's output;
+ * {@link push} returns false (as a Node stream's `write` does) when the device holds its
+ * high-water mark of input, and {@link onDrain} fires once it has room again.
  */
 export class ConsolePipe implements ConsoleBackend {
   /** Receives a copy of each piece of output; null: output collects for {@link takeOutput}. */
@@ -42,8 +53,24 @@ export class ConsolePipe implements ConsoleBackend {
   /** Input pushed before a device attached. */
   private early: Uint8Array[] = [];
   private collected: Uint8Array[] = [];
+  private collectedBytes = 0;
+  private readonly maxCollected: number;
+  /** Output was refused because the collection was full. */
+  private full = false;
   private paused = false;
   private refused = false;
+
+  constructor(options: ConsolePipeOptions = {}) {
+    const max = options.maxCollectedBytes ?? 1024 * 1024;
+    if (!Number.isSafeInteger(max) || max < 1)
+      throw new RangeError(`maxCollectedBytes ${max} is not an integer of at least 1`);
+    this.maxCollected = max;
+  }
+
+  /** Output bytes collected and not yet taken. */
+  get collectedLength(): number {
+    return this.collectedBytes;
+  }
 
   attach(port: ConsolePort): void {
     this.port = port;
@@ -70,9 +97,14 @@ export class ConsolePipe implements ConsoleBackend {
 
   output(bytes: Uint8Array): boolean {
     const copy = Uint8Array.from(bytes);
-    if (this.onOutput !== null) this.onOutput(copy);
-    else this.collected.push(copy);
-    return !this.paused;
+    if (this.onOutput !== null) {
+      this.onOutput(copy);
+      return !this.paused;
+    }
+    this.collected.push(copy);
+    this.collectedBytes += copy.length;
+    if (this.collectedBytes >= this.maxCollected) this.full = true;
+    return !this.paused && !this.full;
   }
 
   inputDrained(): void {
@@ -91,6 +123,11 @@ export class ConsolePipe implements ConsoleBackend {
       at += b.length;
     }
     this.collected = [];
+    this.collectedBytes = 0;
+    if (this.full) {
+      this.full = false;
+      if (!this.paused) this.port?.outputReady();
+    }
     return out;
   }
 
@@ -103,6 +140,6 @@ export class ConsolePipe implements ConsoleBackend {
   resumeOutput(): void {
     if (!this.paused) return;
     this.paused = false;
-    this.port?.outputReady();
+    if (!this.full) this.port?.outputReady();
   }
 }

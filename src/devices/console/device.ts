@@ -7,6 +7,7 @@ import {
   VIRTIO_F_RING_PACKED,
 } from '../../queue/constants.js';
 import type { Queue } from '../../queue/queue.js';
+import { checkBudget, type DeviceBudgetOptions } from '../budget.js';
 import { featureBit, hasFeature, VIRTIO_ID_CONSOLE, VirtioDeviceBase } from '../device.js';
 import { type ConsoleBackend, ConsolePipe, type ConsolePort } from './backend.js';
 import { ByteQueue } from './byte-queue.js';
@@ -34,7 +35,7 @@ import {
 export const CONSOLE_RX_QUEUE = 0;
 export const CONSOLE_TX_QUEUE = 1;
 
-export interface ConsoleOptions {
+export interface ConsoleOptions extends DeviceBudgetOptions {
   /** Where the bytes go and come from (default: a new {@link ConsolePipe}). */
   backend?: ConsoleBackend;
   /** Console size; offers VIRTIO_CONSOLE_F_SIZE when given. */
@@ -45,7 +46,20 @@ export interface ConsoleOptions {
   queueSize?: number;
   /** Input bytes held before the backend is asked to slow down (default 64 KiB). */
   inputHighWater?: number;
+  /**
+   * Most bytes of one transmit chain handed to the backend (default
+   * {@link CONSOLE_DEFAULT_MAX_BYTES_PER_TRANSMIT}); the rest of a longer chain is dropped
+   * and counted in {@link ConsoleDevice.txBytesDropped}.
+   */
+  maxBytesPerTransmit?: number;
 }
+
+/**
+ * Default cap on the bytes taken from one transmit chain: 64 KiB. Linux never puts more in
+ * one buffer (a page from the hvc console, at most 32 KiB from a port's write), so only a
+ * hostile chain (gigabytes of aliased buffers) is cut.
+ */
+export const CONSOLE_DEFAULT_MAX_BYTES_PER_TRANSMIT = 64 * 1024;
 
 /** Bytes read from a transmit chain per call to the backend. */
 const OUTPUT_CHUNK = 4096;
@@ -76,6 +90,9 @@ export class ConsoleDevice extends VirtioDeviceBase {
   private readonly txInfo: ConsoleTxOutput = { kind: 'output', length: 0 };
   /** The device's scratch buffer for output. */
   private readonly scratch = new Uint8Array(OUTPUT_CHUNK);
+  /** Bytes of transmit chains past {@link ConsoleOptions.maxBytesPerTransmit}, dropped. */
+  txBytesDropped = 0;
+  private readonly maxTransmit: number;
   private outputPaused = false;
   private inputRefused = false;
   private busy = 0;
@@ -89,7 +106,10 @@ export class ConsoleDevice extends VirtioDeviceBase {
     if (options.size !== undefined) features |= featureBit(VIRTIO_CONSOLE_F_SIZE);
     if (options.emergencyWrite ?? true) features |= featureBit(VIRTIO_CONSOLE_F_EMERG_WRITE);
     const q = options.queueSize ?? 128;
-    super(VIRTIO_ID_CONSOLE, [q, q], features, CONSOLE_CONFIG_SIZE);
+    super(VIRTIO_ID_CONSOLE, [q, q], features, CONSOLE_CONFIG_SIZE, options);
+    this.maxTransmit =
+      checkBudget('maxBytesPerTransmit', options.maxBytesPerTransmit) ??
+      CONSOLE_DEFAULT_MAX_BYTES_PER_TRANSMIT;
     this.highWater = options.inputHighWater ?? 64 * 1024;
     if (!(this.highWater >= 1)) throw new RangeError('inputHighWater must be at least 1');
     if (options.size !== undefined) this.setSize(options.size.cols, options.size.rows);
@@ -198,7 +218,7 @@ export class ConsoleDevice extends VirtioDeviceBase {
 
   private deliverInput(q: Queue): void {
     let any = false;
-    while (this.input.length > 0) {
+    while (this.input.length > 0 && this.withinBudget(CONSOLE_RX_QUEUE)) {
       const c = q.popOrEnableNotification(this.rxChain);
       if (c === null) break;
       const req = parseConsoleRx(c, this.rxInfo);
@@ -208,6 +228,7 @@ export class ConsoleDevice extends VirtioDeviceBase {
       } else {
         n = this.input.writeTo(this.writer.reset(c), req.capacity);
         this.stats.bytesIn += n;
+        this.spend(n);
       }
       this.writer.reset();
       q.addUsed(c.head, n);
@@ -222,7 +243,7 @@ export class ConsoleDevice extends VirtioDeviceBase {
 
   private readOutput(q: Queue): void {
     let any = false;
-    while (!this.outputPaused) {
+    while (!this.outputPaused && this.withinBudget(CONSOLE_TX_QUEUE)) {
       const c = q.popOrEnableNotification(this.txChain);
       if (c === null) break;
       const req = parseConsoleTx(c, this.txInfo);
@@ -231,12 +252,19 @@ export class ConsoleDevice extends VirtioDeviceBase {
         this.lastTxUnsupported = req.reason;
       } else {
         const r = this.reader.reset(c);
-        // Bounded by the chain's length, which lies inside guest memory (checked at pop).
-        while (r.remaining > 0) {
-          const k = r.read(this.scratch);
+        // At most maxTransmit bytes of a chain (a hostile one may alias gigabytes); the
+        // backend's back-pressure applies from the next chain on.
+        const length = Math.min(req.length, this.maxTransmit);
+        let left = length;
+        while (left > 0) {
+          const k = r.read(this.scratch, 0, Math.min(left, OUTPUT_CHUNK));
+          if (k === 0) break;
+          left -= k;
           if (!this.backend.output(this.scratch.subarray(0, k))) this.outputPaused = true;
         }
-        this.stats.bytesOut += req.length;
+        this.stats.bytesOut += length;
+        this.txBytesDropped += req.length - length;
+        this.spend(length);
         r.reset();
       }
       q.addUsed(c.head, 0);

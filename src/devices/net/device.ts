@@ -10,6 +10,7 @@ import {
 } from '../../queue/constants.js';
 import { PackedQueue } from '../../queue/packed/queue.js';
 import type { Queue } from '../../queue/queue.js';
+import type { DeviceBudgetOptions } from '../budget.js';
 import {
   type DeviceContext,
   featureBit,
@@ -58,7 +59,7 @@ import { emptyNetStats, type NetState, type NetStats, readNetState, toBase64 } f
 export const NET_RX_QUEUE = 0;
 export const NET_TX_QUEUE = 1;
 
-export interface NetOptions {
+export interface NetOptions extends DeviceBudgetOptions {
   /** Where frames go and come from. */
   backend: NetBackend;
   /**
@@ -198,7 +199,7 @@ export class NetDevice extends VirtioDeviceBase {
     }
     features |= offloads;
     const queueSize = options.queueSize ?? 256;
-    super(VIRTIO_ID_NET, [queueSize, queueSize], features, NET_CONFIG_SIZE);
+    super(VIRTIO_ID_NET, [queueSize, queueSize], features, NET_CONFIG_SIZE, options);
     this.backend = options.backend;
     this.mtu = mtu;
     this.link = options.linkUp ?? true;
@@ -333,7 +334,7 @@ export class NetDevice extends VirtioDeviceBase {
   private transmitPass(q: Queue): void {
     let any = false;
     const reader = this.txReader;
-    while (!this.txBlocked) {
+    while (!this.txBlocked && this.withinBudget(NET_TX_QUEUE)) {
       const c = q.popOrEnableNotification(this.txChain);
       if (c === null) break;
       const req = parseTxRequest(c, reader, this.host, this.txReq);
@@ -362,6 +363,7 @@ export class NetDevice extends VirtioDeviceBase {
       }
       this.stats.txFrames++;
       this.stats.txBytes += req.length;
+      this.spend(req.length);
       q.addUsed(c.head, 0);
       any = true;
     }
@@ -413,7 +415,8 @@ export class NetDevice extends VirtioDeviceBase {
 
   private receivePass(q: Queue): void {
     this.rxFreed = false;
-    while (this.prepareOut()) {
+    // prepareOut first: a turn that finds nothing pending schedules no continuation.
+    while (this.prepareOut() && this.withinBudget(NET_RX_QUEUE)) {
       const need = VIRTIO_NET_HDR_SIZE + this.outLen;
       const k = this.gather(q, need);
       if (k === 0) break; // wait for the driver's next receive buffers
@@ -423,6 +426,7 @@ export class NetDevice extends VirtioDeviceBase {
         this.writeOut(q, k);
         this.stats.rxFrames++;
         this.stats.rxBytes += this.outLen;
+        this.spend(this.outLen);
       }
       this.advanceOut();
     }
@@ -456,6 +460,8 @@ export class NetDevice extends VirtioDeviceBase {
         this.stats.rxBadBuffers++;
         q.addUsed(c.head, 0);
         this.rxUsed = true;
+        // Each unusable buffer counts against the turn: a guest may keep posting them.
+        if (!this.withinBudget(NET_RX_QUEUE)) return false;
         continue;
       }
       this.heldCount++;

@@ -5,6 +5,7 @@ import {
   VIRTIO_F_RING_PACKED,
 } from '../../queue/constants.js';
 import type { Queue } from '../../queue/queue.js';
+import { checkBudget, type DeviceBudgetOptions } from '../budget.js';
 import { featureBit, VIRTIO_ID_RNG, VirtioDeviceBase } from '../device.js';
 import { parseRngRequest } from './request.js';
 import { type RngState, readRngState } from './state.js';
@@ -20,22 +21,67 @@ export const cryptoSource: EntropySource = (out) => {
   }
 };
 
-export interface RngOptions {
+/**
+ * A rate limit for the entropy device, in the manner of rust-vmm's vhost-device-rng
+ * (`--max-bytes` per `--period`): at most `maxBytes` bytes per period of `periodMs`. Requests
+ * that find the quota spent wait in the ring (none is dropped) until the next period, which a
+ * timer starts; the device does not poll.
+ */
+export interface RngRateLimit {
+  /** Bytes per period (an integer of at least 1). */
+  maxBytes: number;
+  /** Length of a period in milliseconds (an integer of at least 1). */
+  periodMs: number;
+  /** The clock periods are measured with, in milliseconds (default `performance.now`). */
+  now?: () => number;
+}
+
+export interface RngOptions extends DeviceBudgetOptions {
   /** Where the bytes come from (default: {@link cryptoSource}). */
   source?: EntropySource;
   /** Size of the request queue (default 256). */
   queueSize?: number;
-  /** Largest number of bytes served per request (default: all the driver asked for). */
+  /**
+   * Most bytes served per request (default {@link RNG_DEFAULT_MAX_BYTES_PER_REQUEST}): the
+   * device may write less than the whole buffer (VIRTIO 1.2 §5.4.6), and a buffer of
+   * aliased gigabytes must not cost seconds of entropy generation.
+   */
   maxBytesPerRequest?: number;
+  /** At most so many bytes per period (default: no limit). */
+  rateLimit?: RngRateLimit;
 }
 
-/** virtio-rng (device id 4, VIRTIO 1.2 §5.4): one request queue, no configuration space. */
+/**
+ * Default per-request cap of the entropy device: 64 KiB, what one `getRandomValues` call
+ * fills, and far more than Linux's virtio-rng driver asks for in one request (a buffer of a
+ * cache line or so).
+ */
+export const RNG_DEFAULT_MAX_BYTES_PER_REQUEST = 64 * 1024;
+
+function defaultNow(): number {
+  return globalThis.performance.now();
+}
+
+/**
+ * virtio-rng (device id 4, VIRTIO 1.2 §5.4): one request queue, no configuration space. Each
+ * request gets at most `maxBytesPerRequest` bytes, within the optional rate limit.
+ */
 export class RngDevice extends VirtioDeviceBase {
   readonly source: EntropySource;
   private readonly maxBytes: number;
   private readonly chain = new DescriptorChain();
   bytesServed = 0;
   requestsServed = 0;
+  /** Times a request waited for the next rate-limit period. */
+  rateLimited = 0;
+
+  private readonly rateBytes: number;
+  private readonly ratePeriod: number;
+  private readonly now: () => number;
+  /** Bytes left in the current period, and when it started. */
+  private quota = 0;
+  private periodStart = Number.NEGATIVE_INFINITY;
+  private rateTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(options: RngOptions = {}) {
     // Both ring formats, notification suppression and indirect tables (the transport serves them).
@@ -43,23 +89,54 @@ export class RngDevice extends VirtioDeviceBase {
       featureBit(VIRTIO_F_EVENT_IDX) |
       featureBit(VIRTIO_F_INDIRECT_DESC) |
       featureBit(VIRTIO_F_RING_PACKED);
-    super(VIRTIO_ID_RNG, [options.queueSize ?? 256], ring, 0);
+    super(VIRTIO_ID_RNG, [options.queueSize ?? 256], ring, 0, options);
     this.source = options.source ?? cryptoSource;
-    this.maxBytes = options.maxBytesPerRequest ?? Number.MAX_SAFE_INTEGER;
+    this.maxBytes =
+      checkBudget('maxBytesPerRequest', options.maxBytesPerRequest) ??
+      RNG_DEFAULT_MAX_BYTES_PER_REQUEST;
+    const rate = options.rateLimit;
+    this.rateBytes = rate === undefined ? 0 : checkBudget('rateLimit.maxBytes', rate.maxBytes)!;
+    this.ratePeriod = rate === undefined ? 0 : checkBudget('rateLimit.periodMs', rate.periodMs)!;
+    this.now = rate?.now ?? defaultNow;
+  }
+
+  /**
+   * Bytes the rate limit lets through now (refilling the quota when a new period began);
+   * when none, arms a timer for the next period and returns 0.
+   */
+  private allowance(index: number): number {
+    const t = this.now();
+    if (t - this.periodStart >= this.ratePeriod) {
+      this.periodStart = t;
+      this.quota = this.rateBytes;
+    }
+    if (this.quota > 0) return this.quota;
+    this.rateLimited++;
+    if (this.rateTimer === null) {
+      const generation = this.generation;
+      const wait = Math.max(1, Math.ceil(this.periodStart + this.ratePeriod - t));
+      this.rateTimer = setTimeout(() => {
+        this.rateTimer = null;
+        if (generation === this.generation) this.queueNotify(index);
+      }, wait);
+    }
+    return 0;
   }
 
   protected processQueue(index: number, queue: Queue): void {
     const chain = this.chain;
     const memory = this.ctx!.memory;
+    const limited = this.rateBytes > 0;
     let any = false;
-    // popOrEnableNotification keeps avail_event current with EVENT_IDX (§2.7.10, §2.8.10).
-    for (
-      let c = queue.popOrEnableNotification(chain);
-      c !== null;
-      c = queue.popOrEnableNotification(chain)
-    ) {
+    while (this.withinBudget(index)) {
+      const allowed = limited ? this.allowance(index) : this.maxBytes;
+      if (allowed === 0) break;
+      // popOrEnableNotification keeps avail_event current with EVENT_IDX (§2.7.10, §2.8.10).
+      const c = queue.popOrEnableNotification(chain);
+      if (c === null) break;
       const req = parseRngRequest(c);
-      let left = Math.min(req.bytes, this.maxBytes);
+      // §5.4.6: the device may fill fewer bytes than the buffer holds.
+      let left = Math.min(req.bytes, this.maxBytes, allowed);
       let written = 0;
       for (let i = c.writableStart; i < c.count && left > 0; i++) {
         const n = Math.min(c.lens[i]!, left);
@@ -72,6 +149,8 @@ export class RngDevice extends VirtioDeviceBase {
         left -= n;
         written += n;
       }
+      if (limited) this.quota -= written;
+      this.spend(written);
       queue.addUsed(c.head, written);
       this.bytesServed += written;
       this.requestsServed++;
@@ -91,6 +170,8 @@ export class RngDevice extends VirtioDeviceBase {
   }
 
   protected override onReset(): void {
-    // Counters describe the device's life, not one driver session; nothing else to drop.
+    // Counters describe the device's life, not one driver session; a rate-limit wait ends.
+    if (this.rateTimer !== null) clearTimeout(this.rateTimer);
+    this.rateTimer = null;
   }
 }
