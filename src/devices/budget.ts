@@ -6,11 +6,13 @@
 
 /**
  * Runs `callback` later, after what is already queued: a device gives the thread back this
- * way when its budget for a turn is spent, and continues in the callback. The callback must
- * go to the back of the macrotask queue (not a microtask), so that timers, I/O, other
- * queues and other devices are served in between.
+ * way when its budget for a turn is spent, and continues serving queue `queue` in the
+ * callback. The callback must go to the back of the macrotask queue (not a microtask), so
+ * that timers, I/O, other queues and other devices are served in between. A scheduler may
+ * drop the callback when that queue must not be served any more (a vhost-user ring that
+ * stopped); the next notification of the queue serves it again.
  */
-export type Scheduler = (callback: () => void) => void;
+export type Scheduler = (callback: () => void, queue: number) => void;
 
 /** How much one turn of a device may do (see "Bounded work" in docs/DESIGN.md). */
 export interface DeviceBudgetOptions {

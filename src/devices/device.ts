@@ -214,6 +214,8 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
    * while a turn runs (a backend callback) shares that turn's budget.
    */
   queueNotify(index: number): void {
+    // A notification supersedes a continuation a scheduler dropped.
+    if (index >= 0 && index < this.continuing.length) this.continuing[index] = 0;
     const ctx = this.ctx;
     if (ctx === null || this.needsReset) return;
     const q = ctx.queues[index];
@@ -266,8 +268,9 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
 
   /**
    * Serves queue `index` again in a later turn, at the back of the scheduler's queue: at most
-   * one continuation per queue is pending; it does nothing after a reset or re-activation,
-   * and nothing on a device in DEVICE_NEEDS_RESET.
+   * one continuation per queue is pending (until it runs or a notification of the queue
+   * arrives); it does nothing after a reset or re-activation, and nothing on a device in
+   * DEVICE_NEEDS_RESET.
    */
   protected continueLater(index: number): void {
     const ctx = this.ctx;
@@ -277,10 +280,8 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
     const generation = this.generation;
     const schedule = this.ownSchedule ?? ctx.schedule ?? defaultScheduler;
     schedule(() => {
-      if (generation !== this.generation) return;
-      this.continuing[index] = 0;
-      this.queueNotify(index);
-    });
+      if (generation === this.generation) this.queueNotify(index);
+    }, index);
   }
 
   /**

@@ -1161,7 +1161,13 @@ export class VhostUserBackend {
       this.queues = this.device.queueMaxSizes.map((max) =>
         createQueue(packed ? 'packed' : 'split', max, { logger: this.logger }),
       );
-      this.ctx = { memory, queues: this.queues, features: f, interrupt: this.sink };
+      this.ctx = {
+        memory,
+        queues: this.queues,
+        features: f,
+        interrupt: this.sink,
+        schedule: this.continueRing,
+      };
       this.device.activate(this.ctx);
     }
     this.queues[index] = q;
@@ -1357,6 +1363,27 @@ export class VhostUserBackend {
     this.counters.kicks++;
     if (ring.running) this.notify(index);
   }
+
+  /**
+   * Where the device continues a ring whose turn spent its budget: on this thread's event
+   * loop (so the socket and other rings are served in between), only while the ring still
+   * runs (after GET_VRING_BASE it must not move), with the dirty log flushed after, as after
+   * a kick.
+   */
+  private readonly continueRing = (callback: () => void, index: number): void => {
+    setImmediate(() => {
+      if (this.rings[index]?.running !== true) return;
+      try {
+        callback();
+      } catch (e) {
+        this.logger.warn('vhost-user: the device failed while serving a ring', {
+          index,
+          error: e instanceof Error ? (e.stack ?? e.message) : String(e),
+        });
+      }
+      this.flushLog();
+    });
+  };
 
   private notify(index: number): void {
     try {

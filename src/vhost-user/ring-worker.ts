@@ -102,8 +102,12 @@ const sink: InterruptSink = {
 };
 
 function serve(): void {
+  serveWith(() => device.queueNotify(index));
+}
+
+function serveWith(work: () => void): void {
   try {
-    device.queueNotify(index);
+    work();
   } catch (e) {
     logger.warn('vhost-user ring worker: the device failed while serving its ring', {
       index,
@@ -112,6 +116,22 @@ function serve(): void {
   }
   flushLog();
 }
+
+/**
+ * Where the device continues the ring when a turn spent its budget: this thread's event loop
+ * (kicks and control messages are served in between), only while the ring runs and no stop
+ * is under way, with the dirty log flushed after, as after a kick.
+ */
+function continueRing(callback: () => void): void {
+  const r = running;
+  setImmediate(() => {
+    if (r === null || running !== r || stopping) return;
+    serveWith(callback);
+  });
+}
+
+/** A stop was asked for: the ring takes no more chains. */
+let stopping = false;
 
 function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
   stop();
@@ -143,7 +163,13 @@ function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
     logger.warn('vhost-user ring worker: the device refused the features', { index });
     return;
   }
-  device.activate({ memory, queues, features: m.features, interrupt: sink });
+  device.activate({
+    memory,
+    queues,
+    features: m.features,
+    interrupt: sink,
+    schedule: continueRing,
+  });
   callFd = m.callFd;
   errFd = m.errFd;
   setLog(m.log);
@@ -204,6 +230,7 @@ function ack(seq: number): void {
 port.on('message', (m: RingWorkerMessage) => {
   switch (m.type) {
     case 'start':
+      stopping = false;
       try {
         start(m);
       } catch (e) {
@@ -219,6 +246,7 @@ port.on('message', (m: RingWorkerMessage) => {
       // A device with transfers under way (BlockDevice with asyncIo) completes them before
       // the ring stops: GET_VRING_BASE must not leave a request taken and never answered.
       running?.watcher?.stop();
+      stopping = true;
       const idle = (device as { whenIdle?: (callback: () => void) => void }).whenIdle;
       const finish = (): void => {
         stop();

@@ -414,7 +414,7 @@ export class BlockDevice extends VirtioDeviceBase {
     this.logger = options.logger ?? consoleLogger;
     this.asyncIo = options.asyncIo === true && backend.async !== undefined;
     this.asyncMinBytes = checkU32('asyncMinBytes', options.asyncMinBytes ?? 64 * 1024);
-    this.defer = options.defer ?? options.schedule ?? defaultScheduler;
+    this.defer = options.defer ?? ((callback) => defaultScheduler(callback, 0));
     this.maxDiscardSectors = checkU32(
       'maxDiscardSectors',
       options.maxDiscardSectors ?? 0xffffffff,

@@ -71,6 +71,12 @@ class HostedDevice {
   private mirroredGeneration = -1;
   private mirroredNeedsReset = false;
   private readonly sink: InterruptSink;
+  /** Continuations the device scheduled (a turn that spent its budget), run by {@link step}. */
+  private later: (() => void)[] = [];
+  private readonly schedule = (callback: () => void): void => {
+    this.later.push(callback);
+    this.wake();
+  };
 
   constructor(
     readonly index: number,
@@ -79,6 +85,8 @@ class HostedDevice {
     private readonly logger: Logger,
     private readonly onError: (device: number, error: unknown) => void,
     readonly mailboxBytes: number,
+    /** Makes the host loop look at its devices again (a continuation was scheduled). */
+    private readonly wake: () => void,
   ) {
     this.queueCount = device.queueMaxSizes.length;
     const layout = deviceBlockLayout(this.queueCount, mailboxBytes);
@@ -207,13 +215,22 @@ class HostedDevice {
       worked = true;
       if (!this.guard(() => d.queueNotify(q))) return true;
     }
+    // Continuations scheduled before this step go after every notified queue (and, in the
+    // loop, after the other devices): a device whose turn spent its budget waits its turn.
+    // Those scheduled now run in the next step.
+    const later = this.later;
+    if (later.length > 0) {
+      this.later = [];
+      worked = true;
+      for (const callback of later) if (!this.guard(callback)) return true;
+    }
     if (
       worked &&
       (d.configGeneration !== this.mirroredGeneration || d.needsReset !== this.mirroredNeedsReset)
     ) {
       this.guard(() => this.mirror());
     }
-    return worked;
+    return worked || this.later.length > 0;
   }
 
   private command(seq: number): void {
@@ -238,6 +255,7 @@ class HostedDevice {
         case CMD_RESET:
           this.device.reset();
           this.active = false;
+          this.later = [];
           for (let q = 0; q < this.queueCount; q++) Atomics.store(w, D_NOTIFY + q, 0);
           break;
         default:
@@ -258,6 +276,7 @@ class HostedDevice {
       queues,
       features: BigInt(`0x${p.features}`),
       interrupt: this.sink,
+      schedule: this.schedule,
     });
     this.active = true;
     return 0;
@@ -314,7 +333,15 @@ export class DeviceHost {
     const logger = options.logger ?? consoleLogger;
     const onError = options.onError ?? (() => {});
     const mailbox = options.mailboxBytes ?? DEFAULT_MAILBOX_BYTES;
-    this.slots = devices.map((d, i) => new HostedDevice(i, d, memory, logger, onError, mailbox));
+    const wake = (): void => {
+      // Only a sleeping loop needs the doorbell (one that runs looks again after this step).
+      if (Atomics.load(this.h, H_SLEEPING) === 0) return;
+      Atomics.add(this.h, H_DOORBELL, 1);
+      Atomics.notify(this.h, H_DOORBELL);
+    };
+    this.slots = devices.map(
+      (d, i) => new HostedDevice(i, d, memory, logger, onError, mailbox, wake),
+    );
   }
 
   /** What the emulator side needs to build one proxy per device. */
