@@ -1,5 +1,6 @@
 // virtq_native: the system calls virtq/vhost-user needs and Node does not offer. No protocol
 // logic lives here; src/vhost-user/ holds all of it.
+#include <node_version.h>
 #include <v8-version.h>
 
 #include <string>
@@ -10,7 +11,7 @@ namespace virtq {
 
 // Bumped whenever a function's contract changes, so the TypeScript loader can refuse a stale
 // build instead of calling it wrongly.
-constexpr int kAbiVersion = 2;
+constexpr int kAbiVersion = 3;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Object constants = Napi::Object::New(env);
@@ -21,8 +22,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   constants.Freeze();
   exports.Set("constants", constants);
   exports.Set("abiVersion", Napi::Number::New(env, kAbiVersion));
-  // mmap() uses V8's own API, which is only stable within one V8 version: the loader compares
-  // this with process.versions.v8 and asks for a rebuild when Node was upgraded.
+  // mmap() uses V8's own API, which Node keeps stable within one NODE_MODULE_VERSION (one
+  // Node major line): the loader compares this with process.versions.modules.
+  exports.Set("nodeModuleVersion", Napi::Number::New(env, NODE_MODULE_VERSION));
+  // For messages only.
   exports.Set("v8Version", Napi::String::New(env, std::to_string(V8_MAJOR_VERSION) + "." +
                                                       std::to_string(V8_MINOR_VERSION) + "." +
                                                       std::to_string(V8_BUILD_NUMBER) + "." +

@@ -4,9 +4,12 @@
  * eventfds, waiting for a descriptor on the event loop). It holds no logic: every rule of the
  * protocol lives in TypeScript, on top of these calls.
  *
- * The addon is built from `native/` by node-gyp when the package is installed. The core library
- * never loads it; {@link loadNative} does, on first use, and throws a
- * {@link NativeAddonUnavailableError} that says what to do when it is missing.
+ * The package ships the addon prebuilt for linux-x64 (`prebuilds/`, one file per Node ABI, made
+ * by `native/prebuild.mjs`), so installing virtq compiles nothing. The core library never loads
+ * it; {@link loadNative} does, on first use, picking the file for the running Node with
+ * node-gyp-build, and throws a {@link NativeAddonUnavailableError} that says what to do when
+ * there is none. `VIRTQ_PREBUILD=DIR` loads from DIR's `prebuilds/` instead (an addon you built
+ * yourself from a checkout of virtq, for a platform the package has no prebuild for).
  *
  * Conventions shared by every function:
  * - A failed system call throws an `Error` shaped like Node's own: `code` (`'EAGAIN'`,
@@ -17,17 +20,50 @@
  * - Every descriptor the addon creates or receives is close-on-exec, and every socket it creates
  *   is non-blocking.
  */
+import { readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getSystemErrorMap, getSystemErrorName } from 'node:util';
 
 /** The addon's interface version this module was written for (`abiVersion` in `addon.cc`). */
-export const NATIVE_ABI_VERSION = 2;
+export const NATIVE_ABI_VERSION = 3;
 
-/** Where the built addon lives (same path from `src/vhost-user/` and `dist/vhost-user/`). */
-export const nativeAddonPath: string = fileURLToPath(
-  new URL('../../native/build/Release/virtq_native.node', import.meta.url),
-);
+/** The package's root (the same from `src/vhost-user/` and `dist/vhost-user/`). */
+const packageRoot = fileURLToPath(new URL('../..', import.meta.url));
+
+/** Where prebuilt addons are looked for (node-gyp-build's layout: `<platform>-<arch>/`). */
+export const nativePrebuildsDir: string = join(packageRoot, 'prebuilds');
+
+/**
+ * The addon file for the running Node, as node-gyp-build picks it, or a
+ * {@link NativeAddonUnavailableError} saying which platform and Node ABI found none.
+ */
+export function nativeAddonPath(): string {
+  const require = createRequire(import.meta.url);
+  const gypBuild = require('node-gyp-build') as { resolve(dir: string): string };
+  try {
+    return gypBuild.resolve(packageRoot);
+  } catch (cause) {
+    const where = `${process.platform}-${process.arch}, Node ${process.versions.node} (ABI ${process.versions.modules})`;
+    throw new NativeAddonUnavailableError(
+      process.env.VIRTQ_PREBUILD ?? nativePrebuildsDir,
+      `no prebuilt addon for ${where}; this package has ${listPrebuilds()}`,
+      { cause },
+    );
+  }
+}
+
+function listPrebuilds(): string {
+  const dir = join(process.env.VIRTQ_PREBUILD ?? packageRoot, 'prebuilds');
+  const found: string[] = [];
+  try {
+    for (const platform of readdirSync(dir)) {
+      for (const file of readdirSync(join(dir, platform))) found.push(`${platform}/${file}`);
+    }
+  } catch {}
+  return found.length > 0 ? found.join(', ') : 'none';
+}
 
 /** What {@link VhostUserNative.recvmsg} read. */
 export interface RecvResult {
@@ -208,6 +244,7 @@ export interface VhostUserNative {
 /** The addon as it is loaded: `watch` reports a negative errno, turned into an Error here. */
 interface RawAddon extends Omit<VhostUserNative, 'watch'> {
   readonly abiVersion: number;
+  readonly nodeModuleVersion: number;
   readonly v8Version: string;
   watch(
     fd: number,
@@ -219,15 +256,16 @@ interface RawAddon extends Omit<VhostUserNative, 'watch'> {
 /** The addon could not be loaded: not built, built for another Node, or not this platform. */
 export class NativeAddonUnavailableError extends Error {
   readonly code = 'NATIVE_ADDON_UNAVAILABLE' as const;
-  /** The path the addon was loaded from. */
+  /** Where the addon was looked for or loaded from. */
   readonly path: string;
 
   constructor(path: string, reason: string, options?: { cause?: unknown }) {
     super(
-      `virtq native addon not available (${reason}): ${path}. virtq/vhost-user needs it; ` +
-        'build it with `npm run build:native` in a checkout of virtq, or `npm rebuild virtq` in a ' +
-        'project that depends on it (needs Linux, python3, make, a C++ compiler and the Node ' +
-        'headers; see native/build.mjs)',
+      `virtq native addon not available (${reason}): ${path}. virtq/vhost-user needs it. The ` +
+        'package ships it prebuilt for linux-x64 (glibc) on Node 20, 22 and 24. Elsewhere on ' +
+        'Linux, build it in a checkout of virtq (`npm ci` builds it for the Node that runs npm; ' +
+        'needs python3, make, a C++ compiler and the Node headers) and point VIRTQ_PREBUILD at ' +
+        'that checkout. vhost-user is a Linux protocol: there is no addon for other systems',
       options,
     );
     this.name = 'NativeAddonUnavailableError';
@@ -289,30 +327,31 @@ export function loadNative(): VhostUserNative {
   if (loaded !== undefined) return loaded;
   if (process.platform !== 'linux') {
     throw new NativeAddonUnavailableError(
-      nativeAddonPath,
+      nativePrebuildsDir,
       `Linux only, this is ${process.platform}`,
     );
   }
+  const path = nativeAddonPath();
   let raw: RawAddon;
   try {
-    raw = createRequire(import.meta.url)(nativeAddonPath) as RawAddon;
+    raw = createRequire(import.meta.url)(path) as RawAddon;
   } catch (cause) {
-    const missing = (cause as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND';
-    const reason = missing ? 'not built' : `failed to load: ${(cause as Error).message}`;
-    throw new NativeAddonUnavailableError(nativeAddonPath, reason, { cause });
+    throw new NativeAddonUnavailableError(path, `failed to load: ${(cause as Error).message}`, {
+      cause,
+    });
   }
   if (raw.abiVersion !== NATIVE_ABI_VERSION) {
     throw new NativeAddonUnavailableError(
-      nativeAddonPath,
+      path,
       `stale build: interface ${raw.abiVersion}, expected ${NATIVE_ABI_VERSION}`,
     );
   }
-  // mmap uses V8's C++ API, which is only stable within one V8 version.
-  const v8 = process.versions.v8.split('-')[0];
-  if (raw.v8Version !== v8) {
+  // mmap uses V8's C++ API, which Node keeps stable within one module version (one major line).
+  if (raw.nodeModuleVersion !== Number(process.versions.modules)) {
     throw new NativeAddonUnavailableError(
-      nativeAddonPath,
-      `built for V8 ${raw.v8Version}, this Node runs V8 ${v8}`,
+      path,
+      `built for Node ABI ${raw.nodeModuleVersion} (V8 ${raw.v8Version}), this Node is ABI ` +
+        `${process.versions.modules} (V8 ${process.versions.v8})`,
     );
   }
   loaded = wrap(raw);

@@ -3,8 +3,9 @@
  * the tarball. Each is made once per test process.
  *
  * The tarball is packed with `--ignore-scripts`: `prepare` would rebuild dist/ while other test
- * files run from it. So it holds what `npm test` just built (dist/) and the native prebuilds that
- * `npm ci` made (native/prebuilds/); the tests check that both are there.
+ * files run from it. So it holds what `npm test` just built (dist/) and the native prebuilds in
+ * prebuilds/ (`npm ci` makes this Node's, `.ci/run` every supported Node's); the tests check
+ * that both are there.
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';

@@ -6,7 +6,7 @@ import { execFile, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { freshProject, packTarball, repoRoot, userEnv } from './pack.js';
 
 /** Runs a shell command line in `cwd` as a user would, without blocking the test's thread. */
@@ -28,24 +28,42 @@ function sh(
   });
 }
 
+const started: number[] = [];
+// Whatever a failed test left running goes with the file.
+afterAll(() => {
+  for (const pid of started) {
+    try {
+      process.kill(-pid, 'SIGKILL');
+    } catch {}
+  }
+});
+
 /** Starts a long-running command line, collecting its stderr. */
 function start(line: string, cwd: string) {
-  // exec: the shell becomes the command (npx, then node), so SIGINT reaches the CLI itself.
+  // Its own process group, as a shell gives a job: `interrupt()` signals the whole group, as
+  // Ctrl-C in a terminal does (npx does not pass a SIGINT sent to it alone on to the CLI).
   const child = spawn('/bin/sh', ['-c', `exec ${line}`], {
     cwd,
     env: userEnv(),
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
   });
+  if (child.pid !== undefined) started.push(child.pid);
+  const interrupt = () => {
+    if (child.pid !== undefined && !exited) process.kill(-child.pid, 'SIGINT');
+  };
   let err = '';
   let exited = false;
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     err += d;
   });
   child.stdout.resume();
+  // npx ends by the signal itself after its child has exited (so `code` is null then); what the
+  // CLI did is in its output.
   const exit = new Promise<number | null>((resolve) =>
-    child.on('exit', (code) => {
+    child.on('exit', (code, signal) => {
       exited = true;
-      resolve(code);
+      resolve(signal === 'SIGINT' ? 0 : code);
     }),
   );
   /** Waits until `text` appears on stderr; false if the process ended first or time ran out. */
@@ -57,7 +75,7 @@ function start(line: string, cwd: string) {
     }
     return true;
   };
-  return { child, err: () => err, exit, waitForText };
+  return { child, err: () => err, exit, interrupt, waitForText };
 }
 
 function tarEntries(tgz: string): string[] {
@@ -89,15 +107,38 @@ describe('the packed tarball', () => {
     expect(manifest.bin).toEqual({ virtq: './bin/virtq.js' });
   });
 
-  it('ships the native addon prebuilt for linux-x64 on this Node', async () => {
+  it('ships the native addon prebuilt for linux-x64 on this Node (and on every supported one under CI)', async () => {
     const entries = tarEntries(await packTarball());
-    const prebuilds = entries.filter((e) => e.startsWith('package/native/prebuilds/linux-x64/'));
+    const prebuilds = entries.filter((e) => e.startsWith('package/prebuilds/linux-x64/'));
     expect(
       prebuilds,
-      'native/prebuilds/ is missing: run `npm ci` (or the prebuild script) first',
+      'prebuilds/ is missing: run `npm ci` (or native/prebuild.mjs) first',
     ).not.toEqual([]);
-    expect(prebuilds.some((p) => p.includes(`abi${process.versions.modules}`))).toBe(true);
+    const abis = [process.versions.modules];
+    // .ci/run builds for Node 20, 22 and 24 (native/prebuild.mjs --all): a package made there
+    // must work on each without a compiler.
+    if (process.env.CI === 'true') abis.push('115', '127', '137');
+    for (const abi of abis) {
+      expect(prebuilds).toContain(`package/prebuilds/linux-x64/virtq_native.abi${abi}.glibc.node`);
+    }
+    expect(entries.filter((e) => e.includes('/build/'))).toEqual([]);
   });
+});
+
+describe('the package manifest', () => {
+  it('is ESM-only with top-level types, no side effects and ./package.json exported', () => {
+    const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8'));
+    expect(pkg.type).toBe('module');
+    expect(pkg.sideEffects).toBe(false);
+    expect(pkg.types).toBe('./dist/index.d.ts');
+    expect(pkg.exports['./package.json']).toBe('./package.json');
+  });
+
+  it('@arethetypeswrong/cli finds no problem for an ESM-only package', async () => {
+    const attw = join(repoRoot, 'node_modules', '.bin', 'attw');
+    const r = await sh(`"${attw}" "${await packTarball()}" --profile esm-only`, repoRoot);
+    expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0);
+  }, 120_000);
 });
 
 describe('a fresh project that installs the tarball (no compiler on PATH)', () => {
@@ -154,7 +195,7 @@ describe('a fresh project that installs the tarball (no compiler on PATH)', () =
       expect(backend.err()).toContain('(67108864 bytes, 1 queue, one thread each)');
       expect(existsSync(sock)).toBe(true);
     } finally {
-      backend.child.kill('SIGINT');
+      backend.interrupt();
     }
     expect(await backend.exit).toBe(0);
     expect(backend.err()).toMatch(/stopping; \{"connections":0/);
@@ -222,7 +263,7 @@ describe('every command line in the README', () => {
         try {
           expect(await server.waitForText(/serving/, 60_000), `${c}: ${server.err()}`).toBe(true);
         } finally {
-          server.child.kill('SIGINT');
+          server.interrupt();
         }
         expect(await server.exit, c).toBe(0);
         continue;

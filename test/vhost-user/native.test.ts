@@ -12,6 +12,7 @@ import {
   loadNative,
   NativeAddonUnavailableError,
   nativeAddonPath,
+  nativePrebuildsDir,
   type VhostUserNative,
 } from '../../src/vhost-user/index.js';
 
@@ -38,7 +39,7 @@ if (native === undefined) {
       `${message}\n${'!'.repeat(78)}\n`,
   );
   describe('native addon', () => {
-    it(`NOT BUILT: vhost-user native tests did not run (${nativeAddonPath})`, () => {
+    it(`NOT BUILT: vhost-user native tests did not run (${nativePrebuildsDir})`, () => {
       expect(loadError).toBeInstanceOf(NativeAddonUnavailableError);
       if (required) {
         throw new Error(`the native addon must be built under CI=true: ${message}`);
@@ -398,7 +399,7 @@ function describeNative(n: VhostUserNative): void {
     it('closes active watchers when a worker ends, without crashing the process', async () => {
       const script = `
         const { parentPort } = require('node:worker_threads');
-        const n = require(${JSON.stringify(nativeAddonPath)});
+        const n = require(${JSON.stringify(nativeAddonPath())});
         for (let i = 0; i < 8; i++) {
           const fd = n.eventfd(1, n.constants.EFD_NONBLOCK); // readable: fires until drained
           n.watch(fd, n.constants.POLL_READABLE, () => {});
@@ -414,7 +415,7 @@ function describeNative(n: VhostUserNative): void {
       }
       // A worker whose only watcher is unref()'d ends by itself.
       const selfEnding = new Worker(
-        `const n = require(${JSON.stringify(nativeAddonPath)});
+        `const n = require(${JSON.stringify(nativeAddonPath())});
          n.watch(n.eventfd(0, n.constants.EFD_NONBLOCK), n.constants.POLL_READABLE, () => {}).unref();`,
         { eval: true },
       );
