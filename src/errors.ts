@@ -7,6 +7,8 @@
  * valid) are plain `TypeError` / `RangeError`, so the two are never confused.
  */
 
+import { hex } from './hex.js';
+
 /** Every code a {@link VirtqError} can carry. */
 export type VirtqErrorCode =
   // guest memory
@@ -36,7 +38,6 @@ export type VirtqErrorCode =
   | 'IOVEC_SHORT'
   // queue state
   | 'QUEUE_NOT_ACTIVE'
-  | 'QUEUE_BROKEN'
   // snapshots
   | 'SNAPSHOT_INVALID'
   // vhost-user messages
@@ -45,16 +46,19 @@ export type VirtqErrorCode =
   | 'VHOST_BAD_SIZE'
   | 'VHOST_BAD_FDS'
   | 'VHOST_UNKNOWN_REQUEST'
-  | 'VHOST_BAD_PAYLOAD';
+  | 'VHOST_BAD_PAYLOAD'
+  | 'VHOST_BAD_MEMORY_TABLE';
 
 /** Base class of every error a guest (or guest-controlled data) can cause. */
 export class VirtqError extends Error {
+  // Each class names itself with a literal, which survives minification (`new.target.name`
+  // does not: a bundler renames classes).
+  override readonly name: string = 'VirtqError';
   readonly code: VirtqErrorCode;
 
   constructor(code: VirtqErrorCode, message: string) {
     super(message);
     this.code = code;
-    this.name = new.target.name;
   }
 }
 
@@ -65,6 +69,7 @@ export function isVirtqError(e: unknown, code?: VirtqErrorCode): e is VirtqError
 
 /** An access to guest memory outside every region, or crossing a region's end. */
 export class GuestMemoryError extends VirtqError {
+  override readonly name: string = 'GuestMemoryError';
   readonly address: number;
   readonly length: number;
 
@@ -83,6 +88,7 @@ export type QueueConfigErrorCode =
 
 /** The driver configured a queue that cannot be activated (VIRTIO 1.2 §2.7). */
 export class QueueConfigError extends VirtqError {
+  override readonly name: string = 'QueueConfigError';
   declare readonly code: QueueConfigErrorCode;
   /** Which part of the queue configuration is wrong. */
   readonly field: string;
@@ -113,6 +119,7 @@ export type DescriptorErrorCode =
  * (split ring) or buffer id (packed ring) as the driver wrote it; it may itself be out of range.
  */
 export class DescriptorError extends VirtqError {
+  override readonly name: string = 'DescriptorError';
   declare readonly code: DescriptorErrorCode;
   readonly head: number;
   /** The descriptor (table index) at which the problem was found, or -1. */
@@ -127,6 +134,7 @@ export class DescriptorError extends VirtqError {
 
 /** A used element named a descriptor index the queue does not have. */
 export class UsedRingError extends VirtqError {
+  override readonly name: string = 'UsedRingError';
   declare readonly code: 'USED_ID_OUT_OF_RANGE';
   readonly id: number;
 
@@ -141,6 +149,7 @@ export class UsedRingError extends VirtqError {
  * (an exact read, write, skip, copy or split past the end). Nothing was consumed.
  */
 export class IovecError extends VirtqError {
+  override readonly name: string = 'IovecError';
   declare readonly code: 'IOVEC_SHORT';
   /** Bytes the operation needed. */
   readonly requested: number;
@@ -157,13 +166,19 @@ export class IovecError extends VirtqError {
   }
 }
 
-/** The queue cannot be used in its current state (not activated, or broken by the guest). */
+/**
+ * The queue was used before it was activated (or after a reset). A guest that breaks a ring's
+ * rules gets a {@link DescriptorError} or {@link UsedRingError} instead, and its device goes to
+ * DEVICE_NEEDS_RESET.
+ */
 export class QueueStateError extends VirtqError {
-  declare readonly code: 'QUEUE_NOT_ACTIVE' | 'QUEUE_BROKEN';
+  override readonly name: string = 'QueueStateError';
+  declare readonly code: 'QUEUE_NOT_ACTIVE';
 }
 
 /** A saved queue or device state failed validation on restore. */
 export class SnapshotError extends VirtqError {
+  override readonly name: string = 'SnapshotError';
   declare readonly code: 'SNAPSHOT_INVALID';
   /** Dotted path of the offending field, e.g. `split.nextAvail`. */
   readonly field: string;
@@ -188,6 +203,7 @@ export type VhostUserErrorCode =
  * rejected message: nothing took ownership of them, so the receiver must close each one.
  */
 export class VhostUserError extends VirtqError {
+  override readonly name: string = 'VhostUserError';
   declare readonly code: VhostUserErrorCode;
   /** The header's request code, or -1 when the header itself could not be read. */
   readonly request: number;
@@ -224,9 +240,4 @@ export class SharedMemoryUnavailableError extends Error {
 /** Throws {@link SharedMemoryUnavailableError} when `SharedArrayBuffer` is missing. */
 export function requireSharedArrayBuffer(what: string): void {
   if (typeof SharedArrayBuffer === 'undefined') throw new SharedMemoryUnavailableError(what);
-}
-
-/** Formats a guest address for messages. */
-export function hex(n: number): string {
-  return Number.isFinite(n) ? `0x${n.toString(16)}` : String(n);
 }

@@ -21,7 +21,9 @@ export interface MmioBus {
 }
 
 /** The device refused the features the driver asked for (FEATURES_OK did not stick). */
-export class FeaturesRefusedError extends Error {}
+export class FeaturesRefusedError extends Error {
+  override readonly name: string = 'FeaturesRefusedError';
+}
 
 /**
  * The generic part of a guest driver for a virtio-mmio device, following VIRTIO 1.2 §3.1.1

@@ -37,7 +37,9 @@ export interface SplitDriverOptions {
 }
 
 /** Thrown when the device breaks the used-ring rules as seen by the driver. */
-export class DeviceBehaviourError extends Error {}
+export class DeviceBehaviourError extends Error {
+  override readonly name: string = 'DeviceBehaviourError';
+}
 
 const TWO_32 = 2 ** 32;
 

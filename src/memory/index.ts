@@ -1,4 +1,10 @@
-export { HOST_IS_LITTLE_ENDIAN } from './endian.js';
+/**
+ * Guest RAM: regions over (Shared)ArrayBuffers at guest-physical addresses, checked
+ * little-endian access, zero-copy views and a dirty-page bitmap for snapshots and migration.
+ *
+ * @module virtq/memory
+ */
+
 export {
   type DirtyBitmap,
   GuestMemory,

@@ -6,5 +6,5 @@ export {
   type SpawnDeviceWorkerOptions,
   startModuleWorker,
 } from './device-worker.js';
-export { FileBackend, type FileBackendOptions } from './file-backend.js';
+export { FileBackend, type FileBackendOptions, type PunchHole } from './file-backend.js';
 export { UdpNetBackend, type UdpNetOptions } from './net-udp.js';

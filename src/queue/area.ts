@@ -1,4 +1,5 @@
-import { hex, QueueConfigError, type QueueConfigErrorCode, SnapshotError } from '../errors.js';
+import { QueueConfigError, type QueueConfigErrorCode, SnapshotError } from '../errors.js';
+import { hex } from '../hex.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { GuestRegion } from '../memory/region.js';
 import type { Queue } from './queue.js';

@@ -139,7 +139,9 @@ export interface VhostUserBackendStats {
 }
 
 /** A request the back-end refuses (bad ring index, address outside the table...). */
-class RequestFailure extends Error {}
+class RequestFailure extends Error {
+  override readonly name: string = 'RequestFailure';
+}
 
 /** Requests whose reply the front-end always waits for (so a failure cannot stay silent). */
 const REPLYING_REQUESTS: ReadonlySet<number> = new Set([

@@ -113,7 +113,8 @@ export interface VhostUserInflight {
 // ---------------------------------------------------------------------------------------------
 // Messages
 
-interface MessageBase<K extends VhostUserRequestName> {
+/** What every decoded request carries, whatever its kind. */
+export interface VhostUserMessageBase<K extends VhostUserRequestName> {
   readonly kind: K;
   readonly request: (typeof VhostUserRequest)[K];
   /** The raw header flags (version 1, REPLY clear). */
@@ -128,40 +129,44 @@ interface MessageBase<K extends VhostUserRequestName> {
   readonly fds: readonly number[];
 }
 
-type Msg<K extends VhostUserRequestName, P extends object = object> = MessageBase<K> & Readonly<P>;
+/** One decoded request of kind `K`: the common fields and the ones that kind carries (`P`). */
+export type VhostUserRequestMessage<
+  K extends VhostUserRequestName,
+  P extends object = object,
+> = VhostUserMessageBase<K> & Readonly<P>;
 
 /** A decoded front-end request: one arm per request the codec supports, keyed by `kind`. */
 export type VhostUserMessage =
-  | Msg<'GET_FEATURES'>
-  | Msg<'SET_FEATURES', { features: bigint }>
-  | Msg<'GET_PROTOCOL_FEATURES'>
-  | Msg<'SET_PROTOCOL_FEATURES', { features: bigint }>
-  | Msg<'SET_OWNER'>
-  | Msg<'RESET_OWNER'>
-  | Msg<'RESET_DEVICE'>
-  | Msg<'GET_QUEUE_NUM'>
-  | Msg<'GET_MAX_MEM_SLOTS'>
-  | Msg<'SET_MEM_TABLE', { regions: readonly VhostUserMappedRegion[] }>
-  | Msg<'ADD_MEM_REG', { region: VhostUserMappedRegion }>
-  | Msg<'REM_MEM_REG', { region: VhostUserMemoryRegion }>
-  | Msg<'SET_VRING_NUM', { state: VhostUserVringState }>
-  | Msg<'SET_VRING_BASE', { state: VhostUserVringState }>
-  | Msg<'GET_VRING_BASE', { state: VhostUserVringState }>
-  | Msg<'SET_VRING_ENABLE', { state: VhostUserVringState }>
-  | Msg<'VRING_KICK', { state: VhostUserVringState }>
-  | Msg<'SET_VRING_ADDR', { addr: VhostUserVringAddr }>
-  | Msg<'SET_VRING_KICK', { file: VhostUserVringFile }>
-  | Msg<'SET_VRING_CALL', { file: VhostUserVringFile }>
-  | Msg<'SET_VRING_ERR', { file: VhostUserVringFile }>
-  | Msg<'GET_CONFIG', { config: VhostUserConfig }>
-  | Msg<'SET_CONFIG', { config: VhostUserConfig }>
-  | Msg<'SET_LOG_BASE', { log: VhostUserLog; fd: number }>
-  | Msg<'SET_LOG_FD', { fd: number }>
-  | Msg<'GET_INFLIGHT_FD', { inflight: VhostUserInflight }>
-  | Msg<'SET_INFLIGHT_FD', { inflight: VhostUserInflight; fd: number }>
-  | Msg<'SET_BACKEND_REQ_FD', { fd: number }>
-  | Msg<'SET_STATUS', { status: number }>
-  | Msg<'GET_STATUS'>;
+  | VhostUserRequestMessage<'GET_FEATURES'>
+  | VhostUserRequestMessage<'SET_FEATURES', { features: bigint }>
+  | VhostUserRequestMessage<'GET_PROTOCOL_FEATURES'>
+  | VhostUserRequestMessage<'SET_PROTOCOL_FEATURES', { features: bigint }>
+  | VhostUserRequestMessage<'SET_OWNER'>
+  | VhostUserRequestMessage<'RESET_OWNER'>
+  | VhostUserRequestMessage<'RESET_DEVICE'>
+  | VhostUserRequestMessage<'GET_QUEUE_NUM'>
+  | VhostUserRequestMessage<'GET_MAX_MEM_SLOTS'>
+  | VhostUserRequestMessage<'SET_MEM_TABLE', { regions: readonly VhostUserMappedRegion[] }>
+  | VhostUserRequestMessage<'ADD_MEM_REG', { region: VhostUserMappedRegion }>
+  | VhostUserRequestMessage<'REM_MEM_REG', { region: VhostUserMemoryRegion }>
+  | VhostUserRequestMessage<'SET_VRING_NUM', { state: VhostUserVringState }>
+  | VhostUserRequestMessage<'SET_VRING_BASE', { state: VhostUserVringState }>
+  | VhostUserRequestMessage<'GET_VRING_BASE', { state: VhostUserVringState }>
+  | VhostUserRequestMessage<'SET_VRING_ENABLE', { state: VhostUserVringState }>
+  | VhostUserRequestMessage<'VRING_KICK', { state: VhostUserVringState }>
+  | VhostUserRequestMessage<'SET_VRING_ADDR', { addr: VhostUserVringAddr }>
+  | VhostUserRequestMessage<'SET_VRING_KICK', { file: VhostUserVringFile }>
+  | VhostUserRequestMessage<'SET_VRING_CALL', { file: VhostUserVringFile }>
+  | VhostUserRequestMessage<'SET_VRING_ERR', { file: VhostUserVringFile }>
+  | VhostUserRequestMessage<'GET_CONFIG', { config: VhostUserConfig }>
+  | VhostUserRequestMessage<'SET_CONFIG', { config: VhostUserConfig }>
+  | VhostUserRequestMessage<'SET_LOG_BASE', { log: VhostUserLog; fd: number }>
+  | VhostUserRequestMessage<'SET_LOG_FD', { fd: number }>
+  | VhostUserRequestMessage<'GET_INFLIGHT_FD', { inflight: VhostUserInflight }>
+  | VhostUserRequestMessage<'SET_INFLIGHT_FD', { inflight: VhostUserInflight; fd: number }>
+  | VhostUserRequestMessage<'SET_BACKEND_REQ_FD', { fd: number }>
+  | VhostUserRequestMessage<'SET_STATUS', { status: number }>
+  | VhostUserRequestMessage<'GET_STATUS'>;
 
 export type VhostUserMessageKind = VhostUserMessage['kind'];
 

@@ -40,7 +40,13 @@ export {
   NativeAddonUnavailableError,
   type NativeConstants,
   nativeAddonPath,
+  nativePrebuildsDir,
   type RecvResult,
   type VhostUserNative,
   type WatchCallback,
 } from './native.js';
+export {
+  PackedInflight,
+  type PackedInflightResume,
+  packedInflightRegionBytes,
+} from './packed-inflight.js';

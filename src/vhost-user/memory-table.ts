@@ -5,6 +5,7 @@
  * speaks in (QEMU docs/interop/vhost-user.rst, "Memory access").
  */
 import { fstatSync } from 'node:fs';
+import { VirtqError } from '../errors.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import type { VhostUserMappedRegion, VhostUserMemoryRegion } from './codec.js';
 import type { VhostUserNative } from './native.js';
@@ -17,8 +18,13 @@ export interface MappedMemoryRegion extends VhostUserMemoryRegion {
 }
 
 /** Why a region could not be added; the back-end answers the front-end with a failure. */
-export class MemoryTableError extends Error {
-  override readonly name = 'MemoryTableError';
+export class MemoryTableError extends VirtqError {
+  override readonly name: string = 'MemoryTableError';
+  declare readonly code: 'VHOST_BAD_MEMORY_TABLE';
+
+  constructor(message: string) {
+    super('VHOST_BAD_MEMORY_TABLE', message);
+  }
 }
 
 /**

@@ -1,5 +1,8 @@
+// virtio-blk (VIRTIO 1.2 §5.2): the device, its storage backends, its feature bits and snapshot.
 export {
+  type AsyncBlockIo,
   type BlockBackend,
+  type BlockIoDone,
   MAX_VECTOR_BUFFERS,
   MemoryBackend,
   type MemoryBackendOptions,
@@ -10,6 +13,7 @@ export {
   BlockDevice,
   type BlockOptions,
   type BlockTopology,
+  DEFAULT_SEG_MAX_RING,
   VIRTIO_BLK_F_BLK_SIZE,
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
@@ -22,17 +26,12 @@ export {
   VIRTIO_BLK_F_TOPOLOGY,
   VIRTIO_BLK_F_WRITE_ZEROES,
 } from './device.js';
+// Request types and status bytes (VIRTIO 1.2 §5.2.6), for drivers and tests that build requests
 export {
   BLK_HEADER_BYTES,
   BLK_ID_BYTES,
   BLK_SEGMENT_BYTES,
-  type BlockInvalidReason,
-  type BlockRequest,
-  type BlockRequestKind,
-  BlockRequestScratch,
-  parseBlockRequest,
   SECTOR_BYTES,
-  typeMask,
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_S_UNSUPP,
@@ -46,4 +45,4 @@ export {
   VIRTIO_BLK_T_WRITE_ZEROES,
   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from './request.js';
-export { type BlockState, type BlockStats, emptyBlockStats, readBlockState } from './state.js';
+export type { BlockState, BlockStats } from './state.js';

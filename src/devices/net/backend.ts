@@ -19,7 +19,7 @@ export interface NetPort {
 }
 
 /**
- * Where a network device's frames go and come from. Implementations: {@link NetPair} (two
+ * Where a network device's frames go and come from. Implementations: {@link createNetPair} (two
  * devices cable-connected), {@link NetSwitch} (N ports), and the Node-only datagram socket
  * backend in `virtq/node`.
  */

@@ -1,3 +1,5 @@
+// virtio-net (VIRTIO 1.2 §5.1): the device, its frame backends, the virtio header a backend
+// sees, feature and status bits, and snapshot.
 export {
   createNetPair,
   formatMac,
@@ -10,25 +12,46 @@ export {
   parseMac,
 } from './backend.js';
 export { NET_RX_QUEUE, NET_TX_QUEUE, NetDevice, type NetOptions } from './device.js';
-export { FrameRing } from './frame-ring.js';
 export {
-  buildTcpSegment,
-  completeChecksum,
-  foldSum,
-  isTcpGso,
-  onesSum,
-  parseTcpGso,
-  type TcpGso,
-  tcpGsoScratch,
-} from './offload.js';
-export * from './request.js';
-export {
-  emptyNetStats,
-  fromBase64,
-  type NetSavedChain,
-  type NetSavedFrame,
-  type NetState,
-  type NetStats,
-  readNetState,
-  toBase64,
-} from './state.js';
+  ETH_HLEN,
+  NET_MAX_FRAME,
+  NET_OFFLOAD_FEATURES,
+  type NetHeader,
+  type NetTxUnsupportedReason,
+  plainHeader,
+  VIRTIO_NET_F_CSUM,
+  VIRTIO_NET_F_CTRL_GUEST_OFFLOADS,
+  VIRTIO_NET_F_CTRL_MAC_ADDR,
+  VIRTIO_NET_F_CTRL_RX,
+  VIRTIO_NET_F_CTRL_VLAN,
+  VIRTIO_NET_F_CTRL_VQ,
+  VIRTIO_NET_F_GUEST_ANNOUNCE,
+  VIRTIO_NET_F_GUEST_CSUM,
+  VIRTIO_NET_F_GUEST_ECN,
+  VIRTIO_NET_F_GUEST_TSO4,
+  VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_GUEST_UFO,
+  VIRTIO_NET_F_GUEST_USO4,
+  VIRTIO_NET_F_GUEST_USO6,
+  VIRTIO_NET_F_HOST_ECN,
+  VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_HOST_TSO6,
+  VIRTIO_NET_F_HOST_UFO,
+  VIRTIO_NET_F_HOST_USO,
+  VIRTIO_NET_F_MAC,
+  VIRTIO_NET_F_MQ,
+  VIRTIO_NET_F_MRG_RXBUF,
+  VIRTIO_NET_F_MTU,
+  VIRTIO_NET_F_STATUS,
+  VIRTIO_NET_HDR_F_DATA_VALID,
+  VIRTIO_NET_HDR_F_NEEDS_CSUM,
+  VIRTIO_NET_HDR_GSO_ECN,
+  VIRTIO_NET_HDR_GSO_NONE,
+  VIRTIO_NET_HDR_GSO_TCPV4,
+  VIRTIO_NET_HDR_GSO_TCPV6,
+  VIRTIO_NET_HDR_GSO_UDP,
+  VIRTIO_NET_HDR_GSO_UDP_L4,
+  VIRTIO_NET_S_ANNOUNCE,
+  VIRTIO_NET_S_LINK_UP,
+} from './request.js';
+export type { NetSavedChain, NetSavedFrame, NetState, NetStats } from './state.js';

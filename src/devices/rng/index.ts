@@ -1,3 +1,10 @@
-export { cryptoSource, type EntropySource, RngDevice, type RngOptions } from './device.js';
-export { parseRngRequest, type RngRequest } from './request.js';
-export { type RngState, readRngState } from './state.js';
+// virtio-rng (VIRTIO 1.2 §5.4): the device, its entropy source and snapshot.
+export {
+  cryptoSource,
+  type EntropySource,
+  RNG_DEFAULT_MAX_BYTES_PER_REQUEST,
+  RngDevice,
+  type RngOptions,
+  type RngRateLimit,
+} from './device.js';
+export type { RngState } from './state.js';

@@ -1,3 +1,5 @@
+// Devices in a worker: the worker side (runDeviceWorker, DeviceHost) and the emulator side
+// (DeviceWorkerLink, WorkerDeviceProxy), joined by a SharedArrayBuffer and a message port.
 export { DeviceHost, type DeviceHostOptions } from './host.js';
 export { DeviceWorkerLink, type DeviceWorkerLinkOptions } from './link.js';
 export {
@@ -12,5 +14,4 @@ export {
   type WorkerDeviceProxyOptions,
   WorkerInterruptWaiter,
 } from './proxy.js';
-export { agentCanBlock } from './wait.js';
 export { type DeviceFactory, type RunDeviceWorkerOptions, runDeviceWorker } from './worker.js';

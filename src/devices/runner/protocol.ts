@@ -164,7 +164,7 @@ export interface DeviceDescription {
   /** Offered features, hex. */
   offeredFeatures: string;
   queueMaxSizes: number[];
-  /** The device block (see {@link deviceBlockLayout}). */
+  /** The device block: the shared control words and mailbox of this device's worker protocol. */
   block: SharedArrayBuffer;
   mailboxBytes: number;
 }

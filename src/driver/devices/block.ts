@@ -97,6 +97,7 @@ export interface BlockDriverConfig {
 
 /** A request completed with a status other than VIRTIO_BLK_S_OK. */
 export class BlockStatusError extends Error {
+  override readonly name: string = 'BlockStatusError';
   constructor(
     readonly status: number,
     readonly request: BlockDriverRequest['type'],
@@ -106,7 +107,9 @@ export class BlockStatusError extends Error {
 }
 
 /** A request was dropped: the driver reset the device, or the device needs a reset. */
-export class BlockRequestAbortedError extends Error {}
+export class BlockRequestAbortedError extends Error {
+  override readonly name: string = 'BlockRequestAbortedError';
+}
 
 export interface BlockDriverOptions {
   /** How to wait for the device (default {@link sameThread}). */

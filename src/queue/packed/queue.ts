@@ -535,7 +535,7 @@ export class PackedQueue extends QueueBase implements Queue {
    * last call, from the driver event suppression structure (§2.8.10, §2.8.14): DISABLE means
    * no, ENABLE yes; DESC (with notification suppression) yes when the descriptor named by
    * `off_wrap` is among the ring slots marked used since the last call; values the driver
-   * MUST NOT write read as yes (see {@link eventWanted}). Clears {@link numAdded}.
+   * MUST NOT write read as yes (see `eventWanted` in `packed/event.ts`). Clears {@link numAdded}.
    */
   prepareKick(): boolean {
     this.requireActive();
