@@ -422,6 +422,64 @@ describe('split queue: the seed unit tests', () => {
     expect(q.isActive).toBe(true);
   });
 
+  // DESIGN.md, differences 21 and 22: a failed initialize leaves the queue inactive (not a mix
+  // of old and new rings) and marks no page dirty.
+  it('a failed initialize leaves the queue inactive and marks nothing dirty', () => {
+    const q = new SplitQueue(16, { logger: silentLogger });
+    const mem = singleRegionMem(0x10000);
+    q.ready = true;
+    q.size = 16;
+    q.descTableAddress = 0x1000;
+    q.availRingAddress = 0x2000;
+    q.usedRingAddress = 0x3000;
+    q.initialize(mem);
+    expect(q.isActive).toBe(true);
+    mem.takeDirtyBitmaps();
+    expect(mem.dirtyPages()).toEqual([]);
+    // New rings whose used ring lies outside memory: refused after the other two were checked.
+    q.descTableAddress = 0x4000;
+    q.availRingAddress = 0x5000;
+    q.usedRingAddress = 0xfff0;
+    expect(configError(q, mem).code).toBe('QUEUE_RING_OUT_OF_MEMORY');
+    expect(q.isActive).toBe(false);
+    expect(mem.dirtyPages()).toEqual([]);
+    const e = thrown(() => q.pop());
+    expect(isVirtqError(e, 'QUEUE_NOT_ACTIVE')).toBe(true);
+  });
+
+  // DESIGN.md, difference 23: an out-of-range used id is the device's bug: a typed error, no log.
+  it('an out-of-range used id throws UsedRingError and logs nothing', () => {
+    const logger = recordingLogger();
+    const q = new SplitQueue(16, { logger });
+    const mem = singleRegionMem(0x10000);
+    q.ready = true;
+    q.size = 16;
+    q.initialize(mem);
+    expect(thrown(() => q.addUsed(16, 0))).toBeInstanceOf(UsedRingError);
+    expect(logger.messages).toEqual([]);
+  });
+
+  // DESIGN.md, difference 24: on a size-1 queue NEXT can only loop back; the seed served the
+  // one descriptor and ignored NEXT.
+  it('a chain with NEXT on a queue of size 1 is DESC_CHAIN_TOO_LONG', () => {
+    const q = new SplitQueue(1, { logger: silentLogger });
+    const mem = singleRegionMem(0x10000);
+    q.ready = true;
+    q.size = 1;
+    q.descTableAddress = 0;
+    q.availRingAddress = 0x100;
+    q.usedRingAddress = 0x200;
+    q.initialize(mem);
+    // Descriptor 0: 4 bytes at 0x1000, NEXT -> 0. avail.idx 1, ring[0] 0.
+    mem.write(
+      0,
+      new Uint8Array([0, 0x10, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, VIRTQ_DESC_F_NEXT, 0, 0, 0]),
+    );
+    mem.write(0x100, new Uint8Array([0, 0, 1, 0, 0, 0]));
+    const e = thrown(() => q.pop()) as DescriptorError;
+    expect(isVirtqError(e, 'DESC_CHAIN_TOO_LONG')).toBe(true);
+  });
+
   it('test_queue_error_display', () => {
     const mem = new GuestMemoryError(0, 4);
     expect(mem).toBeInstanceOf(VirtqError);
