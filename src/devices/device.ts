@@ -1,9 +1,10 @@
 import { isVirtqError, SnapshotError, type VirtqError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { VIRTIO_F_VERSION_1 } from '../queue/constants.js';
+import { queueFromState } from '../queue/factory.js';
 import type { Queue } from '../queue/queue.js';
 import type { QueueState } from '../queue/state.js';
-import { StateReader } from '../queue/state.js';
+import { nestedState, StateReader } from '../queue/state.js';
 import {
   checkBudget,
   DEFAULT_BYTES_PER_TURN,
@@ -107,6 +108,17 @@ export interface VirtioDevice {
   queueNotify(index: number): void;
   /** Back to the state before the driver found the device (§2.4). */
   reset(): void;
+
+  /** Snapshot capability: the device's whole state, queues included, JSON-safe. */
+  save?(): DeviceState;
+  /**
+   * Snapshot capability: validates a saved device state for a restore into `ctx` (the context
+   * the transport will activate it with; null when the device is restored inactive) and returns
+   * the commit. Validation changes nothing and throws {@link SnapshotError} naming the first bad
+   * field; the transport runs the commit (which cannot fail) after it reset the device and, with
+   * a context, activated it.
+   */
+  prepareRestore?(state: unknown, ctx: DeviceContext | null): () => void;
 }
 
 /**
@@ -315,8 +327,16 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
   protected saveDevice(): unknown {
     return null;
   }
-  /** Restores device-specific state; throw SnapshotError on bad input. */
-  protected restoreDevice(_state: unknown): void {}
+
+  /**
+   * Validates device-specific saved state for a restore into `ctx` (null: the device is
+   * restored inactive) and returns what commits it. Validation changes nothing and throws
+   * {@link SnapshotError} on bad input; the commit runs after the device was reset and (with a
+   * context) activated, and must not fail.
+   */
+  protected prepareDevice(_state: unknown, _ctx: DeviceContext | null): () => void {
+    return () => {};
+  }
 
   /** The device's whole state, queues included, as a JSON-safe object. */
   save(): DeviceState {
@@ -336,28 +356,77 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
   }
 
   /**
-   * Validates the common part of a saved device state (type, version, features) and returns
-   * the negotiated features; the transport rebuilds the queues and calls {@link activate}, then
-   * {@link restoreDevice} runs.
+   * Validates a saved device state (see {@link VirtioDevice.prepareRestore}) against the
+   * context it is to be restored into, and returns its commit. Nothing changes until the
+   * commit runs.
    */
-  static readSavedFeatures(state: unknown, deviceType: number, offered: bigint): bigint {
-    const r = StateReader.root(state, 'device');
-    r.literal('version', [1]);
-    r.literal('deviceType', [deviceType]);
-    const raw = (state as { features?: unknown }).features;
-    if (typeof raw !== 'string' || !/^[0-9a-f]{1,16}$/.test(raw)) {
-      throw new SnapshotError('device.features', 'expected a hex string of at most 64 bits');
-    }
-    const f = BigInt(`0x${raw}`);
-    if ((f & ~offered) !== 0n)
-      throw new SnapshotError('device.features', 'names features the device does not offer');
-    return f;
+  prepareRestore(state: unknown, ctx: DeviceContext | null): () => void {
+    const common = readDeviceState(state, this, ctx);
+    const commitDevice = this.prepareDevice((state as { device?: unknown }).device, ctx);
+    return () => {
+      this.configGeneration = common.configGeneration;
+      this.needsReset = common.needsReset;
+      commitDevice();
+    };
   }
+}
 
-  /** Restores device-specific state after the transport re-activated the device. */
-  restoreDeviceState(state: DeviceState): void {
-    this.configGeneration = state.configGeneration >>> 0;
-    this.needsReset = state.needsReset === true;
-    this.restoreDevice(state.device);
+/** The fields of a {@link DeviceState} that the base class restores. */
+interface DeviceCommon {
+  configGeneration: number;
+  needsReset: boolean;
+}
+
+/**
+ * Validates the common part of a saved device state against `device` and the context it is
+ * restored into: version, type, negotiated features (within those offered, accepted by the
+ * device, equal to the context's), activity (a context iff active), DEVICE_NEEDS_RESET only on
+ * an active device, the configuration generation (a u32), and one queue state per device queue,
+ * each valid and equal to the context's queue (the transport's registers are the ones used).
+ */
+function readDeviceState(
+  state: unknown,
+  device: VirtioDevice,
+  ctx: DeviceContext | null,
+): DeviceCommon {
+  const r = StateReader.root(state, 'device');
+  r.literal('version', [1]);
+  r.literal('deviceType', [device.deviceType]);
+  const features = r.hex64('features');
+  const active = r.bool('active');
+  if (active !== (ctx !== null)) {
+    throw new SnapshotError(
+      'device.active',
+      ctx === null ? 'the transport has no live device' : 'the transport has a live device',
+    );
   }
+  if (ctx === null) {
+    if (features !== 0n)
+      throw new SnapshotError('device.features', 'an inactive device has no features');
+  } else {
+    // §6.1, §3.1.1: negotiated features are a subset of the offered ones the device accepts.
+    if ((features & ~device.offeredFeatures) !== 0n)
+      throw new SnapshotError('device.features', 'names features the device does not offer');
+    if (!device.acceptFeatures(features))
+      throw new SnapshotError('device.features', 'the device does not accept these features');
+    if (features !== ctx.features)
+      throw new SnapshotError('device.features', "differ from the transport's");
+  }
+  const needsReset = r.bool('needsReset');
+  if (needsReset && ctx === null)
+    throw new SnapshotError('device.needsReset', 'an inactive device cannot need a reset');
+  const configGeneration = r.int('configGeneration', 0, 0xffffffff);
+  const count = ctx === null ? 0 : device.queueMaxSizes.length;
+  const queues = r.array('queues', count);
+  if (queues.length !== count)
+    throw new SnapshotError('device.queues', `expected ${count} queue states`);
+  for (let i = 0; i < count; i++) {
+    const live = ctx!.queues[i] as Queue & { save(): QueueState };
+    const saved = nestedState(`device.queues.${i}`, () =>
+      JSON.stringify(queueFromState(queues[i], ctx!.memory).save()),
+    );
+    if (saved !== JSON.stringify(live.save()))
+      throw new SnapshotError(`device.queues.${i}`, "differs from the transport's queue");
+  }
+  return { configGeneration, needsReset };
 }

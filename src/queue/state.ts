@@ -108,6 +108,23 @@ export class StateReader {
     return v;
   }
 
+  /** A 64-bit feature mask saved as a lowercase hex string of 1 to 16 digits. */
+  hex64(field: string): bigint {
+    const v = this.obj[field];
+    if (typeof v !== 'string' || !/^[0-9a-f]{1,16}$/.test(v)) {
+      throw new SnapshotError(
+        this.name(field),
+        `expected a hex string of at most 64 bits, got ${describe(v)}`,
+      );
+    }
+    return BigInt(`0x${v}`);
+  }
+
+  /** The value of `field`, unchecked (for a nested reader or validator). */
+  raw(field: string): unknown {
+    return this.obj[field];
+  }
+
   /**
    * A ring address register: a non-negative safe integer, or U64_UNSAFE, which is what a
    * transport stores for a guest-written u64 at or above 2^53 (and initialize() rejects).
@@ -140,6 +157,22 @@ export class StateReader {
       indirectDesc: this.bool('indirectDesc'),
       active: this.bool('active'),
     };
+  }
+}
+
+/**
+ * Runs `read` over a nested state, reporting a {@link SnapshotError} it throws under `prefix`
+ * (so a queue's `split.size` becomes, say, `mmio.queues.0.split.size`).
+ */
+export function nestedState<T>(prefix: string, read: () => T): T {
+  try {
+    return read();
+  } catch (e) {
+    if (e instanceof SnapshotError) {
+      const reason = e.message.slice(`snapshot field ${e.field}: `.length);
+      throw new SnapshotError(`${prefix}.${e.field}`, reason);
+    }
+    throw e;
   }
 }
 

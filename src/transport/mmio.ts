@@ -11,7 +11,7 @@ import {
   STATUS_FEATURES_OK,
   type VirtioDevice,
 } from '../devices/device.js';
-import { isVirtqError, QueueConfigError, SnapshotError } from '../errors.js';
+import { QueueConfigError, SnapshotError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { U64_UNSAFE } from '../memory/guest-memory.js';
 import {
@@ -21,7 +21,7 @@ import {
 } from '../queue/constants.js';
 import { type AnyQueue, createQueue, queueFromState } from '../queue/factory.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
-import { StateReader } from '../queue/state.js';
+import { nestedState, StateReader } from '../queue/state.js';
 
 /** virtio-mmio register offsets (VIRTIO 1.2 §4.2.2, version 2). */
 export const MMIO = {
@@ -452,7 +452,7 @@ export class MmioTransport {
 
   /** The transport's and device's whole state as a JSON-safe object. */
   save(): MmioState {
-    const dev = this.device as VirtioDevice & { save?: () => DeviceState };
+    const dev = this.device;
     return {
       version: 1,
       status: this.deviceStatus,
@@ -468,80 +468,171 @@ export class MmioTransport {
   }
 
   /**
-   * Restores a saved state over this transport's device and memory. Every field is validated
-   * (a {@link SnapshotError} names the first bad one) before anything changes.
+   * Restores a saved state over this transport's device and memory, all or nothing: every
+   * field of the transport's, the queues' and the device's state is validated into new values
+   * first (a {@link SnapshotError} names the first bad field by its path, e.g.
+   * `mmio.device.block.stats.requests`), and only then is anything changed. A refused state
+   * leaves the transport, the device and the queues exactly as they were.
    */
   restore(state: unknown): void {
+    const next = this.readState(state);
+    const ctx = next.live ? this.contextFor(next.queues, next.features) : null;
+    const dev = this.device;
+    const devState = next.deviceState;
+    let commitDevice: (() => void) | null = null;
+    if (dev.prepareRestore !== undefined) {
+      if (devState === null || typeof devState !== 'object') {
+        throw new SnapshotError('mmio.device', 'expected the saved state of the device');
+      }
+      const prepare = dev.prepareRestore.bind(dev);
+      commitDevice = nestedState('mmio', () => prepare(devState, ctx));
+    } else if (devState !== null) {
+      throw new SnapshotError('mmio.device', 'this device saves no state: expected null');
+    } else if (next.live) {
+      throw new SnapshotError(
+        'mmio.status',
+        'a live device that saves no state cannot be restored',
+      );
+    }
+    // Everything checked: commit.
+    const levelBefore = this.intStatus !== 0;
+    dev.reset();
+    this.deviceStatus = next.status;
+    this.deviceFeaturesSel = next.deviceFeaturesSel;
+    this.driverFeaturesSel = next.driverFeaturesSel;
+    this.driverFeatures = next.features;
+    this.queueSel = next.queueSel;
+    this.packed = next.packed;
+    this.queues = next.queues;
+    this.addrHalves = next.addrHalves;
+    this.intStatus = next.interruptStatus;
+    const levelAfter = this.intStatus !== 0;
+    if (levelBefore !== levelAfter && this.onInterrupt !== undefined) this.onInterrupt(levelAfter);
+    if (ctx !== null) dev.activate(ctx);
+    commitDevice?.();
+  }
+
+  private contextFor(queues: AnyQueue[], features: bigint): DeviceContext {
+    return { memory: this.memory, queues, features, interrupt: this.sink };
+  }
+
+  /**
+   * Validates a saved transport state (everything but the device's own state) into new values,
+   * with the rules the register interface enforces: a status the §3.1.1 sequence can reach,
+   * features the device accepts once FEATURES_OK is set, queues of the negotiated format that
+   * only a driver past FEATURES_OK could have configured and only DRIVER_OK initialises.
+   */
+  private readState(state: unknown): SavedTransport {
     const r = StateReader.root(state, 'mmio');
     r.literal('version', [1]);
     const status = r.int('status', 0, 0xff);
+    const base = status & ~STATUS_FAILED;
+    // §3.1.1: ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK, each after the one before; FAILED
+    // may join at any step (§2.1.1). DEVICE_NEEDS_RESET is the device's, never saved here.
+    if (!REACHABLE_STATUS.includes(base)) {
+      throw new SnapshotError('mmio.status', `${status} is not a status the driver can reach`);
+    }
+    const featuresOk = (status & STATUS_FEATURES_OK) !== 0;
+    const live = (status & STATUS_DRIVER_OK) !== 0;
     const deviceFeaturesSel = r.int('deviceFeaturesSel', 0, 0xffffffff);
     const driverFeaturesSel = r.int('driverFeaturesSel', 0, 0xffffffff);
+    const features = r.hex64('driverFeatures');
+    if ((status & STATUS_DRIVER) === 0 && features !== 0n) {
+      // §3.1.1: features are written only after DRIVER.
+      throw new SnapshotError('mmio.driverFeatures', 'set before DRIVER');
+    }
+    if (featuresOk) {
+      // §3.1.1 step 5: FEATURES_OK only over features the device accepts (a subset of offered).
+      if ((features & ~this.device.offeredFeatures) !== 0n)
+        throw new SnapshotError('mmio.driverFeatures', 'names features the device does not offer');
+      if (!this.device.acceptFeatures(features))
+        throw new SnapshotError('mmio.driverFeatures', 'the device does not accept these features');
+    }
     const queueSel = r.int('queueSel', 0, 0xffffffff);
     const interruptStatus = r.int('interruptStatus', 0, INT_USED_BUFFER | INT_CONFIG_CHANGE);
+    if (interruptStatus !== 0 && !live) {
+      throw new SnapshotError('mmio.interruptStatus', 'a device that is not live raises none');
+    }
     const packed = r.bool('packed');
-    const rawFeatures = (state as { driverFeatures?: unknown }).driverFeatures;
-    if (typeof rawFeatures !== 'string' || !/^[0-9a-f]{1,16}$/.test(rawFeatures)) {
-      throw new SnapshotError('mmio.driverFeatures', 'expected a hex string of at most 64 bits');
+    if (packed !== (featuresOk && hasFeature(features, VIRTIO_F_RING_PACKED))) {
+      throw new SnapshotError('mmio.packed', 'does not match the negotiated features');
     }
-    const features = BigInt(`0x${rawFeatures}`);
-    const rawQueues = r.array('queues', this.device.queueMaxSizes.length);
-    if (rawQueues.length !== this.device.queueMaxSizes.length) {
-      throw new SnapshotError('mmio.queues', `expected ${this.device.queueMaxSizes.length} queues`);
+    const format = packed ? 'packed' : 'split';
+    const maxSizes = this.device.queueMaxSizes;
+    const rawQueues = r.array('queues', maxSizes.length);
+    if (rawQueues.length !== maxSizes.length) {
+      throw new SnapshotError('mmio.queues', `expected ${maxSizes.length} queue states`);
     }
+    const eventIdx = featuresOk && hasFeature(features, VIRTIO_F_EVENT_IDX);
+    const indirect = featuresOk && hasFeature(features, VIRTIO_F_INDIRECT_DESC);
     const queues = rawQueues.map((qs, i) => {
-      try {
-        const q = queueFromState(qs, this.memory, { logger: this.logger });
-        if (q.format !== (packed ? 'packed' : 'split'))
-          throw new SnapshotError(`mmio.queues.${i}.format`, 'does not match the transport');
-        if (q.maxSize !== this.device.queueMaxSizes[i])
-          throw new SnapshotError(`mmio.queues.${i}.maxSize`, 'does not match the device');
+      const path = `mmio.queues.${i}`;
+      const q = nestedState(path, () => queueFromState(qs, this.memory, { logger: this.logger }));
+      if (q.format !== format)
+        throw new SnapshotError(`${path}.format`, 'does not match the negotiated features');
+      if (q.maxSize !== maxSizes[i])
+        throw new SnapshotError(`${path}.maxSize`, `the device's queue ${i} has ${maxSizes[i]}`);
+      if (!featuresOk) {
+        // Queue registers are writable only after FEATURES_OK (§4.2.3.2): still as created.
+        const fresh = createQueue('split', q.maxSize).save();
+        if (JSON.stringify(q.save()) !== JSON.stringify(fresh))
+          throw new SnapshotError(path, 'configured before FEATURES_OK');
         return q;
-      } catch (e) {
-        if (e instanceof SnapshotError && !e.field.startsWith('mmio.')) {
-          throw new SnapshotError(`mmio.queues.${i}.${e.field}`, e.message);
-        }
-        throw e;
       }
+      if (q.usesNotifSuppression !== eventIdx)
+        throw new SnapshotError(`${path}.eventIdx`, 'does not match the negotiated features');
+      if (q.indirectDesc !== indirect)
+        throw new SnapshotError(`${path}.indirectDesc`, 'does not match the negotiated features');
+      if (q.isActive && !live)
+        throw new SnapshotError(`${path}.active`, 'queues are initialised at DRIVER_OK');
+      if (q.isActive && !q.ready)
+        throw new SnapshotError(`${path}.active`, 'an active queue is ready');
+      return q;
     });
-    const live = (status & STATUS_DRIVER_OK) !== 0;
-    const devState = (state as { device?: unknown }).device;
-    const dev = this.device as VirtioDevice & { restoreDeviceState?: (s: DeviceState) => void };
-    if (live && (devState === null || typeof devState !== 'object')) {
-      throw new SnapshotError('mmio.device', 'a live device needs its saved state');
-    }
-    if (live && !this.device.acceptFeatures(features)) {
-      throw new SnapshotError('mmio.driverFeatures', 'the device does not accept these features');
-    }
-    // Everything checked: apply.
-    this.device.reset();
-    this.deviceStatus = status;
-    this.deviceFeaturesSel = deviceFeaturesSel;
-    this.driverFeaturesSel = driverFeaturesSel;
-    this.driverFeatures = features;
-    this.queueSel = queueSel;
-    this.packed = packed;
-    this.queues = queues;
-    this.addrHalves = new Uint32Array(6 * queues.length);
+    const addrHalves = new Uint32Array(6 * queues.length);
     queues.forEach((q, i) => {
       const addrs = [q.descTableAddress, q.availRingAddress, q.usedRingAddress];
       addrs.forEach((a, k) => {
-        this.addrHalves[6 * i + 2 * k] = a % TWO_32;
-        this.addrHalves[6 * i + 2 * k + 1] = Math.floor(a / TWO_32);
+        addrHalves[6 * i + 2 * k] = a % TWO_32;
+        addrHalves[6 * i + 2 * k + 1] = Math.floor(a / TWO_32);
       });
     });
-    this.intStatus = interruptStatus;
-    if (live) {
-      this.device.activate(this.context());
-      try {
-        dev.restoreDeviceState?.(devState as DeviceState);
-      } catch (e) {
-        if (isVirtqError(e)) {
-          this.reset();
-          throw e;
-        }
-        throw e;
-      }
-    }
+    return {
+      status,
+      live,
+      deviceFeaturesSel,
+      driverFeaturesSel,
+      features,
+      queueSel,
+      interruptStatus,
+      packed,
+      queues,
+      addrHalves,
+      deviceState: r.raw('device'),
+    };
   }
+}
+
+/** Statuses (FAILED aside) the driver reaches one §3.1.1 step at a time. */
+const REACHABLE_STATUS: readonly number[] = [
+  0,
+  STATUS_ACKNOWLEDGE,
+  STATUS_ACKNOWLEDGE | STATUS_DRIVER,
+  STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+  STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+];
+
+/** A saved transport state, validated. */
+interface SavedTransport {
+  status: number;
+  live: boolean;
+  deviceFeaturesSel: number;
+  driverFeaturesSel: number;
+  features: bigint;
+  queueSel: number;
+  interruptStatus: number;
+  packed: boolean;
+  queues: AnyQueue[];
+  addrHalves: Uint32Array;
+  deviceState: unknown;
 }

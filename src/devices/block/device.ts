@@ -856,12 +856,14 @@ export class BlockDevice extends VirtioDeviceBase {
     return { capacity: this.capacitySectors, stats: { ...this.stats } };
   }
 
-  protected override restoreDevice(state: unknown): void {
+  protected override prepareDevice(state: unknown, ctx: DeviceContext | null): () => void {
     const s = readBlockState(state);
-    Object.assign(this.stats, s.stats);
-    // The backend may have changed size while the snapshot was stored: tell the driver.
-    if (s.capacity !== this.capacitySectors)
-      this.updateConfig(BLK_CONFIG.CAPACITY, capacityBytes(this.capacitySectors));
+    return () => {
+      Object.assign(this.stats, s.stats);
+      // The backend may have changed size while the snapshot was stored: tell the driver.
+      if (ctx !== null && s.capacity !== this.capacitySectors)
+        this.updateConfig(BLK_CONFIG.CAPACITY, capacityBytes(this.capacitySectors));
+    };
   }
 }
 

@@ -283,14 +283,16 @@ export class ConsoleDevice extends VirtioDeviceBase {
   }
 
   /** Restores the pending input (replacing what the device holds), the size and the counters. */
-  protected override restoreDevice(state: unknown): void {
+  protected override prepareDevice(state: unknown): () => void {
     const s = readConsoleState(state);
-    this.input.clear();
-    this.input.push(s.pendingInput);
-    this.config.set(
-      Uint8Array.of(s.cols & 0xff, s.cols >> 8, s.rows & 0xff, s.rows >> 8),
-      CONSOLE_CONFIG_COLS,
-    );
-    Object.assign(this.stats, s.stats);
+    return () => {
+      this.input.clear();
+      this.input.push(s.pendingInput);
+      this.config.set(
+        Uint8Array.of(s.cols & 0xff, s.cols >> 8, s.rows & 0xff, s.rows >> 8),
+        CONSOLE_CONFIG_COLS,
+      );
+      Object.assign(this.stats, s.stats);
+    };
   }
 }

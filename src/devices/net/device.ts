@@ -672,63 +672,41 @@ export class NetDevice extends VirtioDeviceBase {
   }
 
   /**
-   * Restores frames waiting in the device (replacing any it holds), held receive chains (each
-   * buffer checked against guest memory again), segmentation progress, link state, MAC and
-   * counters. Throws {@link SnapshotError} on anything inconsistent.
+   * Validates a saved state: frames waiting in the device, held receive chains (each buffer
+   * checked against guest memory again, and against the packed ring's buffers in flight),
+   * segmentation progress, link state, MAC and counters; throws {@link SnapshotError} on
+   * anything inconsistent, changing nothing. The commit replaces what the device holds.
    */
-  protected override restoreDevice(state: unknown): void {
-    const ctx = this.ctx;
-    if (ctx === null) throw new SnapshotError('device.net', 'restored into an inactive device');
-    const rxq = ctx.queues[NET_RX_QUEUE];
-    const txq = ctx.queues[NET_TX_QUEUE];
+  protected override prepareDevice(state: unknown, ctx: DeviceContext | null): () => void {
+    const rxq = ctx?.queues[NET_RX_QUEUE];
+    const txq = ctx?.queues[NET_TX_QUEUE];
     const s = readNetState(state, { maxPending: this.pending.maxFrames, maxHeld: rxq?.size ?? 0 });
-    this.config.set(s.mac, NET_CONFIG_MAC);
-    this.link = s.linkUp;
-    if (hasFeature(this.offeredFeatures, VIRTIO_NET_F_STATUS)) {
-      new DataView(this.config.buffer).setUint16(
-        NET_CONFIG_STATUS,
-        s.linkUp ? VIRTIO_NET_S_LINK_UP : 0,
-        true,
-      );
-    }
-    Object.assign(this.stats, s.stats);
-    const ring = this.pending;
-    ring.clear();
-    const hdr = plainHeader();
+    // A fresh ring places frames one after another from offset 0.
+    let total = 0;
     s.pending.forEach((f, i) => {
-      const [flags, gsoType, hdrLen, gsoSize, csumStart, csumOffset] = f.header as [
-        number,
-        number,
-        number,
-        number,
-        number,
-        number,
-      ];
-      Object.assign(hdr, { flags, gsoType, hdrLen, gsoSize, csumStart, csumOffset });
-      if (!ring.push(f.data, f.data.length, hdr)) {
+      total += f.data.length;
+      if (total > this.pending.capacity) {
         throw new SnapshotError(
           `device.net.pending.${i}`,
           "does not fit the device's pending ring",
         );
       }
     });
-    this.segActive = false;
-    this.segIndex = 0;
+    const hdr = plainHeader();
     if (s.segmentsDone > 0) {
-      ring.headerAt(0, hdr);
-      const ok = parseTcpGso(ring.data, ring.offsetAt(0), ring.lengthAt(0), hdr, this.seg);
-      if (!ok || s.segmentsDone >= this.seg.segments) {
+      const f = s.pending[0]!;
+      setHeader(hdr, f.header);
+      const seg = tcpGsoScratch();
+      if (!parseTcpGso(f.data, 0, f.data.length, hdr, seg) || s.segmentsDone >= seg.segments) {
         throw new SnapshotError(
           'device.net.segmentsDone',
           'does not match the oldest pending frame',
         );
       }
-      this.segActive = true;
-      this.segIndex = s.segmentsDone;
     }
-    this.restoreHeld(s.heldRx, rxq);
+    const held = this.readHeld(s.heldRx, rxq, ctx);
     // A packed ring tracks the buffers in flight: they must be exactly the held chains.
-    if (rxq instanceof PackedQueue && rxq.isActive && rxq.inFlight !== this.heldCount) {
+    if (rxq instanceof PackedQueue && rxq.isActive && rxq.inFlight !== held.length) {
       throw new SnapshotError(
         'device.net.heldRx',
         `the receive queue has ${rxq.inFlight} buffers in flight`,
@@ -737,27 +715,67 @@ export class NetDevice extends VirtioDeviceBase {
     if (txq instanceof PackedQueue && txq.isActive && txq.inFlight !== 0) {
       throw new SnapshotError('device.net', 'the transmit queue has buffers in flight');
     }
-    this.backendWaiting = true;
+    return () => {
+      this.config.set(s.mac, NET_CONFIG_MAC);
+      this.link = s.linkUp;
+      if (hasFeature(this.offeredFeatures, VIRTIO_NET_F_STATUS)) {
+        new DataView(this.config.buffer).setUint16(
+          NET_CONFIG_STATUS,
+          s.linkUp ? VIRTIO_NET_S_LINK_UP : 0,
+          true,
+        );
+      }
+      Object.assign(this.stats, s.stats);
+      const ring = this.pending;
+      ring.clear();
+      for (const f of s.pending) {
+        setHeader(hdr, f.header);
+        ring.push(f.data, f.data.length, hdr);
+      }
+      this.segActive = false;
+      this.segIndex = 0;
+      if (s.segmentsDone > 0) {
+        ring.headerAt(0, hdr);
+        parseTcpGso(ring.data, ring.offsetAt(0), ring.lengthAt(0), hdr, this.seg);
+        this.segActive = true;
+        this.segIndex = s.segmentsDone;
+      }
+      this.held = held.map((h) => h.chain);
+      this.heldFirst = 0;
+      this.heldCount = held.length;
+      this.heldBytes = 0;
+      this.heldSlots = 0;
+      for (const h of held) {
+        this.heldBytes += h.chain.writableLength;
+        this.heldSlots += h.slots;
+      }
+      this.backendWaiting = true;
+    };
   }
 
-  private restoreHeld(chains: NetState['heldRx'], rxq: Queue | undefined): void {
-    this.heldFirst = 0;
-    this.heldCount = 0;
-    this.heldBytes = 0;
-    this.heldSlots = 0;
-    if (chains.length === 0) return;
-    if (rxq === undefined || !rxq.isActive)
+  /** Rebuilds saved held receive chains as new chains, validated; changes nothing. */
+  private readHeld(
+    chains: NetState['heldRx'],
+    rxq: Queue | undefined,
+    ctx: DeviceContext | null,
+  ): { chain: DescriptorChain; slots: number }[] {
+    if (chains.length === 0) return [];
+    if (ctx === null || rxq === undefined || !rxq.isActive)
       throw new SnapshotError('device.net.heldRx', 'the receive queue is not active');
-    const memory = this.ctx!.memory;
-    chains.forEach((saved, i) => {
+    const info: NetRxBuffer = { kind: 'buffer', capacity: 0 };
+    let slotsTotal = 0;
+    return chains.map((saved, i) => {
       const path = `device.net.heldRx.${i}`;
       if (saved.head >= rxq.size)
         throw new SnapshotError(`${path}.head`, `${saved.head} is outside a queue of ${rxq.size}`);
       if (rxq instanceof PackedQueue && !rxq.isInFlight(saved.head)) {
         throw new SnapshotError(`${path}.head`, `buffer ${saved.head} is not in flight`);
       }
-      const c = this.heldAt(i);
-      c.begin(saved.head, memory, Math.max(rxq.size, saved.buffers.length), false);
+      slotsTotal += saved.slots;
+      if (slotsTotal > rxq.size)
+        throw new SnapshotError(`${path}.slots`, `held chains take over ${rxq.size} ring slots`);
+      const c = new DescriptorChain();
+      c.begin(saved.head, ctx.memory, Math.max(rxq.size, saved.buffers.length), false);
       try {
         saved.buffers.forEach(([addr, len], k) => {
           c.push(k, addr % 2 ** 32, Math.floor(addr / 2 ** 32), len, VIRTQ_DESC_F_WRITE, 0, false);
@@ -768,14 +786,21 @@ export class NetDevice extends VirtioDeviceBase {
       }
       c.end();
       c.ringCount = saved.slots;
-      if (parseRxBuffer(c, this.rxInfo).kind === 'unsupported') {
+      if (parseRxBuffer(c, info).kind === 'unsupported') {
         throw new SnapshotError(`${path}.buffers`, 'smaller than the virtio header');
       }
-      this.heldCount++;
-      this.heldBytes += c.writableLength;
-      this.heldSlots += saved.slots;
+      return { chain: c, slots: saved.slots };
     });
   }
+}
+
+function setHeader(h: NetHeader, f: readonly number[]): void {
+  h.flags = f[0]!;
+  h.gsoType = f[1]!;
+  h.hdrLen = f[2]!;
+  h.gsoSize = f[3]!;
+  h.csumStart = f[4]!;
+  h.csumOffset = f[5]!;
 }
 
 function setPlain(h: NetHeader): void {

@@ -163,10 +163,12 @@ export class RngDevice extends VirtioDeviceBase {
     return { bytesServed: this.bytesServed, requestsServed: this.requestsServed };
   }
 
-  protected override restoreDevice(state: unknown): void {
+  protected override prepareDevice(state: unknown): () => void {
     const s = readRngState(state);
-    this.bytesServed = s.bytesServed;
-    this.requestsServed = s.requestsServed;
+    return () => {
+      this.bytesServed = s.bytesServed;
+      this.requestsServed = s.requestsServed;
+    };
   }
 
   protected override onReset(): void {
