@@ -57,13 +57,7 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
     const [a, b] = n.socketpair();
     backend.attach(b);
     const fe = new Frontend(n, a);
-    cleanups.push(() => {
-      try {
-        n.close(a);
-      } catch {
-        // closed by the test
-      }
-    });
+    cleanups.push(() => fe.close());
     return fe;
   }
 
@@ -141,7 +135,7 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
     await session(s, fe, 3);
     expect(s.backend.stats.kicks).toBeGreaterThanOrEqual(2);
     expect(s.backend.stats.calls).toBeGreaterThanOrEqual(2);
-    n.close(fe.fd);
+    fe.close();
     await until(() => !s.backend.connected, 'the disconnect');
     expect(s.disconnects).toHaveLength(1);
   });
@@ -182,21 +176,21 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
     // A request that must be answered but cannot be: the connection is closed.
     fe.send(R.GET_VRING_BASE, u32s(9, 0));
     expect(await fe.recv()).toBeNull();
-    n.close(fe.fd);
+    fe.close();
     await until(() => !s.backend.connected, 'the disconnect');
 
     // A header that breaks the framing (version 2): the connection is closed.
     fe = connect(s.backend);
     fe.send(R.GET_FEATURES, new Uint8Array(0), [], 2);
     expect(await fe.recv()).toBeNull();
-    n.close(fe.fd);
+    fe.close();
     await until(() => !s.backend.connected, 'the disconnect');
 
     // An oversized payload announcement: the connection is closed too.
     fe = connect(s.backend);
     expect(n.sendmsg(fe.fd, u32s(R.SET_CONFIG, 1, 100_000), [])).toBe(12);
     expect(await fe.recv()).toBeNull();
-    n.close(fe.fd);
+    fe.close();
     await until(() => !s.backend.connected, 'the disconnect');
 
     // Every fd the rejected messages carried was closed.
@@ -205,7 +199,7 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
     // And a clean front-end gets full service.
     fe = connect(s.backend);
     await session(s, fe, 5);
-    n.close(fe.fd);
+    fe.close();
     await until(() => !s.backend.connected, 'the disconnect');
   });
 

@@ -105,10 +105,21 @@ export function guestRam(n: VhostUserNative, cleanups: (() => void)[]) {
 /** A minimal vhost-user front-end over one socket. */
 export class Frontend {
   replyAck = false;
+  private closed = false;
   constructor(
     readonly n: VhostUserNative,
     readonly fd: number,
   ) {}
+
+  /**
+   * Closes the front-end's socket, once: a second close of the same number could close
+   * whatever descriptor reused it since (another test's socket, a worker's event loop).
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.n.close(this.fd);
+  }
 
   send(request: number, payload: Uint8Array = new Uint8Array(0), fds: number[] = [], flags = 1) {
     const bytes = encode(request, payload, flags);

@@ -88,14 +88,9 @@ describe.runIf(nativeOk)('vhost-user LOG_SHMFD, INFLIGHT_SHMFD and ring restarts
   function connect(backend: VhostUserBackend): Frontend {
     const [a, b] = n.socketpair();
     backend.attach(b);
-    cleanups.push(() => {
-      try {
-        n.close(a);
-      } catch {
-        // closed by the test
-      }
-    });
-    return new Frontend(n, a);
+    const fe = new Frontend(n, a);
+    cleanups.push(() => fe.close());
+    return fe;
   }
 
   function eventfd(): number {
@@ -358,7 +353,7 @@ describe.runIf(nativeOk)('vhost-user LOG_SHMFD, INFLIGHT_SHMFD and ring restarts
     const b = blockRequest(s, 0x28000, T_OUT, 3, 0x33);
     const headB = driver.add(b.readable, b.writable);
     driver.publish();
-    n.close(fe.fd);
+    fe.close();
     await until(() => !s.backend.connected, 'the disconnect');
     const rw = new DataView(n.mmap(fd, size, 0, n.constants.PROT_READ | n.constants.PROT_WRITE));
     rw.setUint8(16 + 16 * headA, 1);
@@ -408,7 +403,7 @@ describe.runIf(nativeOk)('vhost-user LOG_SHMFD, INFLIGHT_SHMFD and ring restarts
     if (driver.kick()) n.eventfdWrite(kick, 1);
     await until(() => driver.hasUsed(), 'the completion');
     expect(driver.popUsed()).toBe(head);
-    n.close(fe.fd);
+    fe.close();
     await until(() => !s.backend.connected, 'the disconnect');
     // The crash came between publishing used.idx = 1 and clearing the entry.
     const rw = new DataView(n.mmap(fd, size, 0, n.constants.PROT_READ | n.constants.PROT_WRITE));
