@@ -452,7 +452,7 @@ export class MmioTransport {
 
   /** The transport's and device's whole state as a JSON-safe object. */
   save(): MmioState {
-    const dev = this.device;
+    const dev = this.device.save?.() ?? null;
     return {
       version: 1,
       status: this.deviceStatus,
@@ -462,8 +462,11 @@ export class MmioTransport {
       queueSel: this.queueSel,
       interruptStatus: this.intStatus,
       packed: this.packed,
-      queues: this.queues.map((q) => q.save()),
-      device: dev.save !== undefined ? dev.save() : null,
+      // An active device holds the live queues: the transport's own when it runs in this
+      // thread (the same objects), those its worker rebuilt when it runs in a worker (the
+      // transport's then stay as they were at DRIVER_OK).
+      queues: dev?.active === true ? dev.queues : this.queues.map((q) => q.save()),
+      device: dev,
     };
   }
 

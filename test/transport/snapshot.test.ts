@@ -5,7 +5,7 @@
  * after a reset.
  */
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import {
   BlockDevice,
   ConsoleDevice,
@@ -34,7 +34,10 @@ import {
   VIRTIO_ID_BLOCK,
   VIRTIO_ID_RNG,
   type VirtioDevice,
+  type WorkerDeviceProxy,
 } from '../../src/index.js';
+import type { DeviceWorkerSpec } from '../../src/node/device-factories.js';
+import { NodeDeviceWorker } from '../../src/node/index.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: a saved state under mutation is untyped JSON
 type Json = any;
@@ -513,6 +516,93 @@ describe('transport + device snapshots: random mutations are refused unchanged, 
           ),
           { numRuns: 300 },
         );
+      });
+    }
+  }
+});
+
+// ---- a device that runs in a worker is part of its transport's snapshot ----
+
+const workers: NodeDeviceWorker[] = [];
+afterEach(async () => {
+  await Promise.all(workers.splice(0).map((w) => w.close()));
+});
+
+async function workerRig(kind: 'rng' | 'block' | 'console', format: Format): Promise<Rig> {
+  const memory = GuestMemory.create(MEM, { shared: true });
+  const spec: DeviceWorkerSpec =
+    kind === 'rng'
+      ? { kind: 'rng', queueSize: 16 }
+      : kind === 'block'
+        ? { kind: 'block', image: new SharedArrayBuffer(64 * 1024), queueSize: 16 }
+        : { kind: 'console', queueSize: 16, cols: 80, rows: 25 };
+  const worker = await NodeDeviceWorker.spawn(spec, memory, {
+    timeoutMs: 3000,
+    host: { logging: 'silent' },
+  });
+  workers.push(worker);
+  const device = worker.devices[0]!;
+  const t = new MmioTransport(device, memory, { logger: silentLogger });
+  const guest = new MmioGuestDriver(t, memory, new GuestAllocator(memory, 0x1000, DATA));
+  return { kind, format, memory, device, t, guest };
+}
+
+/** {@link serveOne} for a device in a worker: waits (bounded) for the used buffer. */
+async function serveOneAsync(r: Rig): Promise<boolean> {
+  const proxy = r.device as WorkerDeviceProxy;
+  const q = r.guest.queues[r.kind === 'console' ? 1 : 0]!;
+  // serveOne looks for the answer at once; a worker gives it a little later.
+  if (serveOne(r)) return true;
+  const deadline = performance.now() + 5000;
+  while (performance.now() < deadline) {
+    await proxy.waiter(50).wait();
+    r.guest.ackInterrupt();
+    if (q.popUsed() >= 0) {
+      if (r.kind === 'rng') return q.lastUsedLen === 32;
+      if (r.kind === 'block')
+        return q.lastUsedLen === 513 && r.memory.slice(DATA + 0x400, 1)[0] === 0;
+      return true;
+    }
+  }
+  return false;
+}
+
+describe('transport + device snapshots: a device in a worker', () => {
+  for (const kind of ['rng', 'block', 'console'] as const) {
+    for (const format of FORMATS) {
+      it(`${kind} over a ${format} ring: saved, refused unchanged, restored elsewhere`, async () => {
+        const a = await workerRig(kind, format);
+        bringUp(a);
+        expect(await serveOneAsync(a)).toBe(true);
+        const saved = clone(a.t.save()) as Json;
+        expect(saved.device).not.toBeNull();
+        expect(saved.device.active).toBe(true);
+        // The worker's live queues, not the transport's idle ones.
+        expect(saved.queues[kind === 'console' ? 1 : 0].nextUsed).not.toBe(0);
+        const served = kind === 'rng' ? saved.device.device.requestsServed : null;
+        if (served !== null) expect(served).toBe(1);
+
+        const [path, field] = DEVICE_FIELD[kind as Kind];
+        const bad = clone(saved);
+        setPath(bad, path, -1);
+        let err: unknown = null;
+        try {
+          a.t.restore(bad);
+        } catch (e) {
+          err = e;
+        }
+        expect(err).toBeInstanceOf(SnapshotError);
+        expect((err as SnapshotError).field).toBe(field);
+        expect(a.t.save()).toEqual(saved);
+        expect(await serveOneAsync(a)).toBe(true);
+
+        const b = await workerRig(kind, format);
+        b.memory.write(0, a.memory.slice(0, MEM));
+        b.t.restore(saved);
+        const back = b.t.save();
+        expect(back).toEqual(saved);
+        bringUp(b);
+        expect(await serveOneAsync(b)).toBe(true);
       });
     }
   }

@@ -1,12 +1,17 @@
+import { SnapshotError } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { type AnyQueue, queueFromState } from '../../queue/factory.js';
 import { consoleLogger, type Logger } from '../../queue/logger.js';
-import type { InterruptSink, VirtioDevice } from '../device.js';
+import type { DeviceContext, InterruptSink, VirtioDevice } from '../device.js';
 import {
   type ActivatePayload,
   CMD_ACCEPT_FEATURES,
   CMD_ACTIVATE,
+  CMD_CHECK_RESTORE,
+  CMD_COMMIT_RESTORE,
   CMD_RESET,
+  CMD_SAVE,
+  CMD_STAGE,
   CMD_WRITE_CONFIG,
   CONFIG_MIRROR_BYTES,
   D_CMD_ARG0,
@@ -36,6 +41,7 @@ import {
   type HostTuning,
   IRQ_CONFIG,
   IRQ_USED,
+  type RestorePayload,
   WORKER_RUNNING,
   WORKER_STOPPED,
 } from './protocol.js';
@@ -67,6 +73,12 @@ class HostedDevice {
   private readonly queueCount: number;
   private lastDone = 0;
   private active = false;
+  /** The context of the current activation (null: inactive). */
+  private ctx: DeviceContext | null = null;
+  /** The last snapshot taken by CMD_SAVE, read in pieces. */
+  private outgoing = new Uint8Array(0);
+  /** A payload staged by CMD_STAGE. */
+  private staged = new Uint8Array(0);
   failed = false;
   private mirroredGeneration = -1;
   private mirroredNeedsReset = false;
@@ -252,8 +264,21 @@ class HostedDevice {
         case CMD_WRITE_CONFIG:
           this.device.writeConfig(Atomics.load(w, D_CMD_ARG0), this.payload());
           break;
+        case CMD_SAVE:
+          result = this.saveChunk(Atomics.load(w, D_CMD_ARG0));
+          break;
+        case CMD_STAGE:
+          this.stageChunk(Atomics.load(w, D_CMD_ARG0), Atomics.load(w, D_CMD_ARG1));
+          break;
+        case CMD_CHECK_RESTORE:
+          result = this.checkRestore();
+          break;
+        case CMD_COMMIT_RESTORE:
+          result = this.commitRestore();
+          break;
         case CMD_RESET:
           this.device.reset();
+          this.ctx = null;
           this.active = false;
           this.later = [];
           for (let q = 0; q < this.queueCount; q++) Atomics.store(w, D_NOTIFY + q, 0);
@@ -268,17 +293,68 @@ class HostedDevice {
 
   /** Rebuilds the queues the transport validated and activates the device on them. */
   private activate(text: string): number {
-    const p = JSON.parse(text) as ActivatePayload;
+    const ctx = this.context(JSON.parse(text) as ActivatePayload);
+    this.device.activate(ctx);
+    this.ctx = ctx;
+    this.active = true;
+    return 0;
+  }
+
+  /** A device context over queues rebuilt from their saved states. */
+  private context(p: ActivatePayload): DeviceContext {
     const queues: AnyQueue[] = [];
     for (const s of p.queues) queues.push(queueFromState(s, this.memory, { logger: this.logger }));
-    this.device.activate({
+    return {
       memory: this.memory,
       queues,
       features: BigInt(`0x${p.features}`),
       interrupt: this.sink,
       schedule: this.schedule,
-    });
-    this.active = true;
+    };
+  }
+
+  /** Copies the piece of the device's saved state at `offset` into the mailbox. */
+  private saveChunk(offset: number): number {
+    if (this.device.save === undefined) return -2;
+    if (offset === 0) this.outgoing = encoder.encode(JSON.stringify(this.device.save()));
+    const out = this.outgoing;
+    const start = Math.min(Math.max(offset, 0), out.length);
+    this.mailbox.set(out.subarray(start, Math.min(out.length, start + this.mailbox.length)));
+    return out.length;
+  }
+
+  private stageChunk(offset: number, total: number): void {
+    if (offset === 0) this.staged = new Uint8Array(Math.max(total, 0));
+    const piece = this.payload();
+    if (offset < 0 || offset + piece.length > this.staged.length)
+      throw new RangeError('device worker: a staged piece outside the payload');
+    this.staged.set(piece, offset);
+  }
+
+  private checkRestore(): number {
+    const prepare = this.device.prepareRestore?.bind(this.device);
+    if (prepare === undefined) return -2;
+    const p = JSON.parse(decoder.decode(this.staged)) as RestorePayload;
+    try {
+      prepare(p.state, p.context === null ? null : this.context(p.context));
+      return 0;
+    } catch (e) {
+      if (!(e instanceof SnapshotError)) throw e;
+      const reason = e.message.slice(`snapshot field ${e.field}: `.length);
+      const text = encoder.encode(JSON.stringify({ field: e.field, message: reason }));
+      this.mailbox.set(text.subarray(0, this.mailbox.length));
+      Atomics.store(this.words, D_CMD_LEN, Math.min(text.length, this.mailbox.length));
+      return 1;
+    }
+  }
+
+  private commitRestore(): number {
+    const prepare = this.device.prepareRestore?.bind(this.device);
+    if (prepare === undefined) return -2;
+    const p = JSON.parse(decoder.decode(this.staged)) as RestorePayload;
+    this.staged = new Uint8Array(0);
+    // Checked against an equal context before: a refusal now is a bug, and kills the device.
+    prepare(p.state, this.ctx)();
     return 0;
   }
 

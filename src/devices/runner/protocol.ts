@@ -114,6 +114,30 @@ export const CMD_ACTIVATE = 2;
 export const CMD_WRITE_CONFIG = 3;
 /** Device reset: after completion the worker no longer touches the device's rings. */
 export const CMD_RESET = 4;
+/**
+ * The device's saved state, as JSON, read in mailbox-sized pieces: arg0 is the byte offset
+ * (0 takes a new snapshot), the mailbox holds the piece, the result is the whole length
+ * (-2: the device saves no state).
+ */
+export const CMD_SAVE = 5;
+/** A piece of a staged payload: arg0 is its byte offset (0 starts over), arg1 the whole length. */
+export const CMD_STAGE = 6;
+/**
+ * Validates the staged {@link RestorePayload} against the context it describes, changing
+ * nothing. Result 0: valid; 1: refused, the mailbox holds JSON `{ field, message }`; -2: the
+ * device saves no state.
+ */
+export const CMD_CHECK_RESTORE = 7;
+/** Restores the staged {@link RestorePayload} into the device as activated now. Result 0. */
+export const CMD_COMMIT_RESTORE = 8;
+
+/** What CMD_CHECK_RESTORE and CMD_COMMIT_RESTORE carry (staged with CMD_STAGE). */
+export interface RestorePayload {
+  /** The saved device state (a `DeviceState`, unchecked). */
+  state: unknown;
+  /** For CMD_CHECK_RESTORE: the context to check against, or null (restored inactive). */
+  context: ActivatePayload | null;
+}
 
 /** What CMD_ACTIVATE carries. */
 export interface ActivatePayload {

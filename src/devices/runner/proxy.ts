@@ -1,10 +1,15 @@
+import { SnapshotError } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
-import type { DeviceContext, InterruptSink, VirtioDevice } from '../device.js';
+import type { DeviceContext, DeviceState, InterruptSink, VirtioDevice } from '../device.js';
 import {
   type ActivatePayload,
   CMD_ACCEPT_FEATURES,
   CMD_ACTIVATE,
+  CMD_CHECK_RESTORE,
+  CMD_COMMIT_RESTORE,
   CMD_RESET,
+  CMD_SAVE,
+  CMD_STAGE,
   CMD_WRITE_CONFIG,
   CONFIG_MIRROR_BYTES,
   D_CMD_ARG0,
@@ -29,6 +34,7 @@ import {
   H_SLEEPING,
   IRQ_CONFIG,
   IRQ_USED,
+  type RestorePayload,
 } from './protocol.js';
 import { blockingWait, Spinner, waitAsyncFor } from './wait.js';
 
@@ -83,8 +89,11 @@ const LISTEN_SLICE_MS = 1000;
  * interrupt, and {@link error} says why; waiters reject with it.
  *
  * The transport's own queue objects stay idle (the worker rebuilt its queues from their saved
- * state at activation), and the proxy has no `save()`: a transport snapshot does not capture a
- * worker-backed device. Ask the worker (`DeviceWorkerLink.query`) for the device's state.
+ * state at activation). Snapshots go through the worker like the other lifecycle calls:
+ * {@link save} returns the worker device's state (its live queues included), and
+ * {@link prepareRestore} has the worker validate a state against the context it would be
+ * restored into, then commits it after activation; a transport snapshot includes the device
+ * as it does an in-thread one. Both throw `TypeError` when the worker's device saves no state.
  */
 export class WorkerDeviceProxy implements VirtioDevice {
   readonly deviceType: number;
@@ -199,6 +208,82 @@ export class WorkerDeviceProxy implements VirtioDevice {
     this.active = false;
     this.sink = null;
     this.localFailure = false;
+  }
+
+  /** The worker device's whole state, queues included (read from the worker in pieces). */
+  save(): DeviceState {
+    let total = this.command(CMD_SAVE, 0, 0);
+    if (total === -2) throw new TypeError('the device in the worker saves no state');
+    this.requireAlive();
+    const out = new Uint8Array(total);
+    for (let off = 0; off < total; off += this.mailbox.length) {
+      if (off > 0) total = this.command(CMD_SAVE, off, 0);
+      this.requireAlive();
+      out.set(this.mailbox.subarray(0, Math.min(this.mailbox.length, total - off)), off);
+    }
+    return JSON.parse(decoder.decode(out)) as DeviceState;
+  }
+
+  /**
+   * Has the worker validate a saved device state against `ctx` (the context the transport
+   * will activate the device with; null: restored inactive), changing nothing; throws
+   * {@link SnapshotError} as the device does. The returned commit restores it in the worker
+   * after the transport reset and (with a context) activated the device.
+   */
+  prepareRestore(state: unknown, ctx: DeviceContext | null): () => void {
+    const context: ActivatePayload | null =
+      ctx === null
+        ? null
+        : {
+            features: ctx.features.toString(16),
+            queues: ctx.queues.map((q) => (q as unknown as { save(): unknown }).save()),
+          };
+    let stateText: string | undefined;
+    try {
+      stateText = JSON.stringify(state);
+    } catch {
+      stateText = undefined;
+    }
+    if (stateText === undefined) throw new SnapshotError('device', 'is not JSON');
+    const check: RestorePayload = { state: JSON.parse(stateText) as unknown, context };
+    this.stage(encoder.encode(JSON.stringify(check)));
+    const result = this.command(CMD_CHECK_RESTORE, 0, 0);
+    if (result === -2) throw new TypeError('the device in the worker saves no state');
+    this.requireAlive();
+    if (result === 1) {
+      const len = Math.min(Math.max(Atomics.load(this.words, D_CMD_LEN), 0), this.mailbox.length);
+      const r = JSON.parse(decoder.decode(this.mailbox.slice(0, len))) as {
+        field: string;
+        message: string;
+      };
+      throw new SnapshotError(r.field, r.message);
+    }
+    const commit: RestorePayload = { state: check.state, context: null };
+    const payload = encoder.encode(JSON.stringify(commit));
+    return () => {
+      this.stage(payload);
+      this.command(CMD_COMMIT_RESTORE, 0, 0);
+      this.poll();
+    };
+  }
+
+  /** Copies a payload into the worker in mailbox-sized pieces. */
+  private stage(bytes: Uint8Array): void {
+    const size = this.mailbox.length;
+    for (let off = 0; off === 0 || off < bytes.length; off += size) {
+      this.command(
+        CMD_STAGE,
+        off,
+        bytes.length,
+        bytes.subarray(off, Math.min(bytes.length, off + size)),
+      );
+      this.requireAlive();
+    }
+  }
+
+  /** Throws the device's {@link DeviceWorkerError} once it is dead. */
+  private requireAlive(): void {
+    if (this.checkFailed()) throw this.error!;
   }
 
   /** The transport found a queue misconfigured at DRIVER_OK: the device needs a reset (§2.1.2). */
