@@ -14,6 +14,7 @@ import {
   featureBit,
   GuestAllocator,
   GuestMemory,
+  type HostTuning,
   isVirtqError,
   MemoryBackend,
   MMIO,
@@ -536,9 +537,12 @@ async function workerRig(kind: 'rng' | 'block' | 'console', format: Format): Pro
       : kind === 'block'
         ? { kind: 'block', image: new SharedArrayBuffer(64 * 1024), queueSize: 16 }
         : { kind: 'console', queueSize: 16, cols: 80, rows: 25 };
+  // The rng's worker gets a tiny mailbox, so that activation and saved states cross it in
+  // pieces.
+  const host = kind === 'rng' ? { logging: 'silent', mailboxBytes: 64 } : { logging: 'silent' };
   const worker = await NodeDeviceWorker.spawn(spec, memory, {
     timeoutMs: 3000,
-    host: { logging: 'silent' },
+    host: host as HostTuning,
   });
   workers.push(worker);
   const device = worker.devices[0]!;
@@ -575,6 +579,7 @@ describe('transport + device snapshots: a device in a worker', () => {
         bringUp(a);
         expect(await serveOneAsync(a)).toBe(true);
         const saved = clone(a.t.save()) as Json;
+        if (kind === 'rng') expect(JSON.stringify(saved.device).length).toBeGreaterThan(64 * 4);
         expect(saved.device).not.toBeNull();
         expect(saved.device.active).toBe(true);
         // The worker's live queues, not the transport's idle ones.

@@ -259,13 +259,16 @@ class HostedDevice {
           break;
         }
         case CMD_ACTIVATE:
-          result = this.activate(this.payloadText());
+          // arg0 1: the payload was staged (CMD_STAGE), being larger than the mailbox.
+          result = this.activate(
+            Atomics.load(w, D_CMD_ARG0) === 1 ? decoder.decode(this.staged) : this.payloadText(),
+          );
           break;
         case CMD_WRITE_CONFIG:
           this.device.writeConfig(Atomics.load(w, D_CMD_ARG0), this.payload());
           break;
         case CMD_SAVE:
-          result = this.saveChunk(Atomics.load(w, D_CMD_ARG0));
+          result = this.saveChunk(Atomics.load(w, D_CMD_ARG0), Atomics.load(w, D_CMD_ARG1) === 1);
           break;
         case CMD_STAGE:
           this.stageChunk(Atomics.load(w, D_CMD_ARG0), Atomics.load(w, D_CMD_ARG1));
@@ -313,10 +316,13 @@ class HostedDevice {
     };
   }
 
-  /** Copies the piece of the device's saved state at `offset` into the mailbox. */
-  private saveChunk(offset: number): number {
+  /**
+   * Copies the piece at `offset` of the device's saved state (or, with `reply`, of the last
+   * refusal) into the mailbox; a new snapshot is taken at offset 0.
+   */
+  private saveChunk(offset: number, reply: boolean): number {
     if (this.device.save === undefined) return -2;
-    if (offset === 0) this.outgoing = encoder.encode(JSON.stringify(this.device.save()));
+    if (offset === 0 && !reply) this.outgoing = encoder.encode(JSON.stringify(this.device.save()));
     const out = this.outgoing;
     const start = Math.min(Math.max(offset, 0), out.length);
     this.mailbox.set(out.subarray(start, Math.min(out.length, start + this.mailbox.length)));
@@ -341,9 +347,8 @@ class HostedDevice {
     } catch (e) {
       if (!(e instanceof SnapshotError)) throw e;
       const reason = e.message.slice(`snapshot field ${e.field}: `.length);
-      const text = encoder.encode(JSON.stringify({ field: e.field, message: reason }));
-      this.mailbox.set(text.subarray(0, this.mailbox.length));
-      Atomics.store(this.words, D_CMD_LEN, Math.min(text.length, this.mailbox.length));
+      // Read back by CMD_SAVE with arg1 1, in pieces.
+      this.outgoing = encoder.encode(JSON.stringify({ field: e.field, message: reason }));
       return 1;
     }
   }

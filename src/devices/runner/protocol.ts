@@ -108,7 +108,10 @@ export function deviceBlockLayout(
 
 /** arg0/arg1: feature words 0 and 1. Result 1: accepted. */
 export const CMD_ACCEPT_FEATURES = 1;
-/** Payload: JSON {@link ActivatePayload}. Result 0: active; 1: failed (message in the mailbox). */
+/**
+ * Payload: JSON {@link ActivatePayload} (arg0 1: staged with CMD_STAGE instead, being larger
+ * than the mailbox). Result 0: active; 1: failed (message in the mailbox).
+ */
 export const CMD_ACTIVATE = 2;
 /** arg0: offset; payload: the bytes. */
 export const CMD_WRITE_CONFIG = 3;
@@ -116,16 +119,17 @@ export const CMD_WRITE_CONFIG = 3;
 export const CMD_RESET = 4;
 /**
  * The device's saved state, as JSON, read in mailbox-sized pieces: arg0 is the byte offset
- * (0 takes a new snapshot), the mailbox holds the piece, the result is the whole length
- * (-2: the device saves no state).
+ * (0 takes a new snapshot unless arg1 is 1; arg1 1 reads the refusal CMD_CHECK_RESTORE left
+ * instead), the mailbox holds the piece, the result is the whole length (-2: the device saves
+ * no state).
  */
 export const CMD_SAVE = 5;
 /** A piece of a staged payload: arg0 is its byte offset (0 starts over), arg1 the whole length. */
 export const CMD_STAGE = 6;
 /**
  * Validates the staged {@link RestorePayload} against the context it describes, changing
- * nothing. Result 0: valid; 1: refused, the mailbox holds JSON `{ field, message }`; -2: the
- * device saves no state.
+ * nothing. Result 0: valid; 1: refused, JSON `{ field, message }` to read with CMD_SAVE (arg1
+ * 1); -2: the device saves no state.
  */
 export const CMD_CHECK_RESTORE = 7;
 /** Restores the staged {@link RestorePayload} into the device as activated now. Result 0. */

@@ -187,7 +187,13 @@ export class WorkerDeviceProxy implements VirtioDevice {
     };
     this.sink = ctx.interrupt;
     this.active = true;
-    this.command(CMD_ACTIVATE, 0, 0, encoder.encode(JSON.stringify(payload)));
+    const bytes = encoder.encode(JSON.stringify(payload));
+    // A payload larger than the mailbox (many or large queue states) is staged in pieces.
+    if (bytes.length <= this.mailbox.length) this.command(CMD_ACTIVATE, 0, 0, bytes);
+    else {
+      this.stage(bytes);
+      this.command(CMD_ACTIVATE, 1, 0);
+    }
     if (this.listenEnabled) this.listen();
     this.poll();
   }
@@ -212,16 +218,22 @@ export class WorkerDeviceProxy implements VirtioDevice {
 
   /** The worker device's whole state, queues included (read from the worker in pieces). */
   save(): DeviceState {
-    let total = this.command(CMD_SAVE, 0, 0);
+    return JSON.parse(this.readOutgoing(false)) as DeviceState;
+  }
+
+  /** Reads a new snapshot (or, with `reply`, the last refusal) from the worker in pieces. */
+  private readOutgoing(reply: boolean): string {
+    const flag = reply ? 1 : 0;
+    const total = this.command(CMD_SAVE, 0, flag);
     if (total === -2) throw new TypeError('the device in the worker saves no state');
     this.requireAlive();
     const out = new Uint8Array(total);
     for (let off = 0; off < total; off += this.mailbox.length) {
-      if (off > 0) total = this.command(CMD_SAVE, off, 0);
+      if (off > 0) this.command(CMD_SAVE, off, 1);
       this.requireAlive();
       out.set(this.mailbox.subarray(0, Math.min(this.mailbox.length, total - off)), off);
     }
-    return JSON.parse(decoder.decode(out)) as DeviceState;
+    return decoder.decode(out);
   }
 
   /**
@@ -251,11 +263,7 @@ export class WorkerDeviceProxy implements VirtioDevice {
     if (result === -2) throw new TypeError('the device in the worker saves no state');
     this.requireAlive();
     if (result === 1) {
-      const len = Math.min(Math.max(Atomics.load(this.words, D_CMD_LEN), 0), this.mailbox.length);
-      const r = JSON.parse(decoder.decode(this.mailbox.slice(0, len))) as {
-        field: string;
-        message: string;
-      };
+      const r = JSON.parse(this.readOutgoing(true)) as { field: string; message: string };
       throw new SnapshotError(r.field, r.message);
     }
     const commit: RestorePayload = { state: check.state, context: null };
