@@ -489,6 +489,17 @@ export class MmioTransport {
       }
       const prepare = dev.prepareRestore.bind(dev);
       commitDevice = nestedState('mmio', () => prepare(devState, ctx));
+      // DRIVER_OK initialises every ready queue; one left inactive means that failed, and the
+      // device then needs a reset (§2.1.2).
+      const failed = (devState as { needsReset?: unknown }).needsReset === true;
+      next.queues.forEach((q, i) => {
+        if (next.live && q.ready && !q.isActive && !failed) {
+          throw new SnapshotError(
+            `mmio.queues.${i}.active`,
+            'a ready queue of a live device that does not need a reset is initialised',
+          );
+        }
+      });
     } else if (devState !== null) {
       throw new SnapshotError('mmio.device', 'this device saves no state: expected null');
     } else if (next.live) {

@@ -240,6 +240,14 @@ const PROBES: Probe[] = [
     'mmio.device.queues.0',
   ],
   [
+    'a ready queue left uninitialised on a live device that needs no reset',
+    (s) => {
+      s.queues[0].active = false;
+      s.device.queues[0].active = false;
+    },
+    'mmio.queues.0.active',
+  ],
+  [
     'DRIVER_OK without FEATURES_OK',
     (s) => setPath(s, 'status', STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK),
     'mmio.status',
@@ -331,6 +339,33 @@ describe('transport + device snapshots: round trips', () => {
   }
 });
 
+describe('transport + device snapshots: a device failed at DRIVER_OK', () => {
+  for (const format of FORMATS) {
+    it(`round-trips with DEVICE_NEEDS_RESET and a queue left uninitialised (${format})`, () => {
+      const a = rig('block', format);
+      a.guest.negotiate(wanted(format));
+      a.guest.setupQueue(0, 8);
+      // Move the descriptor table outside guest memory: initialising it at DRIVER_OK fails.
+      a.t.write(MMIO.QUEUE_SEL, 4, 0);
+      a.t.write(MMIO.QUEUE_READY, 4, 0);
+      a.t.write(MMIO.QUEUE_DESC_HIGH, 4, 1);
+      a.t.write(MMIO.QUEUE_READY, 4, 1);
+      a.guest.start();
+      expect(a.t.read(MMIO.STATUS, 4) & 64).toBe(64);
+      const saved = clone(a.t.save());
+      const b = rig('block', format);
+      b.t.restore(saved);
+      expect(b.t.save()).toEqual(saved);
+      expect(b.t.read(MMIO.STATUS, 4)).toBe(a.t.read(MMIO.STATUS, 4));
+      // Without the device's failure the same registers are not a reachable state.
+      const bad = clone(saved) as Json;
+      bad.device.needsReset = false;
+      expect(() => b.t.restore(bad)).toThrow(/mmio\.queues\.0\.active/);
+      expect(b.t.save()).toEqual(saved);
+    });
+  }
+});
+
 // ---- the property over random mutations ----
 
 const STATUS_STEPS = [0, 1, 3, 11, 15];
@@ -350,6 +385,7 @@ function reachable(s: Json, device: VirtioDevice): string | null {
   if (s.queues.length !== device.queueMaxSizes.length) return 'queue count';
   for (const q of s.queues) {
     if (q.active && !live) return 'active queue before DRIVER_OK';
+    if (live && q.ready && !q.active && !s.device.needsReset) return 'ready queue not initialised';
     if (!featuresOk && (q.ready || q.size !== q.maxSize)) return 'queue set before FEATURES_OK';
   }
   if (s.interruptStatus !== 0 && !live) return 'interrupt while not live';

@@ -218,7 +218,10 @@ export class WorkerDeviceProxy implements VirtioDevice {
 
   /** The worker device's whole state, queues included (read from the worker in pieces). */
   save(): DeviceState {
-    return JSON.parse(this.readOutgoing(false)) as DeviceState;
+    const state = JSON.parse(this.readOutgoing(false)) as DeviceState;
+    // A queue the transport could not initialise at DRIVER_OK failed the device here.
+    if (this.localFailure && state.active) state.needsReset = true;
+    return state;
   }
 
   /** Reads a new snapshot (or, with `reply`, the last refusal) from the worker in pieces. */
