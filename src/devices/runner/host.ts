@@ -1,4 +1,4 @@
-import { SnapshotError } from '../../errors.js';
+import { requireSharedArrayBuffer, SnapshotError } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { type AnyQueue, queueFromState } from '../../queue/factory.js';
 import { consoleLogger, type Logger } from '../../queue/logger.js';
@@ -404,6 +404,7 @@ export class DeviceHost {
     options: DeviceHostOptions = {},
   ) {
     if (devices.length === 0) throw new RangeError('a device host needs at least one device');
+    requireSharedArrayBuffer('DeviceHost');
     this.header = new SharedArrayBuffer(H_WORDS * 4);
     this.h = new Int32Array(this.header);
     this.wait = options.wait ?? 'sync';

@@ -1,3 +1,4 @@
+import { requireSharedArrayBuffer } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { DevicePort, FromWorker, HostTuning, InitMessage, ReadyMessage } from './protocol.js';
 import { H_DOORBELL, H_STOP } from './protocol.js';
@@ -59,6 +60,11 @@ export class DeviceWorkerLink {
     spec: unknown,
     options: DeviceWorkerLinkOptions = {},
   ): Promise<DeviceWorkerLink> {
+    try {
+      requireSharedArrayBuffer('DeviceWorkerLink.connect');
+    } catch (e) {
+      return Promise.reject(e);
+    }
     const init: InitMessage = { type: 'init', memory: memory.toShared(), spec };
     if (options.host !== undefined) init.host = options.host;
     return new Promise((resolve, reject) => {
