@@ -1296,6 +1296,14 @@ export class VhostUserBackend {
         });
         this.workers[index] = null;
         ring.lost = true;
+        // The ring's eventfds stay open until the terminated worker is gone (closeAfterExit).
+        const fds = [ring.kickFd, ring.callFd, ring.errFd].filter((fd) => fd !== null);
+        ring.kickWatcher?.stop();
+        ring.kickWatcher = null;
+        ring.kickFd = null;
+        ring.callFd = null;
+        ring.errFd = null;
+        w.closeAfterExit(fds, (fd) => this.closeFds([fd]));
       }
       return;
     }

@@ -90,6 +90,9 @@ export class RingWorkerHandle {
   readonly control: Int32Array;
   private seq = 0;
   private dead = false;
+  private exited = false;
+  /** Descriptors to close once the worker has exited, with how. */
+  private readonly afterExit: { fds: number[]; close: (fd: number) => void }[] = [];
 
   constructor(
     readonly worker: Worker,
@@ -99,7 +102,21 @@ export class RingWorkerHandle {
     this.control = new Int32Array(control);
     worker.on('exit', () => {
       this.dead = true;
+      this.exited = true;
+      for (const { fds, close } of this.afterExit.splice(0)) for (const fd of fds) close(fd);
     });
+  }
+
+  /**
+   * Closes `fds` (with `close`) once the worker has exited, at once if it has. For the
+   * eventfds of a ring whose worker stopped answering: until its termination completes it may
+   * still poll the kick fd and write the call and error fds, and a descriptor closed under it
+   * makes its event loop abort (libuv cannot add a closed fd to epoll) or, once the number is
+   * reused, makes it write into something else.
+   */
+  closeAfterExit(fds: readonly number[], close: (fd: number) => void): void {
+    if (this.exited) for (const fd of fds) close(fd);
+    else this.afterExit.push({ fds: [...fds], close });
   }
 
   /** Starts the ring (asynchronously: the worker may still be loading). */

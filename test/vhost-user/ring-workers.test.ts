@@ -3,6 +3,7 @@
  * one ring's worker must not hold up the other ring; stopping a ring answers with where it
  * stopped; call eventfds and the dirty log can be replaced while rings run.
  */
+import { readdirSync, readlinkSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BlockDevice, MemoryBackend } from '../../src/devices/index.js';
@@ -61,10 +62,10 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
    * A back-end in ring-worker mode over the gated block device (test/vhost-user/workers), its
    * guest RAM, and a front-end connected to it.
    */
-  function gatedBackend(numQueues: number, ackTimeoutMs?: number) {
+  function gatedBackend(numQueues: number, ackTimeoutMs?: number, holdLoad = false) {
     const image = new SharedArrayBuffer(128 * 512);
-    const gate = new SharedArrayBuffer(8);
-    const options = { image, gate, numQueues };
+    const gate = new SharedArrayBuffer(12);
+    const options = { image, gate, numQueues, holdLoad };
     const spec = {
       kind: 'module',
       module: pathToFileURL(new URL('./workers/gated-block.ts', import.meta.url).pathname).href,
@@ -239,6 +240,60 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
     backend.attach(d);
     expect(await new Frontend(n, c).u64(R.GET_QUEUE_NUM)).toBe(1n);
   });
+  it("keeps a lost ring's eventfds open until its terminated worker is gone", async () => {
+    // The worker starts slowly, so the kick arrives before it watches the kick fd; it then
+    // registers its watch and, before its event loop ever runs, blocks in the gated read. Its
+    // stop times out and it is terminated. Had the back-end closed the kick fd at once, the
+    // worker's last loop pass during termination would have tried to add the closed fd to
+    // epoll, and libuv aborts the whole process on that.
+    const { gate, backend, memfd, guest, fe } = gatedBackend(1, 300, true);
+    const kick = eventfd();
+    const call = eventfd();
+    // The open descriptors, but for the one that lists them.
+    const openFds = () =>
+      new Set(
+        readdirSync('/proc/self/fd').filter((fd) => {
+          try {
+            return !readlinkSync(`/proc/self/fd/${fd}`).startsWith('/proc/');
+          } catch {
+            return false; // the listing's own descriptor, already closed
+          }
+        }),
+      );
+    const before = openFds();
+    await fe.negotiate();
+    const features = VERSION_1 | PROTOCOL_BIT;
+    expect(await fe.acked(R.SET_FEATURES, u64(features))).toBe(0n);
+    expect(await fe.acked(R.SET_MEM_TABLE, memTable(), [memfd, memfd])).toBe(0n);
+    const driver = new SplitDriver(guest, { size: QSIZE, base: RING_GPA });
+    const { desc, avail, used } = driver.layout;
+    expect(await fe.acked(R.SET_VRING_NUM, u32s(0, QSIZE))).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_BASE, u32s(0, 0))).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_ADDR, vringAddr(0, desc, avail, used))).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_CALL, u64(0), [call])).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_KICK, u64(0), [kick])).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_ENABLE, u32s(0, 1))).toBe(0n);
+    guest.writeU32(0x10000, T_IN);
+    guest.writeU64(0x10008, GATED_SECTOR);
+    driver.add(
+      [{ addr: 0x10000, len: 16 }],
+      [
+        { addr: 0x11000, len: 512 },
+        { addr: 0x12000, len: 1 },
+      ],
+    );
+    if (driver.kick()) n.eventfdWrite(kick, 1);
+    const gateView = new Int32Array(gate);
+    Atomics.store(gateView, 2, 1);
+    Atomics.notify(gateView, 2);
+    await until(() => Atomics.load(gateView, 1) === 1, 'the worker to block');
+    fe.send(R.GET_VRING_BASE, u32s(0, 0));
+    expect(await fe.recv()).toBeNull();
+    await until(() => !backend.connected, 'the disconnect');
+    // Once the worker is gone, so are the descriptors of its ring (and the connection's).
+    await until(() => [...openFds()].every((fd) => before.has(fd)), 'the ring fds to close');
+  });
+
   it('refuses to serve a device with asynchronous transfers on its own thread', () => {
     const disk = Object.assign(new MemoryBackend(4096), {
       async: { readv() {}, writev() {}, flush() {} },
