@@ -415,8 +415,13 @@ export class NetDevice extends VirtioDeviceBase {
 
   private receivePass(q: Queue): void {
     this.rxFreed = false;
-    // prepareOut first: a turn that finds nothing pending schedules no continuation.
-    while (this.prepareOut() && this.withinBudget(NET_RX_QUEUE)) {
+    // prepareOut first: a turn that finds nothing pending schedules no continuation. Chains
+    // count against the turn as holdNext takes them; bytes are checked between frames.
+    while (this.prepareOut()) {
+      if (this.bytesLeft <= 0) {
+        this.continueLater(NET_RX_QUEUE);
+        break;
+      }
       const need = VIRTIO_NET_HDR_SIZE + this.outLen;
       const k = this.gather(q, need);
       if (k === 0) break; // wait for the driver's next receive buffers
@@ -451,17 +456,21 @@ export class NetDevice extends VirtioDeviceBase {
     return c;
   }
 
-  /** Pops one more receive chain into the held ring; false when the driver has none. */
+  /**
+   * Pops one more receive chain into the held ring; false when the driver has none, or when
+   * this turn may take no more chains (the rest continues in a later turn).
+   */
   private holdNext(q: Queue): boolean {
     for (;;) {
+      // Every chain taken counts against the turn: with MRG_RXBUF one frame may take up to a
+      // ring's worth of small buffers, and a guest may keep posting unusable ones.
+      if (!this.withinBudget(NET_RX_QUEUE)) return false;
       const c = q.popOrEnableNotification(this.heldAt(this.heldCount));
       if (c === null) return false;
       if (parseRxBuffer(c, this.rxInfo).kind === 'unsupported') {
         this.stats.rxBadBuffers++;
         q.addUsed(c.head, 0);
         this.rxUsed = true;
-        // Each unusable buffer counts against the turn: a guest may keep posting them.
-        if (!this.withinBudget(NET_RX_QUEUE)) return false;
         continue;
       }
       this.heldCount++;
