@@ -67,11 +67,20 @@ export class GuestMemory {
     this.last = regions[0]!;
   }
 
-  /** A single region of `size` bytes at guest address `base`, over a fresh buffer. */
-  static create(size: number, options: { base?: number; shared?: boolean } = {}): GuestMemory {
+  /**
+   * A single region of `size` bytes at guest address `base`, over a fresh buffer; `shared`
+   * for a SharedArrayBuffer, `trackDirty` to record written pages from the start (see
+   * {@link setDirtyTracking}).
+   */
+  static create(
+    size: number,
+    options: { base?: number; shared?: boolean; trackDirty?: boolean } = {},
+  ): GuestMemory {
     if (options.shared) requireSharedArrayBuffer('GuestMemory.create({ shared: true })');
     const buffer = options.shared ? new SharedArrayBuffer(size) : new ArrayBuffer(size);
-    return new GuestMemory([{ base: options.base ?? 0, length: size, buffer }]);
+    const memory = new GuestMemory([{ base: options.base ?? 0, length: size, buffer }]);
+    if (options.trackDirty === true) memory.setDirtyTracking(true);
+    return memory;
   }
 
   /** Rebuilds, in another thread, a memory made of shared buffers (see {@link toShared}). */
@@ -367,6 +376,25 @@ export class GuestMemory {
   }
 
   // ---- dirty pages ----
+
+  /**
+   * Switches dirty tracking on or off (it starts off). While on, every write the library
+   * makes to guest memory (`write*`, `fill`, `writableSlice`, chain writers, used ring
+   * updates) marks its pages before the used index that publishes it moves; while off, the
+   * hot paths pay one load and a branch. Threads that share this memory share the switch
+   * (it lives beside the bitmaps); another thread sees a change at its next synchronisation
+   * with this one (a notification, a lifecycle call), so switch it on before the writes that
+   * must be recorded: the vhost-user back-end does while the front-end logs, a snapshot user
+   * before the first pass of its copy. Switching it off keeps the bits already recorded.
+   */
+  setDirtyTracking(on: boolean): void {
+    for (const r of this.regions) Atomics.store(r.tracking, 0, on ? 1 : 0);
+  }
+
+  /** True while written pages are recorded (see {@link setDirtyTracking}). */
+  get dirtyTracking(): boolean {
+    return Atomics.load(this.regions[0]!.tracking, 0) !== 0;
+  }
 
   /** Marks [addr, addr + len) dirty without writing (for writes made through a raw view). */
   markDirty(addr: number, len: number): void {

@@ -37,8 +37,17 @@ export class GuestRegion {
   readonly view: DataView;
   /** Guest-physical page number of the first page the region touches. */
   readonly firstPage: number;
-  /** One bit per guest page the region touches, set when the device writes to it. */
+  /**
+   * One bit per guest page the region touches, set when the device writes to it while dirty
+   * tracking is on (see {@link tracking}).
+   */
   readonly dirty: Int32Array;
+  /**
+   * Word 0 is 1 while writes are recorded in {@link dirty}, 0 (the default) while they are not.
+   * It lives in the same buffer as the bitmap, just after it, so every thread that shares the
+   * region shares the switch.
+   */
+  readonly tracking: Int32Array;
 
   constructor(spec: RegionSpec, dirtyBuffer?: ArrayBufferLike) {
     const { base, length, buffer } = spec;
@@ -76,19 +85,21 @@ export class GuestRegion {
     this.firstPage = Math.floor(base / PAGE_SHIFT_DIVISOR);
     const pages = Math.floor((this.end - 1) / PAGE_SHIFT_DIVISOR) - this.firstPage + 1;
     const words = Math.ceil(pages / 32);
+    // The bitmap, then the tracking switch.
+    const bytes = (words + 1) * 4;
+    let store: ArrayBufferLike;
     if (dirtyBuffer !== undefined) {
-      if (dirtyBuffer.byteLength !== words * 4) {
+      if (dirtyBuffer.byteLength !== bytes) {
         throw new RangeError(
-          `dirty bitmap needs ${words * 4} bytes, got ${dirtyBuffer.byteLength}`,
+          `dirty bitmap needs ${bytes} bytes (${words} words and the switch), got ${dirtyBuffer.byteLength}`,
         );
       }
-      this.dirty = new Int32Array(dirtyBuffer);
+      store = dirtyBuffer;
     } else {
-      const shared = isSharedArrayBuffer(buffer);
-      this.dirty = new Int32Array(
-        shared ? new SharedArrayBuffer(words * 4) : new ArrayBuffer(words * 4),
-      );
+      store = isSharedArrayBuffer(buffer) ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes);
     }
+    this.dirty = new Int32Array(store, 0, words);
+    this.tracking = new Int32Array(store, words * 4, 1);
   }
 
   /** Number of pages the dirty bitmap covers. */
@@ -102,11 +113,12 @@ export class GuestRegion {
   }
 
   /**
-   * Marks the pages of [addr, addr + len) dirty. The range must already be known to lie in
-   * this region. `Atomics.or` keeps concurrent markers (another thread) from losing bits.
+   * Marks the pages of [addr, addr + len) dirty, when tracking is on. The range must already
+   * be known to lie in this region. `Atomics.or` keeps concurrent markers (another thread)
+   * from losing bits. With tracking off this is one load and a branch.
    */
   markDirty(addr: number, len: number): void {
-    if (len <= 0) return;
+    if (this.tracking[0] === 0 || len <= 0) return;
     const first = Math.floor(addr / PAGE_SHIFT_DIVISOR) - this.firstPage;
     const last = Math.floor((addr + len - 1) / PAGE_SHIFT_DIVISOR) - this.firstPage;
     const d = this.dirty;
@@ -115,8 +127,9 @@ export class GuestRegion {
     }
   }
 
-  /** Marks the page holding guest address `addr` dirty (the one-field fast path). */
+  /** Marks the page holding guest address `addr` dirty (the one-field fast path), when tracking is on. */
   markPageDirty(addr: number): void {
+    if (this.tracking[0] === 0) return;
     const p = Math.floor(addr / PAGE_SHIFT_DIVISOR) - this.firstPage;
     Atomics.or(this.dirty, p >>> 5, 1 << (p & 31));
   }

@@ -992,6 +992,9 @@ export class VhostUserBackend {
    * them anyway, so that costs a little bandwidth and keeps every page accounted for.
    */
   private loggingChanged(): void {
+    // Pages are recorded only while the front-end logs (before the workers are told: the
+    // in-process device and the next turn see it at once).
+    this.table.memory?.setDirtyTracking(this.logging);
     for (let i = 0; i < this.rings.length; i++) {
       if (this.rings[i]!.running) this.workers[i]?.setLog(this.ringLog());
     }
@@ -1046,6 +1049,7 @@ export class VhostUserBackend {
     this.flushLog();
     this.table = table;
     const memory = table.memory;
+    memory?.setDirtyTracking(this.logging);
     // Running rings move to the new mappings (QEMU updates the table on memory hot-plug).
     if (this.ctx !== null && memory !== null) this.ctx.memory = memory;
     for (let i = 0; i < this.rings.length; i++) {

@@ -55,6 +55,8 @@ function setLog(l: RingLog): void {
   flushLog();
   log = l.area === null ? null : new DirtyLog(l.area.buffer, l.area.offset, l.area.size);
   logFd = l.fd;
+  // Pages are recorded only while they go to a log.
+  running?.memory.setDirtyTracking(log !== null);
 }
 
 /** Moves the pages the device wrote into the dirty log (see DirtyLog). */
@@ -136,6 +138,7 @@ let stopping = false;
 function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
   stop();
   const memory = new GuestMemory(m.regions);
+  memory.setDirtyTracking(m.log.area !== null);
   let queue: AnyQueue;
   // Only a tracked queue pays for the inflight bookkeeping.
   if (m.queue.format === 'split' && m.inflight !== null) {

@@ -1,6 +1,7 @@
 import { type DriverBuffer, RawSplitRing, SplitDriver } from '../../src/driver/index.js';
-import { GuestMemory, type RegionSpec } from '../../src/memory/index.js';
+import type { GuestMemory, RegionSpec } from '../../src/memory/index.js';
 import { DescriptorChain, type SplitQueue } from '../../src/queue/index.js';
+import { trackedMemory } from '../tracked-memory.js';
 
 /** Guest-physical address where the rings live (in the first region). */
 export const RING_BASE = 0;
@@ -26,7 +27,7 @@ export function contiguousMemory(
     specs.push({ base, length: size, buffer: makeBuffer(size, options.shared) });
     base += size;
   }
-  return new GuestMemory(specs);
+  return trackedMemory(specs);
 }
 
 function makeBuffer(n: number, shared = false): ArrayBufferLike {

@@ -4,11 +4,12 @@ import {
   ChainReader,
   ChainWriter,
   DIRTY_PAGE_SIZE,
-  GuestMemory,
+  type GuestMemory,
   IovecError,
   type RegionSpec,
   U64_UNSAFE,
 } from '../../src/index.js';
+import { trackedMemory } from '../tracked-memory.js';
 import { Env } from './env.js';
 
 /** Data starts 1 KiB below a page boundary, so chains often cross pages as well as regions. */
@@ -133,7 +134,7 @@ function build(s: Shape): Built {
     const length = edges[i + 1]! - edges[i]!;
     specs.push({ base: DATA_BASE + edges[i]!, length, buffer: new ArrayBuffer(length) });
   }
-  const memory = new GuestMemory(specs);
+  const memory = trackedMemory(specs);
   for (const r of memory.regions) {
     if (r.base === 0) continue;
     for (let i = 0; i < r.length; i++) r.bytes[i] = initialByte(r.base + i, s.seed);

@@ -6,6 +6,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { RawSplitRing } from '../../src/driver/raw-split.js';
 import { GuestMemoryError, isVirtqError } from '../../src/errors.js';
 import {
   DIRTY_PAGE_SIZE,
@@ -14,12 +15,14 @@ import {
   type RegionSpec,
   U64_UNSAFE,
 } from '../../src/memory/index.js';
+import { DescriptorChain, VIRTQ_DESC_F_WRITE } from '../../src/queue/index.js';
+import { trackedMemory } from '../tracked-memory.js';
 
 const PAGE = DIRTY_PAGE_SIZE;
 
 /** Regions [base, base + length) over fresh buffers. */
 function mem(...ranges: [base: number, length: number][]): GuestMemory {
-  return new GuestMemory(
+  return trackedMemory(
     ranges.map(([base, length]) => ({ base, length, buffer: new ArrayBuffer(length) })),
   );
 }
@@ -55,67 +58,63 @@ describe('GuestMemory: region validation', () => {
 
   it('rejects host misuse with RangeError / TypeError, never a VirtqError', () => {
     const bad: [string, () => unknown, typeof RangeError | typeof TypeError][] = [
-      ['no regions', () => new GuestMemory([]), RangeError],
+      ['no regions', () => trackedMemory([]), RangeError],
       [
         'base not a multiple of 8',
-        () => new GuestMemory([{ base: 4, length: 8, buffer: buf() }]),
+        () => trackedMemory([{ base: 4, length: 8, buffer: buf() }]),
         RangeError,
       ],
       [
         'offset not a multiple of 8',
-        () => new GuestMemory([{ base: 0, length: 8, buffer: buf(), offset: 4 }]),
+        () => trackedMemory([{ base: 0, length: 8, buffer: buf(), offset: 4 }]),
         RangeError,
       ],
-      [
-        'negative base',
-        () => new GuestMemory([{ base: -8, length: 8, buffer: buf() }]),
-        RangeError,
-      ],
+      ['negative base', () => trackedMemory([{ base: -8, length: 8, buffer: buf() }]), RangeError],
       [
         'fractional base',
-        () => new GuestMemory([{ base: 8.5, length: 8, buffer: buf() }]),
+        () => trackedMemory([{ base: 8.5, length: 8, buffer: buf() }]),
         RangeError,
       ],
       [
         'unsafe base',
-        () => new GuestMemory([{ base: 2 ** 53, length: 8, buffer: buf() }]),
+        () => trackedMemory([{ base: 2 ** 53, length: 8, buffer: buf() }]),
         RangeError,
       ],
-      ['zero length', () => new GuestMemory([{ base: 0, length: 0, buffer: buf() }]), RangeError],
+      ['zero length', () => trackedMemory([{ base: 0, length: 0, buffer: buf() }]), RangeError],
       [
         'negative length',
-        () => new GuestMemory([{ base: 0, length: -1, buffer: buf() }]),
+        () => trackedMemory([{ base: 0, length: -1, buffer: buf() }]),
         RangeError,
       ],
       [
         'NaN length',
-        () => new GuestMemory([{ base: 0, length: Number.NaN, buffer: buf() }]),
+        () => trackedMemory([{ base: 0, length: Number.NaN, buffer: buf() }]),
         RangeError,
       ],
       [
         'end beyond 2^53 - 1',
-        () => new GuestMemory([{ base: 2 ** 53 - 64, length: 64, buffer: buf() }]),
+        () => trackedMemory([{ base: 2 ** 53 - 64, length: 64, buffer: buf() }]),
         RangeError,
       ],
       [
         'length beyond the buffer',
-        () => new GuestMemory([{ base: 0, length: 65, buffer: buf() }]),
+        () => trackedMemory([{ base: 0, length: 65, buffer: buf() }]),
         RangeError,
       ],
       [
         'offset + length beyond the buffer',
-        () => new GuestMemory([{ base: 0, length: 64, buffer: buf(), offset: 8 }]),
+        () => trackedMemory([{ base: 0, length: 64, buffer: buf(), offset: 8 }]),
         RangeError,
       ],
       [
         'offset beyond the buffer',
-        () => new GuestMemory([{ base: 0, length: 1, buffer: buf(), offset: 72 }]),
+        () => trackedMemory([{ base: 0, length: 1, buffer: buf(), offset: 72 }]),
         RangeError,
       ],
       [
         'a typed array instead of a buffer',
         () =>
-          new GuestMemory([
+          trackedMemory([
             { base: 0, length: 8, buffer: new Uint8Array(8) as unknown as ArrayBuffer },
           ]),
         TypeError,
@@ -123,7 +122,7 @@ describe('GuestMemory: region validation', () => {
       [
         'overlapping regions',
         () =>
-          new GuestMemory([
+          trackedMemory([
             { base: 0, length: 64, buffer: buf() },
             { base: 56, length: 8, buffer: buf() },
           ]),
@@ -132,7 +131,7 @@ describe('GuestMemory: region validation', () => {
       [
         'overlapping regions given out of order',
         () =>
-          new GuestMemory([
+          trackedMemory([
             { base: 128, length: 64, buffer: buf() },
             { base: 64, length: 64, buffer: buf() },
             { base: 0, length: 72, buffer: buf() },
@@ -141,12 +140,12 @@ describe('GuestMemory: region validation', () => {
       ],
       [
         'a dirty buffer count that does not match',
-        () => new GuestMemory([{ base: 0, length: 64, buffer: buf() }], []),
+        () => trackedMemory([{ base: 0, length: 64, buffer: buf() }], []),
         RangeError,
       ],
       [
         'a dirty buffer of the wrong size',
-        () => new GuestMemory([{ base: 0, length: 64, buffer: buf() }], [new ArrayBuffer(8)]),
+        () => trackedMemory([{ base: 0, length: 64, buffer: buf() }], [new ArrayBuffer(4)]),
         RangeError,
       ],
     ];
@@ -158,7 +157,7 @@ describe('GuestMemory: region validation', () => {
   });
 
   it('accepts adjacent regions in any order and sorts them', () => {
-    const m = new GuestMemory([
+    const m = trackedMemory([
       { base: 128, length: 64, buffer: buf() },
       { base: 0, length: 64, buffer: buf() },
       { base: 64, length: 64, buffer: new ArrayBuffer(80), offset: 16 },
@@ -195,7 +194,7 @@ describe('GuestMemory: region lookup', () => {
     specs.push({ base: at, length, buffer: new ArrayBuffer(length) });
     at = Math.ceil((at + length) / 8) * 8 + (i % 3 === 0 ? 0 : 8 * (i % 5));
   }
-  const m = new GuestMemory(specs);
+  const m = trackedMemory(specs);
 
   const linear = (addr: number) => m.regions.find((r) => addr >= r.base && addr < r.end);
 
@@ -463,9 +462,62 @@ describe('GuestMemory: dirty pages', () => {
   });
 });
 
+describe('GuestMemory: dirty tracking on request', () => {
+  it('is off by default: writes, chains and views mark nothing until it is switched on', () => {
+    const m = new GuestMemory([{ base: 0, length: 8 * PAGE, buffer: new ArrayBuffer(8 * PAGE) }]);
+    expect(m.dirtyTracking).toBe(false);
+    m.writeU32(PAGE, 1);
+    m.write(2 * PAGE, new Uint8Array(PAGE));
+    m.fill(5 * PAGE, 8);
+    m.writableSlice(6 * PAGE, 8);
+    m.markDirty(7 * PAGE, 1);
+    expect(m.dirtyPages()).toEqual([]);
+    m.setDirtyTracking(true);
+    expect(m.dirtyTracking).toBe(true);
+    m.writeU8(3 * PAGE, 1);
+    expect(m.dirtyPages()).toEqual([3]);
+    // Off again: what was recorded stays, nothing new is.
+    m.setDirtyTracking(false);
+    m.writeU8(4 * PAGE, 1);
+    expect(m.dirtyPages()).toEqual([3]);
+    expect(GuestMemory.create(PAGE, { trackDirty: true }).dirtyTracking).toBe(true);
+  });
+
+  it('used ring updates are marked before the used index that publishes them, only when on', () => {
+    for (const on of [false, true]) {
+      const m = GuestMemory.create(0x10000, { trackDirty: on });
+      const ring = new RawSplitRing(m, 0x1000, 8);
+      const q = ring.createQueue();
+      ring.setDesc(0, 0x8000, 64, VIRTQ_DESC_F_WRITE, 0);
+      ring.setAvailRing(0, 0);
+      ring.setAvailIdx(1);
+      const c = q.pop(new DescriptorChain());
+      expect(c).not.toBeNull();
+      m.clearDirty();
+      c!.slice(0).fill(1); // a device-writable view: the device marks it when it writes
+      q.addUsed(c!.head, 64);
+      q.advanceUsedRingIdx();
+      const used = Math.floor(ring.usedStart() / PAGE);
+      // The buffer's page (8) and the used ring's.
+      expect(m.dirtyPages()).toEqual(on ? [used, 8] : []);
+    }
+  });
+
+  it('threads that share the memory share the switch', () => {
+    const m = new GuestMemory([{ base: 0, length: PAGE, buffer: new SharedArrayBuffer(PAGE) }]);
+    const other = GuestMemory.fromShared(structuredClone(m.toShared()));
+    other.writeU8(0, 1);
+    expect(m.dirtyPages()).toEqual([]);
+    m.setDirtyTracking(true);
+    expect(other.dirtyTracking).toBe(true);
+    other.writeU8(0, 1);
+    expect(m.dirtyPages()).toEqual([0]);
+  });
+});
+
 describe('GuestMemory: sharing between threads', () => {
   it('rebuilds the same memory, dirty bitmap included, from a structured clone', () => {
-    const m = new GuestMemory([
+    const m = trackedMemory([
       { base: 0, length: 2 * PAGE, buffer: new SharedArrayBuffer(2 * PAGE) },
       { base: 4 * PAGE, length: 64, buffer: new SharedArrayBuffer(128), offset: 32 },
     ]);
@@ -486,7 +538,7 @@ describe('GuestMemory: sharing between threads', () => {
   });
 
   it('refuses to share memory backed by a plain ArrayBuffer', () => {
-    const m = new GuestMemory([
+    const m = trackedMemory([
       { base: 0, length: 8, buffer: new SharedArrayBuffer(8) },
       { base: 8, length: 8, buffer: new ArrayBuffer(8) },
     ]);
@@ -571,7 +623,7 @@ describe('GuestMemory: random accesses over random layouts', () => {
           specs.push({ base, length: l.length, buffer, offset: l.offset });
           at = base + l.length;
         }
-        const memory = new GuestMemory(specs);
+        const memory = trackedMemory(specs);
         // The model: which addresses exist, which region each is in, and what each holds.
         const size = at + 64;
         const regionOf = new Int32Array(size).fill(-1);

@@ -39,8 +39,9 @@ import {
   UsedRingError,
   VirtqError,
 } from '../../src/errors.js';
-import { GuestMemory } from '../../src/memory/index.js';
+import type { GuestMemory } from '../../src/memory/index.js';
 import { DescriptorChain, PackedQueue, silentLogger } from '../../src/queue/index.js';
+import { trackedMemory } from '../tracked-memory.js';
 
 // ---------------------------------------------------------------------------------------------
 // parameters
@@ -155,7 +156,7 @@ class World {
       else bytes.fill(0, r.off, r.off + r.len);
     }
     exp8.set(bytes);
-    this.memory = new GuestMemory(
+    this.memory = trackedMemory(
       this.regions.map((r) => ({ base: r.base, length: r.len, buffer: backing, offset: r.off })),
     );
   }

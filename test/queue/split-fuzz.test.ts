@@ -47,6 +47,7 @@ import {
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
 } from '../../src/queue/index.js';
+import { trackedMemory } from '../tracked-memory.js';
 
 // Imported bindings are getters under vitest; the hot loops use plain copies.
 const F_NEXT = VIRTQ_DESC_F_NEXT;
@@ -252,7 +253,7 @@ class World {
       for (let i = 0; i < words.length; i++) words[i] = rng.u32();
       for (let i = r.length & ~3; i < r.length; i++) this.bytes[r.off + i] = rng.u32();
     }
-    this.memory = new GuestMemory(
+    this.memory = trackedMemory(
       this.regions.map((r) => ({
         base: r.base,
         length: r.length,
@@ -1807,7 +1808,7 @@ describe('split fuzz harness', () => {
 
 describe('split fuzz regressions', () => {
   function liveQueue() {
-    const mem = GuestMemory.create(0x10000);
+    const mem = GuestMemory.create(0x10000, { trackDirty: true });
     const ring = new RawSplitRing(mem, 0x1000, 8);
     const q = ring.createQueue();
     return { mem, ring, q };
@@ -1849,7 +1850,7 @@ describe('split fuzz regressions', () => {
   // address of 2^53 or more (stored as U64_UNSAFE) into a queue that was not active, so a
   // guest could make its VM's snapshot unrestorable. Only an active state needs valid rings.
   it('restores a saved inactive queue whatever the guest wrote to its registers', () => {
-    const mem = GuestMemory.create(0x10000);
+    const mem = GuestMemory.create(0x10000, { trackDirty: true });
     for (const [size, addr] of [
       [65535, U64_UNSAFE],
       [0xffffffff, 0x1000],

@@ -35,6 +35,7 @@ import {
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
 } from '../../src/queue/index.js';
+import { trackedMemory } from '../tracked-memory.js';
 
 // ---- the proof memory ----
 
@@ -265,7 +266,7 @@ function build(s: Scenario): Ctx {
           [MEM_BASE, MEM_BASE + s.split],
           [MEM_BASE + s.split, MEM_END],
         ];
-  const memory = new GuestMemory(
+  const memory = trackedMemory(
     regions.map(([a, b]) => ({ base: a, length: b - a, buffer: new ArrayBuffer(b - a) })),
   );
   const r = prng(s.fillSeed);
@@ -581,7 +582,7 @@ describe('split queue: the seed proof harnesses as properties', () => {
     // The result depends on (nextUsed - used_event) mod 2^16 and numAdded. For each nextUsed
     // below (chosen around the wrap) every used_event value is tried, so every distance is
     // covered, against a dense set of batch sizes.
-    const memory = GuestMemory.create(0x10000, { base: 0x1000 });
+    const memory = GuestMemory.create(0x10000, { base: 0x1000, trackDirty: true });
     const size = 256;
     const q = new SplitQueue(size, { logger: silentLogger });
     q.ready = true;

@@ -14,7 +14,7 @@ import {
   UsedRingError,
   VirtqError,
 } from '../../src/errors.js';
-import { GuestMemory } from '../../src/memory/index.js';
+import type { GuestMemory } from '../../src/memory/index.js';
 import {
   type Logger,
   SplitQueue,
@@ -22,10 +22,11 @@ import {
   VIRTQ_AVAIL_F_NO_INTERRUPT,
   VIRTQ_DESC_F_NEXT,
 } from '../../src/queue/index.js';
+import { trackedMemory } from '../tracked-memory.js';
 
 /** Several regions over fresh buffers, as the seed's `multi_region_mem`. */
 function multiRegionMem(ranges: readonly [base: number, length: number][]): GuestMemory {
-  return new GuestMemory(
+  return trackedMemory(
     ranges.map(([base, length]) => ({ base, length, buffer: new ArrayBuffer(length) })),
   );
 }
