@@ -39,14 +39,13 @@ import {
   EVENT_IDX,
   envInt,
   type Harness,
-  hostileRings,
   hostileRun,
   INDIRECT,
   PACKED,
-  pickBudget,
   pickFeatures,
   report,
   resetStats,
+  setupCase,
   VERSION_1,
   waitFor,
 } from './harness.js';
@@ -57,11 +56,10 @@ import {
   type DeviceKind,
   guestMemoryOver,
   plantCanaries,
-  Rand,
   REGION_B,
   type RingFormat,
 } from './layout.js';
-import { instrument, type MadeDevice, makeDevice, turnBounds, WorkMeter } from './meter.js';
+import type { MadeDevice } from './meter.js';
 import { mmioCase } from './mmio-harness.js';
 import { canaryMemTable, nativeOk, vringAddress } from './vhost-harness.js';
 
@@ -234,16 +232,8 @@ describe.runIf(nativeOk)('device-level hostile fuzzer through the vhost-user bac
   }
 
   async function vhostCase(c: Case): Promise<void> {
-    const rand = new Rand(c.seed);
     const { memfd, backing, memory } = ram();
-    const budget = pickBudget(rand);
-    const meter = new WorkMeter(0, 0);
-    const made = makeDevice(c.kind, meter, budget, 256, rand);
-    const rings = hostileRings(made, c.format, rand);
-    const bounds = turnBounds(budget, Math.max(...rings.map((r) => r.size)), made.requestCap);
-    meter.chainBound = bounds.chains;
-    meter.byteBound = bounds.bytes;
-    instrument(made.device, meter, made.rxQueues);
+    const { rand, meter, made, rings } = setupCase(c);
     const { backend, internal } = serve(made.device);
     const features = pickFeatures(c, made.device.offeredFeatures, rand);
     let s = await session(backend, memfd, features, rings);
@@ -291,7 +281,7 @@ describe.runIf(nativeOk)('device-level hostile fuzzer through the vhost-user bac
       },
       internalErrors: () => internal,
     };
-    await hostileRun(c, rand, made, meter, rings, h, other);
+    await hostileRun({ c, rand, made, meter, rings, h }, other);
   }
 
   for (const [kind, format, indirect] of COMBOS) {

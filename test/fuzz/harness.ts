@@ -13,12 +13,19 @@ import { HostileGuest } from './hostile-guest.js';
 import {
   type DeviceKind,
   damagedCanaries,
-  type Rand,
+  Rand,
   type RingFormat,
   type RingSpec,
   ringAt,
 } from './layout.js';
-import type { Budget, MadeDevice, WorkMeter } from './meter.js';
+import {
+  type Budget,
+  instrument,
+  type MadeDevice,
+  makeDevice,
+  turnBounds,
+  WorkMeter,
+} from './meter.js';
 
 export const bit = (b: number) => 1n << BigInt(b);
 export const VERSION_1 = bit(VIRTIO_F_VERSION_1);
@@ -115,20 +122,8 @@ export interface Harness {
 
 export const MAX_TURNS_PER_ROUND = 48;
 
-/** What the runs of one test did (printed, so that a run that does nothing shows). */
-export const stats = {
-  cases: 0,
-  chains: 0,
-  turns: 0,
-  recoveries: 0,
-  floodTurns: 0,
-  floodChains: 0,
-  maxTimerLateMs: 0,
-  maxTurnChains: 0,
-  maxTurnBytes: 0,
-};
-export function resetStats(): void {
-  Object.assign(stats, {
+function emptyStats() {
+  return {
     cases: 0,
     chains: 0,
     turns: 0,
@@ -138,26 +133,51 @@ export function resetStats(): void {
     maxTimerLateMs: 0,
     maxTurnChains: 0,
     maxTurnBytes: 0,
-  });
+  };
 }
+/** What the runs of one test did (printed, so that a run that does nothing shows). */
+export const stats = emptyStats();
+export function resetStats(): void {
+  Object.assign(stats, emptyStats());
+}
+
+/**
+ * A case's device, over a counting backend and instrumented, with its budget, its bounds per
+ * turn and the hostile guest's rings. `budget` replaces the drawn one (the meter's self-test).
+ */
+export function setupCase(c: Case, budget?: Budget) {
+  const rand = new Rand(c.seed);
+  const b = budget ?? pickBudget(rand);
+  const meter = new WorkMeter(0, 0);
+  const made = makeDevice(c.kind, meter, b, 256, rand);
+  const rings = hostileRings(made, c.format, rand);
+  const bounds = turnBounds(b, Math.max(...rings.map((r) => r.size)), made.requestCap);
+  meter.chainBound = bounds.chains;
+  meter.byteBound = bounds.bytes;
+  instrument(made.device, meter, made.rxQueues);
+  return { rand, meter, made, rings };
+}
+
+/** One case under way: the case, its generator, device, meter, rings and transport. */
+export interface Run {
+  c: Case;
+  rand: Rand;
+  made: MadeDevice;
+  meter: WorkMeter;
+  rings: RingSpec[];
+  h: Harness;
+}
+
 export const FLOOD_TURNS = 400;
 export const FLOOD_MS = 30;
 
 /**
- * The hostile phase and the checks: rounds of chains and notifications; in a flood, a timer
- * and another device's request scheduled from a timer must both be served while the guest
- * keeps the device busy. `other` submits the other device's request and says whether it was
- * served.
+ * `rounds` rounds of hostile chains, backend input and notifications, each let run until the
+ * device is quiet; a device in DEVICE_NEEDS_RESET is reset and set up again, as a driver does.
+ * Returns the guest, to go on with.
  */
-export async function hostileRun(
-  c: Case,
-  rand: Rand,
-  made: MadeDevice,
-  meter: WorkMeter,
-  rings: RingSpec[],
-  h: Harness,
-  other: { submit(): void; served(): boolean } | null,
-): Promise<void> {
+export async function hostileRounds(run: Run, rounds: number): Promise<HostileGuest> {
+  const { c, rand, made, meter, rings, h } = run;
   const guest = new HostileGuest(h.memory, rings, rand, c.kind, c.indirect);
   let inputFull = false;
   if (made.pipe !== undefined) {
@@ -165,7 +185,6 @@ export async function hostileRun(
       inputFull = false;
     };
   }
-  const rounds = 4 + rand.int(10);
   for (let r = 0; r < rounds; r++) {
     guest.round();
     // Console input, respecting back-pressure (push says when the device holds enough).
@@ -185,6 +204,21 @@ export async function hostileRun(
       await h.recover();
     }
   }
+  return guest;
+}
+
+/**
+ * The hostile phase and the checks: rounds of chains and notifications; in a flood, a timer
+ * and another device's request scheduled from a timer must both be served while the guest
+ * keeps the device busy. `other` submits the other device's request and says whether it was
+ * served.
+ */
+export async function hostileRun(
+  run: Run,
+  other: { submit(): void; served(): boolean } | null,
+): Promise<void> {
+  const { c, rand, made, meter, rings, h } = run;
+  const guest = await hostileRounds(run, 4 + rand.int(10));
   if (c.flood) {
     // A guest that never stops: a valid but costly chain made available again and again,
     // from the event loop (a vCPU) and before each continuation of the device.

@@ -8,19 +8,16 @@ import {
   type Case,
   EVENT_IDX,
   type Harness,
-  hostileRings,
+  hostileRounds,
   hostileRun,
   INDIRECT,
-  MAX_TURNS_PER_ROUND,
   PACKED,
-  pickBudget,
   pickFeatures,
-  settle,
+  setupCase,
   VERSION_1,
 } from './harness.js';
-import { HostileGuest } from './hostile-guest.js';
-import { CLEAN, canaryMemory, Rand, REGION_B, type RingSpec } from './layout.js';
-import { instrument, type MadeDevice, makeDevice, turnBounds, WorkMeter } from './meter.js';
+import { CLEAN, canaryMemory, REGION_B, type RingSpec } from './layout.js';
+import type { WorkMeter } from './meter.js';
 
 // ---------------------------------------------------------------------------------------------
 // Through virtio-mmio
@@ -77,17 +74,12 @@ export function otherRngOverMmio(memory: GuestMemory) {
 }
 
 export async function mmioCase(c: Case, breakBudget = false): Promise<WorkMeter> {
-  const rand = new Rand(c.seed);
   const { backing, memory } = canaryMemory();
   // The self-test uses a budget of one chain a turn, which every round of several chains exceeds.
-  const budget = breakBudget ? { maxChainsPerTurn: 1 } : pickBudget(rand);
-  const meter = new WorkMeter(0, 0);
-  const made = makeDevice(c.kind, meter, budget, 256, rand);
-  const rings = hostileRings(made, c.format, rand);
-  const bounds = turnBounds(budget, Math.max(...rings.map((r) => r.size)), made.requestCap);
-  meter.chainBound = bounds.chains;
-  meter.byteBound = bounds.bytes;
-  instrument(made.device, meter, made.rxQueues);
+  const { rand, meter, made, rings } = setupCase(
+    c,
+    breakBudget ? { maxChainsPerTurn: 1 } : undefined,
+  );
   const t = new MmioTransport(made.device, memory, { logger: silentLogger });
   const features = pickFeatures(c, made.device.offeredFeatures, rand);
   mmioInit(t, features, rings);
@@ -123,29 +115,11 @@ export async function mmioCase(c: Case, breakBudget = false): Promise<WorkMeter>
     internalErrors: () => [],
   };
   if (breakBudget) {
-    // Only the meter may notice: the run continues to its end.
-    await hostileRunUnchecked(c, rand, made, meter, rings, h);
+    // Only the meter may notice: the rounds run to their end.
+    await hostileRounds({ c, rand, made, meter, rings, h }, 12);
+    await h.reset();
     return meter;
   }
-  await hostileRun(c, rand, made, meter, rings, h, other);
+  await hostileRun({ c, rand, made, meter, rings, h }, other);
   return meter;
-}
-
-/** The hostile phase alone, for the self-test of the meter. */
-export async function hostileRunUnchecked(
-  c: Case,
-  rand: Rand,
-  made: MadeDevice,
-  meter: WorkMeter,
-  rings: RingSpec[],
-  h: Harness,
-): Promise<void> {
-  const guest = new HostileGuest(h.memory, rings, rand, c.kind, c.indirect);
-  for (let r = 0; r < 12; r++) {
-    guest.round();
-    await h.notify(rand.int(rings.length));
-    await settle(meter, MAX_TURNS_PER_ROUND);
-  }
-  void made;
-  await h.reset();
 }
