@@ -199,6 +199,8 @@ class CountingDisk extends MemoryBackend {
   }
 }
 
+const latin1 = new TextDecoder('latin1');
+
 export const DISK_BYTES = 64 * 1024;
 
 /** A device of `kind` with its counting backend, and the bound of one request's bytes. */
@@ -210,7 +212,7 @@ export interface MadeDevice {
   requestCap: number;
   disk?: CountingDisk;
   pipe?: ConsolePipe;
-  /** Console output seen, as text (the last 64 KiB). */
+  /** Console output seen, as text (the last 256 bytes). */
   output?: { text: string };
   /** Console: most bytes of a transmit chain that reach the output. */
   txCap?: number;
@@ -255,7 +257,9 @@ export function makeDevice(
       const output = { text: '' };
       pipe.onOutput = (bytes) => {
         meter.backendBytes += bytes.length;
-        output.text = (output.text + new TextDecoder('latin1').decode(bytes)).slice(-65536);
+        // Only the tail matters (the clean request's text): decode at most its last 256 bytes.
+        const tail = bytes.subarray(Math.max(0, bytes.length - 256));
+        output.text = (output.text + latin1.decode(tail)).slice(-256);
       };
       const cap = rand.chance(0.5) ? CONSOLE_DEFAULT_MAX_BYTES_PER_TRANSMIT : 1 + rand.int(4096);
       const device = new ConsoleDevice({
