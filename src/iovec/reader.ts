@@ -1,10 +1,8 @@
 import { type DescriptorError, IovecError } from '../errors.js';
-import { U64_UNSAFE } from '../memory/guest-memory.js';
+import { joinU64 } from '../memory/guest-memory.js';
 import type { DescriptorChain } from '../queue/chain.js';
 import { ChainCursor, checkCount, checkSpan, SMALL_COPY_BYTES } from './cursor.js';
 import type { ChainWriter } from './writer.js';
-
-const TWO_32 = 2 ** 32;
 
 /**
  * Reads the device-readable part of a popped descriptor chain (the descriptors before
@@ -169,7 +167,7 @@ export class ChainReader extends ChainCursor {
     const lo = view.getUint32(this.pos, true);
     const hi = view.getUint32(this.pos + 4, true);
     this.advance(8);
-    return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
+    return joinU64(lo, hi);
   }
 
   /** Reads a u64 exactly, as a bigint (allocates the bigint). */
@@ -194,7 +192,7 @@ export class ChainReader extends ChainCursor {
     this.need(8, 'readU64');
     const lo = this.bytesU32();
     const hi = this.bytesU32();
-    return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
+    return joinU64(lo, hi);
   }
 
   private straddlingBigU64(): bigint {

@@ -7,6 +7,14 @@ import { GuestRegion, isSharedArrayBuffer, type RegionSpec } from './region.js';
  */
 export const U64_UNSAFE = 2 ** 53;
 
+/**
+ * The u64 whose low and high u32 halves are `lo` and `hi`, as a number: exact below 2^53,
+ * {@link U64_UNSAFE} from there on. The one place guest addresses and sectors are joined.
+ */
+export function joinU64(lo: number, hi: number): number {
+  return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
+}
+
 const TWO_32 = 2 ** 32;
 
 /** A piece of a guest range that lies inside one region. */
@@ -198,7 +206,7 @@ export class GuestMemory {
     const off = addr - r.base;
     const lo = r.view.getUint32(off, true);
     const hi = r.view.getUint32(off + 4, true);
-    return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
+    return joinU64(lo, hi);
   }
 
   /** Reads a u64 exactly, as a bigint (for feature words and other non-address fields). */

@@ -1,6 +1,6 @@
 import { DescriptorError, type DescriptorErrorCode, GuestMemoryError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { U64_UNSAFE } from '../memory/guest-memory.js';
+import { joinU64 } from '../memory/guest-memory.js';
 import type { GuestRegion } from '../memory/region.js';
 import {
   DESCRIPTOR_SIZE,
@@ -14,9 +14,7 @@ const TWO_32 = 2 ** 32;
 const MAX_CHAIN_BYTES = TWO_32;
 
 /** A guest address from the two u32 halves of a descriptor's u64 field (see U64_UNSAFE). */
-function joinAddr(lo: number, hi: number): number {
-  return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
-}
+const joinAddr = joinU64;
 
 /** One descriptor of a chain, as a plain object (for tests, logs and iteration). */
 export interface Descriptor {

@@ -13,7 +13,7 @@ import {
 } from '../devices/device.js';
 import { QueueConfigError, SnapshotError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { U64_UNSAFE } from '../memory/guest-memory.js';
+import { joinU64 } from '../memory/guest-memory.js';
 import {
   VIRTIO_F_EVENT_IDX,
   VIRTIO_F_INDIRECT_DESC,
@@ -304,7 +304,7 @@ export class MmioTransport {
         regs[6 * this.queueSel + slot + half] = v;
         const lo = regs[6 * this.queueSel + slot]!;
         const hi = regs[6 * this.queueSel + slot + 1]!;
-        const addr = hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
+        const addr = joinU64(lo, hi);
         if (slot === 0) q.descTableAddress = addr;
         else if (slot === 2) q.availRingAddress = addr;
         else q.usedRingAddress = addr;

@@ -3,7 +3,7 @@ import { ChainCursor } from '../../iovec/cursor.js';
 import { ChainReader } from '../../iovec/reader.js';
 import { ChainWriter } from '../../iovec/writer.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
-import { U64_UNSAFE } from '../../memory/guest-memory.js';
+import { joinU64 } from '../../memory/guest-memory.js';
 import { DescriptorChain } from '../../queue/chain.js';
 import {
   VIRTIO_F_EVENT_IDX,
@@ -868,8 +868,7 @@ export class BlockDevice extends VirtioDeviceBase {
 }
 
 function segmentSector(v: DataView, o: number): number {
-  const hi = v.getUint32(o + 4, true);
-  return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + v.getUint32(o, true);
+  return joinU64(v.getUint32(o, true), v.getUint32(o + 4, true));
 }
 
 function capacityBytes(sectors: number): Uint8Array {

@@ -21,6 +21,12 @@ export const PACKED_DESC_ADDR = 0;
 export const PACKED_DESC_LEN = 8;
 export const PACKED_DESC_ID = 12;
 export const PACKED_DESC_FLAGS = 14;
+/**
+ * The same fields as u16 indices inside one descriptor (descriptor i's flags: `8 * i + 7`).
+ * The id sits where a split descriptor has its flags, and the flags where it has `next`.
+ */
+export const PACKED_DESC_ID_U16 = PACKED_DESC_ID / 2;
+export const PACKED_DESC_FLAGS_U16 = PACKED_DESC_FLAGS / 2;
 
 /** Byte offsets inside an event suppression structure (`struct pvirtq_event_suppress`, §2.8.14). */
 export const PACKED_EVENT_OFF_WRAP = 0;

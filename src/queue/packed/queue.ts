@@ -17,6 +17,9 @@ import type { Queue } from '../queue.js';
 import { type PackedQueueState, QUEUE_STATE_VERSION, StateReader } from '../state.js';
 import { eventWanted } from './event.js';
 import {
+  PACKED_DESC_FLAGS,
+  PACKED_DESC_FLAGS_U16,
+  PACKED_DESC_ID_U16,
   PACKED_DESC_RING_ALIGN,
   PACKED_EVENT_ALIGN,
   PACKED_EVENT_BYTES,
@@ -259,7 +262,9 @@ export class PackedQueue extends QueueBase implements Queue {
   /** True when no descriptor is available at {@link nextAvail}. */
   isEmpty(): boolean {
     this.requireActive();
-    return !this.isAvailFlags(Atomics.load(this.desc16, (this._nextAvail << 3) + 7));
+    return !this.isAvailFlags(
+      Atomics.load(this.desc16, (this._nextAvail << 3) + PACKED_DESC_FLAGS_U16),
+    );
   }
 
   /**
@@ -274,7 +279,7 @@ export class PackedQueue extends QueueBase implements Queue {
   pop(into?: DescriptorChain): DescriptorChain | null {
     this.requireActive();
     // §2.8.15: the device MUST NOT use a descriptor unless it observes its AVAIL bit changed.
-    const flags = Atomics.load(this.desc16, (this._nextAvail << 3) + 7);
+    const flags = Atomics.load(this.desc16, (this._nextAvail << 3) + PACKED_DESC_FLAGS_U16);
     if (!this.isAvailFlags(flags)) return null;
     const chain = into ?? new DescriptorChain(Math.min(this.qsize, 16));
     this.undoId = -1;
@@ -327,7 +332,12 @@ export class PackedQueue extends QueueBase implements Queue {
     let i = this._nextAvail;
     let flags = headFlags;
     // Until the list ends, errors name the id written in its first descriptor.
-    chain.begin(Atomics.load(d16, (i << 3) + 6), this.memory!, size, this.indirectDesc);
+    chain.begin(
+      Atomics.load(d16, (i << 3) + PACKED_DESC_ID_U16),
+      this.memory!,
+      size,
+      this.indirectDesc,
+    );
     this.walked = 0;
     for (;;) {
       // §2.8.17: no list is longer than the queue size (or the free slots); this bounds the walk.
@@ -355,10 +365,10 @@ export class PackedQueue extends QueueBase implements Queue {
       chain.ringCount++;
       if (!more) break;
       i = nextSlot;
-      flags = Atomics.load(d16, (i << 3) + 7);
+      flags = Atomics.load(d16, (i << 3) + PACKED_DESC_FLAGS_U16);
     }
     // §2.8.6: the buffer id is the one in the list's last descriptor.
-    const id = Atomics.load(d16, (i << 3) + 6);
+    const id = Atomics.load(d16, (i << 3) + PACKED_DESC_ID_U16);
     chain.head = id;
     // §2.8.21.1: the driver takes a free buffer id; ids index per-buffer state of queue size.
     if (id >= size) chain.fail('DESC_PACKED_BAD_ID', i, `buffer id ${id} is not below ${size}`);
@@ -451,13 +461,13 @@ export class PackedQueue extends QueueBase implements Queue {
     // §2.8.3: WRITE says whether the device wrote anything (and so whether len means anything).
     const flags = (this._usedWrap === 1 ? AVAIL_USED : 0) | (len > 0 ? VIRTQ_DESC_F_WRITE : 0);
     this.desc32[(slot << 2) + 2] = len;
-    this.desc16[(slot << 3) + 6] = id;
+    this.desc16[(slot << 3) + PACKED_DESC_ID_U16] = id;
     if (this.pendingSlot < 0) {
       this.pendingSlot = slot;
       this.pendingFlags = flags;
       this.pendingSpan = 0;
     } else {
-      Atomics.store(this.desc16, (slot << 3) + 7, flags);
+      Atomics.store(this.desc16, (slot << 3) + PACKED_DESC_FLAGS_U16, flags);
     }
     this.descRegion!.markDirty(this.descAddr + 16 * slot + 8, 8);
     this.pendingSpan += slots;
@@ -480,8 +490,8 @@ export class PackedQueue extends QueueBase implements Queue {
     this.requireActive();
     const slot = this.pendingSlot;
     if (slot < 0) return;
-    Atomics.store(this.desc16, (slot << 3) + 7, this.pendingFlags);
-    this.descRegion!.markPageDirty(this.descAddr + 16 * slot + 14);
+    Atomics.store(this.desc16, (slot << 3) + PACKED_DESC_FLAGS_U16, this.pendingFlags);
+    this.descRegion!.markPageDirty(this.descAddr + 16 * slot + PACKED_DESC_FLAGS);
     this.pendingSlot = -1;
     this.pendingSpan = 0;
   }
@@ -505,7 +515,7 @@ export class PackedQueue extends QueueBase implements Queue {
   tryEnableNotification(): boolean {
     if (!this.usesNotifSuppression) return true;
     this.requireActive();
-    const at = (this._nextAvail << 3) + 7;
+    const at = (this._nextAvail << 3) + PACKED_DESC_FLAGS_U16;
     if (this.isAvailFlags(Atomics.load(this.desc16, at))) return false;
     // §2.8.10: a descriptor-specific event names the slot and the wrap counter to match.
     this.writeDeviceEvent(RING_EVENT_FLAGS_DESC, packOffWrap(this._nextAvail, this._availWrap));

@@ -1,6 +1,7 @@
 import { DescriptorError } from '../../errors.js';
 import type { DescriptorChain } from '../chain.js';
 import { VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED } from '../constants.js';
+import { PACKED_DESC_FLAGS_U16, PACKED_DESC_ID_U16 } from './layout.js';
 import { PackedQueue, type PackedQueueOptions } from './queue.js';
 
 /**
@@ -92,7 +93,7 @@ export class TrackedPackedQueue extends PackedQueue {
   slotFlags(slot: number): number {
     this.requireActive();
     if (!(slot >= 0 && slot < this.qsize)) throw new RangeError(`slot ${slot} is outside the ring`);
-    return Atomics.load(this.desc16, (slot << 3) + 7);
+    return Atomics.load(this.desc16, (slot << 3) + PACKED_DESC_FLAGS_U16);
   }
 
   override pop(into?: DescriptorChain): DescriptorChain | null {
@@ -170,9 +171,9 @@ export class TrackedPackedQueue extends PackedQueue {
       s32[w] = d[5 * k]!;
       s32[w + 1] = d[5 * k + 1]!;
       s32[w + 2] = d[5 * k + 2]!;
-      s16[(k << 3) + 6] = d[5 * k + 4]!;
+      s16[(k << 3) + PACKED_DESC_ID_U16] = d[5 * k + 4]!;
       // Available under wrap counter 1, whatever lap the copy was taken in.
-      s16[(k << 3) + 7] = (d[5 * k + 3]! & ~AVAIL_USED) | VIRTQ_DESC_F_AVAIL;
+      s16[(k << 3) + PACKED_DESC_FLAGS_U16] = (d[5 * k + 3]! & ~AVAIL_USED) | VIRTQ_DESC_F_AVAIL;
     }
     const ring16 = this.desc16;
     const ring32 = this.desc32;

@@ -22,6 +22,15 @@ export const DESC_TABLE_ALIGN = 16;
 export const AVAIL_RING_ALIGN = 2;
 export const USED_RING_ALIGN = 4;
 
+/** Byte offsets inside a split descriptor (`struct virtq_desc`, §2.7.5). */
+export const SPLIT_DESC_ADDR = 0;
+export const SPLIT_DESC_LEN = 8;
+export const SPLIT_DESC_FLAGS = 12;
+export const SPLIT_DESC_NEXT = 14;
+/** The same fields as u16 indices inside one descriptor (descriptor i's flags: `8 * i + 6`). */
+export const SPLIT_DESC_FLAGS_U16 = SPLIT_DESC_FLAGS / 2;
+export const SPLIT_DESC_NEXT_U16 = SPLIT_DESC_NEXT / 2;
+
 /** Byte offsets of the fields inside the rings. */
 export const AVAIL_FLAGS = 0;
 export const AVAIL_IDX = 2;

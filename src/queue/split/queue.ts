@@ -19,6 +19,8 @@ import {
   availRingBytes,
   DESC_TABLE_ALIGN,
   descTableBytes,
+  SPLIT_DESC_FLAGS_U16,
+  SPLIT_DESC_NEXT_U16,
   USED_RING_ALIGN,
   usedRingBytes,
 } from './layout.js';
@@ -327,8 +329,8 @@ export class SplitQueue extends QueueBase implements Queue {
     let i = head;
     for (;;) {
       const w = i << 2;
-      const flags = t16[(i << 3) + 6]!;
-      const next = t16[(i << 3) + 7]!;
+      const flags = t16[(i << 3) + SPLIT_DESC_FLAGS_U16]!;
+      const next = t16[(i << 3) + SPLIT_DESC_NEXT_U16]!;
       if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
         chain.pushIndirect(i, t32[w]!, t32[w + 1]!, t32[w + 2]!, flags);
         break;
