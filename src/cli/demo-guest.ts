@@ -26,14 +26,12 @@ import {
 } from '../queue/constants.js';
 import { silentLogger } from '../queue/logger.js';
 import { MmioTransport } from '../transport/mmio.js';
+import { BlockWorkload, type DiskTruth, makeDiskImage } from './demo-block-workload.js';
+import { NetWorkload } from './demo-net-workload.js';
 import type { DemoConfig, GuestMessage, PhaseReport, PhaseSpec } from './demo-protocol.js';
 import {
-  BlockWorkload,
   ConsoleWorkload,
-  type DiskTruth,
   type GuestDevice,
-  makeDiskImage,
-  NetWorkload,
   pause,
   RngWorkload,
   type Workload,
