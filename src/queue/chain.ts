@@ -59,12 +59,12 @@ export class DescriptorChain {
   cursor = 0;
 
   /** Per-descriptor fields, valid for positions [0, count). */
-  indices: Uint16Array;
+  /** Table index (bits 0-15) and `next` (bits 16-31) of each descriptor. */
+  links: Uint32Array;
   addrs: Float64Array;
   lens: Uint32Array;
-  flagsOf: Uint16Array;
-  nexts: Uint16Array;
-  fromIndirect: Uint8Array;
+  /** Flags (bits 0-15) of each descriptor; bit 16 set when it came from an indirect table. */
+  flagsOf: Uint32Array;
   /** The region holding the whole buffer, or null when it spans regions or is empty. */
   regions: (GuestRegion | null)[];
 
@@ -75,12 +75,10 @@ export class DescriptorChain {
 
   constructor(capacity = 16) {
     const cap = Math.max(1, capacity | 0);
-    this.indices = new Uint16Array(cap);
+    this.links = new Uint32Array(cap);
     this.addrs = new Float64Array(cap);
     this.lens = new Uint32Array(cap);
-    this.flagsOf = new Uint16Array(cap);
-    this.nexts = new Uint16Array(cap);
-    this.fromIndirect = new Uint8Array(cap);
+    this.flagsOf = new Uint32Array(cap);
     this.regions = new Array<GuestRegion | null>(cap).fill(null);
   }
 
@@ -88,7 +86,7 @@ export class DescriptorChain {
 
   /** Table index of the current descriptor. */
   get index(): number {
-    return this.indices[this.cursor]!;
+    return this.links[this.cursor]! & 0xffff;
   }
   /** Guest-physical address of the current descriptor's buffer. */
   get addr(): number {
@@ -100,11 +98,11 @@ export class DescriptorChain {
   }
   /** Flags of the current descriptor. */
   get flags(): number {
-    return this.flagsOf[this.cursor]!;
+    return this.flagsOf[this.cursor]! & 0xffff;
   }
   /** `next` field of the current descriptor (meaningful when it has NEXT). */
   get next(): number {
-    return this.nexts[this.cursor]!;
+    return this.links[this.cursor]! >>> 16;
   }
 
   /** True when another descriptor follows the current one. */
@@ -145,12 +143,12 @@ export class DescriptorChain {
     if (!(i >= 0 && i < this.count))
       throw new RangeError(`descriptor ${i} of a chain of ${this.count}`);
     return {
-      index: this.indices[i]!,
+      index: this.links[i]! & 0xffff,
       addr: this.addrs[i]!,
       len: this.lens[i]!,
-      flags: this.flagsOf[i]!,
-      next: this.nexts[i]!,
-      indirect: this.fromIndirect[i] === 1,
+      flags: this.flagsOf[i]! & 0xffff,
+      next: this.links[i]! >>> 16,
+      indirect: this.flagsOf[i]! >>> 16 === 1,
     };
   }
 
@@ -195,12 +193,10 @@ export class DescriptorChain {
   copyFrom(other: DescriptorChain): void {
     this.ensureCapacity(other.count);
     const n = other.count;
-    this.indices.set(other.indices.subarray(0, n));
+    this.links.set(other.links.subarray(0, n));
     this.addrs.set(other.addrs.subarray(0, n));
     this.lens.set(other.lens.subarray(0, n));
     this.flagsOf.set(other.flagsOf.subarray(0, n));
-    this.nexts.set(other.nexts.subarray(0, n));
-    this.fromIndirect.set(other.fromIndirect.subarray(0, n));
     for (let i = 0; i < n; i++) this.regions[i] = other.regions[i] ?? null;
     this.head = other.head;
     this.count = n;
@@ -254,7 +250,7 @@ export class DescriptorChain {
     if (n >= this.limit) {
       this.fail('DESC_CHAIN_TOO_LONG', index, `chain is longer than ${this.limit} descriptors`);
     }
-    if (n >= this.indices.length) this.ensureCapacity(n + 1);
+    if (n >= this.links.length) this.ensureCapacity(n + 1);
     const addr = joinAddr(addrLo, addrHi);
     if ((flags & VIRTQ_DESC_F_WRITE) !== 0) {
       if (this.writableStart < 0) this.writableStart = n;
@@ -287,12 +283,10 @@ export class DescriptorChain {
         );
       }
     }
-    this.indices[n] = index;
+    this.links[n] = index | (next << 16);
     this.addrs[n] = addr;
     this.lens[n] = len;
-    this.flagsOf[n] = flags;
-    this.nexts[n] = next;
-    this.fromIndirect[n] = fromIndirect ? 1 : 0;
+    this.flagsOf[n] = fromIndirect ? flags | 0x10000 : flags;
     this.regions[n] = region;
     this.count = n + 1;
   }
@@ -444,8 +438,8 @@ export class DescriptorChain {
   }
 
   private ensureCapacity(n: number): void {
-    if (n <= this.indices.length) return;
-    let cap = this.indices.length;
+    if (n <= this.links.length) return;
+    let cap = this.links.length;
     while (cap < n) cap *= 2;
     const grow = <T extends Uint16Array | Float64Array | Uint32Array | Uint8Array>(
       a: T,
@@ -455,12 +449,10 @@ export class DescriptorChain {
       b.set(a as never);
       return b;
     };
-    this.indices = grow(this.indices, (k) => new Uint16Array(k));
+    this.links = grow(this.links, (k) => new Uint32Array(k));
     this.addrs = grow(this.addrs, (k) => new Float64Array(k));
     this.lens = grow(this.lens, (k) => new Uint32Array(k));
-    this.flagsOf = grow(this.flagsOf, (k) => new Uint16Array(k));
-    this.nexts = grow(this.nexts, (k) => new Uint16Array(k));
-    this.fromIndirect = grow(this.fromIndirect, (k) => new Uint8Array(k));
+    this.flagsOf = grow(this.flagsOf, (k) => new Uint32Array(k));
     while (this.regions.length < cap) this.regions.push(null);
   }
 }

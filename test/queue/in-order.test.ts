@@ -31,7 +31,7 @@ describe('in-order use (VIRTIO_F_IN_ORDER)', () => {
     const seen: number[][] = [];
     for (let k = 0; k < 3; k++) {
       q.pop(c);
-      seen.push([c.indices[0]!, c.indices[1]!]);
+      seen.push([c.descriptor(0).index, c.descriptor(1).index]);
       q.addUsed(c.head, 4);
     }
     q.advanceUsedRingIdx();
@@ -52,7 +52,7 @@ describe('in-order use (VIRTIO_F_IN_ORDER)', () => {
     driver.kick();
     expect(h).toBe(6);
     q.pop(c);
-    expect(Array.from(c.indices.subarray(0, c.count))).toEqual([6, 7, 0]);
+    expect([...c].map((d) => d.index)).toEqual([6, 7, 0]);
   });
 
   it('one used entry completes a whole batch; used.idx advances by the batch size', () => {

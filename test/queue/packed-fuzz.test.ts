@@ -981,13 +981,14 @@ function compareChain(
   let firstWritable = want.length;
   for (let i = 0; i < want.length; i++) {
     const w = want[i]!;
+    const got = c.descriptor(i);
     if (
-      c.indices[i] !== w.index ||
+      got.index !== w.index ||
       c.addrs[i] !== w.addr ||
       c.lens[i] !== w.len ||
-      c.flagsOf[i] !== w.flags ||
-      c.nexts[i] !== w.next ||
-      (c.fromIndirect[i] === 1) !== w.indirect
+      got.flags !== w.flags ||
+      got.next !== w.next ||
+      got.indirect !== w.indirect
     ) {
       fail(`descriptor ${i}: ${JSON.stringify(c.descriptor(i))} vs ${JSON.stringify(w)}`);
     }

@@ -897,13 +897,13 @@ function checkChain(w: World, c: DescriptorChain, ref: RefChain, what: string): 
   if (c.memory !== w.memory) fail(`${what}: chain memory is not the queue's memory`);
   for (let i = 0; i < ref.descs.length; i++) {
     const d = ref.descs[i]!;
-    if (c.indices[i] !== d.index) bad(`indices[${i}]`, c.indices[i], d.index);
+    const got = c.descriptor(i);
+    if (got.index !== d.index) bad(`index[${i}]`, got.index, d.index);
     if (c.addrs[i] !== d.addr) bad(`addrs[${i}]`, c.addrs[i], d.addr);
     if (c.lens[i] !== d.len) bad(`lens[${i}]`, c.lens[i], d.len);
-    if (c.flagsOf[i] !== d.flags) bad(`flags[${i}]`, c.flagsOf[i], d.flags);
-    if (c.nexts[i] !== d.next) bad(`next[${i}]`, c.nexts[i], d.next);
-    if ((c.fromIndirect[i] === 1) !== d.indirect)
-      bad(`fromIndirect[${i}]`, c.fromIndirect[i], d.indirect);
+    if (got.flags !== d.flags) bad(`flags[${i}]`, got.flags, d.flags);
+    if (got.next !== d.next) bad(`next[${i}]`, got.next, d.next);
+    if (got.indirect !== d.indirect) bad(`indirect[${i}]`, got.indirect, d.indirect);
     if (d.len === 0) continue;
     // Every buffer lies inside guest memory, and a zero-copy view of it inside its region.
     if (!w.covers(d.addr, d.len)) fail(`${what}: descriptor ${i} buffer is outside memory`);
