@@ -161,7 +161,10 @@ process.on('message', (raw) => {
   const fds = [];
   for (const name of readdirSync('/proc/self/fd')) {
     try {
-      fds.push(readlinkSync('/proc/self/fd/' + name));
+      const target = readlinkSync('/proc/self/fd/' + name);
+      // tsx opens its cache directory now and then while it loads modules: not the
+      // back-end's (a probe once caught it open at the baseline and closed later).
+      if (!target.startsWith('/tmp/tsx-')) fds.push(target);
     } catch {
       // readdir's own descriptor, closed by now
     }
