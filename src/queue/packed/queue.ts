@@ -331,13 +331,10 @@ export class PackedQueue extends QueueBase implements Queue {
     const free = size - this._inFlightSlots;
     let i = this._nextAvail;
     let flags = headFlags;
+    // The acquire load of the head's flags (in pop) orders every later read of the list: the
+    // driver writes the head's flags last (§2.8.21.3), so the rest are plain loads.
     // Until the list ends, errors name the id written in its first descriptor.
-    chain.begin(
-      Atomics.load(d16, (i << 3) + PACKED_DESC_ID_U16),
-      this.memory!,
-      size,
-      this.indirectDesc,
-    );
+    chain.begin(d16[(i << 3) + PACKED_DESC_ID_U16]!, this.memory!, size, this.indirectDesc);
     this.walked = 0;
     for (;;) {
       // §2.8.17: no list is longer than the queue size (or the free slots); this bounds the walk.
@@ -365,10 +362,10 @@ export class PackedQueue extends QueueBase implements Queue {
       chain.ringCount++;
       if (!more) break;
       i = nextSlot;
-      flags = Atomics.load(d16, (i << 3) + PACKED_DESC_FLAGS_U16);
+      flags = d16[(i << 3) + PACKED_DESC_FLAGS_U16]!;
     }
     // §2.8.6: the buffer id is the one in the list's last descriptor.
-    const id = Atomics.load(d16, (i << 3) + PACKED_DESC_ID_U16);
+    const id = d16[(i << 3) + PACKED_DESC_ID_U16]!;
     chain.head = id;
     // §2.8.21.1: the driver takes a free buffer id; ids index per-buffer state of queue size.
     if (id >= size) chain.fail('DESC_PACKED_BAD_ID', i, `buffer id ${id} is not below ${size}`);
