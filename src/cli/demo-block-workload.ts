@@ -3,7 +3,8 @@ import { readSync } from 'node:fs';
 import { VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO } from '../devices/block/device.js';
 import { SECTOR_BYTES, VIRTIO_BLK_S_OK } from '../devices/block/request.js';
 import { featureBit, hasFeature } from '../devices/device.js';
-import { BlockDriver, type BlockDriverRequest } from '../driver/devices/block.js';
+import { BlockDriver } from '../driver/devices/block.js';
+import type { BlockDriverRequest } from '../driver/devices/block-request.js';
 
 import {
   DRAIN_MS,

@@ -13,7 +13,7 @@ import {
   type BlockDriverRequest,
   BlockRequestAbortedError,
   type BlockTicket,
-} from '../../src/driver/devices/block.js';
+} from '../../src/driver/devices/block-request.js';
 import {
   type BlockRig,
   blockRig,

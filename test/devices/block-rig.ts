@@ -13,7 +13,8 @@ import {
 } from '../../src/devices/block/index.js';
 import { featureBit } from '../../src/devices/device.js';
 import { GuestAllocator } from '../../src/driver/allocator.js';
-import { BlockDriver, type BlockDriverOptions } from '../../src/driver/devices/block.js';
+import { BlockDriver } from '../../src/driver/devices/block.js';
+import type { BlockDriverOptions } from '../../src/driver/devices/block-request.js';
 import { type MmioBus, MmioGuestDriver } from '../../src/driver/mmio.js';
 import { GuestMemory } from '../../src/memory/index.js';
 import {

@@ -35,7 +35,7 @@ import {
   BlockRequestAbortedError,
   BlockStatusError,
   type BlockTicket,
-} from '../../src/driver/devices/block.js';
+} from '../../src/driver/devices/block-request.js';
 import { FeaturesRefusedError } from '../../src/driver/mmio.js';
 import { isVirtqError, SnapshotError } from '../../src/errors.js';
 import { GuestMemory } from '../../src/memory/index.js';

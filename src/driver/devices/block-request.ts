@@ -1,4 +1,8 @@
 /** What the virtio-blk guest driver (block.ts) takes and gives: requests, completions, configuration, errors and options. */
+import {
+  BLK_SEGMENT_BYTES,
+  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+} from '../../devices/block/request.js';
 import { type InterruptWaiter, sameThread } from './waiter.js';
 
 /** One range of a discard or write-zeroes request. */
@@ -99,4 +103,22 @@ export interface BlockTicket {
   readonly id: number;
   readonly promise: Promise<BlockCompletion>;
   settled: boolean;
+}
+
+/** The payload of a discard or write-zeroes request: one 16-byte entry per segment. */
+export function encodeSegments(segments: readonly BlockSegment[]): Uint8Array {
+  const b = new Uint8Array(segments.length * BLK_SEGMENT_BYTES);
+  const v = new DataView(b.buffer);
+  segments.forEach((s, i) => {
+    const o = i * BLK_SEGMENT_BYTES;
+    v.setUint32(o, s.sector >>> 0, true);
+    v.setUint32(o + 4, Math.floor(s.sector / 2 ** 32), true);
+    v.setUint32(o + 8, s.sectors, true);
+    v.setUint32(
+      o + 12,
+      s.flags ?? (s.unmap === true ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0),
+      true,
+    );
+  });
+  return b;
 }

@@ -12,7 +12,6 @@ import {
 import {
   BLK_HEADER_BYTES,
   BLK_ID_BYTES,
-  BLK_SEGMENT_BYTES,
   SECTOR_BYTES,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_T_DISCARD,
@@ -21,7 +20,6 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from '../../devices/block/request.js';
 import {
   featureBit,
@@ -41,22 +39,11 @@ import {
   type BlockDriverOptions,
   type BlockDriverRequest,
   BlockRequestAbortedError,
-  type BlockSegment,
   BlockStatusError,
   type BlockTicket,
+  encodeSegments,
 } from './block-request.js';
 import { type InterruptWaiter, sameThread } from './waiter.js';
-
-export {
-  type BlockCompletion,
-  type BlockDriverConfig,
-  type BlockDriverOptions,
-  type BlockDriverRequest,
-  BlockRequestAbortedError,
-  type BlockSegment,
-  BlockStatusError,
-  type BlockTicket,
-} from './block-request.js';
 
 interface Pending extends BlockTicket {
   request: BlockDriverRequest;
@@ -490,21 +477,4 @@ function split(out: DriverBuffer[], addr: number, len: number, seg: number): voi
   const step = seg > 0 ? seg : len;
   for (let off = 0; off < len; off += step)
     out.push({ addr: addr + off, len: Math.min(step, len - off) });
-}
-
-function encodeSegments(segments: readonly BlockSegment[]): Uint8Array {
-  const b = new Uint8Array(segments.length * BLK_SEGMENT_BYTES);
-  const v = new DataView(b.buffer);
-  segments.forEach((s, i) => {
-    const o = i * BLK_SEGMENT_BYTES;
-    v.setUint32(o, s.sector >>> 0, true);
-    v.setUint32(o + 4, Math.floor(s.sector / 2 ** 32), true);
-    v.setUint32(o + 8, s.sectors, true);
-    v.setUint32(
-      o + 12,
-      s.flags ?? (s.unmap === true ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0),
-      true,
-    );
-  });
-  return b;
 }
