@@ -25,15 +25,23 @@
  * and path to replay it.
  */
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { VirtioDeviceBase } from '../../src/devices/device.js';
 import { RngDevice } from '../../src/devices/rng/index.js';
 import { PackedDriver, SplitDriver } from '../../src/driver/index.js';
 import type { DriverQueue } from '../../src/driver/queue.js';
 import type { GuestMemory } from '../../src/memory/index.js';
 import { splitLayout } from '../../src/queue/index.js';
-import { loadNative, VhostUserBackend, type VhostUserNative } from '../../src/vhost-user/index.js';
-import { Frontend, PROTOCOL_BIT, PROTOCOL_FEATURES, R, u32s, u64 } from '../vhost-user/frontend.js';
+import { VhostUserBackend } from '../../src/vhost-user/index.js';
+import {
+  Frontend,
+  nativeFixture,
+  PROTOCOL_BIT,
+  PROTOCOL_FEATURES,
+  R,
+  u32s,
+  u64,
+} from '../vhost-user/frontend.js';
 import {
   type Case,
   EVENT_IDX,
@@ -121,17 +129,7 @@ describe('device-level hostile fuzzer through virtio-mmio', () => {
 });
 
 describe.runIf(nativeOk)('device-level hostile fuzzer through the vhost-user back-end', () => {
-  const n = nativeOk ? loadNative() : (undefined as unknown as VhostUserNative);
-  const cleanups: (() => void)[] = [];
-  afterEach(() => {
-    for (const c of cleanups.splice(0).reverse()) c();
-  });
-
-  function eventfd(): number {
-    const fd = n.eventfd(0, n.constants.EFD_NONBLOCK);
-    cleanups.push(() => n.close(fd));
-    return fd;
-  }
+  const { n, cleanups, eventfd } = nativeFixture(nativeOk);
 
   /** Guest RAM in a memfd: the back-end maps regions A and B, the test the whole file. */
   function ram() {

@@ -2,9 +2,10 @@
  * A minimal vhost-user front-end for the back-end tests: raw message encoding, a client over
  * one socket, and a 1 MiB guest RAM layout shown to the back-end as two memfd regions.
  */
-import { expect } from 'vitest';
+import { afterEach, expect } from 'vitest';
 import { GuestMemory } from '../../src/memory/index.js';
 import {
+  loadNative,
   VHOST_USER_F_PROTOCOL_FEATURES,
   VhostUserFlags,
   type VhostUserNative,
@@ -197,4 +198,22 @@ export async function until(cond: () => boolean, what: string): Promise<void> {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((res) => setImmediate(res));
   }
+}
+
+/**
+ * For a describe block over the native addon: the addon (when `enabled`), a list of cleanups
+ * run in reverse after each test, and an eventfd maker whose descriptors that list closes.
+ */
+export function nativeFixture(enabled: boolean) {
+  const n = enabled ? loadNative() : (undefined as unknown as VhostUserNative);
+  const cleanups: (() => void)[] = [];
+  afterEach(() => {
+    for (const c of cleanups.splice(0).reverse()) c();
+  });
+  const eventfd = (): number => {
+    const fd = n.eventfd(0, n.constants.EFD_NONBLOCK);
+    cleanups.push(() => n.close(fd));
+    return fd;
+  };
+  return { n, cleanups, eventfd };
 }

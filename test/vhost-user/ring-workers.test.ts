@@ -5,15 +5,13 @@
  */
 import { readdirSync, readlinkSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BlockDevice, MemoryBackend } from '../../src/devices/index.js';
 import { SplitDriver } from '../../src/driver/index.js';
 import {
   isNativeAvailable,
-  loadNative,
   VHOST_F_LOG_ALL,
   VhostUserBackend,
-  type VhostUserNative,
   VhostUserProtocolFeature,
 } from '../../src/vhost-user/index.js';
 import {
@@ -21,6 +19,7 @@ import {
   Frontend,
   guestRam,
   memTable,
+  nativeFixture,
   PROTOCOL_BIT,
   R,
   RING_GPA,
@@ -46,17 +45,7 @@ const T_OUT = 1;
 const nativeOk = isNativeAvailable();
 
 describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () => {
-  const n = nativeOk ? loadNative() : (undefined as unknown as VhostUserNative);
-  const cleanups: (() => void)[] = [];
-  afterEach(() => {
-    for (const c of cleanups.splice(0).reverse()) c();
-  });
-
-  function eventfd(): number {
-    const fd = n.eventfd(0, n.constants.EFD_NONBLOCK);
-    cleanups.push(() => n.close(fd));
-    return fd;
-  }
+  const { n, cleanups, eventfd } = nativeFixture(nativeOk);
 
   /**
    * A back-end in ring-worker mode over the gated block device (test/vhost-user/workers), its
