@@ -54,9 +54,9 @@ export function checkSpan(size: number, offset: number, length: number): void {
  */
 export class ChainCursor {
   protected memory: GuestMemory | null = null;
-  protected addrs: Float64Array = EMPTY_ADDRS;
-  protected lens: Uint32Array = EMPTY_LENS;
-  protected regionsOf: readonly (GuestRegion | null)[] = EMPTY_REGIONS;
+  protected addrs: ArrayLike<number> = EMPTY_ADDRS;
+  protected lens: ArrayLike<number> = EMPTY_LENS;
+  protected regionsOf: ArrayLike<GuestRegion | null> = EMPTY_REGIONS;
   /** Chain position of the descriptor where the piece after the current one starts. */
   protected nextDi = 0;
   /** Offset in descriptor `nextDi` where the piece after the current one starts. */

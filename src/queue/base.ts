@@ -1,5 +1,7 @@
-import { QueueConfigError, QueueStateError } from '../errors.js';
+import { DescriptorError, QueueConfigError, QueueStateError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import type { DescriptorChain } from './chain.js';
+import { ChainRecord, recordOf } from './chain-record.js';
 import { MAX_QUEUE_SIZE } from './constants.js';
 import { consoleLogger, type Logger } from './logger.js';
 
@@ -61,6 +63,47 @@ export abstract class QueueBase {
   enableNotifSuppression(): void {
     this.usesNotifSuppression = true;
   }
+
+  /**
+   * Rebuilds a chain the device held across a snapshot (popped, not yet used) from its saved
+   * buffers: [address, length] pairs, device-readable before `writableFrom`, device-writable
+   * from it on, taking `slots` ring slots. Everything is checked again as at pop (the head
+   * against the queue, each buffer against guest memory, the chain's bounds); a bad one throws
+   * {@link DescriptorError}. The only way besides a pop to get a filled chain.
+   */
+  reviveChain(
+    head: number,
+    slots: number,
+    buffers: readonly (readonly [number, number])[],
+    writableFrom: number,
+    into?: DescriptorChain,
+  ): DescriptorChain {
+    this.requireActive();
+    const size = this.qsize;
+    if (!(Number.isInteger(head) && head >= 0 && head < size)) {
+      throw new DescriptorError(
+        'DESC_HEAD_OUT_OF_RANGE',
+        head,
+        head,
+        `chain head ${head} is outside a queue of ${size}`,
+      );
+    }
+    if (!(Number.isInteger(slots) && slots >= 1 && slots <= size)) {
+      throw new DescriptorError(
+        'DESC_CHAIN_TOO_LONG',
+        head,
+        head,
+        `chain ${head}: ${slots} ring slots, expected 1 to ${size}`,
+      );
+    }
+    this.checkHeldHead(head, slots);
+    const c = into === undefined ? new ChainRecord(Math.max(1, buffers.length)) : recordOf(into);
+    c.revive(head, this.memory!, size, slots, buffers, writableFrom);
+    return c;
+  }
+
+  /** What a ring format knows about a held chain's head (the packed ring: it is in flight). */
+  protected checkHeldHead(_head: number, _slots: number): void {}
 
   protected requireActive(): void {
     if (!this.active) throw new QueueStateError('QUEUE_NOT_ACTIVE', 'queue is not initialised');

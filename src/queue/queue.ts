@@ -42,6 +42,18 @@ export interface Queue {
   pop(into?: DescriptorChain): DescriptorChain | null;
   /** Pops, or when empty re-enables driver notifications and returns null (see the split ring). */
   popOrEnableNotification(into?: DescriptorChain): DescriptorChain | null;
+  /**
+   * Rebuilds, checked as at pop, a chain the device held across a snapshot: `head`, the ring
+   * slots it takes, its buffers as [address, length] pairs (device-writable from
+   * `writableFrom` on). Throws DescriptorError when any of it does not hold.
+   */
+  reviveChain(
+    head: number,
+    slots: number,
+    buffers: readonly (readonly [number, number])[],
+    writableFrom: number,
+    into?: DescriptorChain,
+  ): DescriptorChain;
   /** Gives back the chain popped last. */
   undoPop(): void;
 

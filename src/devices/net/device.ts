@@ -775,26 +775,18 @@ export class NetDevice extends VirtioDeviceBase {
     let slotsTotal = 0;
     return chains.map((saved, i) => {
       const path = `device.net.heldRx.${i}`;
-      if (saved.head >= rxq.size)
-        throw new SnapshotError(`${path}.head`, `${saved.head} is outside a queue of ${rxq.size}`);
-      if (rxq instanceof PackedQueue && !rxq.isInFlight(saved.head)) {
-        throw new SnapshotError(`${path}.head`, `buffer ${saved.head} is not in flight`);
-      }
       slotsTotal += saved.slots;
       if (slotsTotal > rxq.size)
         throw new SnapshotError(`${path}.slots`, `held chains take over ${rxq.size} ring slots`);
-      const c = new DescriptorChain();
-      c.begin(saved.head, ctx.memory, Math.max(rxq.size, saved.buffers.length), false);
+      let c: DescriptorChain;
       try {
-        saved.buffers.forEach(([addr, len], k) => {
-          c.push(k, addr % 2 ** 32, Math.floor(addr / 2 ** 32), len, VIRTQ_DESC_F_WRITE, 0, false);
-        });
+        // Receive buffers are device-writable from the first one on.
+        c = rxq.reviveChain(saved.head, saved.slots, saved.buffers, 0);
       } catch (e) {
-        if (e instanceof DescriptorError) throw new SnapshotError(`${path}.buffers`, e.message);
-        throw e;
+        if (!(e instanceof DescriptorError)) throw e;
+        const badHead = e.code === 'DESC_HEAD_OUT_OF_RANGE' || e.code === 'DESC_PACKED_BAD_ID';
+        throw new SnapshotError(`${path}.${badHead ? 'head' : 'buffers'}`, e.message);
       }
-      c.end();
-      c.ringCount = saved.slots;
       if (parseRxBuffer(c, info).kind === 'unsupported') {
         throw new SnapshotError(`${path}.buffers`, 'smaller than the virtio header');
       }

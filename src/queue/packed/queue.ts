@@ -1,9 +1,10 @@
-import { QueueConfigError, SnapshotError, UsedRingError } from '../../errors.js';
+import { DescriptorError, QueueConfigError, SnapshotError, UsedRingError } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
 import { applyCommonState, initializeRestored, ringArea } from '../area.js';
 import { QueueBase } from '../base.js';
-import { DescriptorChain } from '../chain.js';
+import type { DescriptorChain } from '../chain.js';
+import { ChainRecord, recordOf } from '../chain-record.js';
 import {
   MAX_QUEUE_SIZE,
   VIRTQ_DESC_F_AVAIL,
@@ -140,6 +141,20 @@ export class PackedQueue extends QueueBase implements Queue {
     return this._inFlightSlots;
   }
   /** True when buffer `id` was popped and not yet marked used. */
+  protected override checkHeldHead(id: number, slots: number): void {
+    const held = this.idSlots[id]!;
+    if (held === 0 || held !== slots) {
+      throw new DescriptorError(
+        'DESC_PACKED_BAD_ID',
+        id,
+        id,
+        held === 0
+          ? `buffer ${id} is not in flight`
+          : `buffer ${id} takes ${held} ring slots, not ${slots}`,
+      );
+    }
+  }
+
   isInFlight(id: number): boolean {
     return id >= 0 && id < this.idSlots.length && this.idSlots[id] !== 0;
   }
@@ -281,7 +296,7 @@ export class PackedQueue extends QueueBase implements Queue {
     // §2.8.15: the device MUST NOT use a descriptor unless it observes its AVAIL bit changed.
     const flags = Atomics.load(this.desc16, (this._nextAvail << 3) + PACKED_DESC_FLAGS_U16);
     if (!this.isAvailFlags(flags)) return null;
-    const chain = into ?? new DescriptorChain(Math.min(this.qsize, 16));
+    const chain = into === undefined ? new ChainRecord(Math.min(this.qsize, 16)) : recordOf(into);
     this.undoId = -1;
     try {
       this.parseChain(flags, chain);
@@ -322,7 +337,7 @@ export class PackedQueue extends QueueBase implements Queue {
     this._nextAvail = next;
   }
 
-  private parseChain(headFlags: number, chain: DescriptorChain): void {
+  private parseChain(headFlags: number, chain: ChainRecord): void {
     const size = this.qsize;
     const d16 = this.desc16;
     const d32 = this.desc32;

@@ -3,7 +3,8 @@ import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
 import { applyCommonState, initializeRestored, ringArea } from '../area.js';
 import { QueueBase } from '../base.js';
-import { DescriptorChain } from '../chain.js';
+import type { DescriptorChain } from '../chain.js';
+import { ChainRecord, recordOf } from '../chain-record.js';
 import {
   MAX_QUEUE_SIZE,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
@@ -296,7 +297,7 @@ export class SplitQueue extends QueueBase implements Queue {
     // The Atomics.load of avail.idx in lenSanitized() orders this read of the ring entry.
     const head = this.avail16[2 + (this._nextAvail & (this.qsize - 1))]!;
     this._nextAvail = (this._nextAvail + 1) & 0xffff;
-    const chain = into ?? new DescriptorChain(Math.min(this.qsize, 16));
+    const chain = into === undefined ? new ChainRecord(Math.min(this.qsize, 16)) : recordOf(into);
     this.parseChain(head, chain);
     return chain;
   }
@@ -307,12 +308,12 @@ export class SplitQueue extends QueueBase implements Queue {
    */
   chainAt(head: number, into?: DescriptorChain): DescriptorChain {
     this.requireActive();
-    const chain = into ?? new DescriptorChain(Math.min(this.qsize, 16));
+    const chain = into === undefined ? new ChainRecord(Math.min(this.qsize, 16)) : recordOf(into);
     this.parseChain(head, chain);
     return chain;
   }
 
-  private parseChain(head: number, chain: DescriptorChain): void {
+  private parseChain(head: number, chain: ChainRecord): void {
     const size = this.qsize;
     chain.begin(head, this.memory!, size, this.indirectDesc);
     // §2.7.13.2 (avail ring): the driver puts only valid head indices there.
