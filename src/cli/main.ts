@@ -1,11 +1,18 @@
 #!/usr/bin/env node
-import { accessSync, constants, realpathSync, statSync } from 'node:fs';
+import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { SingleBar } from 'cli-progress';
-import { Command, InvalidArgumentError, Option } from 'commander';
-import { VhostUserBackend } from '../vhost-user/backend.js';
-import type { VhostUserMessage } from '../vhost-user/codec.js';
-import { type BlkDeviceOptions, createBlkDevice } from './blk-device.js';
+import { Command, Option } from 'commander';
+import {
+  blockSize,
+  imageFile,
+  intIn,
+  listOf,
+  oneOrBoth,
+  powerOfTwo,
+  readableFile,
+  seconds,
+} from './args.js';
 import {
   DEMO_DEVICES,
   DEMO_FEATURES,
@@ -17,111 +24,13 @@ import {
 } from './demo-protocol.js';
 import { runDemo, summary } from './device-demo.js';
 import { runQueueDemo } from './queue-demo.js';
-
-/** A commander parser for an integer within [min, max]. */
-export function intIn(min: number, max: number, what: string): (v: string) => number {
-  return (v) => {
-    if (!/^\d+$/.test(v.trim())) throw new InvalidArgumentError(`${what} must be a whole number.`);
-    const n = Number(v);
-    if (!Number.isSafeInteger(n) || n < min || n > max) {
-      throw new InvalidArgumentError(`${what} must be between ${min} and ${max}.`);
-    }
-    return n;
-  };
-}
-
-/** A commander parser for a number of seconds in (0, max]. */
-function seconds(max: number, what: string): (v: string) => number {
-  return (v) => {
-    const n = v.trim() === '' ? Number.NaN : Number(v);
-    if (!Number.isFinite(n)) {
-      throw new InvalidArgumentError(
-        `${what} must be a number of seconds (got ${JSON.stringify(v)}).`,
-      );
-    }
-    if (!(n > 0) || n > max) {
-      throw new InvalidArgumentError(
-        `${what} must be more than 0 and at most ${max} seconds (got ${v}).`,
-      );
-    }
-    return n;
-  };
-}
-
-/** A commander parser for a comma-separated list of names from `choices` (no repeats). */
-function listOf<T extends string>(
-  choices: readonly T[],
-  what: string,
-  none?: string,
-): (v: string) => T[] {
-  return (v) => {
-    const items = v
-      .split(',')
-      .map((x) => x.trim())
-      .filter((x) => x !== '');
-    if (none !== undefined && items.length === 1 && items[0] === none) return [];
-    if (items.length === 0)
-      throw new InvalidArgumentError(`${what} needs at least one of ${choices.join(', ')}.`);
-    const out: T[] = [];
-    for (const item of items) {
-      if (!(choices as readonly string[]).includes(item)) {
-        throw new InvalidArgumentError(
-          `${what}: unknown ${JSON.stringify(item)} (choose from ${choices.join(', ')}${none !== undefined ? `, or ${none}` : ''}).`,
-        );
-      }
-      if (!out.includes(item as T)) out.push(item as T);
-    }
-    return out;
-  };
-}
-
-/** A commander parser for one of `choices` or "both" (the first two). */
-function oneOrBoth<T extends string>(choices: readonly [T, T], what: string): (v: string) => T[] {
-  return (v) => {
-    if (v === 'both') return [...choices];
-    if ((choices as readonly string[]).includes(v)) return [v as T];
-    throw new InvalidArgumentError(`${what} must be ${choices[0]}, ${choices[1]} or both.`);
-  };
-}
-
-/** The demo's block workload moves 4 KiB blocks: a smaller image has nothing to drive. */
-const DEMO_MIN_IMAGE_BYTES = 4096;
-
-function readableFile(v: string): string {
-  let size: number;
-  try {
-    const st = statSync(v);
-    if (!st.isFile()) throw new InvalidArgumentError(`--disk-image ${v} is not a regular file.`);
-    accessSync(v, constants.R_OK);
-    size = st.size;
-  } catch (e) {
-    if (e instanceof InvalidArgumentError) throw e;
-    throw new InvalidArgumentError(
-      `--disk-image ${v} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
-    );
-  }
-  if (size < DEMO_MIN_IMAGE_BYTES) {
-    throw new InvalidArgumentError(
-      `--disk-image ${v} is ${size} bytes; the demo reads and writes 4 KiB blocks, so it needs at least ${DEMO_MIN_IMAGE_BYTES} bytes.`,
-    );
-  }
-  return v;
-}
-
-function powerOfTwo(what: string): (v: string) => number {
-  const base = intIn(1, 32768, what);
-  return (v) => {
-    const n = base(v);
-    if ((n & (n - 1)) !== 0) throw new InvalidArgumentError(`${what} must be a power of two.`);
-    return n;
-  };
-}
-
-function blockSize(v: string): number {
-  const n = intIn(512, 65536, '--block-size')(v);
-  if ((n & (n - 1)) !== 0) throw new InvalidArgumentError('--block-size must be a power of two.');
-  return n;
-}
+import {
+  RNG_MAX_PERIOD_MS,
+  type VhostUserBlkOptions,
+  type VhostUserRngOptions,
+  vhostUserBlk,
+  vhostUserRng,
+} from './vhost-user.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -221,6 +130,11 @@ export function buildProgram(): Command {
       'Serve a disk image as a vhost-user-blk back-end on a Unix socket (for QEMU -device vhost-user-blk-pci)',
     )
     .requiredOption('--socket-path <path>', 'Unix socket to listen on (a stale socket is replaced)')
+    .option(
+      '--connect',
+      'connect to a front-end listening at --socket-path (QEMU -chardev socket,server=on) instead of listening; exits when it leaves',
+      false,
+    )
     .addOption(
       new Option('--blk-file <file>', 'raw disk image to serve')
         .makeOptionMandatory()
@@ -258,115 +172,35 @@ export function buildProgram(): Command {
     )
     .action((opts: VhostUserBlkOptions) => vhostUserBlk(opts));
 
+  program
+    .command('vhost-user-rng')
+    .description(
+      'Serve an entropy device as a vhost-user-rng back-end on a Unix socket (for QEMU -device vhost-user-rng-pci)',
+    )
+    .requiredOption('--socket-path <path>', 'Unix socket to listen on (a stale socket is replaced)')
+    .option(
+      '--connect',
+      'connect to a front-end listening at --socket-path (QEMU -chardev socket,server=on) instead of listening; exits when it leaves',
+      false,
+    )
+    .addOption(
+      new Option(
+        '--max-bytes <n>',
+        'at most this many bytes per period (default: no limit); requests beyond wait for the next period',
+      ).argParser(intIn(1, Number.MAX_SAFE_INTEGER, '--max-bytes')),
+    )
+    .addOption(
+      new Option('--period <ms>', 'length of a rate-limit period in milliseconds')
+        .default(RNG_MAX_PERIOD_MS)
+        .argParser(intIn(1, RNG_MAX_PERIOD_MS, '--period')),
+    )
+    .option(
+      '--source <file>',
+      'read entropy from this file (a device such as /dev/urandom or /dev/hwrng; a regular file is served in a loop, for tests) instead of the platform generator',
+    )
+    .action((opts: VhostUserRngOptions) => vhostUserRng(opts));
+
   return program;
-}
-
-function imageFile(v: string): string {
-  try {
-    if (!statSync(v).isFile())
-      throw new InvalidArgumentError(`--blk-file ${v} is not a regular file.`);
-  } catch (e) {
-    if (e instanceof InvalidArgumentError) throw e;
-    throw new InvalidArgumentError(
-      `--blk-file ${v} cannot be opened (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
-    );
-  }
-  return v;
-}
-
-interface VhostUserBlkOptions {
-  socketPath: string;
-  blkFile: string;
-  readOnly: boolean;
-  numQueues: number;
-  queueSize: number;
-  blockSize: number;
-  ringThreads: boolean;
-  asyncIo: boolean;
-}
-
-/** Bytes of one virtio-blk sector: capacity is counted in these whatever the block size. */
-const SECTOR = 512;
-
-function vhostUserBlk(opts: VhostUserBlkOptions): void {
-  if (opts.asyncIo && !opts.ringThreads) {
-    throw new InvalidArgumentError(
-      '--async-io needs ring threads (they wait for transfers under way before a ring stops); it cannot be combined with --no-ring-threads.',
-    );
-  }
-  const size = statSync(opts.blkFile).size;
-  // FileBackend serves the file padded with zeroes to a whole sector (a write there lengthens
-  // the file); a guest addresses whole logical blocks of the disk that makes.
-  const disk = Math.ceil(size / SECTOR) * SECTOR;
-  if (size === 0 || disk < opts.blockSize) {
-    throw new InvalidArgumentError(
-      `--blk-file ${opts.blkFile} is ${size} bytes, less than one ${opts.blockSize}-byte block: there is nothing to serve (make it larger, e.g. truncate -s 1G ${opts.blkFile}).`,
-    );
-  }
-  if (disk !== size) {
-    console.error(
-      `virtq vhost-user-blk: note: ${opts.blkFile} is ${size} bytes, not a whole number of ${SECTOR}-byte sectors; the guest sees ${disk / SECTOR} sectors (${disk} bytes): the last sector's missing ${disk - size} bytes read as zeroes, and a write there makes the file ${disk} bytes long.`,
-    );
-  }
-  const reach = Math.floor(disk / opts.blockSize) * opts.blockSize;
-  if (reach !== disk) {
-    console.error(
-      `virtq vhost-user-blk: note: with ${opts.blockSize}-byte blocks the guest uses whole blocks only (${reach} bytes); the last ${disk - reach} bytes of the disk are out of its reach.`,
-    );
-  }
-  const blk: BlkDeviceOptions = {
-    file: opts.blkFile,
-    readOnly: opts.readOnly,
-    numQueues: opts.numQueues,
-    queueSize: opts.queueSize,
-    blockSize: opts.blockSize,
-    // Ring workers drain transfers under way before a ring stops; the main thread cannot.
-    asyncIo: opts.ringThreads && opts.asyncIo,
-  };
-  const device = createBlkDevice(blk);
-  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
-  const backend = new VhostUserBackend(device, {
-    onConnect: () => console.error('virtq vhost-user-blk: front-end connected'),
-    onDisconnect: (why) => console.error(`virtq vhost-user-blk: front-end left (${why})`),
-    // Each ring on its own thread, with its own handle on the image.
-    ...(opts.ringThreads
-      ? {
-          ringWorkers: {
-            spec: {
-              kind: 'module',
-              module: new URL(`./blk-device${ext}`, import.meta.url).href,
-              export: 'createBlkDevice',
-              options: blk,
-            },
-          },
-        }
-      : {}),
-    // VIRTQ_VHOST_TRACE=1 prints every request (a debugging aid, not an interface).
-    ...(process.env.VIRTQ_VHOST_TRACE === '1'
-      ? {
-          onMessage: (m: VhostUserMessage) =>
-            console.error(
-              `virtq vhost-user-blk: ${m.kind} ${JSON.stringify(m, (k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : k === 'payload' ? undefined : v))}`,
-            ),
-        }
-      : {}),
-  });
-  try {
-    backend.listen(opts.socketPath);
-  } catch (e) {
-    backend.close();
-    throw new InvalidArgumentError(`cannot listen on ${opts.socketPath}: ${(e as Error).message}`);
-  }
-  console.error(
-    `virtq vhost-user-blk: serving ${opts.blkFile} (${device.backend.size} bytes${opts.readOnly ? ', read-only' : ''}, ${opts.numQueues} queue${opts.numQueues > 1 ? 's' : ''}${opts.ringThreads ? ', one thread each' : ''}) on ${opts.socketPath}`,
-  );
-  const stop = (): void => {
-    console.error(`virtq vhost-user-blk: stopping; ${JSON.stringify(backend.stats)}`);
-    backend.close();
-    process.exit(0);
-  };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
 }
 
 interface DeviceDemoOptions {

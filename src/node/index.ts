@@ -6,5 +6,6 @@ export {
   type SpawnDeviceWorkerOptions,
   startModuleWorker,
 } from './device-worker.js';
+export { type FileEntropySource, openFileEntropySource } from './entropy-file.js';
 export { FileBackend, type FileBackendOptions, type PunchHole } from './file-backend.js';
 export { UdpNetBackend, type UdpNetOptions } from './net-udp.js';

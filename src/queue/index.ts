@@ -7,7 +7,7 @@
  */
 
 // Popped chains and completing them
-export { type Descriptor, DescriptorChain } from './chain.js';
+export { type Descriptor, DescriptorChain, type DescriptorChainConstructor } from './chain.js';
 // Spec constants: descriptor and ring flags, feature bits
 export {
   DESCRIPTOR_SIZE,

@@ -113,6 +113,12 @@ export interface VhostUserBackendOptions {
    * then only answers feature negotiation and configuration accesses; it must be built from
    * the same spec. `quiet` drops the workers' warnings.
    */
+  /**
+   * Protocol features to offer: a subset of {@link VHOST_USER_BACKEND_PROTOCOL_FEATURES} (the
+   * default, all of them). Leaving out CONFIGURE_MEM_SLOTS makes QEMU send the whole memory
+   * table on every start, which QEMU 7.2's vhost-user-rng needs after a back-end restart.
+   */
+  protocolFeatures?: bigint;
   ringWorkers?: {
     spec: unknown;
     quiet?: boolean;
@@ -259,6 +265,7 @@ export class VhostUserBackend {
   // Negotiated state of the current front-end.
   private features = 0n;
   private protocolFeatures = 0n;
+  private readonly offeredProtocolFeatures: bigint;
   private table: MemoryTable = MemoryTable.empty;
   private rings: RingState[];
   private queues: AnyQueue[] = [];
@@ -293,6 +300,13 @@ export class VhostUserBackend {
 
   constructor(device: VirtioDevice, options: VhostUserBackendOptions = {}) {
     this.device = device;
+    const offered = options.protocolFeatures ?? VHOST_USER_BACKEND_PROTOCOL_FEATURES;
+    if ((offered & ~VHOST_USER_BACKEND_PROTOCOL_FEATURES) !== 0n) {
+      throw new RangeError(
+        `protocol features 0x${offered.toString(16)} include some this back-end does not implement`,
+      );
+    }
+    this.offeredProtocolFeatures = offered;
     this.native = options.native ?? loadNative();
     this.logger = options.logger ?? consoleLogger;
     this.onConnect = options.onConnect;
@@ -389,6 +403,17 @@ export class VhostUserBackend {
     }
     this.native.close(fd);
     return true;
+  }
+
+  /**
+   * Connects to a front-end that listens on the Unix socket `path` (QEMU's
+   * `-chardev socket,server=on`) and serves it. With the front-end as the server, a back-end
+   * that was restarted connects again and the front-end starts its rings anew. Throws the
+   * connect error (ENOENT: no socket there; ECONNREFUSED: nobody listens).
+   */
+  connect(path: string): void {
+    if (this.conn !== null) throw new Error('the back-end already serves a front-end');
+    this.attach(this.native.connect(path));
   }
 
   /** Serves a socket that is already connected to a front-end (e.g. one end of a socketpair). */
@@ -686,9 +711,9 @@ export class VhostUserBackend {
         return null;
       }
       case 'GET_PROTOCOL_FEATURES':
-        return encodeU64Reply(msg.request, VHOST_USER_BACKEND_PROTOCOL_FEATURES);
+        return encodeU64Reply(msg.request, this.offeredProtocolFeatures);
       case 'SET_PROTOCOL_FEATURES':
-        if ((msg.features & ~VHOST_USER_BACKEND_PROTOCOL_FEATURES) !== 0n) {
+        if ((msg.features & ~this.offeredProtocolFeatures) !== 0n) {
           throw new RequestFailure(
             `protocol features 0x${msg.features.toString(16)} were not offered`,
           );

@@ -308,3 +308,66 @@ describe('virtq vhost-user-blk', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 });
+
+describe('virtq vhost-user-rng', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'virtq-cli-vur-'));
+  const empty = join(dir, 'empty.bin');
+  writeFileSync(empty, new Uint8Array(0));
+  const sock = join(dir, 'vur.sock');
+
+  it.each([
+    [['--period', '0'], /--period must be between 1 and 65536/],
+    [['--period', '65537'], /--period must be between 1 and 65536/],
+    [['--max-bytes', 'lots'], /--max-bytes must be a whole number/],
+    [['--max-bytes', '0'], /--max-bytes must be between 1 and/],
+    [
+      ['--source', '/nonexistent/entropy'],
+      /--source \/nonexistent\/entropy cannot be used: ENOENT/,
+    ],
+    [['--source', empty], /--source .*empty.bin cannot be used: .*is empty/],
+    [
+      ['--source', dir],
+      /--source .* cannot be used: .*neither a regular file nor a character device/,
+    ],
+    [['--connect'], /cannot connect to .*vur.sock: ENOENT \(is the front-end listening there/],
+  ])('rejects %j with a clear message and status 1', (extra, message) => {
+    const r = virtq('vhost-user-rng', '--socket-path', sock, ...extra);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(message);
+    expect(r.stdout).toBe('');
+  });
+
+  it('serves, says how, and stops on SIGTERM with its counters', async () => {
+    const p = spawn(
+      process.execPath,
+      [cli, 'vhost-user-rng', '--socket-path', sock, '--max-bytes', '4096', '--period', '1000'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let err = '';
+    p.stderr.setEncoding('utf8').on('data', (d: string) => {
+      err += d;
+    });
+    const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!err.includes('serving') && Date.now() < deadline) await delay(50);
+      expect(err).toMatch(
+        /serving entropy from the platform generator \(Web Crypto\), at most 4096 bytes per 1000 ms, on .*vur.sock/,
+      );
+      expect(existsSync(sock)).toBe(true);
+    } finally {
+      p.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+    expect(err).toMatch(/stopping; \{"connections":0,/);
+  }, 60_000);
+
+  it('--help lists every option', () => {
+    const d = virtq('vhost-user-rng', '--help');
+    expect(d.status).toBe(0);
+    for (const flag of ['--socket-path', '--max-bytes', '--period', '--source', '--connect']) {
+      expect(d.stdout).toContain(flag);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+});

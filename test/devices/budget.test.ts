@@ -477,7 +477,7 @@ describe('the self-feeding block device of issue 10', () => {
 });
 
 describe('rng rate limit (max bytes per period)', () => {
-  it('serves at most maxBytes per period; waiting requests are served from the next period on, none dropped', () => {
+  it('serves at most maxBytes per period, whole requests only; waiting requests are served from the next period on, none dropped', () => {
     vi.useFakeTimers();
     let now = 0;
     const device = new RngDevice({ rateLimit: { maxBytes: 100, periodMs: 1000, now: () => now } });
@@ -486,26 +486,49 @@ describe('rng rate limit (max bytes per period)', () => {
     ring.setChain(indirect(TABLE, writeTable(rig.memory, 'split', TABLE, [[BUF, 64, true]])));
     ring.offer(4);
     device.queueNotify(0);
-    // 64 + 36 (the rest of the quota), then the quota is spent.
-    expect(device.bytesServed).toBe(100);
-    expect(rig.used[0]).toBe(2);
+    // 64 bytes; the 36 left in the period would only shorten the next request, so it waits.
+    expect(device.bytesServed).toBe(64);
+    expect(rig.used[0]).toBe(1);
     expect(device.rateLimited).toBe(1);
     // No polling: one timer to the next period.
     expect(vi.getTimerCount()).toBe(1);
-    now = 1000;
-    vi.advanceTimersByTime(1000);
-    expect(device.bytesServed).toBe(200);
-    expect(rig.used[0]).toBe(4);
+    for (let period = 1; period <= 3; period++) {
+      now = 1000 * period;
+      vi.advanceTimersByTime(1000);
+      // One whole 64-byte request per period: bytes = 64 x requests, never a short fill.
+      expect(device.bytesServed).toBe(64 * (period + 1));
+      expect(rig.used[0]).toBe(period + 1);
+    }
     // Nothing was dropped, and an empty ring arms no timer.
-    now = 2000;
-    vi.advanceTimersByTime(1000);
+    now = 5000;
+    vi.advanceTimersByTime(2000);
     expect(rig.used[0]).toBe(4);
+    expect(vi.getTimerCount()).toBe(0);
     // Reset drops the wait.
     ring.offer(4);
+    device.queueNotify(0);
     device.queueNotify(0);
     expect(vi.getTimerCount()).toBe(1);
     device.reset();
     expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('gives a request larger than a whole period its quota at the start of a period', () => {
+    vi.useFakeTimers();
+    let now = 0;
+    const device = new RngDevice({ rateLimit: { maxBytes: 100, periodMs: 1000, now: () => now } });
+    const rig = deviceRig(device, { format: 'split' }, features('split'));
+    const ring = rig.rings[0]!;
+    ring.setChain(indirect(TABLE, writeTable(rig.memory, 'split', TABLE, [[BUF, 256, true]])));
+    ring.offer(2);
+    device.queueNotify(0);
+    expect(device.bytesServed).toBe(100);
+    expect(rig.used[0]).toBe(1);
+    now = 1000;
+    vi.advanceTimersByTime(1000);
+    expect(device.bytesServed).toBe(200);
+    expect(rig.used[0]).toBe(2);
+    device.reset();
   });
 });
 

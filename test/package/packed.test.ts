@@ -275,22 +275,32 @@ describe('every command line in the README', () => {
     rmSync(join(dir, 'disk.img'), { force: true });
   }, 600_000);
 
-  it('the QEMU command line is the one the real-guest tests boot', async () => {
-    const qemu = commands.find((c) => c.startsWith('qemu-system-x86_64 '));
-    expect(qemu).toBeDefined();
-    const guest = ['test/real/guest.ts', 'test/real/vhost-user-blk-reconnect.test.ts']
-      .map((f) => readFileSync(join(repoRoot, f), 'utf8'))
-      .join('\n');
-    // Every option of the README's recipe appears in the harness with the same value shape.
-    for (const opt of [
-      'memory-backend-memfd',
-      'share=on',
-      'reconnect=1',
-      'vhost-user-blk-pci',
-      '-numa',
-    ]) {
-      expect(qemu).toContain(opt);
-      expect(guest).toContain(opt);
+  it('the QEMU command lines are the ones the real-guest tests boot', async () => {
+    const qemus = commands.filter((c) => c.startsWith('qemu-system-x86_64 '));
+    expect(qemus).toHaveLength(2);
+    const harness = (files: string[]) =>
+      files.map((f) => readFileSync(join(repoRoot, f), 'utf8')).join('\n');
+    // Every option of each README recipe appears in its harness with the same value shape.
+    const recipes: [string, string[], string[]][] = [
+      [
+        'vhost-user-blk-pci',
+        ['test/real/guest.ts', 'test/real/vhost-user-blk-reconnect.test.ts'],
+        ['memory-backend-memfd', 'share=on', 'reconnect=1', 'vhost-user-blk-pci', '-numa'],
+      ],
+      [
+        'vhost-user-rng-pci',
+        ['test/real/guest.ts', 'test/real/vhost-user-rng.test.ts'],
+        ['memory-backend-memfd', 'share=on', 'vhost-user-rng-pci', '-numa'],
+      ],
+    ];
+    for (const [model, files, opts] of recipes) {
+      const qemu = qemus.find((c) => c.includes(model));
+      expect(qemu, model).toBeDefined();
+      const guest = harness(files);
+      for (const opt of opts) {
+        expect(qemu).toContain(opt);
+        expect(guest).toContain(opt);
+      }
     }
   });
 

@@ -613,16 +613,35 @@ export interface VhostUserBlkOptions {
   readonly id?: string;
   /** `reconnect=1` on the chardev: QEMU reconnects to a back-end that was restarted. */
   readonly reconnect?: boolean;
+  /**
+   * `server=on,wait=on` on the chardev: QEMU listens and waits for the back-end to connect
+   * (`--connect`); a restarted back-end connects again.
+   */
+  readonly server?: boolean;
 }
 
 /** `-chardev socket` plus a vhost-user-blk device (PCI, or virtio-mmio on microvm). */
 export function vhostUserBlkArgs(o: VhostUserBlkOptions): string[] {
-  const id = o.id ?? 'vub0';
-  const model = (o.machine ?? 'pc') === 'pc' ? 'vhost-user-blk-pci' : 'vhost-user-blk';
-  let device = `${model},chardev=${id},id=${id}dev`;
+  return vhostUserDeviceArgs(['vhost-user-blk-pci', 'vhost-user-blk'], { id: 'vub0', ...o });
+}
+
+/** `-chardev socket` plus a vhost-user-rng device (PCI, or virtio-mmio on microvm). */
+export function vhostUserRngArgs(o: Omit<VhostUserBlkOptions, 'numQueues'>): string[] {
+  return vhostUserDeviceArgs(['vhost-user-rng-pci', 'vhost-user-rng'], { id: 'vur0', ...o });
+}
+
+/** `-chardev socket` plus QEMU's PCI device model on pc, or its virtio-mmio one on microvm. */
+function vhostUserDeviceArgs(
+  [pci, mmio]: [string, string],
+  o: VhostUserBlkOptions & { id: string },
+): string[] {
+  const id = o.id;
+  let device = `${(o.machine ?? 'pc') === 'pc' ? pci : mmio},chardev=${id},id=${id}dev`;
   if (o.packed === true) device += ',packed=on';
   if (o.numQueues !== undefined) device += `,num-queues=${o.numQueues}`;
-  const chardev = `socket,id=${id},path=${qemuOptValue(o.socket)}${o.reconnect === true ? ',reconnect=1' : ''}`;
+  const mode =
+    o.server === true ? ',server=on,wait=on' : o.reconnect === true ? ',reconnect=1' : '';
+  const chardev = `socket,id=${id},path=${qemuOptValue(o.socket)}${mode}`;
   return ['-chardev', chardev, '-device', device];
 }
 

@@ -6,7 +6,6 @@ import {
   VIRTIO_F_EVENT_IDX,
   VIRTIO_F_INDIRECT_DESC,
   VIRTIO_F_RING_PACKED,
-  VIRTQ_DESC_F_WRITE,
 } from '../../queue/constants.js';
 import { PackedQueue } from '../../queue/packed/queue.js';
 import type { Queue } from '../../queue/queue.js';

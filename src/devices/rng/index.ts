@@ -3,6 +3,7 @@ export {
   cryptoSource,
   type EntropySource,
   RNG_DEFAULT_MAX_BYTES_PER_REQUEST,
+  RNG_SOURCE_RETRY_MS,
   RngDevice,
   type RngOptions,
   type RngRateLimit,
