@@ -109,6 +109,22 @@ export interface VirtioDevice {
   /** Back to the state before the driver found the device (§2.4). */
   reset(): void;
 
+  /** The guest error that put the device into DEVICE_NEEDS_RESET, if it keeps one. */
+  readonly lastError?: VirtqError | null;
+  /**
+   * Enters DEVICE_NEEDS_RESET for a rule the driver broke that the transport found (a queue
+   * configuration that does not validate at DRIVER_OK), where the device supports it.
+   */
+  fail?(error: VirtqError): void;
+  /**
+   * Asynchronous completion capability: true when requests may complete after `queueNotify`
+   * returns (the device holds chains while its backend works). Such a device must be drained
+   * with {@link whenIdle} before its rings stop.
+   */
+  readonly asyncTransfers?: boolean;
+  /** Drain capability: calls `callback` once no request is under way (at once when none is). */
+  whenIdle?(callback: () => void): void;
+
   /** Snapshot capability: the device's whole state, queues included, JSON-safe. */
   save?(): DeviceState;
   /**
@@ -340,9 +356,7 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
 
   /** The device's whole state, queues included, as a JSON-safe object. */
   save(): DeviceState {
-    const queues = (this.ctx?.queues ?? []).map((q) =>
-      (q as Queue & { save(): QueueState }).save(),
-    );
+    const queues = (this.ctx?.queues ?? []).map((q) => q.save());
     return {
       version: 1,
       deviceType: this.deviceType,
@@ -421,7 +435,7 @@ function readDeviceState(
   if (queues.length !== count)
     throw new SnapshotError('device.queues', `expected ${count} queue states`);
   for (let i = 0; i < count; i++) {
-    const live = ctx!.queues[i] as Queue & { save(): QueueState };
+    const live = ctx!.queues[i]!;
     const saved = nestedState(`device.queues.${i}`, () =>
       JSON.stringify(queueFromState(queues[i], ctx!.memory).save()),
     );

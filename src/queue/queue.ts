@@ -1,5 +1,6 @@
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { DescriptorChain } from './chain.js';
+import type { QueueState } from './state.js';
 
 /** Which ring layout the driver negotiated. */
 export type RingFormat = 'split' | 'packed';
@@ -74,6 +75,14 @@ export interface Queue {
   /** VIRTIO_F_EVENT_IDX was negotiated. */
   enableNotifSuppression(): void;
 
+  /**
+   * Buffers popped and not yet used, where the ring format keeps count (the packed ring tracks
+   * its buffer ids in flight); undefined for the split ring, whose device side needs no count.
+   */
+  readonly inFlight?: number;
+
   /** Back to the state of a new queue (device reset). */
   reset(): void;
+  /** The queue's whole state, JSON-safe (see `queueFromState` for the way back). */
+  save(): QueueState;
 }

@@ -19,8 +19,9 @@ import {
   VIRTIO_F_INDIRECT_DESC,
   VIRTIO_F_RING_PACKED,
 } from '../queue/constants.js';
-import { type AnyQueue, createQueue, queueFromState } from '../queue/factory.js';
+import { createQueue, queueFromState } from '../queue/factory.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
+import type { Queue } from '../queue/queue.js';
 import { nestedState, StateReader } from '../queue/state.js';
 
 /** virtio-mmio register offsets (VIRTIO 1.2 §4.2.2, version 2). */
@@ -117,7 +118,7 @@ export class MmioTransport {
   private intStatus = 0;
   private packed = false;
   /** One queue per device queue; replaced by queues of the negotiated format at FEATURES_OK. */
-  queues: AnyQueue[];
+  queues: Queue[];
 
   constructor(device: VirtioDevice, memory: GuestMemory, options: MmioOptions = {}) {
     this.device = device;
@@ -128,7 +129,7 @@ export class MmioTransport {
     this.addrHalves = new Uint32Array(6 * device.queueMaxSizes.length);
   }
 
-  private makeQueues(packed: boolean): AnyQueue[] {
+  private makeQueues(packed: boolean): Queue[] {
     this.addrHalves = new Uint32Array(6 * this.device.queueMaxSizes.length);
     return this.device.queueMaxSizes.map((max) =>
       createQueue(packed ? 'packed' : 'split', max, { logger: this.logger }),
@@ -157,7 +158,7 @@ export class MmioTransport {
     if (before === 0 && this.onInterrupt !== undefined) this.onInterrupt(true);
   }
 
-  private get selectedQueue(): AnyQueue | undefined {
+  private get selectedQueue(): Queue | undefined {
     return this.queues[this.queueSel];
   }
 
@@ -393,7 +394,7 @@ export class MmioTransport {
         if (!(e instanceof QueueConfigError)) throw e;
         this.deviceStatus = v;
         this.device.activate(this.context());
-        (this.device as { fail?: (err: QueueConfigError) => void }).fail?.(e);
+        this.device.fail?.(e);
         return;
       }
     }
@@ -526,7 +527,7 @@ export class MmioTransport {
     commitDevice?.();
   }
 
-  private contextFor(queues: AnyQueue[], features: bigint): DeviceContext {
+  private contextFor(queues: Queue[], features: bigint): DeviceContext {
     return { memory: this.memory, queues, features, interrupt: this.sink };
   }
 
@@ -646,7 +647,7 @@ interface SavedTransport {
   queueSel: number;
   interruptStatus: number;
   packed: boolean;
-  queues: AnyQueue[];
+  queues: Queue[];
   addrHalves: Uint32Array;
   deviceState: unknown;
 }

@@ -25,10 +25,11 @@ import {
   VIRTIO_F_INDIRECT_DESC,
   VIRTIO_F_RING_PACKED,
 } from '../queue/constants.js';
-import { type AnyQueue, createQueue } from '../queue/factory.js';
+import { createQueue } from '../queue/factory.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
 import type { PackedQueue } from '../queue/packed/queue.js';
 import { TrackedPackedQueue } from '../queue/packed/tracked.js';
+import type { Queue } from '../queue/queue.js';
 import { usedRingBytes } from '../queue/split/layout.js';
 import { TrackedSplitQueue } from '../queue/split/tracked.js';
 import {
@@ -268,7 +269,7 @@ export class VhostUserBackend {
   private readonly offeredProtocolFeatures: bigint;
   private table: MemoryTable = MemoryTable.empty;
   private rings: RingState[];
-  private queues: AnyQueue[] = [];
+  private queues: Queue[] = [];
   private ctx: DeviceContext | null = null;
   /** The dirty log of SET_LOG_BASE, and the eventfd of SET_LOG_FD. */
   private log: DirtyLog | null = null;
@@ -288,7 +289,7 @@ export class VhostUserBackend {
         // DEVICE_NEEDS_RESET has no vhost-user message: the rings' error eventfds are what
         // tells the front-end (QEMU reports "vhost vring error in virtqueue N").
         this.logger.warn('vhost-user: the device needs a reset', {
-          error: String((this.device as { lastError?: unknown }).lastError ?? ''),
+          error: String(this.device.lastError ?? ''),
         });
         for (const ring of this.rings) signalError(this.native, ring.errFd, this.logger);
         return;
@@ -324,7 +325,7 @@ export class VhostUserBackend {
     this.workers = device.queueMaxSizes.map(() => null);
     // A device with transfers under way must drain them before a ring stops, which only a
     // ring worker can wait for.
-    if (this.workerSpec === null && (device as { asyncTransfers?: boolean }).asyncTransfers) {
+    if (this.workerSpec === null && device.asyncTransfers === true) {
       throw new TypeError('a device with asynchronous transfers needs ringWorkers');
     }
   }

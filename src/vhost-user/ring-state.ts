@@ -2,9 +2,10 @@
  * Ring state rules both the back-end's thread and its ring workers apply: the VRING_BASE value
  * of a stopped ring, and resuming a split ring from its inflight region.
  */
-import type { AnyQueue } from '../queue/factory.js';
+
 import type { Logger } from '../queue/logger.js';
 import type { TrackedPackedQueue } from '../queue/packed/tracked.js';
+import type { Queue } from '../queue/queue.js';
 import type { TrackedSplitQueue } from '../queue/split/tracked.js';
 import type { SplitInflight } from './inflight.js';
 import type { VhostUserNative } from './native.js';
@@ -18,10 +19,12 @@ export const PACKED_WRAP_BIT = 0x8000;
  * packed ring's next available slot and wrap counter in bits 0-15 and its next used slot and
  * wrap counter in bits 16-31.
  */
-export function ringBase(q: AnyQueue): number {
-  if (q.format === 'split') return q.nextAvail;
-  const avail = (q.nextAvail & 0x7fff) | (q.availWrapCounter ? PACKED_WRAP_BIT : 0);
-  const used = (q.nextUsed & 0x7fff) | (q.usedWrapCounter ? PACKED_WRAP_BIT : 0);
+export function ringBase(q: Queue): number {
+  // Read from the queue's saved state: a ring stops rarely, and this needs no format cast.
+  const s = q.save();
+  if (s.format === 'split') return s.nextAvail;
+  const avail = (s.nextAvail & 0x7fff) | (s.availWrap ? PACKED_WRAP_BIT : 0);
+  const used = (s.nextUsed & 0x7fff) | (s.usedWrap ? PACKED_WRAP_BIT : 0);
   return (avail | (used << 16)) >>> 0;
 }
 

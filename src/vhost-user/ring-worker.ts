@@ -6,9 +6,10 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { InterruptSink, VirtioDevice } from '../devices/device.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { buildDevices } from '../node/device-factories.js';
-import { type AnyQueue, createQueue, queueFromState } from '../queue/factory.js';
+import { createQueue, queueFromState } from '../queue/factory.js';
 import { consoleLogger, type Logger, silentLogger } from '../queue/logger.js';
 import { TrackedPackedQueue } from '../queue/packed/tracked.js';
+import type { Queue } from '../queue/queue.js';
 import { TrackedSplitQueue } from '../queue/split/tracked.js';
 import { DirtyLog } from './dirty-log.js';
 import { SplitInflight } from './inflight.js';
@@ -39,7 +40,7 @@ const devices: VirtioDevice[] = await buildDevices(data.spec);
 const device = devices[0]!;
 
 interface Running {
-  readonly queue: AnyQueue;
+  readonly queue: Queue;
   readonly memory: GuestMemory;
   readonly kickFd: number | null;
   readonly watcher: { stop(): void } | null;
@@ -94,7 +95,7 @@ const sink: InterruptSink = {
     if (device.needsReset) {
       logger.warn('vhost-user ring worker: the device needs a reset', {
         index,
-        error: String((device as { lastError?: unknown }).lastError ?? ''),
+        error: String(device.lastError ?? ''),
       });
       signalError(native, errFd, logger);
       return;
@@ -139,7 +140,7 @@ function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
   stop();
   const memory = new GuestMemory(m.regions);
   memory.setDirtyTracking(m.log.area !== null);
-  let queue: AnyQueue;
+  let queue: Queue;
   // Only a tracked queue pays for the inflight bookkeeping.
   if (m.queue.format === 'split' && m.inflight !== null) {
     const tracked = new TrackedSplitQueue(m.queue.maxSize, { logger });
@@ -250,13 +251,12 @@ port.on('message', (m: RingWorkerMessage) => {
       // the ring stops: GET_VRING_BASE must not leave a request taken and never answered.
       running?.watcher?.stop();
       stopping = true;
-      const idle = (device as { whenIdle?: (callback: () => void) => void }).whenIdle;
       const finish = (): void => {
         stop();
         ack(m.seq);
       };
-      if (idle === undefined) finish();
-      else idle.call(device, finish);
+      if (device.whenIdle === undefined) finish();
+      else device.whenIdle(finish);
       return;
     }
     case 'setCall':

@@ -15,6 +15,8 @@ import {
   DescriptorChain,
   type Queue,
   type RingFormat,
+  SplitQueue,
+  silentLogger,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
 } from '../../src/queue/index.js';
@@ -164,5 +166,23 @@ describe('Queue.reviveChain', () => {
   it('needs an active queue', () => {
     const q = createQueue('split', 8);
     expect(() => q.reviveChain(0, 1, [[DATA, 1]], 0)).toThrow(/not initialised/);
+  });
+});
+
+describe('SplitQueue.restore', () => {
+  it("replaces the ring's state and keeps the queue's own resynchronisation count", () => {
+    const { queue } = rig('split');
+    if (!(queue instanceof SplitQueue)) throw new Error('a split queue');
+    const q = queue;
+    const saved = q.save();
+    // A driver index more than `size` ahead: the queue resynchronises (and counts it).
+    const memory = q.guestMemory!;
+    memory.writeU16(q.availRingAddress + 2, 100);
+    q.logger = silentLogger;
+    expect(q.pop()).toBeNull();
+    expect(q.resyncCount).toBe(1);
+    q.restore(saved, memory);
+    expect(q.nextAvail).toBe(saved.nextAvail);
+    expect(q.resyncCount).toBe(1);
   });
 });

@@ -7,7 +7,6 @@ import {
   VIRTIO_F_INDIRECT_DESC,
   VIRTIO_F_RING_PACKED,
 } from '../../queue/constants.js';
-import { PackedQueue } from '../../queue/packed/queue.js';
 import type { Queue } from '../../queue/queue.js';
 import type { DeviceBudgetOptions } from '../budget.js';
 import {
@@ -714,13 +713,13 @@ export class NetDevice extends VirtioDeviceBase {
     }
     const held = this.readHeld(s.heldRx, rxq, ctx);
     // A packed ring tracks the buffers in flight: they must be exactly the held chains.
-    if (rxq instanceof PackedQueue && rxq.isActive && rxq.inFlight !== held.length) {
+    if (rxq?.isActive && rxq.inFlight !== undefined && rxq.inFlight !== held.length) {
       throw new SnapshotError(
         'device.net.heldRx',
         `the receive queue has ${rxq.inFlight} buffers in flight`,
       );
     }
-    if (txq instanceof PackedQueue && txq.isActive && txq.inFlight !== 0) {
+    if (txq?.isActive && (txq.inFlight ?? 0) !== 0) {
       throw new SnapshotError('device.net', 'the transmit queue has buffers in flight');
     }
     return () => {

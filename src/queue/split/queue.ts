@@ -502,7 +502,11 @@ export class SplitQueue extends QueueBase implements Queue {
   /** Replaces this queue's state with a saved one; on error this queue is left unchanged. */
   restore(state: unknown, memory: GuestMemory | null): void {
     const q = SplitQueue.fromState(state, memory, { logger: this.logger });
+    // The saved state replaces the ring's; the queue's own counter of resynchronisations
+    // describes this object's life, not the state, and is kept (Object.assign would zero it).
+    const resyncs = this.resyncCount;
     Object.assign(this, q);
+    this.resyncCount = resyncs;
   }
 
   /** Back to the state of a new queue (device reset, §2.4): inactive, size = maxSize, zeroes. */
