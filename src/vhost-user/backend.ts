@@ -14,7 +14,7 @@
  * message that loses the framing, or a failed request whose reply the front-end waits for,
  * closes that connection and the back-end waits for the next front-end.
  */
-import { ftruncateSync, lstatSync, unlinkSync } from 'node:fs';
+import { ftruncateSync } from 'node:fs';
 import type { DeviceContext, InterruptSink, VirtioDevice } from '../devices/device.js';
 import { featureBit, hasFeature } from '../devices/device.js';
 import { isVirtqError, VhostUserError } from '../errors.js';
@@ -33,7 +33,6 @@ import type { Queue } from '../queue/queue.js';
 import { usedRingBytes } from '../queue/split/layout.js';
 import { TrackedSplitQueue } from '../queue/split/tracked.js';
 import {
-  decodeHeader,
   decodeMessage,
   encodeAckReply,
   encodeConfigErrorReply,
@@ -44,15 +43,14 @@ import {
   protocolFeatureMask,
   VHOST_F_LOG_ALL,
   VHOST_USER_F_PROTOCOL_FEATURES,
-  VHOST_USER_HEADER_SIZE,
   VHOST_USER_MAX_CONFIG_SIZE,
-  VHOST_USER_MAX_PAYLOAD_SIZE,
   VHOST_VRING_F_LOG,
   VhostUserFlags,
   type VhostUserMessage,
   VhostUserProtocolFeature,
   VhostUserRequest,
 } from './codec.js';
+import { closeFds, SocketListener, VhostUserConnection } from './connection.js';
 import { DirtyLog } from './dirty-log.js';
 import {
   InflightBuffer,
@@ -216,20 +214,6 @@ function freshRing(): RingState {
   };
 }
 
-/** Per-connection state. */
-interface Connection {
-  readonly fd: number;
-  watcher: FdWatcher | null;
-  /** Header and payload of the message being received. */
-  readonly rx: Uint8Array;
-  received: number;
-  /** Header + payload bytes of the message being received, once its header is in. */
-  expected: number;
-  fds: number[];
-  fdsTruncated: boolean;
-}
-
-const MESSAGE_BUFFER = VHOST_USER_HEADER_SIZE + VHOST_USER_MAX_PAYLOAD_SIZE;
 const PROTOCOL_FEATURES_BIT = featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
 const LOG_ALL_BIT = featureBit(VHOST_F_LOG_ALL);
 /** Feature bits that belong to vhost-user itself, not to the device. */
@@ -258,10 +242,8 @@ export class VhostUserBackend {
   /** One worker per ring in ring-worker mode (null: not started yet, or gone). */
   private readonly workers: (RingWorkerHandle | null)[];
 
-  private listenFd: number | null = null;
-  private listenWatcher: FdWatcher | null = null;
-  private socketPath: string | null = null;
-  private conn: Connection | null = null;
+  private listener: SocketListener | null = null;
+  private conn: VhostUserConnection | null = null;
 
   // Negotiated state of the current front-end.
   private features = 0n;
@@ -368,42 +350,11 @@ export class VhostUserBackend {
    * socket file at `path` is removed; any other file there is an error.
    */
   listen(path: string): void {
-    if (this.listenFd !== null) throw new Error('the back-end is already listening');
-    let stale = false;
-    try {
-      stale = lstatSync(path).isSocket();
-      if (!stale) throw new Error(`${path} exists and is not a socket`);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-    if (stale) {
-      // A socket file is left behind by a back-end that died, but it may also belong to one
-      // that is running: taking it over would silently cut that one off from its front-ends.
-      if (this.socketAnswers(path)) {
-        throw new Error(
-          `${path}: another back-end is listening on this socket; stop it first or choose another path`,
-        );
-      }
-      unlinkSync(path);
-    }
-    this.listenFd = this.native.listen(path, 1);
-    this.socketPath = path;
-    if (this.conn === null) this.watchListener();
-  }
-
-  /**
-   * True when something accepts connections on the socket file `path` (a connect that succeeds,
-   * or finds the listener's backlog full); false when the file is a leftover nobody listens on.
-   */
-  private socketAnswers(path: string): boolean {
-    let fd: number;
-    try {
-      fd = this.native.connect(path);
-    } catch (e) {
-      return (e as NodeJS.ErrnoException).code === 'EAGAIN';
-    }
-    this.native.close(fd);
-    return true;
+    if (this.listener !== null) throw new Error('the back-end is already listening');
+    this.listener = SocketListener.open(this.native, this.logger, path, (fd) =>
+      this.startConnection(fd),
+    );
+    if (this.conn === null) this.listener.resume();
   }
 
   /**
@@ -431,70 +382,20 @@ export class VhostUserBackend {
       void this.workers[i]?.terminate();
       this.workers[i] = null;
     }
-    this.listenWatcher?.stop();
-    this.listenWatcher = null;
-    if (this.listenFd !== null) {
-      this.native.close(this.listenFd);
-      this.listenFd = null;
-    }
-    if (this.socketPath !== null) {
-      try {
-        unlinkSync(this.socketPath);
-      } catch {
-        // Already gone.
-      }
-      this.socketPath = null;
-    }
+    this.listener?.close();
+    this.listener = null;
   }
 
   // ---- connections ----
 
-  private watchListener(): void {
-    const fd = this.listenFd;
-    if (fd === null || this.listenWatcher !== null) return;
-    this.listenWatcher = this.native.watch(fd, this.native.constants.POLL_READABLE, (error) => {
-      if (error !== null) {
-        this.logger.warn('vhost-user: polling the listening socket failed', {
-          error: error.message,
-        });
-        return;
-      }
-      let client: number;
-      try {
-        client = this.native.accept(fd);
-      } catch (e) {
-        this.logger.warn('vhost-user: accept failed', { error: (e as Error).message });
-        return;
-      }
-      if (client < 0) return;
-      // One front-end at a time: stop accepting until this one leaves.
-      this.listenWatcher?.stop();
-      this.listenWatcher = null;
-      this.startConnection(client);
-    });
-  }
-
   private startConnection(fd: number): void {
-    const conn: Connection = {
-      fd,
-      watcher: null,
-      rx: new Uint8Array(MESSAGE_BUFFER),
-      received: 0,
-      expected: VHOST_USER_HEADER_SIZE,
-      fds: [],
-      fdsTruncated: false,
-    };
-    this.conn = conn;
     this.counters.connections++;
     // Workers load while the front-end negotiates.
     if (this.workerSpec !== null) for (let i = 0; i < this.rings.length; i++) this.worker(i);
-    conn.watcher = this.native.watch(fd, this.native.constants.POLL_READABLE, (error) => {
-      if (this.conn !== conn) return;
-      if (error !== null) {
-        this.disconnect(`polling the connection failed: ${error.message}`);
-        return;
-      }
-      this.readable(conn);
+    this.conn = new VhostUserConnection(this.native, fd, {
+      message: (bytes, fds, truncated) => this.message(bytes, fds, truncated),
+      badHeader: (e) => this.reject(e),
+      ended: (reason) => this.disconnect(reason),
     });
     this.onConnect?.();
   }
@@ -504,14 +405,7 @@ export class VhostUserBackend {
     const conn = this.conn;
     if (conn === null) return;
     this.conn = null;
-    conn.watcher?.stop();
-    this.closeFds(conn.fds);
-    conn.fds = [];
-    try {
-      this.native.close(conn.fd);
-    } catch {
-      // Nothing more to do with it.
-    }
+    conn.close();
     this.resetState();
     this.setLog(null, null);
     this.features = 0n;
@@ -520,52 +414,7 @@ export class VhostUserBackend {
     // The front-end keeps the inflight buffer and sends it again when it reconnects.
     this.inflight = null;
     this.onDisconnect?.(reason);
-    this.watchListener();
-  }
-
-  /** Reads whatever the socket holds, dispatching each complete message. */
-  private readable(conn: Connection): void {
-    const maxFds = this.native.constants.MAX_FDS_PER_MESSAGE;
-    // Bounded: every pass either consumes bytes from the socket or returns.
-    while (this.conn === conn) {
-      let r: ReturnType<VhostUserNative['recvmsg']>;
-      try {
-        r = this.native.recvmsg(conn.fd, conn.rx.subarray(conn.received, conn.expected), maxFds);
-      } catch (e) {
-        this.disconnect(`receive failed: ${(e as Error).message}`);
-        return;
-      }
-      for (const fd of r.fds) conn.fds.push(fd);
-      if (r.controlTruncated) conn.fdsTruncated = true;
-      if (r.bytes < 0) return;
-      if (r.bytes === 0) {
-        this.disconnect('the front-end closed the connection');
-        return;
-      }
-      conn.received += r.bytes;
-      if (conn.received < conn.expected) continue;
-      if (conn.expected === VHOST_USER_HEADER_SIZE) {
-        let size: number;
-        try {
-          size = decodeHeader(conn.rx.subarray(0, VHOST_USER_HEADER_SIZE), conn.fds).size;
-        } catch (e) {
-          // The framing is lost: nothing after this header can be trusted.
-          this.reject(e);
-          this.disconnect(`bad message header: ${(e as Error).message}`);
-          return;
-        }
-        conn.expected = VHOST_USER_HEADER_SIZE + size;
-        if (size > 0) continue;
-      }
-      const bytes = conn.rx.slice(0, conn.expected);
-      const fds = conn.fds;
-      const truncated = conn.fdsTruncated;
-      conn.received = 0;
-      conn.expected = VHOST_USER_HEADER_SIZE;
-      conn.fds = [];
-      conn.fdsTruncated = false;
-      this.message(bytes, fds, truncated);
-    }
+    this.listener?.resume();
   }
 
   private reject(e: unknown): void {
@@ -646,25 +495,11 @@ export class VhostUserBackend {
   }
 
   private send(bytes: Uint8Array, fds: readonly number[] = []): void {
-    const conn = this.conn;
-    if (conn === null) return;
-    try {
-      // Replies are small; a socket buffer too full for one means the front-end stopped reading.
-      const n = this.native.sendmsg(conn.fd, bytes, fds);
-      if (n !== bytes.length) this.disconnect('the front-end does not read its replies');
-    } catch (e) {
-      this.disconnect(`send failed: ${(e as Error).message}`);
-    }
+    this.conn?.send(bytes, fds);
   }
 
   private closeFds(fds: readonly number[]): void {
-    for (const fd of fds) {
-      try {
-        this.native.close(fd);
-      } catch {
-        // Already closed.
-      }
-    }
+    closeFds(this.native, fds);
   }
 
   private closeUnkept(fds: readonly number[]): void {
