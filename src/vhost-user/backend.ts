@@ -51,7 +51,7 @@ import {
   VhostUserRequest,
 } from './codec.js';
 import { closeFds, SocketListener, VhostUserConnection } from './connection.js';
-import { DirtyLog } from './dirty-log.js';
+import { MigrationLog } from './dirty-log.js';
 import {
   InflightBuffer,
   inflightBufferBytes,
@@ -254,9 +254,7 @@ export class VhostUserBackend {
   private queues: Queue[] = [];
   private ctx: DeviceContext | null = null;
   /** The dirty log of SET_LOG_BASE, and the eventfd of SET_LOG_FD. */
-  private log: DirtyLog | null = null;
-  private logArea: SharedArea | null = null;
-  private logFd: number | null = null;
+  private readonly mlog: MigrationLog;
   /** The inflight buffer of GET/SET_INFLIGHT_FD. */
   private inflight: InflightBuffer | null = null;
   /** fds a handler sends with its reply; closed once the message is done. */
@@ -292,6 +290,9 @@ export class VhostUserBackend {
     this.offeredProtocolFeatures = offered;
     this.native = options.native ?? loadNative();
     this.logger = options.logger ?? consoleLogger;
+    this.mlog = new MigrationLog(this.native, (message, detail) =>
+      this.logger.warn(`vhost-user: ${message}`, detail),
+    );
     this.onConnect = options.onConnect;
     this.onMessage = options.onMessage;
     this.onDisconnect = options.onDisconnect;
@@ -337,7 +338,7 @@ export class VhostUserBackend {
 
   /** True while the front-end has the back-end log its writes (LOG_ALL and a log base). */
   get logging(): boolean {
-    return this.log !== null && (this.features & LOG_ALL_BIT) !== 0n;
+    return this.mlog.present && (this.features & LOG_ALL_BIT) !== 0n;
   }
 
   /** The front-end's memory table as mapped here. */
@@ -728,7 +729,7 @@ export class VhostUserBackend {
           throw new RequestFailure('SET_LOG_BASE without LOG_SHMFD');
         }
         const m = mapShared(this.native, msg.fd, msg.log.mmapOffset, msg.log.mmapSize, 'log');
-        this.setLog({ buffer: m.buffer, offset: m.offset, size: msg.log.mmapSize }, this.logFd);
+        this.setLog({ buffer: m.buffer, offset: m.offset, size: msg.log.mmapSize }, this.mlog.fd);
         // "SET_LOG_BASE": with LOG_SHMFD the front-end waits for this (zero) answer.
         return encodeU64Reply(msg.request, 0);
       }
@@ -737,7 +738,7 @@ export class VhostUserBackend {
           throw new RequestFailure('SET_LOG_FD without LOG_SHMFD');
         }
         this.kept.add(msg.fd);
-        this.setLog(this.logArea, msg.fd);
+        this.setLog(this.mlog.area, msg.fd);
         return null;
       case 'GET_INFLIGHT_FD':
         return this.getInflight(msg.inflight);
@@ -831,20 +832,17 @@ export class VhostUserBackend {
    */
   private setLog(area: SharedArea | null, fd: number | null): void {
     this.flushLog();
-    const oldFd = this.logFd;
-    this.logFd = fd;
-    this.logArea = area;
-    this.log = area === null ? null : new DirtyLog(area.buffer, area.offset, area.size);
+    const oldFd = this.mlog.replace(area, fd, null);
     try {
       this.loggingChanged();
     } finally {
-      if (oldFd !== null && oldFd !== fd) this.closeFds([oldFd]);
+      if (oldFd !== null) this.closeFds([oldFd]);
     }
   }
 
   /** What the ring workers log into: nothing unless the front-end has logging on. */
   private ringLog(): RingLog {
-    return { area: this.logging ? this.logArea : null, fd: this.logFd };
+    return { area: this.logging ? this.mlog.area : null, fd: this.mlog.fd };
   }
 
   /**
@@ -863,31 +861,25 @@ export class VhostUserBackend {
 
   /**
    * Moves the pages the device wrote since the last call into the dirty log (see
-   * {@link DirtyLog}), and tells the front-end through the log eventfd when there were any.
+   * {@link MigrationLog}), and tells the front-end through the log eventfd when there were any.
    */
   private flushLog(): void {
-    const log = this.log;
-    const memory = this.table.memory;
-    if (log === null || memory === null || !this.logging) return;
-    const moved = log.absorb(memory);
-    if (moved === 0) return;
-    if (!this.packed) {
-      for (const ring of this.rings) {
-        // "Migration": used-ring writes are logged at log_guest_addr. QEMU passes the ring's
-        // own guest address, which absorb() has covered; a front-end that passes another gets
-        // the whole ring marked there too.
-        if (ring.running && ring.logUsed && ring.logGuestAddr !== ring.used) {
-          log.markRange(ring.logGuestAddr, usedRingBytes(ring.num));
-        }
-      }
-    }
-    if (moved === 0) return;
-    this.counters.loggedPages += moved;
-    if (this.logFd !== null) {
-      try {
-        this.native.eventfdWrite(this.logFd, 1);
-      } catch (e) {
-        this.logger.warn('vhost-user: writing the log fd failed', { error: (e as Error).message });
+    if (!this.logging) return;
+    this.counters.loggedPages += this.mlog.flush(
+      this.table.memory,
+      this.packed ? undefined : () => this.usedRingsLoggedElsewhere(),
+    );
+  }
+
+  /**
+   * "Migration": used-ring writes are logged at log_guest_addr. QEMU passes the ring's own
+   * guest address, which the flush has covered; a front-end that passes another gets the whole
+   * ring marked there too.
+   */
+  private *usedRingsLoggedElsewhere(): Iterable<readonly [number, number]> {
+    for (const ring of this.rings) {
+      if (ring.running && ring.logUsed && ring.logGuestAddr !== ring.used) {
+        yield [ring.logGuestAddr, usedRingBytes(ring.num)];
       }
     }
   }

@@ -74,3 +74,80 @@ export class DirtyLog {
     return moved;
   }
 }
+
+/** Where a log lives: a slice of a shared mapping (SET_LOG_BASE). */
+export interface LogArea {
+  readonly buffer: SharedArrayBuffer;
+  readonly offset: number;
+  readonly size: number;
+}
+
+/** Sends the front-end's log eventfd its signal (SET_LOG_FD). */
+export interface LogSignal {
+  eventfdWrite(fd: number, value: number): void;
+}
+
+/**
+ * Migration logging as both data planes run it (the back-end's thread and each ring worker):
+ * the current log and its eventfd, and the flush that moves the pages a device wrote into the
+ * log and signals the eventfd when it moved any. One place, so the two cannot drift apart.
+ */
+export class MigrationLog {
+  private log: DirtyLog | null = null;
+  private logArea: LogArea | null = null;
+  private logFd: number | null = null;
+
+  constructor(
+    private readonly signal: LogSignal,
+    private readonly warn: (message: string, detail: Record<string, unknown>) => void,
+  ) {}
+
+  /** The log's area, or null when there is none. */
+  get area(): LogArea | null {
+    return this.logArea;
+  }
+
+  /** The log eventfd, or null. */
+  get fd(): number | null {
+    return this.logFd;
+  }
+
+  /** True when there is a log to write into. */
+  get present(): boolean {
+    return this.log !== null;
+  }
+
+  /**
+   * Replaces the log and its eventfd (flush into the old one first). Returns the eventfd
+   * replaced, for the caller to close once nothing else uses it (null when unchanged).
+   */
+  replace(area: LogArea | null, fd: number | null, memory: GuestMemory | null): number | null {
+    this.flush(memory);
+    const old = this.logFd;
+    this.logArea = area;
+    this.logFd = fd;
+    this.log = area === null ? null : new DirtyLog(area.buffer, area.offset, area.size);
+    return old !== null && old !== fd ? old : null;
+  }
+
+  /**
+   * Moves the pages `memory` recorded into the log, marks `extra` ranges ([address, bytes])
+   * when any moved, and signals the eventfd. Returns the number of pages moved (0: nothing to
+   * do, no log, or no memory).
+   */
+  flush(memory: GuestMemory | null, extra?: () => Iterable<readonly [number, number]>): number {
+    const log = this.log;
+    if (log === null || memory === null) return 0;
+    const moved = log.absorb(memory);
+    if (moved === 0) return 0;
+    if (extra !== undefined) for (const [addr, bytes] of extra()) log.markRange(addr, bytes);
+    if (this.logFd !== null) {
+      try {
+        this.signal.eventfdWrite(this.logFd, 1);
+      } catch (e) {
+        this.warn('writing the log fd failed', { error: (e as Error).message });
+      }
+    }
+    return moved;
+  }
+}

@@ -11,7 +11,7 @@ import { consoleLogger, type Logger, silentLogger } from '../queue/logger.js';
 import { TrackedPackedQueue } from '../queue/packed/tracked.js';
 import type { Queue } from '../queue/queue.js';
 import { TrackedSplitQueue } from '../queue/split/tracked.js';
-import { DirtyLog } from './dirty-log.js';
+import { MigrationLog } from './dirty-log.js';
 import { SplitInflight } from './inflight.js';
 import { loadNative } from './native.js';
 import { PackedInflight } from './packed-inflight.js';
@@ -49,32 +49,23 @@ interface Running {
 let running: Running | null = null;
 let callFd: number | null = null;
 let errFd: number | null = null;
-let log: DirtyLog | null = null;
-let logFd: number | null = null;
+const mlog = new MigrationLog(native, (message, detail) =>
+  logger.warn(`vhost-user ring worker: ${message}`, detail),
+);
 
 function setLog(l: RingLog): void {
   flushLog();
-  log = l.area === null ? null : new DirtyLog(l.area.buffer, l.area.offset, l.area.size);
-  logFd = l.fd;
+  // The back-end closes the eventfd it replaced, once this worker has acknowledged.
+  mlog.replace(l.area, l.fd, null);
   // Pages are recorded only while they go to a log.
-  running?.memory.setDirtyTracking(log !== null);
+  running?.memory.setDirtyTracking(mlog.present);
 }
 
-/** Moves the pages the device wrote into the dirty log (see DirtyLog). */
+/** Moves the pages the device wrote into the dirty log (see MigrationLog). */
 function flushLog(): void {
-  if (log === null || running === null) return;
-  const moved = log.absorb(running.memory);
-  if (moved === 0) return;
-  Atomics.add(control, C_LOGGED_PAGES, moved);
-  if (logFd !== null) {
-    try {
-      native.eventfdWrite(logFd, 1);
-    } catch (e) {
-      logger.warn('vhost-user ring worker: writing the log fd failed', {
-        error: (e as Error).message,
-      });
-    }
-  }
+  if (running === null) return;
+  const moved = mlog.flush(running.memory);
+  if (moved > 0) Atomics.add(control, C_LOGGED_PAGES, moved);
 }
 
 const sink: InterruptSink = {
