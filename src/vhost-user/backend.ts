@@ -14,7 +14,6 @@
  * message that loses the framing, or a failed request whose reply the front-end waits for,
  * closes that connection and the back-end waits for the next front-end.
  */
-import { ftruncateSync } from 'node:fs';
 import type { DeviceContext, InterruptSink, VirtioDevice } from '../devices/device.js';
 import { featureBit, hasFeature } from '../devices/device.js';
 import { isVirtqError, VhostUserError } from '../errors.js';
@@ -37,7 +36,6 @@ import {
   encodeAckReply,
   encodeConfigErrorReply,
   encodeConfigReply,
-  encodeInflightReply,
   encodeU64Reply,
   encodeVringStateReply,
   protocolFeatureMask,
@@ -52,16 +50,12 @@ import {
 } from './codec.js';
 import { closeFds, SocketListener, VhostUserConnection } from './connection.js';
 import { MigrationLog } from './dirty-log.js';
-import {
-  InflightBuffer,
-  inflightBufferBytes,
-  recordedDescNum,
-  SplitInflight,
-  splitInflightRegionBytes,
-} from './inflight.js';
+import { type InflightBuffer, SplitInflight } from './inflight.js';
+import { adoptInflightBuffer, type InflightContext, newInflightBuffer } from './inflight-fd.js';
 import { MemoryTable, MemoryTableError, mapShared } from './memory-table.js';
 import { type FdWatcher, loadNative, type VhostUserNative } from './native.js';
 import { PackedInflight } from './packed-inflight.js';
+import { RequestFailure } from './request-failure.js';
 import {
   applyInflight,
   applyPackedInflight,
@@ -143,11 +137,6 @@ export interface VhostUserBackendStats {
   resubmitted: number;
 }
 
-/** A request the back-end refuses (bad ring index, address outside the table...). */
-class RequestFailure extends Error {
-  override readonly name: string = 'RequestFailure';
-}
-
 /** Requests whose reply the front-end always waits for (so a failure cannot stay silent). */
 const REPLYING_REQUESTS: ReadonlySet<number> = new Set([
   VhostUserRequest.GET_FEATURES,
@@ -218,8 +207,6 @@ const PROTOCOL_FEATURES_BIT = featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
 const LOG_ALL_BIT = featureBit(VHOST_F_LOG_ALL);
 /** Feature bits that belong to vhost-user itself, not to the device. */
 const VHOST_FEATURE_BITS = PROTOCOL_FEATURES_BIT | LOG_ALL_BIT;
-/** Largest inflight buffer a front-end may ask for (GET_INFLIGHT_FD). */
-const MAX_INFLIGHT_BYTES = 256 << 20;
 
 /** Serves one virtio device over vhost-user; see the module comment. */
 export class VhostUserBackend {
@@ -740,32 +727,16 @@ export class VhostUserBackend {
         this.kept.add(msg.fd);
         this.setLog(this.mlog.area, msg.fd);
         return null;
-      case 'GET_INFLIGHT_FD':
-        return this.getInflight(msg.inflight);
-      case 'SET_INFLIGHT_FD': {
-        const i = msg.inflight;
-        this.checkInflightShape(i.numQueues, i.queueSize);
-        if (i.mmapSize > MAX_INFLIGHT_BYTES) throw new RequestFailure('inflight buffer too large');
-        // Regions follow each other at a fixed step; ours are larger than the front-end asked
-        // for (see inflightDescNum), and the first region's header says for how many entries.
-        const step = Math.floor(i.mmapSize / i.numQueues / 64) * 64;
-        if (step < splitInflightRegionBytes(i.queueSize)) {
-          throw new RequestFailure(
-            `inflight buffer of ${i.mmapSize} bytes is too small for ${i.numQueues} queues of ${i.queueSize}`,
-          );
-        }
-        const whole = mapShared(this.native, msg.fd, i.mmapOffset, i.mmapSize, 'inflight buffer');
-        const recorded = recordedDescNum(whole, i.mmapSize);
-        let descNum = i.queueSize;
-        for (const n of [recorded, this.inflightDescNum(i.queueSize)]) {
-          if (n > descNum && splitInflightRegionBytes(n) <= step) {
-            descNum = n;
-            break;
-          }
-        }
-        this.inflight = new InflightBuffer(whole, i.numQueues, descNum, step);
-        return null;
+      case 'GET_INFLIGHT_FD': {
+        const made = newInflightBuffer(this.inflightContext(), msg.inflight);
+        // Sent with the reply, then closed (message() closes it on every path).
+        this.replyFds.push(made.fd);
+        this.inflight = made.buffer;
+        return made.reply;
       }
+      case 'SET_INFLIGHT_FD':
+        this.inflight = adoptInflightBuffer(this.inflightContext(), msg.inflight, msg.fd);
+        return null;
       default:
         throw new RequestFailure(`${msg.kind} is not supported by this back-end`);
     }
@@ -775,53 +746,12 @@ export class VhostUserBackend {
     return (this.protocolFeatures & protocolFeatureMask(bit)) !== 0n;
   }
 
-  // ---- inflight tracking (INFLIGHT_SHMFD) ----
-
-  private checkInflightShape(numQueues: number, queueSize: number): void {
-    if (!this.hasProtocolFeature(VhostUserProtocolFeature.INFLIGHT_SHMFD)) {
-      throw new RequestFailure('inflight buffer without INFLIGHT_SHMFD');
-    }
-    if (numQueues < 1 || numQueues > this.rings.length) {
-      throw new RequestFailure(
-        `inflight buffer for ${numQueues} queues; the device has ${this.rings.length}`,
-      );
-    }
-    if (queueSize < 1 || queueSize > 32768) {
-      throw new RequestFailure(`inflight queue size ${queueSize} is not in 1..32768`);
-    }
-    if (inflightBufferBytes(numQueues, queueSize) > MAX_INFLIGHT_BYTES) {
-      throw new RequestFailure('inflight buffer too large');
-    }
-  }
-
-  /**
-   * Entries per inflight region for a front-end that asks for `queueSize`: at least the largest
-   * ring this device accepts. QEMU asks with its `queue-size` property (128 by default), yet its
-   * virtio-mmio transport lets the guest choose any ring size up to the back-end's maximum
-   * (Linux takes 1024); a region sized by the request could not track such a ring. The front-end
-   * only keeps the buffer and hands it back, so its regions may be larger than it asked for.
-   */
-  private inflightDescNum(queueSize: number): number {
-    let max = queueSize;
-    for (const m of this.device.queueMaxSizes) if (m > max) max = m;
-    return Math.min(max, 32768);
-  }
-
-  /** GET_INFLIGHT_FD: a new, zeroed buffer in a memfd, which becomes this back-end's too. */
-  private getInflight(req: { numQueues: number; queueSize: number }): Uint8Array {
-    this.checkInflightShape(req.numQueues, req.queueSize);
-    const reply = { mmapOffset: 0, numQueues: req.numQueues, queueSize: req.queueSize };
-    const descNum = this.inflightDescNum(req.queueSize);
-    // Room for either layout: QEMU asks before it sets the features (split or packed).
-    const size = inflightBufferBytes(req.numQueues, descNum);
-    if (size > MAX_INFLIGHT_BYTES) throw new RequestFailure('inflight buffer too large');
-    const fd = this.native.memfdCreate('virtq-inflight', 0);
-    // Sent with the reply, then closed (message() closes it on every path).
-    this.replyFds.push(fd);
-    ftruncateSync(fd, size);
-    const m = mapShared(this.native, fd, 0, size, 'inflight buffer');
-    this.inflight = new InflightBuffer(m, req.numQueues, descNum);
-    return encodeInflightReply({ ...reply, mmapSize: size });
+  private inflightContext(): InflightContext {
+    return {
+      native: this.native,
+      negotiated: this.hasProtocolFeature(VhostUserProtocolFeature.INFLIGHT_SHMFD),
+      queueMaxSizes: this.device.queueMaxSizes,
+    };
   }
 
   // ---- dirty logging (LOG_SHMFD) ----
