@@ -14,10 +14,9 @@
  * message that loses the framing, or a failed request whose reply the front-end waits for,
  * closes that connection and the back-end waits for the next front-end.
  */
-import type { DeviceContext, InterruptSink, VirtioDevice } from '../devices/device.js';
+import type { VirtioDevice } from '../devices/device.js';
 import { featureBit, hasFeature } from '../devices/device.js';
 import { isVirtqError, VhostUserError } from '../errors.js';
-import { startModuleWorker } from '../node/device-worker.js';
 import {
   VIRTIO_F_EVENT_IDX,
   VIRTIO_F_IN_ORDER,
@@ -28,7 +27,6 @@ import { createQueue } from '../queue/factory.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
 import type { PackedQueue } from '../queue/packed/queue.js';
 import { TrackedPackedQueue } from '../queue/packed/tracked.js';
-import type { Queue } from '../queue/queue.js';
 import { usedRingBytes } from '../queue/split/layout.js';
 import { TrackedSplitQueue } from '../queue/split/tracked.js';
 import {
@@ -49,32 +47,17 @@ import {
   VhostUserRequest,
 } from './codec.js';
 import { closeFds, SocketListener, VhostUserConnection } from './connection.js';
+import { type DataPlane, InProcessPlane, type PlaneHost } from './data-plane.js';
 import { MigrationLog } from './dirty-log.js';
-import { type InflightBuffer, SplitInflight } from './inflight.js';
+import type { InflightBuffer, SplitInflight } from './inflight.js';
 import { adoptInflightBuffer, type InflightContext, newInflightBuffer } from './inflight-fd.js';
 import { MemoryTable, MemoryTableError, mapShared } from './memory-table.js';
 import { type FdWatcher, loadNative, type VhostUserNative } from './native.js';
-import { PackedInflight } from './packed-inflight.js';
+import type { PackedInflight } from './packed-inflight.js';
 import { RequestFailure } from './request-failure.js';
-import {
-  applyInflight,
-  applyPackedInflight,
-  PACKED_WRAP_BIT,
-  ringBase,
-  signalError,
-} from './ring-state.js';
-import {
-  C_CALLS,
-  C_KICKS,
-  C_LOGGED_PAGES,
-  C_RESUBMITTED,
-  CONTROL_WORDS,
-  DEFAULT_ACK_TIMEOUT_MS,
-  type RingLog,
-  type RingWorkerData,
-  RingWorkerHandle,
-  type SharedArea,
-} from './ring-workers.js';
+import { freshRing, PACKED_WRAP_BIT, type RingState } from './ring-state.js';
+import { DEFAULT_ACK_TIMEOUT_MS, type RingLog, type SharedArea } from './ring-worker-protocol.js';
+import { WorkerPlane } from './worker-plane.js';
 
 /** Protocol features this back-end offers. */
 export const VHOST_USER_BACKEND_PROTOCOL_FEATURES: bigint =
@@ -101,7 +84,7 @@ export interface VhostUserBackendOptions {
   /** Called when the front-end's connection ends, with the reason. */
   onDisconnect?: (reason: string) => void;
   /**
-   * Serve each ring on its own worker thread (see ring-workers.ts), on a device the worker
+   * Serve each ring on its own worker thread (see ring-worker-protocol.ts), on a device the worker
    * builds from `spec` (a DeviceWorkerSpec of virtq/node). The device given to the constructor
    * then only answers feature negotiation and configuration accesses; it must be built from
    * the same spec. `quiet` drops the workers' warnings.
@@ -150,59 +133,6 @@ const REPLYING_REQUESTS: ReadonlySet<number> = new Set([
   VhostUserRequest.SET_LOG_BASE,
 ]);
 
-/** Per-ring state set by the front-end. */
-interface RingState {
-  num: number;
-  /** Guest-physical ring addresses (translated at SET_VRING_ADDR), or null before it. */
-  desc: number;
-  avail: number;
-  used: number;
-  /** The user addresses, re-translated when the memory table changes. */
-  userAddr: { desc: number; avail: number; used: number } | null;
-  /** SET_VRING_ADDR's VHOST_VRING_F_LOG: used-ring writes are logged at `logGuestAddr`. */
-  logUsed: boolean;
-  logGuestAddr: number;
-  /** SET_VRING_BASE's value, or where the ring stopped. */
-  base: number;
-  kickFd: number | null;
-  kickWatcher: FdWatcher | null;
-  callFd: number | null;
-  errFd: number | null;
-  /** SET_VRING_KICK received, GET_VRING_BASE not yet. */
-  started: boolean;
-  /** SET_VRING_ENABLE's value. */
-  enabled: boolean;
-  /** The device processes the ring. */
-  running: boolean;
-  /**
-   * The ring's worker died or did not stop in time while the ring ran: where the ring stopped
-   * is unknown, so GET_VRING_BASE cannot be answered (the connection is closed instead, and
-   * the front-end recovers through the inflight buffer).
-   */
-  lost: boolean;
-}
-
-function freshRing(): RingState {
-  return {
-    num: 0,
-    desc: 0,
-    avail: 0,
-    used: 0,
-    userAddr: null,
-    logUsed: false,
-    logGuestAddr: 0,
-    base: 0,
-    kickFd: null,
-    kickWatcher: null,
-    callFd: null,
-    errFd: null,
-    started: false,
-    enabled: false,
-    running: false,
-    lost: false,
-  };
-}
-
 const PROTOCOL_FEATURES_BIT = featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
 const LOG_ALL_BIT = featureBit(VHOST_F_LOG_ALL);
 /** Feature bits that belong to vhost-user itself, not to the device. */
@@ -225,9 +155,8 @@ export class VhostUserBackend {
   private readonly onConnect: (() => void) | undefined;
   private readonly onMessage: ((message: VhostUserMessage) => void) | undefined;
   private readonly onDisconnect: ((reason: string) => void) | undefined;
-  private readonly workerSpec: { spec: unknown; quiet: boolean; ackTimeoutMs: number } | null;
-  /** One worker per ring in ring-worker mode (null: not started yet, or gone). */
-  private readonly workers: (RingWorkerHandle | null)[];
+  /** Where started rings are served: this thread, or one worker per ring. */
+  private readonly plane: DataPlane;
 
   private listener: SocketListener | null = null;
   private conn: VhostUserConnection | null = null;
@@ -238,8 +167,6 @@ export class VhostUserBackend {
   private readonly offeredProtocolFeatures: bigint;
   private table: MemoryTable = MemoryTable.empty;
   private rings: RingState[];
-  private queues: Queue[] = [];
-  private ctx: DeviceContext | null = null;
   /** The dirty log of SET_LOG_BASE, and the eventfd of SET_LOG_FD. */
   private readonly mlog: MigrationLog;
   /** The inflight buffer of GET/SET_INFLIGHT_FD. */
@@ -248,23 +175,6 @@ export class VhostUserBackend {
   private readonly replyFds: number[] = [];
   /** fds of the message being handled that a handler kept (the rest are closed). */
   private readonly kept = new Set<number>();
-
-  private readonly sink: InterruptSink = {
-    usedBuffer: (index) => this.signalUsed(index),
-    configChanged: () => {
-      if (this.device.needsReset) {
-        // DEVICE_NEEDS_RESET has no vhost-user message: the rings' error eventfds are what
-        // tells the front-end (QEMU reports "vhost vring error in virtqueue N").
-        this.logger.warn('vhost-user: the device needs a reset', {
-          error: String(this.device.lastError ?? ''),
-        });
-        for (const ring of this.rings) signalError(this.native, ring.errFd, this.logger);
-        return;
-      }
-      // Without the back-end request channel there is no way to tell the front-end.
-      this.logger.warn('vhost-user: device configuration changed (not signalled to the front-end)');
-    },
-  };
 
   constructor(device: VirtioDevice, options: VhostUserBackendOptions = {}) {
     this.device = device;
@@ -284,32 +194,36 @@ export class VhostUserBackend {
     this.onMessage = options.onMessage;
     this.onDisconnect = options.onDisconnect;
     this.rings = device.queueMaxSizes.map(freshRing);
-    this.workerSpec =
-      options.ringWorkers === undefined
-        ? null
-        : {
-            spec: options.ringWorkers.spec,
-            quiet: options.ringWorkers.quiet ?? false,
-            ackTimeoutMs: options.ringWorkers.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS,
-          };
-    this.workers = device.queueMaxSizes.map(() => null);
     // A device with transfers under way must drain them before a ring stops, which only a
     // ring worker can wait for.
-    if (this.workerSpec === null && device.asyncTransfers === true) {
+    if (options.ringWorkers === undefined && device.asyncTransfers === true) {
       throw new TypeError('a device with asynchronous transfers needs ringWorkers');
     }
+    const host: PlaneHost = {
+      device,
+      native: this.native,
+      logger: this.logger,
+      counters: this.counters,
+      ring: (index) => this.rings[index],
+      rings: () => this.rings,
+      flushLog: () => this.flushLog(),
+      closeFds: (fds) => this.closeFds(fds),
+    };
+    const workers = options.ringWorkers;
+    this.plane =
+      workers === undefined
+        ? new InProcessPlane(host)
+        : new WorkerPlane(host, {
+            spec: workers.spec,
+            quiet: workers.quiet ?? false,
+            ackTimeoutMs: workers.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS,
+          });
   }
 
   /** Counters of this back-end and its ring workers. */
   get stats(): VhostUserBackendStats {
     const s = { ...this.counters };
-    for (const w of this.workers) {
-      if (w === null) continue;
-      s.kicks += w.counter(C_KICKS);
-      s.calls += w.counter(C_CALLS);
-      s.resubmitted += w.counter(C_RESUBMITTED);
-      s.loggedPages += w.counter(C_LOGGED_PAGES);
-    }
+    this.plane.addStats(s);
     return s;
   }
 
@@ -366,10 +280,7 @@ export class VhostUserBackend {
   /** Disconnects the front-end, stops listening, removes the socket file, ends the workers. */
   close(): void {
     if (this.conn !== null) this.disconnect('back-end closed');
-    for (let i = 0; i < this.workers.length; i++) {
-      void this.workers[i]?.terminate();
-      this.workers[i] = null;
-    }
+    this.plane.close();
     this.listener?.close();
     this.listener = null;
   }
@@ -378,8 +289,7 @@ export class VhostUserBackend {
 
   private startConnection(fd: number): void {
     this.counters.connections++;
-    // Workers load while the front-end negotiates.
-    if (this.workerSpec !== null) for (let i = 0; i < this.rings.length; i++) this.worker(i);
+    this.plane.connected();
     this.conn = new VhostUserConnection(this.native, fd, {
       message: (bytes, fds, truncated) => this.message(bytes, fds, truncated),
       badHeader: (e) => this.reject(e),
@@ -623,8 +533,7 @@ export class VhostUserBackend {
         }
         this.stopKick(ring);
         ring.started = false;
-        const q = this.queues[index];
-        q?.reset();
+        this.plane.stopped(index);
         // The front-end's last pass over the dirty log comes after this answer.
         this.flushLog();
         this.resetDeviceIfIdle();
@@ -650,9 +559,9 @@ export class VhostUserBackend {
           }
           this.kept.add(fd);
           ring.kickFd = fd;
-          // In ring-worker mode the ring's worker waits on the eventfd instead.
-          if (this.workerSpec === null) ring.kickWatcher = watcher;
-          else watcher.stop();
+          // A plane that waits on kicks itself (ring workers) takes the eventfd instead.
+          if (this.plane.waitsOnKicks) watcher.stop();
+          else ring.kickWatcher = watcher;
         } else {
           this.logger.warn('vhost-user: ring without kick fd; it is served only when started', {
             index,
@@ -667,7 +576,7 @@ export class VhostUserBackend {
         const ring = this.ring(msg.file.index);
         // QEMU replaces call eventfds of running rings (interrupt masking): the worker must
         // have let go of the old one before it is closed.
-        if (ring.running) this.workers[msg.file.index]?.setCall(msg.file.fd);
+        if (ring.running) this.plane.callChanged(msg.file.index, msg.file.fd);
         if (ring.callFd !== null) this.closeFds([ring.callFd]);
         ring.callFd = msg.file.fd;
         if (msg.file.fd !== null) this.kept.add(msg.file.fd);
@@ -676,7 +585,7 @@ export class VhostUserBackend {
       case 'SET_VRING_ERR': {
         const ring = this.ring(msg.file.index);
         // A running ring's worker moves to the new eventfd: stopped here, started again below.
-        const restart = ring.running && this.workerSpec !== null;
+        const restart = ring.running && this.plane.restartsForErrFd;
         if (restart) this.stopRing(msg.file.index);
         if (ring.errFd !== null) this.closeFds([ring.errFd]);
         ring.errFd = msg.file.fd;
@@ -785,7 +694,7 @@ export class VhostUserBackend {
     // in-process device and the next turn see it at once).
     this.table.memory?.setDirtyTracking(this.logging);
     for (let i = 0; i < this.rings.length; i++) {
-      if (this.rings[i]!.running) this.workers[i]?.setLog(this.ringLog());
+      if (this.rings[i]!.running) this.plane.logChanged(i, this.ringLog());
     }
   }
 
@@ -834,7 +743,7 @@ export class VhostUserBackend {
     const memory = table.memory;
     memory?.setDirtyTracking(this.logging);
     // Running rings move to the new mappings (QEMU updates the table on memory hot-plug).
-    if (this.ctx !== null && memory !== null) this.ctx.memory = memory;
+    if (memory !== null) this.plane.memoryChanged(memory);
     for (let i = 0; i < this.rings.length; i++) {
       const ring = this.rings[i]!;
       if (!ring.running) continue;
@@ -917,58 +826,16 @@ export class VhostUserBackend {
       region = null;
     }
     ring.running = true;
-
-    if (this.workerSpec !== null) {
-      this.worker(index).start({
-        type: 'start',
-        features: f,
-        regions: this.table.regions.map((r) => ({
-          base: r.guestPhysAddr,
-          length: r.size,
-          buffer: r.buffer,
-          offset: r.offset,
-        })),
-        queue: q.save(),
-        inflight:
-          region === null
-            ? null
-            : {
-                buffer: region.buffer,
-                offset: region.offset,
-                size: 0,
-                descNum: region.descNum,
-              },
-        kickFd: ring.kickFd,
-        callFd: ring.callFd,
-        errFd: ring.errFd,
-        log: this.ringLog(),
-      });
-      return;
-    }
-
-    if (this.ctx === null) {
-      this.queues = this.device.queueMaxSizes.map((max) =>
-        createQueue(packed ? 'packed' : 'split', max, { logger: this.logger }),
-      );
-      this.ctx = {
-        memory,
-        queues: this.queues,
-        features: f,
-        interrupt: this.sink,
-        schedule: this.continueRing,
-      };
-      this.device.activate(this.ctx);
-    }
-    this.queues[index] = q;
-    if (region instanceof SplitInflight && q instanceof TrackedSplitQueue) {
-      this.counters.resubmitted += applyInflight(q, region, index, this.logger);
-    } else if (region instanceof PackedInflight && q instanceof TrackedPackedQueue) {
-      this.counters.resubmitted += applyPackedInflight(q, region, index, this.logger, () =>
-        signalError(this.native, ring.errFd, this.logger),
-      );
-    }
-    // Buffers made available before the ring started are served now.
-    this.notify(index);
+    this.plane.start({
+      index,
+      queue: q,
+      region,
+      features: f,
+      memory,
+      table: this.table,
+      ring,
+      log: this.ringLog(),
+    });
   }
 
   /** The inflight buffer rings record in, when INFLIGHT_SHMFD gave one. */
@@ -978,44 +845,6 @@ export class VhostUserBackend {
     // needs every chain's own element.
     if (hasFeature(this.features, VIRTIO_F_IN_ORDER)) return null;
     return this.inflight;
-  }
-
-  /** The worker of ring `index`, started if need be (ring-worker mode only). */
-  private worker(index: number): RingWorkerHandle {
-    const existing = this.workers[index];
-    if (existing !== null && existing !== undefined) return existing;
-    const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
-    const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
-    const data: RingWorkerData = {
-      spec: this.workerSpec!.spec,
-      index,
-      control,
-      quiet: this.workerSpec!.quiet,
-    };
-    const worker = startModuleWorker(new URL(`./ring-worker${ext}`, import.meta.url), {
-      workerData: data,
-      name: `virtq vhost-user ring ${index}`,
-    });
-    const handle = new RingWorkerHandle(worker, control, this.workerSpec!.ackTimeoutMs);
-    worker.on('error', (e) => {
-      this.logger.warn('vhost-user: a ring worker failed', { index, error: e.message });
-    });
-    worker.on('exit', () => {
-      if (this.workers[index] !== handle) return;
-      this.workers[index] = null;
-      const ring = this.rings[index];
-      if (ring?.running === true) {
-        this.logger.warn('vhost-user: the worker of a running ring exited', { index });
-        ring.running = false;
-        ring.lost = true;
-        // The guest would otherwise wait for the ring for ever.
-        signalError(this.native, ring.errFd, this.logger);
-      }
-    });
-    // The back-end's own thread must not wait for workers to end.
-    worker.unref();
-    this.workers[index] = handle;
-    return handle;
   }
 
   /**
@@ -1066,37 +895,9 @@ export class VhostUserBackend {
     // running.
     this.flushLog();
     ring.running = false;
-    if (this.workerSpec !== null) {
-      const w = this.workers[index];
-      if (w === null || w === undefined) {
-        ring.lost = true;
-        return;
-      }
-      try {
-        const base = w.stop();
-        if (base !== null) ring.base = base;
-      } catch (e) {
-        // A worker that does not answer is terminated; where its ring stopped is unknown.
-        this.logger.warn('vhost-user: a ring worker did not stop', {
-          index,
-          error: (e as Error).message,
-        });
-        this.workers[index] = null;
-        ring.lost = true;
-        // The ring's eventfds stay open until the terminated worker is gone (closeAfterExit).
-        const fds = [ring.kickFd, ring.callFd, ring.errFd].filter((fd) => fd !== null);
-        ring.kickWatcher?.stop();
-        ring.kickWatcher = null;
-        ring.kickFd = null;
-        ring.callFd = null;
-        ring.errFd = null;
-        w.closeAfterExit(fds, (fd) => this.closeFds([fd]));
-      }
-      return;
-    }
-    const q = this.queues[index];
-    if (q === undefined || !q.isActive) return;
-    ring.base = ringBase(q);
+    const base = this.plane.stop(index);
+    if (base === null) ring.lost = true;
+    else ring.base = base;
   }
 
   private stopKick(ring: RingState): void {
@@ -1108,21 +909,9 @@ export class VhostUserBackend {
 
   /** Resets the device once no ring runs or waits to resume. */
   private resetDeviceIfIdle(): void {
-    if (this.ctx === null) return;
+    if (!this.plane.deviceActive) return;
     if (this.rings.some((r) => r.started)) return;
-    this.resetDevice();
-  }
-
-  private resetDevice(): void {
-    if (this.ctx !== null) {
-      try {
-        this.device.reset();
-      } catch (e) {
-        this.logger.warn('vhost-user: device reset failed', { error: (e as Error).message });
-      }
-    }
-    this.ctx = null;
-    this.queues = [];
+    this.plane.resetDevice();
   }
 
   /** Forgets every ring and resets the device (disconnect, RESET_OWNER, RESET_DEVICE). */
@@ -1135,7 +924,7 @@ export class VhostUserBackend {
       if (ring.errFd !== null) this.closeFds([ring.errFd]);
     }
     this.rings = this.device.queueMaxSizes.map(freshRing);
-    this.resetDevice();
+    this.plane.resetDevice();
   }
 
   private kicked(index: number, error: Error | null): void {
@@ -1158,55 +947,6 @@ export class VhostUserBackend {
       return;
     }
     this.counters.kicks++;
-    if (ring.running) this.notify(index);
-  }
-
-  /**
-   * Where the device continues a ring whose turn spent its budget: on this thread's event
-   * loop (so the socket and other rings are served in between), only while the ring still
-   * runs (after GET_VRING_BASE it must not move), with the dirty log flushed after, as after
-   * a kick.
-   */
-  private readonly continueRing = (callback: () => void, index: number): void => {
-    setImmediate(() => {
-      if (this.rings[index]?.running !== true) return;
-      try {
-        callback();
-      } catch (e) {
-        this.logger.warn('vhost-user: the device failed while serving a ring', {
-          index,
-          error: e instanceof Error ? (e.stack ?? e.message) : String(e),
-        });
-      }
-      this.flushLog();
-    });
-  };
-
-  private notify(index: number): void {
-    try {
-      this.device.queueNotify(index);
-    } catch (e) {
-      this.logger.warn('vhost-user: the device failed while serving a ring', {
-        index,
-        error: e instanceof Error ? (e.stack ?? e.message) : String(e),
-      });
-    }
-    this.flushLog();
-  }
-
-  private signalUsed(index: number): void {
-    // Pages of the buffers the guest is about to see completed are logged first.
-    this.flushLog();
-    const fd = this.rings[index]?.callFd;
-    if (fd === null || fd === undefined) return;
-    try {
-      this.native.eventfdWrite(fd, 1);
-      this.counters.calls++;
-    } catch (e) {
-      this.logger.warn('vhost-user: writing a call fd failed', {
-        index,
-        error: (e as Error).message,
-      });
-    }
+    this.plane.kicked(index);
   }
 }

@@ -1,15 +1,68 @@
 /**
- * Ring state rules both the back-end's thread and its ring workers apply: the VRING_BASE value
- * of a stopped ring, and resuming a split ring from its inflight region.
+ * Ring state: what the front-end set for each ring, and the rules both the back-end's thread
+ * and its ring workers apply: the VRING_BASE value of a stopped ring, and resuming a split ring
+ * from its inflight region.
  */
-
 import type { Logger } from '../queue/logger.js';
 import type { TrackedPackedQueue } from '../queue/packed/tracked.js';
 import type { Queue } from '../queue/queue.js';
 import type { TrackedSplitQueue } from '../queue/split/tracked.js';
 import type { SplitInflight } from './inflight.js';
-import type { VhostUserNative } from './native.js';
+import type { FdWatcher, VhostUserNative } from './native.js';
 import type { PackedInflight } from './packed-inflight.js';
+
+/** Per-ring state set by the front-end. */
+export interface RingState {
+  num: number;
+  /** Guest-physical ring addresses (translated at SET_VRING_ADDR), or null before it. */
+  desc: number;
+  avail: number;
+  used: number;
+  /** The user addresses, re-translated when the memory table changes. */
+  userAddr: { desc: number; avail: number; used: number } | null;
+  /** SET_VRING_ADDR's VHOST_VRING_F_LOG: used-ring writes are logged at `logGuestAddr`. */
+  logUsed: boolean;
+  logGuestAddr: number;
+  /** SET_VRING_BASE's value, or where the ring stopped. */
+  base: number;
+  kickFd: number | null;
+  kickWatcher: FdWatcher | null;
+  callFd: number | null;
+  errFd: number | null;
+  /** SET_VRING_KICK received, GET_VRING_BASE not yet. */
+  started: boolean;
+  /** SET_VRING_ENABLE's value. */
+  enabled: boolean;
+  /** The device processes the ring. */
+  running: boolean;
+  /**
+   * The ring's worker died or did not stop in time while the ring ran: where the ring stopped
+   * is unknown, so GET_VRING_BASE cannot be answered (the connection is closed instead, and
+   * the front-end recovers through the inflight buffer).
+   */
+  lost: boolean;
+}
+
+export function freshRing(): RingState {
+  return {
+    num: 0,
+    desc: 0,
+    avail: 0,
+    used: 0,
+    userAddr: null,
+    logUsed: false,
+    logGuestAddr: 0,
+    base: 0,
+    kickFd: null,
+    kickWatcher: null,
+    callFd: null,
+    errFd: null,
+    started: false,
+    enabled: false,
+    running: false,
+    lost: false,
+  };
+}
 
 /** A packed ring position's wrap counter bit in VRING_BASE. */
 export const PACKED_WRAP_BIT = 0x8000;

@@ -1,5 +1,5 @@
 /**
- * Entry module of a ring worker (see ring-workers.ts): builds its own device from the spec in
+ * Entry module of a ring worker (see ring-worker-protocol.ts): builds its own device from the spec in
  * `workerData`, then serves one ring whenever the back-end starts it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
@@ -27,9 +27,9 @@ import {
   type RingLog,
   type RingWorkerData,
   type RingWorkerMessage,
-} from './ring-workers.js';
+} from './ring-worker-protocol.js';
 
-if (parentPort === null) throw new Error('ring-worker runs in a worker thread');
+if (parentPort === null) throw new Error('ring-worker-main runs in a worker thread');
 const port = parentPort;
 const data = workerData as RingWorkerData;
 const index = data.index;

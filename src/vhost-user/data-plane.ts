@@ -1,0 +1,267 @@
+/**
+ * The data plane of the vhost-user back-end: where a started ring is served. One interface,
+ * two implementations, chosen once when the back-end is built:
+ *
+ * - {@link InProcessPlane}: every ring on the back-end's own thread, with the device the
+ *   back-end was given (the class's default);
+ * - `WorkerPlane` (worker-plane.ts): one worker thread per ring, each with its own device
+ *   built from a spec (`ringWorkers`, what `virtq vhost-user-blk` uses).
+ *
+ * The control plane (backend.ts) validates a ring before it hands it over: the queue a plane
+ * receives is built and initialised over the guest's memory and positioned where the ring
+ * resumes. Either plane serves a ring the same way: a kick, a turn of the device (bounded by
+ * its budget; a continuation goes to the back of the thread's event loop), the dirty log
+ * flushed, the call eventfd written when the driver wants it, the error eventfd when the device
+ * needs a reset.
+ */
+import type { DeviceContext, InterruptSink, VirtioDevice } from '../devices/device.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { createQueue } from '../queue/factory.js';
+import type { Logger } from '../queue/logger.js';
+import { TrackedPackedQueue } from '../queue/packed/tracked.js';
+import type { Queue } from '../queue/queue.js';
+import { TrackedSplitQueue } from '../queue/split/tracked.js';
+import { SplitInflight } from './inflight.js';
+import type { MemoryTable } from './memory-table.js';
+import type { VhostUserNative } from './native.js';
+import { PackedInflight } from './packed-inflight.js';
+import {
+  applyInflight,
+  applyPackedInflight,
+  type RingState,
+  ringBase,
+  signalError,
+} from './ring-state.js';
+import type { RingLog } from './ring-worker-protocol.js';
+
+/** Counters a plane adds to (the back-end's stats). */
+export interface PlaneCounters {
+  kicks: number;
+  calls: number;
+  loggedPages: number;
+  resubmitted: number;
+}
+
+/** What a plane uses of the back-end. */
+export interface PlaneHost {
+  readonly device: VirtioDevice;
+  readonly native: VhostUserNative;
+  readonly logger: Logger;
+  readonly counters: PlaneCounters;
+  /** Ring `index`'s state as the front-end set it (undefined: no such ring). */
+  ring(index: number): RingState | undefined;
+  /** Every ring's state. */
+  rings(): readonly RingState[];
+  /** Moves the pages the device wrote into the dirty log, when the front-end logs. */
+  flushLog(): void;
+  /** Closes descriptors the back-end owned. */
+  closeFds(fds: readonly number[]): void;
+}
+
+/** A ring the control plane validated and hands to a plane. */
+export interface RingStart {
+  readonly index: number;
+  /** Initialised over `memory` and positioned where the ring resumes. */
+  readonly queue: Queue;
+  /** Where the ring records chains in flight (INFLIGHT_SHMFD), or null. */
+  readonly region: SplitInflight | PackedInflight | null;
+  readonly features: bigint;
+  readonly memory: GuestMemory;
+  readonly table: MemoryTable;
+  readonly ring: RingState;
+  /** The dirty log the ring writes into (area null: the front-end does not log). */
+  readonly log: RingLog;
+}
+
+/** Where started rings are served. */
+export interface DataPlane {
+  /**
+   * True when the plane waits on the rings' kick eventfds itself (ring workers); false when
+   * the back-end watches them and calls {@link kicked}.
+   */
+  readonly waitsOnKicks: boolean;
+  /** True when a running ring must be restarted to move to a new error eventfd. */
+  readonly restartsForErrFd: boolean;
+  /** The device is active (some ring ran since the last reset). */
+  readonly deviceActive: boolean;
+  /** A front-end connected. */
+  connected(): void;
+  /** Serves a ring from now on. */
+  start(s: RingStart): void;
+  /**
+   * Stops serving ring `index` (running). Returns where it stopped (VRING_BASE), or null when
+   * that is unknown: the ring is lost (its worker died or did not answer).
+   */
+  stop(index: number): number | null;
+  /** Ring `index` stopped for good (GET_VRING_BASE answered). */
+  stopped(index: number): void;
+  /** The front-end kicked ring `index` (planes that do not wait on kicks themselves). */
+  kicked(index: number): void;
+  /** A running ring's call eventfd is being replaced: the plane lets go of the old one. */
+  callChanged(index: number, fd: number | null): void;
+  /** The dirty log moved or logging was switched: running ring `index` follows. */
+  logChanged(index: number, log: RingLog): void;
+  /** The memory table was replaced; running rings are restarted by the back-end after this. */
+  memoryChanged(memory: GuestMemory): void;
+  /** Resets the device (no ring runs). */
+  resetDevice(): void;
+  /** Adds the plane's own counters to `stats`. */
+  addStats(stats: PlaneCounters): void;
+  /** Ends everything the plane started (the back-end closes). */
+  close(): void;
+}
+
+/**
+ * Every ring on the back-end's thread: one device context for all rings, activated when the
+ * first ring starts, reset when the last one stops for good.
+ */
+export class InProcessPlane implements DataPlane {
+  readonly waitsOnKicks = false;
+  readonly restartsForErrFd = false;
+  private ctx: DeviceContext | null = null;
+  private queues: Queue[] = [];
+
+  private readonly sink: InterruptSink;
+
+  constructor(private readonly host: PlaneHost) {
+    this.sink = {
+      usedBuffer: (index) => this.signalUsed(index),
+      configChanged: () => {
+        const device = host.device;
+        if (device.needsReset) {
+          // DEVICE_NEEDS_RESET has no vhost-user message: the rings' error eventfds are what
+          // tells the front-end (QEMU reports "vhost vring error in virtqueue N").
+          host.logger.warn('vhost-user: the device needs a reset', {
+            error: String(device.lastError ?? ''),
+          });
+          for (const ring of host.rings()) signalError(host.native, ring.errFd, host.logger);
+          return;
+        }
+        // Without the back-end request channel there is no way to tell the front-end.
+        host.logger.warn(
+          'vhost-user: device configuration changed (not signalled to the front-end)',
+        );
+      },
+    };
+  }
+
+  get deviceActive(): boolean {
+    return this.ctx !== null;
+  }
+
+  connected(): void {}
+
+  start(s: RingStart): void {
+    const host = this.host;
+    if (this.ctx === null) {
+      const format = s.queue.format;
+      this.queues = host.device.queueMaxSizes.map((max) =>
+        createQueue(format, max, { logger: host.logger }),
+      );
+      this.ctx = {
+        memory: s.memory,
+        queues: this.queues,
+        features: s.features,
+        interrupt: this.sink,
+        schedule: this.continueRing,
+      };
+      host.device.activate(this.ctx);
+    }
+    this.queues[s.index] = s.queue;
+    const { region, queue: q } = s;
+    if (region instanceof SplitInflight && q instanceof TrackedSplitQueue) {
+      host.counters.resubmitted += applyInflight(q, region, s.index, host.logger);
+    } else if (region instanceof PackedInflight && q instanceof TrackedPackedQueue) {
+      host.counters.resubmitted += applyPackedInflight(q, region, s.index, host.logger, () =>
+        signalError(host.native, s.ring.errFd, host.logger),
+      );
+    }
+    // Buffers made available before the ring started are served now.
+    this.notify(s.index);
+  }
+
+  stop(index: number): number | null {
+    const q = this.queues[index];
+    if (q === undefined || !q.isActive) return this.host.ring(index)?.base ?? 0;
+    return ringBase(q);
+  }
+
+  stopped(index: number): void {
+    this.queues[index]?.reset();
+  }
+
+  kicked(index: number): void {
+    if (this.host.ring(index)?.running === true) this.notify(index);
+  }
+
+  callChanged(): void {}
+
+  logChanged(): void {}
+
+  memoryChanged(memory: GuestMemory): void {
+    if (this.ctx !== null) this.ctx.memory = memory;
+  }
+
+  resetDevice(): void {
+    if (this.ctx !== null) {
+      try {
+        this.host.device.reset();
+      } catch (e) {
+        this.host.logger.warn('vhost-user: device reset failed', { error: (e as Error).message });
+      }
+    }
+    this.ctx = null;
+    this.queues = [];
+  }
+
+  addStats(): void {}
+
+  close(): void {}
+
+  /**
+   * Where the device continues a ring whose turn spent its budget: on this thread's event
+   * loop (so the socket and other rings are served in between), only while the ring still
+   * runs (after GET_VRING_BASE it must not move), with the dirty log flushed after, as after
+   * a kick.
+   */
+  private readonly continueRing = (callback: () => void, index: number): void => {
+    setImmediate(() => {
+      if (this.host.ring(index)?.running !== true) return;
+      this.serve(index, callback);
+    });
+  };
+
+  private notify(index: number): void {
+    this.serve(index, () => this.host.device.queueNotify(index));
+  }
+
+  /** A turn of the device on ring `index`, then the dirty log. Never throws. */
+  private serve(index: number, turn: () => void): void {
+    try {
+      turn();
+    } catch (e) {
+      this.host.logger.warn('vhost-user: the device failed while serving a ring', {
+        index,
+        error: e instanceof Error ? (e.stack ?? e.message) : String(e),
+      });
+    }
+    this.host.flushLog();
+  }
+
+  private signalUsed(index: number): void {
+    const host = this.host;
+    // Pages of the buffers the guest is about to see completed are logged first.
+    host.flushLog();
+    const fd = host.ring(index)?.callFd;
+    if (fd === null || fd === undefined) return;
+    try {
+      host.native.eventfdWrite(fd, 1);
+      host.counters.calls++;
+    } catch (e) {
+      host.logger.warn('vhost-user: writing a call fd failed', {
+        index,
+        error: (e as Error).message,
+      });
+    }
+  }
+}
