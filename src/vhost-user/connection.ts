@@ -4,8 +4,19 @@
  * messages go to the back-end, which decodes and answers them.
  */
 import { lstatSync, unlinkSync } from 'node:fs';
+import { VhostUserError } from '../errors.js';
 import type { Logger } from '../queue/logger.js';
-import { decodeHeader, VHOST_USER_HEADER_SIZE, VHOST_USER_MAX_PAYLOAD_SIZE } from './codec.js';
+import {
+  decodeHeader,
+  decodeMessage,
+  encodeAckReply,
+  encodeConfigErrorReply,
+  VHOST_USER_HEADER_SIZE,
+  VHOST_USER_MAX_PAYLOAD_SIZE,
+  VhostUserFlags,
+  type VhostUserMessage,
+  VhostUserRequest,
+} from './codec.js';
 import type { FdWatcher, VhostUserNative } from './native.js';
 
 const MESSAGE_BUFFER = VHOST_USER_HEADER_SIZE + VHOST_USER_MAX_PAYLOAD_SIZE;
@@ -21,23 +32,55 @@ export function closeFds(native: VhostUserNative, fds: readonly number[]): void 
   }
 }
 
-/** What a connection reports to its owner. */
-export interface ConnectionEvents {
-  /**
-   * A whole message: its bytes and the fds that came with them (now the callee's to keep or
-   * close); `fdsTruncated` when the kernel dropped fds beyond what one message may carry.
-   */
-  message(bytes: Uint8Array, fds: number[], fdsTruncated: boolean): void;
-  /** A header that does not decode: the framing is lost, and the connection ends next. */
-  badHeader(error: unknown): void;
-  /** The connection ended by itself (the peer left, a socket error); not after `close()`. */
-  ended(reason: string): void;
+/** What a request handler may do with the fds of the message it handles. */
+export interface MessageFds {
+  /** Keeps `fd`: the handler stores it (every other fd of the message is closed after it). */
+  keep(fd: number): void;
+  /** Sends `fd` with the reply; it is closed after the message, sent or not. */
+  attach(fd: number): void;
 }
 
 /**
+ * The protocol side of a connection: handles each decoded request (one method per request
+ * behind it), with no I/O of its own. A refusal is a throw; the connection answers it.
+ */
+export interface RequestHandler {
+  /** REPLY_ACK was negotiated: a request with NEED_REPLY gets an ack (0) or a failure (1). */
+  readonly replyAck: boolean;
+  /** Every message that arrives, before it is decoded (counters). */
+  arrived(): void;
+  /** Every decoded request, before it is handled (tracing). */
+  decoded(msg: VhostUserMessage): void;
+  /** Handles a request; returns its reply (null: none, or only an ack). */
+  handle(msg: VhostUserMessage, fds: MessageFds): Uint8Array | null;
+  /**
+   * A message the codec rejected (`request` undefined when even its header did not decode)
+   * or a request the handler refused.
+   */
+  refused(error: unknown, request: VhostUserMessage | null): void;
+}
+
+/** Requests whose reply the front-end always waits for (so a failure cannot stay silent). */
+const REPLYING_REQUESTS: ReadonlySet<number> = new Set([
+  VhostUserRequest.GET_FEATURES,
+  VhostUserRequest.GET_PROTOCOL_FEATURES,
+  VhostUserRequest.GET_QUEUE_NUM,
+  VhostUserRequest.GET_VRING_BASE,
+  VhostUserRequest.GET_CONFIG,
+  VhostUserRequest.GET_MAX_MEM_SLOTS,
+  VhostUserRequest.GET_INFLIGHT_FD,
+  VhostUserRequest.GET_STATUS,
+  VhostUserRequest.SET_LOG_BASE,
+]);
+
+/**
  * One front-end's connection. Reads messages (a 12-byte header, then the payload it
- * announces; fds may come with any of their bytes) and sends replies. It owns the socket and
- * the fds of a message until it hands them over; `close()` releases everything it still holds.
+ * announces; fds may come with any of their bytes), decodes them, hands each request to the
+ * handler and sends its reply. It owns the socket and every fd received: the fds of a message
+ * the handler did not keep are closed after it, and `close()` releases everything it holds.
+ * Refusals are answered as the protocol says: a failure ack where the front-end asked for one
+ * (REPLY_ACK), an empty GET_CONFIG, and for a request whose answer the front-end waits for and
+ * cannot be given, the end of the connection.
  */
 export class VhostUserConnection {
   private watcher: FdWatcher | null = null;
@@ -49,10 +92,19 @@ export class VhostUserConnection {
   private fdsTruncated = false;
   private open = true;
 
+  private readonly kept = new Set<number>();
+  private readonly replyFds: number[] = [];
+  private readonly fdsOfMessage: MessageFds = {
+    keep: (fd) => this.kept.add(fd),
+    attach: (fd) => this.replyFds.push(fd),
+  };
+
   constructor(
     private readonly native: VhostUserNative,
     readonly fd: number,
-    private readonly events: ConnectionEvents,
+    private readonly handler: RequestHandler,
+    /** The connection ended by itself (the peer left, a socket error); not after `close()`. */
+    private readonly ended: (reason: string) => void,
   ) {
     this.watcher = native.watch(fd, native.constants.POLL_READABLE, (error) => {
       if (!this.open) return;
@@ -95,7 +147,73 @@ export class VhostUserConnection {
   private end(reason: string): void {
     if (!this.open) return;
     this.close();
-    this.events.ended(reason);
+    this.ended(reason);
+  }
+
+  /** Decodes and handles one complete message, and answers it. */
+  private message(bytes: Uint8Array, fds: number[], fdsTruncated: boolean): void {
+    const handler = this.handler;
+    handler.arrived();
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const request = view.getUint32(0, true);
+    const needReply = (view.getUint32(4, true) & VhostUserFlags.NEED_REPLY) !== 0;
+    let msg: VhostUserMessage;
+    try {
+      if (fdsTruncated) {
+        throw new VhostUserError(
+          'VHOST_BAD_FDS',
+          request,
+          fds,
+          'more fds than one message may carry',
+        );
+      }
+      msg = decodeMessage(bytes, fds);
+    } catch (e) {
+      if (!(e instanceof VhostUserError)) throw e;
+      closeFds(this.native, e.fds);
+      handler.refused(e, null);
+      this.failed(request, needReply, e.message);
+      return;
+    }
+    this.kept.clear();
+    let reply: Uint8Array | null;
+    try {
+      handler.decoded(msg);
+      reply = handler.handle(msg, this.fdsOfMessage);
+    } catch (e) {
+      this.closeUnkept(msg.fds);
+      closeFds(this.native, this.replyFds.splice(0));
+      handler.refused(e, msg);
+      this.failed(msg.request, msg.needReply, (e as Error).message);
+      return;
+    }
+    this.closeUnkept(msg.fds);
+    const replyFds = this.replyFds.splice(0);
+    if (reply !== null) this.send(reply, replyFds);
+    closeFds(this.native, replyFds);
+    if (reply === null && msg.needReply && handler.replyAck) {
+      this.send(encodeAckReply(msg.request, 0));
+    }
+  }
+
+  /** Answers a refused request: a failure ack, an empty config, or the end of the connection. */
+  private failed(request: number, needReply: boolean, why: string): void {
+    if (!this.open) return;
+    if (request === VhostUserRequest.GET_CONFIG) {
+      this.send(encodeConfigErrorReply());
+    } else if (REPLYING_REQUESTS.has(request)) {
+      // The front-end waits for a reply that cannot be given.
+      this.end(`cannot answer request ${request}: ${why}`);
+    } else if (needReply && this.handler.replyAck) {
+      this.send(encodeAckReply(request, 1));
+    }
+  }
+
+  private closeUnkept(fds: readonly number[]): void {
+    for (const fd of fds) {
+      if (!this.kept.has(fd)) closeFds(this.native, [fd]);
+    }
+    this.kept.clear();
   }
 
   /** Reads whatever the socket holds, handing over each complete message. */
@@ -125,7 +243,8 @@ export class VhostUserConnection {
           size = decodeHeader(this.rx.subarray(0, VHOST_USER_HEADER_SIZE), this.fds).size;
         } catch (e) {
           // The framing is lost: nothing after this header can be trusted.
-          this.events.badHeader(e);
+          if (e instanceof VhostUserError) closeFds(this.native, e.fds);
+          this.handler.refused(e, null);
           this.end(`bad message header: ${(e as Error).message}`);
           return;
         }
@@ -139,7 +258,7 @@ export class VhostUserConnection {
       this.expected = VHOST_USER_HEADER_SIZE;
       this.fds = [];
       this.fdsTruncated = false;
-      this.events.message(bytes, fds, truncated);
+      this.message(bytes, fds, truncated);
     }
   }
 }
