@@ -12,6 +12,18 @@
 
 import { VhostUserError, type VhostUserErrorCode } from '../errors.js';
 import { assertLittleEndianHost } from '../memory/endian.js';
+import type {
+  VhostUserConfig,
+  VhostUserHeader,
+  VhostUserInflight,
+  VhostUserLog,
+  VhostUserMappedRegion,
+  VhostUserMemoryRegion,
+  VhostUserMessage,
+  VhostUserVringAddr,
+  VhostUserVringFile,
+  VhostUserVringState,
+} from './messages.js';
 import {
   requestName,
   VHOST_USER_CONFIG_HEADER_SIZE,
@@ -33,150 +45,14 @@ import {
   VHOST_VRING_F_LOG,
   VhostUserFlags,
   VhostUserRequest,
-  type VhostUserRequestName,
 } from './protocol.js';
 
 // Messages use the host's byte order (vhost-user.rst); virtq reads them as little-endian.
 assertLittleEndianHost();
 
+export * from './messages.js';
 export * from './protocol.js';
-
-// ---------------------------------------------------------------------------------------------
-// Payload types
-
-/** One region of guest memory as the front-end describes it; all four values are < 2^53. */
-export interface VhostUserMemoryRegion {
-  readonly guestPhysAddr: number;
-  readonly size: number;
-  /** The address of the region in the front-end's own address space. */
-  readonly userAddr: number;
-  /** Where the region starts inside the file descriptor that backs it. */
-  readonly mmapOffset: number;
-}
-
-/** A memory region together with the fd to map it from. */
-export interface VhostUserMappedRegion extends VhostUserMemoryRegion {
-  readonly fd: number;
-}
-
-/** A ring index and a 32-bit value (size, base index, enable flag...). */
-export interface VhostUserVringState {
-  readonly index: number;
-  readonly num: number;
-}
-
-/** Where a ring lives, as user addresses of the front-end (all < 2^53). */
-export interface VhostUserVringAddr {
-  readonly index: number;
-  /** 0 or {@link VHOST_VRING_F_LOG}. */
-  readonly flags: number;
-  readonly descUserAddr: number;
-  readonly usedUserAddr: number;
-  readonly availUserAddr: number;
-  readonly logGuestAddr: number;
-}
-
-/** The eventfd of a ring's kick, call or error notification. */
-export interface VhostUserVringFile {
-  /** Ring index, 0-255. */
-  readonly index: number;
-  /** The front-end attached no fd: the ring is polled (kick) or not signalled (call, err). */
-  readonly noFd: boolean;
-  /** The attached fd, or `null` when `noFd`. */
-  readonly fd: number | null;
-}
-
-/** An access to the device configuration space. */
-export interface VhostUserConfig {
-  readonly offset: number;
-  readonly size: number;
-  /** 0 (ordinary access) or 1 (live migration); other values are left to the back-end. */
-  readonly flags: number;
-  /** `size` bytes: the new contents (SET_CONFIG) or the front-end's buffer (GET_CONFIG). */
-  readonly payload: Uint8Array;
-}
-
-/** The dirty log's area inside the fd of SET_LOG_BASE. */
-export interface VhostUserLog {
-  readonly mmapSize: number;
-  readonly mmapOffset: number;
-}
-
-/** The inflight-tracking buffer's shape. */
-export interface VhostUserInflight {
-  readonly mmapSize: number;
-  readonly mmapOffset: number;
-  readonly numQueues: number;
-  readonly queueSize: number;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Messages
-
-/** What every decoded request carries, whatever its kind. */
-export interface VhostUserMessageBase<K extends VhostUserRequestName> {
-  readonly kind: K;
-  readonly request: (typeof VhostUserRequest)[K];
-  /** The raw header flags (version 1, REPLY clear). */
-  readonly flags: number;
-  /** NEED_REPLY was set: the front-end waits for a REPLY_ACK u64 (unless a reply is due anyway). */
-  readonly needReply: boolean;
-  /**
-   * Every fd that arrived with the message, in order. The caller owns all of them, including
-   * any the message does not use (a stray fd on REM_MEM_REG), and must close what it keeps
-   * no use for.
-   */
-  readonly fds: readonly number[];
-}
-
-/** One decoded request of kind `K`: the common fields and the ones that kind carries (`P`). */
-export type VhostUserRequestMessage<
-  K extends VhostUserRequestName,
-  P extends object = object,
-> = VhostUserMessageBase<K> & Readonly<P>;
-
-/** A decoded front-end request: one arm per request the codec supports, keyed by `kind`. */
-export type VhostUserMessage =
-  | VhostUserRequestMessage<'GET_FEATURES'>
-  | VhostUserRequestMessage<'SET_FEATURES', { features: bigint }>
-  | VhostUserRequestMessage<'GET_PROTOCOL_FEATURES'>
-  | VhostUserRequestMessage<'SET_PROTOCOL_FEATURES', { features: bigint }>
-  | VhostUserRequestMessage<'SET_OWNER'>
-  | VhostUserRequestMessage<'RESET_OWNER'>
-  | VhostUserRequestMessage<'RESET_DEVICE'>
-  | VhostUserRequestMessage<'GET_QUEUE_NUM'>
-  | VhostUserRequestMessage<'GET_MAX_MEM_SLOTS'>
-  | VhostUserRequestMessage<'SET_MEM_TABLE', { regions: readonly VhostUserMappedRegion[] }>
-  | VhostUserRequestMessage<'ADD_MEM_REG', { region: VhostUserMappedRegion }>
-  | VhostUserRequestMessage<'REM_MEM_REG', { region: VhostUserMemoryRegion }>
-  | VhostUserRequestMessage<'SET_VRING_NUM', { state: VhostUserVringState }>
-  | VhostUserRequestMessage<'SET_VRING_BASE', { state: VhostUserVringState }>
-  | VhostUserRequestMessage<'GET_VRING_BASE', { state: VhostUserVringState }>
-  | VhostUserRequestMessage<'SET_VRING_ENABLE', { state: VhostUserVringState }>
-  | VhostUserRequestMessage<'VRING_KICK', { state: VhostUserVringState }>
-  | VhostUserRequestMessage<'SET_VRING_ADDR', { addr: VhostUserVringAddr }>
-  | VhostUserRequestMessage<'SET_VRING_KICK', { file: VhostUserVringFile }>
-  | VhostUserRequestMessage<'SET_VRING_CALL', { file: VhostUserVringFile }>
-  | VhostUserRequestMessage<'SET_VRING_ERR', { file: VhostUserVringFile }>
-  | VhostUserRequestMessage<'GET_CONFIG', { config: VhostUserConfig }>
-  | VhostUserRequestMessage<'SET_CONFIG', { config: VhostUserConfig }>
-  | VhostUserRequestMessage<'SET_LOG_BASE', { log: VhostUserLog; fd: number }>
-  | VhostUserRequestMessage<'SET_LOG_FD', { fd: number }>
-  | VhostUserRequestMessage<'GET_INFLIGHT_FD', { inflight: VhostUserInflight }>
-  | VhostUserRequestMessage<'SET_INFLIGHT_FD', { inflight: VhostUserInflight; fd: number }>
-  | VhostUserRequestMessage<'SET_BACKEND_REQ_FD', { fd: number }>
-  | VhostUserRequestMessage<'SET_STATUS', { status: number }>
-  | VhostUserRequestMessage<'GET_STATUS'>;
-
-export type VhostUserMessageKind = VhostUserMessage['kind'];
-
-/** The three header fields. */
-export interface VhostUserHeader {
-  readonly request: number;
-  readonly flags: number;
-  /** Payload bytes that follow the header. */
-  readonly size: number;
-}
+export * from './replies.js';
 
 // ---------------------------------------------------------------------------------------------
 // Decoding
@@ -616,117 +492,3 @@ type StateKind =
   | 'SET_VRING_ENABLE'
   | 'VRING_KICK';
 type FileKind = 'SET_VRING_KICK' | 'SET_VRING_CALL' | 'SET_VRING_ERR';
-
-// ---------------------------------------------------------------------------------------------
-// Replies (back-end to front-end)
-
-const MAX_U64 = (1n << 64n) - 1n;
-
-function u32Arg(value: number, what: string): number {
-  if (!Number.isInteger(value) || value < 0 || value > 0xffff_ffff) {
-    throw new RangeError(`${what} must be a u32, got ${value}`);
-  }
-  return value;
-}
-
-function u16Arg(value: number, what: string): number {
-  if (!Number.isInteger(value) || value < 0 || value > 0xffff) {
-    throw new RangeError(`${what} must be a u16, got ${value}`);
-  }
-  return value;
-}
-
-function u64Arg(value: bigint | number, what: string): bigint {
-  if (typeof value === 'number') {
-    if (!Number.isSafeInteger(value) || value < 0) {
-      throw new RangeError(`${what} must be a non-negative safe integer, got ${value}`);
-    }
-    return BigInt(value);
-  }
-  if (typeof value !== 'bigint' || value < 0n || value > MAX_U64) {
-    throw new RangeError(`${what} must be a u64, got ${String(value)}`);
-  }
-  return value;
-}
-
-/**
- * A reply to `request` ("Header"): version 1 with REPLY set, the payload copied after the
- * header. The building block of the typed reply encoders below.
- */
-export function encodeReply(request: number, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
-  u32Arg(request, 'request');
-  const out = new Uint8Array(VHOST_USER_HEADER_SIZE + payload.length);
-  const v = view(out);
-  v.setUint32(0, request, true);
-  v.setUint32(4, VhostUserFlags.VERSION | VhostUserFlags.REPLY, true);
-  v.setUint32(8, payload.length, true);
-  out.set(payload, VHOST_USER_HEADER_SIZE);
-  return out;
-}
-
-/**
- * A u64 reply ("A single 64-bit integer"): GET_FEATURES, GET_PROTOCOL_FEATURES,
- * GET_QUEUE_NUM, GET_MAX_MEM_SLOTS, GET_STATUS, SET_LOG_BASE.
- */
-export function encodeU64Reply(request: number, value: bigint | number): Uint8Array {
-  const payload = new Uint8Array(VHOST_USER_U64_SIZE);
-  view(payload).setBigUint64(0, u64Arg(value, 'value'), true);
-  return encodeReply(request, payload);
-}
-
-/**
- * The REPLY_ACK answer to a request sent with NEED_REPLY ("VHOST_USER_PROTOCOL_F_REPLY_ACK"):
- * a u64 that is 0 on success and non-zero on failure.
- */
-export function encodeAckReply(request: number, status: bigint | number = 0): Uint8Array {
-  return encodeU64Reply(request, status);
-}
-
-/** A vring state reply ("A vring state description"), i.e. GET_VRING_BASE's answer. */
-export function encodeVringStateReply(request: number, state: VhostUserVringState): Uint8Array {
-  const payload = new Uint8Array(VHOST_USER_VRING_STATE_SIZE);
-  const v = view(payload);
-  v.setUint32(0, u32Arg(state.index, 'state.index'), true);
-  v.setUint32(4, u32Arg(state.num, 'state.num'), true);
-  return encodeReply(request, payload);
-}
-
-/**
- * GET_CONFIG's answer ("Virtio device config space"): the request's offset and flags echoed,
- * then the config bytes, whose length becomes the size field. At most 256 bytes.
- */
-export function encodeConfigReply(config: {
-  readonly offset: number;
-  readonly flags: number;
-  readonly payload: Uint8Array;
-}): Uint8Array {
-  if (config.payload.length > VHOST_USER_MAX_CONFIG_SIZE) {
-    throw new RangeError(`config payload of ${config.payload.length} bytes exceeds 256`);
-  }
-  const payload = new Uint8Array(VHOST_USER_CONFIG_HEADER_SIZE + config.payload.length);
-  const v = view(payload);
-  v.setUint32(0, u32Arg(config.offset, 'config.offset'), true);
-  v.setUint32(4, config.payload.length, true);
-  v.setUint32(8, u32Arg(config.flags, 'config.flags'), true);
-  payload.set(config.payload, VHOST_USER_CONFIG_HEADER_SIZE);
-  return encodeReply(VhostUserRequest.GET_CONFIG, payload);
-}
-
-/** GET_CONFIG's failure answer ("GET_CONFIG"): a reply with an empty payload. */
-export function encodeConfigErrorReply(): Uint8Array {
-  return encodeReply(VhostUserRequest.GET_CONFIG);
-}
-
-/**
- * GET_INFLIGHT_FD's answer ("Inflight description"), 24 bytes including the struct's tail
- * padding. The caller sends the buffer's fd in the same sendmsg.
- */
-export function encodeInflightReply(inflight: VhostUserInflight): Uint8Array {
-  const payload = new Uint8Array(VHOST_USER_INFLIGHT_SIZE);
-  const v = view(payload);
-  v.setBigUint64(0, u64Arg(inflight.mmapSize, 'inflight.mmapSize'), true);
-  v.setBigUint64(8, u64Arg(inflight.mmapOffset, 'inflight.mmapOffset'), true);
-  v.setUint16(16, u16Arg(inflight.numQueues, 'inflight.numQueues'), true);
-  v.setUint16(18, u16Arg(inflight.queueSize, 'inflight.queueSize'), true);
-  return encodeReply(VhostUserRequest.GET_INFLIGHT_FD, payload);
-}
