@@ -14,7 +14,7 @@
  * flushed, the call eventfd written when the driver wants it, the error eventfd when the device
  * needs a reset.
  */
-import type { DeviceContext, InterruptSink, VirtioDevice } from '../devices/device.js';
+import type { DeviceContext, VirtioDevice } from '../devices/device.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { createQueue } from '../queue/factory.js';
 import type { Logger } from '../queue/logger.js';
@@ -25,6 +25,7 @@ import { SplitInflight } from './inflight.js';
 import type { MemoryTable } from './memory-table.js';
 import type { VhostUserNative } from './native.js';
 import { PackedInflight } from './packed-inflight.js';
+import { RingServer } from './ring-server.js';
 import {
   applyInflight,
   applyPackedInflight,
@@ -95,8 +96,11 @@ export interface DataPlane {
   stop(index: number): number | null;
   /** Ring `index` stopped for good (GET_VRING_BASE answered). */
   stopped(index: number): void;
-  /** The front-end kicked ring `index` (planes that do not wait on kicks themselves). */
-  kicked(index: number): void;
+  /**
+   * Ring `index`'s kick eventfd `fd` is readable (planes that do not wait on kicks themselves):
+   * drain it and serve the ring. False when it cannot be read (stop watching it).
+   */
+  kicked(index: number, fd: number): boolean;
   /** A running ring's call eventfd is being replaced: the plane lets go of the old one. */
   callChanged(index: number, fd: number | null): void;
   /** The dirty log moved or logging was switched: running ring `index` follows. */
@@ -121,28 +125,21 @@ export class InProcessPlane implements DataPlane {
   private ctx: DeviceContext | null = null;
   private queues: Queue[] = [];
 
-  private readonly sink: InterruptSink;
+  private readonly server: RingServer;
 
   constructor(private readonly host: PlaneHost) {
-    this.sink = {
-      usedBuffer: (index) => this.signalUsed(index),
-      configChanged: () => {
-        const device = host.device;
-        if (device.needsReset) {
-          // DEVICE_NEEDS_RESET has no vhost-user message: the rings' error eventfds are what
-          // tells the front-end (QEMU reports "vhost vring error in virtqueue N").
-          host.logger.warn('vhost-user: the device needs a reset', {
-            error: String(device.lastError ?? ''),
-          });
-          for (const ring of host.rings()) signalError(host.native, ring.errFd, host.logger);
-          return;
-        }
-        // Without the back-end request channel there is no way to tell the front-end.
-        host.logger.warn(
-          'vhost-user: device configuration changed (not signalled to the front-end)',
-        );
+    this.server = new RingServer({
+      device: host.device,
+      native: host.native,
+      logger: host.logger,
+      who: 'vhost-user',
+      flushLog: () => host.flushLog(),
+      callFd: (index) => host.ring(index)?.callFd ?? null,
+      errFds: () => host.rings().map((r) => r.errFd),
+      count: (what) => {
+        host.counters[what]++;
       },
-    };
+    });
   }
 
   get deviceActive(): boolean {
@@ -162,7 +159,7 @@ export class InProcessPlane implements DataPlane {
         memory: s.memory,
         queues: this.queues,
         features: s.features,
-        interrupt: this.sink,
+        interrupt: this.server.sink,
         schedule: this.continueRing,
       };
       host.device.activate(this.ctx);
@@ -190,8 +187,10 @@ export class InProcessPlane implements DataPlane {
     this.queues[index]?.reset();
   }
 
-  kicked(index: number): void {
+  kicked(index: number, fd: number): boolean {
+    if (!this.server.drainKick(index, fd)) return false;
     if (this.host.ring(index)?.running === true) this.notify(index);
+    return true;
   }
 
   callChanged(): void {}
@@ -227,41 +226,11 @@ export class InProcessPlane implements DataPlane {
   private readonly continueRing = (callback: () => void, index: number): void => {
     setImmediate(() => {
       if (this.host.ring(index)?.running !== true) return;
-      this.serve(index, callback);
+      this.server.serve(index, callback);
     });
   };
 
   private notify(index: number): void {
-    this.serve(index, () => this.host.device.queueNotify(index));
-  }
-
-  /** A turn of the device on ring `index`, then the dirty log. Never throws. */
-  private serve(index: number, turn: () => void): void {
-    try {
-      turn();
-    } catch (e) {
-      this.host.logger.warn('vhost-user: the device failed while serving a ring', {
-        index,
-        error: e instanceof Error ? (e.stack ?? e.message) : String(e),
-      });
-    }
-    this.host.flushLog();
-  }
-
-  private signalUsed(index: number): void {
-    const host = this.host;
-    // Pages of the buffers the guest is about to see completed are logged first.
-    host.flushLog();
-    const fd = host.ring(index)?.callFd;
-    if (fd === null || fd === undefined) return;
-    try {
-      host.native.eventfdWrite(fd, 1);
-      host.counters.calls++;
-    } catch (e) {
-      host.logger.warn('vhost-user: writing a call fd failed', {
-        index,
-        error: (e as Error).message,
-      });
-    }
+    this.server.serve(index);
   }
 }

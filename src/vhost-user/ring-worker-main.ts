@@ -3,7 +3,7 @@
  * `workerData`, then serves one ring whenever the back-end starts it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import type { InterruptSink, VirtioDevice } from '../devices/device.js';
+import type { VirtioDevice } from '../devices/device.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { buildDevices } from '../node/device-factories.js';
 import { createQueue, queueFromState } from '../queue/factory.js';
@@ -15,6 +15,7 @@ import { MigrationLog } from './dirty-log.js';
 import { SplitInflight } from './inflight.js';
 import { loadNative } from './native.js';
 import { PackedInflight } from './packed-inflight.js';
+import { RingServer } from './ring-server.js';
 import { applyInflight, applyPackedInflight, ringBase, signalError } from './ring-state.js';
 import {
   C_ACK,
@@ -68,47 +69,21 @@ function flushLog(): void {
   if (moved > 0) Atomics.add(control, C_LOGGED_PAGES, moved);
 }
 
-const sink: InterruptSink = {
-  usedBuffer: () => {
-    flushLog();
-    if (callFd === null) return;
-    try {
-      native.eventfdWrite(callFd, 1);
-      Atomics.add(control, C_CALLS, 1);
-    } catch (e) {
-      logger.warn('vhost-user ring worker: writing the call fd failed', {
-        index,
-        error: (e as Error).message,
-      });
-    }
+const server = new RingServer({
+  device,
+  native,
+  logger,
+  who: 'vhost-user ring worker',
+  flushLog,
+  callFd: () => callFd,
+  errFds: () => [errFd],
+  count: (what) => {
+    Atomics.add(control, what === 'kicks' ? C_KICKS : C_CALLS, 1);
   },
-  configChanged: () => {
-    if (device.needsReset) {
-      logger.warn('vhost-user ring worker: the device needs a reset', {
-        index,
-        error: String(device.lastError ?? ''),
-      });
-      signalError(native, errFd, logger);
-      return;
-    }
-    logger.warn('vhost-user ring worker: device configuration changed (not signalled)');
-  },
-};
+});
 
 function serve(): void {
-  serveWith(() => device.queueNotify(index));
-}
-
-function serveWith(work: () => void): void {
-  try {
-    work();
-  } catch (e) {
-    logger.warn('vhost-user ring worker: the device failed while serving its ring', {
-      index,
-      error: e instanceof Error ? (e.stack ?? e.message) : String(e),
-    });
-  }
-  flushLog();
+  server.serve(index);
 }
 
 /**
@@ -120,7 +95,7 @@ function continueRing(callback: () => void): void {
   const r = running;
   setImmediate(() => {
     if (r === null || running !== r || stopping) return;
-    serveWith(callback);
+    server.serve(index, callback);
   });
 }
 
@@ -162,7 +137,7 @@ function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
     memory,
     queues,
     features: m.features,
-    interrupt: sink,
+    interrupt: server.sink,
     schedule: continueRing,
   });
   callFd = m.callFd;
@@ -182,18 +157,10 @@ function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
             running.watcher?.stop();
             return;
           }
-          try {
-            // Drain the eventfd: the poll is level-triggered.
-            native.eventfdRead(kickFd);
-          } catch (e) {
-            logger.warn('vhost-user ring worker: reading the kick fd failed', {
-              index,
-              error: (e as Error).message,
-            });
+          if (!server.drainKick(index, kickFd)) {
             running.watcher?.stop();
             return;
           }
-          Atomics.add(control, C_KICKS, 1);
           serve();
         });
   running = { queue, memory, kickFd, watcher };

@@ -424,19 +424,7 @@ export class Rings {
       this.stopKick(ring);
       return;
     }
-    try {
-      // Drain the eventfd: the poll is level-triggered.
-      this.native.eventfdRead(ring.kickFd);
-    } catch (e) {
-      this.logger.warn('vhost-user: reading a kick fd failed', {
-        index,
-        error: (e as Error).message,
-      });
-      this.stopKick(ring);
-      return;
-    }
-    this.host.counters.kicks++;
-    this.plane.kicked(index);
+    if (!this.plane.kicked(index, ring.kickFd)) this.stopKick(ring);
   }
 
   /** The memory table changed: running rings move to the new mappings (stopped and started). */

@@ -100,7 +100,10 @@ export class WorkerPlane implements DataPlane {
 
   stopped(): void {}
 
-  kicked(): void {}
+  kicked(): boolean {
+    // The ring's worker waits on its kick eventfd itself.
+    return false;
+  }
 
   callChanged(index: number, fd: number | null): void {
     this.workers[index]?.setCall(fd);
