@@ -1,6 +1,6 @@
 /** The demo guest's virtio-blk workload (see demo-workloads.ts for the others). */
 import { readSync } from 'node:fs';
-import { VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO } from '../devices/block/device.js';
+import { VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO } from '../devices/block/config.js';
 import { SECTOR_BYTES, VIRTIO_BLK_S_OK } from '../devices/block/request.js';
 import { featureBit, hasFeature } from '../devices/device.js';
 import { BlockDriver } from '../driver/devices/block.js';

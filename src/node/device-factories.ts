@@ -1,5 +1,6 @@
 import { MemoryBackend } from '../devices/block/backend.js';
-import { BlockDevice, type BlockOptions } from '../devices/block/device.js';
+import type { BlockOptions } from '../devices/block/config.js';
+import { BlockDevice } from '../devices/block/device.js';
 import type { ConsoleBackend, ConsolePort } from '../devices/console/backend.js';
 import { ConsoleDevice, type ConsoleOptions } from '../devices/console/device.js';
 import type { VirtioDevice } from '../devices/device.js';

@@ -1,26 +1,28 @@
 import { isVirtqError } from '../../errors.js';
-import { ChainCursor } from '../../iovec/cursor.js';
 import { ChainReader } from '../../iovec/reader.js';
 import { ChainWriter } from '../../iovec/writer.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { joinU64 } from '../../memory/guest-memory.js';
 import { DescriptorChain } from '../../queue/chain.js';
-import {
-  VIRTIO_F_EVENT_IDX,
-  VIRTIO_F_INDIRECT_DESC,
-  VIRTIO_F_RING_PACKED,
-} from '../../queue/constants.js';
 import { consoleLogger, type Logger } from '../../queue/logger.js';
 import type { Queue } from '../../queue/queue.js';
-import { type DeviceBudgetOptions, defaultScheduler } from '../budget.js';
+import { defaultScheduler } from '../budget.js';
+import { type DeviceContext, hasFeature, VIRTIO_ID_BLOCK, VirtioDeviceBase } from '../device.js';
+import type { BlockBackend, BlockIoDone } from './backend.js';
 import {
-  type DeviceContext,
-  featureBit,
-  hasFeature,
-  VIRTIO_ID_BLOCK,
-  VirtioDeviceBase,
-} from '../device.js';
-import { type BlockBackend, type BlockIoDone, MAX_VECTOR_BUFFERS } from './backend.js';
+  BLK_CONFIG,
+  BLK_CONFIG_SIZE,
+  type BlockOptions,
+  capacityBytes,
+  checkU32,
+  type EraseLimits,
+  planBlockDevice,
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_FLUSH,
+  VIRTIO_BLK_F_WRITE_ZEROES,
+  writeBlockConfig,
+} from './config.js';
+import { DataCursor } from './data-cursor.js';
 import {
   BLK_HEADER_BYTES,
   BLK_ID_BYTES,
@@ -42,242 +44,6 @@ import {
 } from './request.js';
 import { type BlockState, type BlockStats, emptyBlockStats, readBlockState } from './state.js';
 
-/** Feature bits (VIRTIO 1.2 §5.2.3). */
-export const VIRTIO_BLK_F_SIZE_MAX = 1;
-export const VIRTIO_BLK_F_SEG_MAX = 2;
-export const VIRTIO_BLK_F_GEOMETRY = 4;
-export const VIRTIO_BLK_F_RO = 5;
-export const VIRTIO_BLK_F_BLK_SIZE = 6;
-export const VIRTIO_BLK_F_FLUSH = 9;
-export const VIRTIO_BLK_F_TOPOLOGY = 10;
-export const VIRTIO_BLK_F_CONFIG_WCE = 11;
-export const VIRTIO_BLK_F_MQ = 12;
-export const VIRTIO_BLK_F_DISCARD = 13;
-export const VIRTIO_BLK_F_WRITE_ZEROES = 14;
-
-/** Byte offsets in `struct virtio_blk_config` (§5.2.4). */
-export const BLK_CONFIG = {
-  CAPACITY: 0,
-  SIZE_MAX: 8,
-  SEG_MAX: 12,
-  GEOMETRY: 16,
-  BLK_SIZE: 20,
-  PHYSICAL_BLOCK_EXP: 24,
-  ALIGNMENT_OFFSET: 25,
-  MIN_IO_SIZE: 26,
-  OPT_IO_SIZE: 28,
-  WRITEBACK: 32,
-  NUM_QUEUES: 34,
-  MAX_DISCARD_SECTORS: 36,
-  MAX_DISCARD_SEG: 40,
-  DISCARD_SECTOR_ALIGNMENT: 44,
-  MAX_WRITE_ZEROES_SECTORS: 48,
-  MAX_WRITE_ZEROES_SEG: 52,
-  WRITE_ZEROES_MAY_UNMAP: 56,
-} as const;
-/** Configuration space up to `unused1` (the secure-erase and zoned fields are not offered). */
-export const BLK_CONFIG_SIZE = 60;
-
-/** Ring features every virtq transport queue implements; the block device offers them all. */
-const RING_FEATURES =
-  featureBit(VIRTIO_F_EVENT_IDX) |
-  featureBit(VIRTIO_F_INDIRECT_DESC) |
-  featureBit(VIRTIO_F_RING_PACKED);
-
-/** `struct virtio_blk_topology` (§5.2.4), offered with VIRTIO_BLK_F_TOPOLOGY. */
-export interface BlockTopology {
-  /** log2 of logical blocks per physical block. */
-  physicalBlockExp: number;
-  /** Offset of the first aligned logical block. */
-  alignmentOffset: number;
-  /** Suggested minimum I/O size, in blocks. */
-  minIoSize: number;
-  /** Optimal (suggested maximum) I/O size, in blocks. */
-  optIoSize: number;
-}
-
-export interface BlockOptions extends DeviceBudgetOptions {
-  /** Where the bytes live. What it supports decides the features offered. */
-  backend: BlockBackend;
-  /** Request queues (default 1); more than one offers VIRTIO_BLK_F_MQ. */
-  numQueues?: number;
-  /** Maximum size of each queue (default 256). */
-  queueSize?: number;
-  /** Device ID string for VIRTIO_BLK_T_GET_ID: ASCII, at most 20 bytes (default empty). */
-  id?: string;
-  /** `blk_size`: the optimal block size to advertise (default 512; a power of two >= 512). */
-  blockSize?: number;
-  /** `size_max`: offered (VIRTIO_BLK_F_SIZE_MAX) only when given. */
-  sizeMax?: number;
-  /**
-   * `seg_max` (default: the smaller of `queueSize` and {@link DEFAULT_SEG_MAX_RING} minus 2, the
-   * header and status taking two descriptors). A driver may set a ring smaller than
-   * `queueSize` after it read this, and §2.7.5.3.1 bounds every chain, indirect table
-   * included, by the ring's size, which the queue enforces: a `seg_max` above the ring the
-   * driver actually uses makes Linux send large requests the queue must refuse.
-   */
-  segMax?: number;
-  /** Offered with VIRTIO_BLK_F_TOPOLOGY when given. */
-  topology?: BlockTopology;
-  /** `max_discard_sectors` (default 0xffffffff). */
-  maxDiscardSectors?: number;
-  /** `max_discard_seg` (default 16). */
-  maxDiscardSegments?: number;
-  /** `discard_sector_alignment` in sectors (default blockSize / 512). */
-  discardSectorAlignment?: number;
-  /** `max_write_zeroes_sectors` (default 0xffffffff). */
-  maxWriteZeroesSectors?: number;
-  /** `max_write_zeroes_seg` (default 16). */
-  maxWriteZeroesSegments?: number;
-  /** Where backend failures are reported (default: console). */
-  logger?: Logger;
-  /**
-   * Serve reads, writes and flushes through the backend's asynchronous calls (when it has
-   * them), several requests under way at once and each completed when its own transfer ends,
-   * in whatever order that is. The owner must wait for {@link BlockDevice.whenIdle} before
-   * resetting the device or unmapping guest memory. Default false: every request is served
-   * inside `queueNotify`.
-   */
-  asyncIo?: boolean;
-  /**
-   * With `asyncIo`: reads and writes smaller than this are still served inside `queueNotify`
-   * (a thread-pool round trip costs more than a small transfer); flushes always go
-   * asynchronously. Default 64 KiB.
-   */
-  asyncMinBytes?: number;
-  /**
-   * With `asyncIo`: runs a callback once the current event-loop turn's completions are in
-   * (default `setImmediate`, or a zero-delay timer where there is none).
-   */
-  defer?: (callback: () => void) => void;
-}
-
-/**
- * The ring size the default `seg_max` assumes at most. QEMU's vhost-user-blk front-end offers
- * its back-end's maximum (up to 1024) yet sets up 128-entry rings by default (its `queue-size`
- * property), and Linux sizes its indirect tables by `seg_max` alone: with `seg_max` 1022 a
- * 1 MiB direct read arrives as a 258-entry indirect table in a 128-entry ring. 126 segments
- * (QEMU's qemu-storage-daemon offers the same) fit every ring of 128 or more.
- */
-export const DEFAULT_SEG_MAX_RING = 128;
-
-/** Largest segment count accepted as an option: bounds the device's one scratch buffer. */
-const MAX_SEGMENTS_OPTION = 4096;
-const TWO_32 = 2 ** 32;
-
-/**
- * A cursor over the data part of a request that moves bytes between guest memory and the
- * backend piece by piece: the backend reads straight into, and writes straight from, guest
- * memory, with no bounce buffer and no allocation.
- */
-class DataCursor extends ChainCursor {
-  /** Over the chain's device-readable part. */
-  readable(chain: DescriptorChain): this {
-    this.bind(chain, true);
-    return this;
-  }
-
-  /** Over the chain's device-writable part. */
-  writable(chain: DescriptorChain): this {
-    this.bind(chain, false);
-    return this;
-  }
-
-  /**
-   * Views of the next `length` bytes of guest memory, piece by piece, for an asynchronous
-   * transfer; their guest addresses go to `addrs` (to mark them dirty once written).
-   */
-  pieces(length: number, bufs: Uint8Array[], addrs: number[]): void {
-    this.need(length, 'transfer');
-    let n = length;
-    while (n > 0) {
-      const k = Math.min(n, this.pLeft);
-      const r = this.region!;
-      const p = this.pos;
-      bufs.push(r.bytes.subarray(p, p + k));
-      addrs.push(r.base + p);
-      this.advance(k);
-      n -= k;
-    }
-  }
-
-  /** Views of the pieces of one vectored backend call (emptied after each call). */
-  private readonly vector: Uint8Array[] = [];
-
-  /** Fills the next `length` bytes of guest memory from the disk at `offset`. */
-  fromBackend(backend: BlockBackend, offset: number, length: number): void {
-    this.need(length, 'read from the disk');
-    if (length > this.pLeft && backend.readv !== undefined) {
-      this.vectored(backend, offset, length, true);
-      return;
-    }
-    let n = length;
-    let at = offset;
-    while (n > 0) {
-      const k = Math.min(n, this.pLeft);
-      const r = this.region!;
-      const p = this.pos;
-      backend.read(at, r.bytes, p, k);
-      r.markDirty(r.base + p, k);
-      this.advance(k);
-      at += k;
-      n -= k;
-    }
-  }
-
-  /** Writes the next `length` bytes of guest memory to the disk at `offset`. */
-  toBackend(backend: BlockBackend, offset: number, length: number): void {
-    this.need(length, 'write to the disk');
-    if (length > this.pLeft && backend.writev !== undefined) {
-      this.vectored(backend, offset, length, false);
-      return;
-    }
-    let n = length;
-    let at = offset;
-    while (n > 0) {
-      const k = Math.min(n, this.pLeft);
-      backend.write(at, this.region!.bytes, this.pos, k);
-      this.advance(k);
-      at += k;
-      n -= k;
-    }
-  }
-
-  /**
-   * Moves the next `length` bytes (more than one piece) with one `readv` / `writev` per
-   * {@link MAX_VECTOR_BUFFERS} pieces: a request scattered over guest pages is one system
-   * call for a file, not one per page.
-   */
-  private vectored(backend: BlockBackend, offset: number, length: number, read: boolean): void {
-    const v = this.vector;
-    let n = length;
-    let at = offset;
-    try {
-      while (n > 0) {
-        let bytes = 0;
-        let count = 0;
-        while (bytes < n && count < MAX_VECTOR_BUFFERS) {
-          const k = Math.min(n - bytes, this.pLeft);
-          const r = this.region!;
-          const p = this.pos;
-          v[count++] = r.bytes.subarray(p, p + k);
-          if (read) r.markDirty(r.base + p, k);
-          this.advance(k);
-          bytes += k;
-        }
-        v.length = count;
-        if (read) backend.readv!(at, v);
-        else backend.writev!(at, v);
-        at += bytes;
-        n -= bytes;
-      }
-    } finally {
-      // Holds no view of guest memory between requests.
-      v.length = 0;
-    }
-  }
-}
-
 /** One asynchronous request under way. */
 interface AsyncOp {
   readonly index: number;
@@ -293,13 +59,6 @@ interface AsyncOp {
   readonly generation: number;
   /** The guest memory the views are of. */
   readonly memory: GuestMemory;
-}
-
-function checkU32(name: string, v: number, min = 0): number {
-  if (!Number.isInteger(v) || v < min || v > 0xffffffff) {
-    throw new RangeError(`${name} ${v} is not an integer in [${min}, 2^32)`);
-  }
-  return v;
 }
 
 /**
@@ -339,11 +98,9 @@ export class BlockDevice extends VirtioDeviceBase {
   lastBackendError: unknown = null;
 
   private readonly logger: Logger;
-  private readonly idBytes = new Uint8Array(BLK_ID_BYTES);
-  private readonly maxDiscardSectors: number;
-  private readonly maxDiscardSegments: number;
-  private readonly maxWriteZeroesSectors: number;
-  private readonly maxWriteZeroesSegments: number;
+  private readonly idBytes: Uint8Array;
+  /** Discard and write-zeroes limits, as the configuration space shows them. */
+  private readonly limits: EraseLimits;
   private capacitySectors: number;
 
   // One set of per-request objects for the whole device.
@@ -375,128 +132,25 @@ export class BlockDevice extends VirtioDeviceBase {
   private readonly defer: (callback: () => void) => void;
 
   constructor(options: BlockOptions) {
-    const backend = options.backend;
-    const numQueues = options.numQueues ?? 1;
-    if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > 0xffff) {
-      throw new RangeError(`numQueues ${numQueues} is not in 1..65535`);
-    }
-    const queueSize = options.queueSize ?? 256;
-    if (!Number.isInteger(queueSize) || queueSize < 2 || queueSize > 32768) {
-      throw new RangeError(`queueSize ${queueSize} is not in 2..32768`);
-    }
-    const blockSize = options.blockSize ?? SECTOR_BYTES;
-    if (
-      !Number.isInteger(blockSize) ||
-      blockSize < SECTOR_BYTES ||
-      blockSize > 0x10000000 ||
-      (blockSize & (blockSize - 1)) !== 0
-    ) {
-      throw new RangeError(`blockSize ${blockSize} is not a power of two >= 512`);
-    }
-    let features =
-      RING_FEATURES | featureBit(VIRTIO_BLK_F_SEG_MAX) | featureBit(VIRTIO_BLK_F_BLK_SIZE);
-    if (options.sizeMax !== undefined) features |= featureBit(VIRTIO_BLK_F_SIZE_MAX);
-    if (options.topology !== undefined) features |= featureBit(VIRTIO_BLK_F_TOPOLOGY);
-    if (numQueues > 1) features |= featureBit(VIRTIO_BLK_F_MQ);
-    if (backend.readOnly) features |= featureBit(VIRTIO_BLK_F_RO);
-    if (backend.supportsFlush) features |= featureBit(VIRTIO_BLK_F_FLUSH);
-    if (backend.supportsDiscard) features |= featureBit(VIRTIO_BLK_F_DISCARD);
-    if (backend.supportsWriteZeroes) features |= featureBit(VIRTIO_BLK_F_WRITE_ZEROES);
+    const plan = planBlockDevice(options);
     super(
       VIRTIO_ID_BLOCK,
-      new Array<number>(numQueues).fill(queueSize),
-      features,
+      new Array<number>(plan.numQueues).fill(plan.queueSize),
+      plan.features,
       BLK_CONFIG_SIZE,
       options,
     );
-
+    const backend = options.backend;
     this.backend = backend;
     this.logger = options.logger ?? consoleLogger;
     this.asyncIo = options.asyncIo === true && backend.async !== undefined;
     this.asyncMinBytes = checkU32('asyncMinBytes', options.asyncMinBytes ?? 64 * 1024);
     this.defer = options.defer ?? ((callback) => defaultScheduler(callback, 0));
-    this.maxDiscardSectors = checkU32(
-      'maxDiscardSectors',
-      options.maxDiscardSectors ?? 0xffffffff,
-      1,
-    );
-    this.maxDiscardSegments = checkU32('maxDiscardSegments', options.maxDiscardSegments ?? 16, 1);
-    this.maxWriteZeroesSectors = checkU32(
-      'maxWriteZeroesSectors',
-      options.maxWriteZeroesSectors ?? 0xffffffff,
-      1,
-    );
-    this.maxWriteZeroesSegments = checkU32(
-      'maxWriteZeroesSegments',
-      options.maxWriteZeroesSegments ?? 16,
-      1,
-    );
-    const maxSeg = Math.max(this.maxDiscardSegments, this.maxWriteZeroesSegments);
-    if (maxSeg > MAX_SEGMENTS_OPTION)
-      throw new RangeError(`at most ${MAX_SEGMENTS_OPTION} discard / write-zeroes segments`);
-    this.segments = new Uint8Array(maxSeg * BLK_SEGMENT_BYTES);
+    this.limits = plan.limits;
+    this.idBytes = plan.idBytes;
+    this.segments = new Uint8Array(plan.maxSegments * BLK_SEGMENT_BYTES);
     this.segmentView = new DataView(this.segments.buffer);
-
-    const id = options.id ?? '';
-    for (let i = 0; i < id.length; i++) {
-      const c = id.charCodeAt(i);
-      if (c > 0x7f) throw new RangeError('the device ID string must be ASCII');
-      if (i >= BLK_ID_BYTES)
-        throw new RangeError(`the device ID string is longer than ${BLK_ID_BYTES} bytes`);
-      this.idBytes[i] = c;
-    }
-
-    this.capacitySectors = Math.floor(backend.size / SECTOR_BYTES);
-    const v = new DataView(this.config.buffer);
-    const C = BLK_CONFIG;
-    v.setUint32(C.CAPACITY, this.capacitySectors >>> 0, true);
-    v.setUint32(C.CAPACITY + 4, Math.floor(this.capacitySectors / TWO_32), true);
-    if (options.sizeMax !== undefined)
-      v.setUint32(C.SIZE_MAX, checkU32('sizeMax', options.sizeMax, 1), true);
-    v.setUint32(
-      C.SEG_MAX,
-      checkU32(
-        'segMax',
-        options.segMax ?? Math.max(1, Math.min(queueSize, DEFAULT_SEG_MAX_RING) - 2),
-        1,
-      ),
-      true,
-    );
-    v.setUint32(C.BLK_SIZE, blockSize, true);
-    const t = options.topology;
-    if (t !== undefined) {
-      if (
-        !(
-          t.physicalBlockExp >= 0 &&
-          t.physicalBlockExp <= 0xff &&
-          t.alignmentOffset >= 0 &&
-          t.alignmentOffset <= 0xff
-        )
-      ) {
-        throw new RangeError('topology exponent and alignment offset are u8 fields');
-      }
-      if (!(t.minIoSize >= 0 && t.minIoSize <= 0xffff))
-        throw new RangeError('topology minIoSize is a u16 field');
-      v.setUint8(C.PHYSICAL_BLOCK_EXP, t.physicalBlockExp);
-      v.setUint8(C.ALIGNMENT_OFFSET, t.alignmentOffset);
-      v.setUint16(C.MIN_IO_SIZE, t.minIoSize, true);
-      v.setUint32(C.OPT_IO_SIZE, checkU32('optIoSize', t.optIoSize), true);
-    }
-    v.setUint16(C.NUM_QUEUES, numQueues, true);
-    v.setUint32(C.MAX_DISCARD_SECTORS, this.maxDiscardSectors, true);
-    v.setUint32(C.MAX_DISCARD_SEG, this.maxDiscardSegments, true);
-    v.setUint32(
-      C.DISCARD_SECTOR_ALIGNMENT,
-      checkU32(
-        'discardSectorAlignment',
-        options.discardSectorAlignment ?? blockSize / SECTOR_BYTES,
-        1,
-      ),
-      true,
-    );
-    v.setUint32(C.MAX_WRITE_ZEROES_SECTORS, this.maxWriteZeroesSectors, true);
-    v.setUint32(C.MAX_WRITE_ZEROES_SEG, this.maxWriteZeroesSegments, true);
-    v.setUint8(C.WRITE_ZEROES_MAY_UNMAP, backend.writeZeroesMayUnmap ? 1 : 0);
+    this.capacitySectors = writeBlockConfig(this.config, plan, options);
   }
 
   /** Capacity in 512-byte sectors, as the configuration space shows it. */
@@ -664,8 +318,7 @@ export class BlockDevice extends VirtioDeviceBase {
       else s.flushes++;
       op.status[0] = status;
       op.memory.markDirty(op.statusAddr, 1);
-      s.requests++;
-      if (status === VIRTIO_BLK_S_IOERR) s.ioErrors++;
+      this.countStatus(status);
       const written = op.kind === 'in' && status === VIRTIO_BLK_S_OK ? op.length : 0;
       try {
         op.queue.addUsed(op.head, written + 1);
@@ -742,11 +395,16 @@ export class BlockDevice extends VirtioDeviceBase {
     const w = this.writer.reset(c);
     w.skipExact(this.request.statusOffset);
     w.writeU8(status);
+    this.countStatus(status);
+    return written + 1;
+  }
+
+  /** Counts a completed request by its status (both the synchronous and asynchronous paths). */
+  private countStatus(status: number): void {
     const s = this.stats;
     s.requests++;
     if (status === VIRTIO_BLK_S_IOERR) s.ioErrors++;
     else if (status === VIRTIO_BLK_S_UNSUPP) s.unsupported++;
-    return written + 1;
   }
 
   /** True when sectors [sector, sector + count) lie inside the disk. */
@@ -799,7 +457,7 @@ export class BlockDevice extends VirtioDeviceBase {
     // §5.2.6.2: a read-only device fails modifying requests with IOERR.
     if (this.backend.readOnly) return VIRTIO_BLK_S_IOERR;
     // §5.2.6.1: at most max_discard_seg / max_write_zeroes_seg segments.
-    if (count > (discard ? this.maxDiscardSegments : this.maxWriteZeroesSegments))
+    if (count > (discard ? this.limits.maxDiscardSegments : this.limits.maxWriteZeroesSegments))
       return VIRTIO_BLK_S_IOERR;
     const r = this.reader.reset(c);
     r.skipExact(BLK_HEADER_BYTES);
@@ -811,7 +469,7 @@ export class BlockDevice extends VirtioDeviceBase {
       if ((flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0) return VIRTIO_BLK_S_UNSUPP;
       if (discard && flags !== 0) return VIRTIO_BLK_S_UNSUPP;
     }
-    const maxSectors = discard ? this.maxDiscardSectors : this.maxWriteZeroesSectors;
+    const maxSectors = discard ? this.limits.maxDiscardSectors : this.limits.maxWriteZeroesSectors;
     for (let i = 0; i < count; i++) {
       const o = i * BLK_SEGMENT_BYTES;
       const n = v.getUint32(o + 8, true);
@@ -869,12 +527,4 @@ export class BlockDevice extends VirtioDeviceBase {
 
 function segmentSector(v: DataView, o: number): number {
   return joinU64(v.getUint32(o, true), v.getUint32(o + 4, true));
-}
-
-function capacityBytes(sectors: number): Uint8Array {
-  const b = new Uint8Array(8);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, sectors >>> 0, true);
-  v.setUint32(4, Math.floor(sectors / TWO_32), true);
-  return b;
 }

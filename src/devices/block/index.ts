@@ -10,7 +10,6 @@ export {
 export {
   BLK_CONFIG,
   BLK_CONFIG_SIZE,
-  BlockDevice,
   type BlockOptions,
   type BlockTopology,
   DEFAULT_SEG_MAX_RING,
@@ -25,7 +24,8 @@ export {
   VIRTIO_BLK_F_SIZE_MAX,
   VIRTIO_BLK_F_TOPOLOGY,
   VIRTIO_BLK_F_WRITE_ZEROES,
-} from './device.js';
+} from './config.js';
+export { BlockDevice } from './device.js';
 // Request types and status bytes (VIRTIO 1.2 §5.2.6), for drivers and tests that build requests
 export {
   BLK_HEADER_BYTES,

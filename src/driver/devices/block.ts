@@ -8,7 +8,7 @@ import {
   VIRTIO_BLK_F_SIZE_MAX,
   VIRTIO_BLK_F_TOPOLOGY,
   VIRTIO_BLK_F_WRITE_ZEROES,
-} from '../../devices/block/device.js';
+} from '../../devices/block/config.js';
 import {
   BLK_HEADER_BYTES,
   BLK_ID_BYTES,
