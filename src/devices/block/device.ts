@@ -1,14 +1,14 @@
 import { isVirtqError } from '../../errors.js';
 import { ChainReader } from '../../iovec/reader.js';
 import { ChainWriter } from '../../iovec/writer.js';
-import type { GuestMemory } from '../../memory/guest-memory.js';
 import { joinU64 } from '../../memory/guest-memory.js';
 import { DescriptorChain } from '../../queue/chain.js';
 import { consoleLogger, type Logger } from '../../queue/logger.js';
 import type { Queue } from '../../queue/queue.js';
 import { defaultScheduler } from '../budget.js';
 import { type DeviceContext, hasFeature, VIRTIO_ID_BLOCK, VirtioDeviceBase } from '../device.js';
-import type { BlockBackend, BlockIoDone } from './backend.js';
+import { type AsyncOp, AsyncTransfers } from './async-io.js';
+import type { BlockBackend } from './backend.js';
 import {
   BLK_CONFIG,
   BLK_CONFIG_SIZE,
@@ -43,23 +43,6 @@ import {
   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from './request.js';
 import { type BlockState, type BlockStats, emptyBlockStats, readBlockState } from './state.js';
-
-/** One asynchronous request under way. */
-interface AsyncOp {
-  readonly index: number;
-  readonly queue: Queue;
-  readonly head: number;
-  readonly kind: 'in' | 'out' | 'flush';
-  readonly length: number;
-  readonly bufs: Uint8Array[];
-  readonly addrs: number[];
-  /** The request's status byte (a one-byte view of guest memory) and its guest address. */
-  readonly status: Uint8Array;
-  readonly statusAddr: number;
-  readonly generation: number;
-  /** The guest memory the views are of. */
-  readonly memory: GuestMemory;
-}
 
 /**
  * virtio-blk (device id 2, VIRTIO 1.2 §5.2) over a pluggable {@link BlockBackend}.
@@ -119,17 +102,8 @@ export class BlockDevice extends VirtioDeviceBase {
   private writeThrough = false;
   private readonly asyncIo: boolean;
   private readonly asyncMinBytes: number;
-  /** Asynchronous transfers under way, and who waits for there to be none. */
-  private pendingIo = 0;
-  private idleWaiters: (() => void)[] = [];
-  /**
-   * Queues with used elements written by asynchronous completions and not yet published: the
-   * completions that land in one event-loop turn are published together, with one
-   * notification, as a synchronous batch is.
-   */
-  private readonly unpublished = new Set<number>();
-  private publishScheduled = false;
-  private readonly defer: (callback: () => void) => void;
+  /** Asynchronous transfers under way and their completions (`asyncIo`). */
+  private readonly transfers: AsyncTransfers;
 
   constructor(options: BlockOptions) {
     const plan = planBlockDevice(options);
@@ -145,7 +119,23 @@ export class BlockDevice extends VirtioDeviceBase {
     this.logger = options.logger ?? consoleLogger;
     this.asyncIo = options.asyncIo === true && backend.async !== undefined;
     this.asyncMinBytes = checkU32('asyncMinBytes', options.asyncMinBytes ?? 64 * 1024);
-    this.defer = options.defer ?? ((callback) => defaultScheduler(callback, 0));
+    this.transfers = new AsyncTransfers(
+      {
+        current: () => this.generation,
+        accepting: () => this.ctx !== null && !this.needsReset,
+        failed: (error, op) => this.backendFailed(error, op),
+        transferred: (kind, length) => {
+          if (kind === 'in') this.stats.bytesRead += length;
+          else if (kind === 'out') this.stats.bytesWritten += length;
+          else this.stats.flushes++;
+        },
+        countStatus: (status) => this.countStatus(status),
+        publish: (index) => this.publish(index),
+        fail: (e) => this.fail(e),
+        logger: this.logger,
+      },
+      options.defer ?? ((callback) => defaultScheduler(callback, 0)),
+    );
     this.limits = plan.limits;
     this.idBytes = plan.idBytes;
     this.segments = new Uint8Array(plan.maxSegments * BLK_SEGMENT_BYTES);
@@ -187,7 +177,7 @@ export class BlockDevice extends VirtioDeviceBase {
 
   protected override onReset(): void {
     // The base class moved to a new generation: a transfer that ends now completes nothing.
-    this.unpublished.clear();
+    this.transfers.reset();
     this.served = 0;
     this.writeThrough = false;
     this.reader.reset();
@@ -212,8 +202,7 @@ export class BlockDevice extends VirtioDeviceBase {
       }
     } finally {
       // Requests served before a broken one are completed, not lost.
-      if (done > 0 || this.unpublished.has(index)) {
-        this.unpublished.delete(index);
+      if (this.transfers.takeUnpublished(index) || done > 0) {
         this.publish(index);
       }
     }
@@ -226,19 +215,18 @@ export class BlockDevice extends VirtioDeviceBase {
 
   /** Asynchronous transfers under way ({@link BlockOptions.asyncIo}). */
   get inFlight(): number {
-    return this.pendingIo;
+    return this.transfers.pending;
   }
 
   /** Calls `callback` once no asynchronous transfer is under way (at once if none is). */
   whenIdle(callback: () => void): void {
-    if (this.pendingIo === 0) callback();
-    else this.idleWaiters.push(callback);
+    this.transfers.whenIdle(callback);
   }
 
   /**
    * Starts a read, write or flush asynchronously and returns true; false leaves the request to
    * the synchronous path (other types, errors found before any transfer, write-through).
-   * The request is completed by {@link completeAsync}.
+   * The request is completed by the {@link AsyncTransfers} engine.
    */
   private startAsync(index: number, queue: Queue, c: DescriptorChain): boolean {
     const io = this.backend.async!;
@@ -282,78 +270,8 @@ export class BlockDevice extends VirtioDeviceBase {
       generation: this.generation,
       memory: this.ctx!.memory,
     };
-    const done: BlockIoDone = (error) => this.completeAsync(op, error);
-    this.pendingIo++;
-    try {
-      if (kind === 'in') io.readv(offset, bufs, done);
-      else if (kind === 'out') io.writev(offset, bufs, done);
-      else io.flush(done);
-    } catch (e) {
-      queueMicrotask(() => done(e as Error));
-    }
+    this.transfers.start(op, io, offset);
     return true;
-  }
-
-  /** Writes the status of an asynchronous request and publishes it (unless reset since). */
-  private completeAsync(op: AsyncOp, error: Error | null): void {
-    this.pendingIo--;
-    if (op.kind === 'in') {
-      // The transfer wrote guest memory behind the queue's back, even one that failed part
-      // way or that a reset made moot: record the pages now (the dirty log must see them).
-      for (let i = 0; i < op.addrs.length; i++) {
-        op.memory.markDirty(op.addrs[i]!, op.bufs[i]!.length);
-      }
-    }
-    const ctx = this.ctx;
-    if (op.generation === this.generation && ctx !== null && !this.needsReset) {
-      const s = this.stats;
-      let status = VIRTIO_BLK_S_OK;
-      if (error !== null) {
-        status = this.backendFailed(
-          error,
-          op.kind === 'in' ? 'read' : op.kind === 'out' ? 'write' : 'flush',
-        );
-      } else if (op.kind === 'in') s.bytesRead += op.length;
-      else if (op.kind === 'out') s.bytesWritten += op.length;
-      else s.flushes++;
-      op.status[0] = status;
-      op.memory.markDirty(op.statusAddr, 1);
-      this.countStatus(status);
-      const written = op.kind === 'in' && status === VIRTIO_BLK_S_OK ? op.length : 0;
-      try {
-        op.queue.addUsed(op.head, written + 1);
-        this.unpublished.add(op.index);
-        if (!this.publishScheduled) {
-          this.publishScheduled = true;
-          this.defer(() => this.publishCompleted());
-        }
-      } catch (e) {
-        // Runs from the backend's callback: nothing may escape to the event loop.
-        if (isVirtqError(e)) this.fail(e);
-        else this.logger.warn('block: completing a request failed', { error: String(e) });
-      }
-    }
-    if (this.pendingIo === 0 && this.idleWaiters.length > 0) {
-      // Whoever waits for idleness (a ring about to stop) sees every completion published.
-      this.publishCompleted();
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const w of waiters) w();
-    }
-  }
-
-  /** Publishes the used elements asynchronous completions wrote (see `unpublished`). */
-  private publishCompleted(): void {
-    this.publishScheduled = false;
-    for (const index of this.unpublished) {
-      try {
-        this.publish(index);
-      } catch (e) {
-        if (isVirtqError(e)) this.fail(e);
-        else this.logger.warn('block: publishing completions failed', { error: String(e) });
-      }
-    }
-    this.unpublished.clear();
   }
 
   /** Serves one request and writes its status; returns the used length. */
