@@ -1,9 +1,7 @@
-import { QueueConfigError, type QueueConfigErrorCode, SnapshotError } from '../errors.js';
+import { QueueConfigError, type QueueConfigErrorCode } from '../errors.js';
 import { hex } from '../hex.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { GuestRegion } from '../memory/region.js';
-import type { Queue } from './queue.js';
-import type { QueueStateCommon } from './state.js';
 
 /**
  * The region holding one part of a ring (descriptor area, driver area or device area), after
@@ -29,30 +27,4 @@ export function ringArea(
     fail('QUEUE_RING_OUT_OF_MEMORY', `+${len} is not inside one memory region`);
   }
   return r as GuestRegion;
-}
-
-/** Copies the configuration part of a saved state onto a new queue. */
-export function applyCommonState(q: Queue, c: Omit<QueueStateCommon, 'version'>): void {
-  q.size = c.size;
-  q.ready = c.ready;
-  q.descTableAddress = c.descTableAddress;
-  q.availRingAddress = c.availRingAddress;
-  q.usedRingAddress = c.usedRingAddress;
-  q.usesNotifSuppression = c.eventIdx;
-  q.indirectDesc = c.indirectDesc;
-}
-
-/**
- * Initialises a queue being restored from an active state, turning a configuration the memory
- * cannot hold into a {@link SnapshotError} named `<format>.<field>`.
- */
-export function initializeRestored(q: Queue, memory: GuestMemory | null, format: string): void {
-  if (memory === null)
-    throw new SnapshotError(`${format}.active`, 'an active queue needs guest memory');
-  try {
-    q.initialize(memory);
-  } catch (e) {
-    if (e instanceof QueueConfigError) throw new SnapshotError(`${format}.${e.field}`, e.message);
-    throw e;
-  }
 }

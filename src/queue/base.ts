@@ -1,9 +1,10 @@
-import { DescriptorError, QueueConfigError, QueueStateError } from '../errors.js';
+import { DescriptorError, QueueConfigError, QueueStateError, SnapshotError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { DescriptorChain } from './chain.js';
 import { ChainRecord, recordOf } from './chain-record.js';
 import { MAX_QUEUE_SIZE } from './constants.js';
 import { consoleLogger, type Logger } from './logger.js';
+import { QUEUE_STATE_VERSION, type QueueStateCommon } from './state.js';
 
 /**
  * What both ring formats share: the configuration registers a transport writes, the state
@@ -104,6 +105,67 @@ export abstract class QueueBase {
 
   /** What a ring format knows about a held chain's head (the packed ring: it is in flight). */
   protected checkHeldHead(_head: number, _slots: number): void {}
+
+  // ---- what both formats save and restore ----
+
+  /** The configuration part of a saved state (the fields both formats save). */
+  protected saveCommon(): QueueStateCommon {
+    return {
+      version: QUEUE_STATE_VERSION,
+      maxSize: this.maxSize,
+      size: this.size,
+      ready: this.ready,
+      descTableAddress: this.descTableAddress,
+      availRingAddress: this.availRingAddress,
+      usedRingAddress: this.usedRingAddress,
+      eventIdx: this.usesNotifSuppression,
+      indirectDesc: this.indirectDesc,
+      active: this.active,
+    };
+  }
+
+  /** Copies the configuration part of a saved state onto this (new) queue. */
+  protected applyCommon(c: Omit<QueueStateCommon, 'version'>): void {
+    this.size = c.size;
+    this.ready = c.ready;
+    this.descTableAddress = c.descTableAddress;
+    this.availRingAddress = c.availRingAddress;
+    this.usedRingAddress = c.usedRingAddress;
+    this.usesNotifSuppression = c.eventIdx;
+    this.indirectDesc = c.indirectDesc;
+  }
+
+  /**
+   * Initialises a queue being restored from an active state, turning a configuration the memory
+   * cannot hold into a {@link SnapshotError} named `<format>.<field>`.
+   */
+  protected initializeRestored(memory: GuestMemory | null, format: string): void {
+    if (memory === null)
+      throw new SnapshotError(`${format}.active`, 'an active queue needs guest memory');
+    try {
+      this.initialize(memory);
+    } catch (e) {
+      if (e instanceof QueueConfigError) throw new SnapshotError(`${format}.${e.field}`, e.message);
+      throw e;
+    }
+  }
+
+  /** Validates the saved state and builds a new queue of this format from it (`fromState`). */
+  protected abstract fromSaved(state: unknown, memory: GuestMemory | null): QueueBase;
+
+  /** Fields that describe this object's life rather than the ring, kept across a restore. */
+  protected keptAcrossRestore(): object {
+    return {};
+  }
+
+  /** Replaces this queue's state with a saved one; on error this queue is left unchanged. */
+  restore(state: unknown, memory: GuestMemory | null): void {
+    const fresh = this.fromSaved(state, memory);
+    Object.assign(this, fresh, this.keptAcrossRestore());
+  }
+
+  /** Validates the configuration against the spec and `memory`; throws QueueConfigError. */
+  abstract initialize(memory: GuestMemory): void;
 
   protected requireActive(): void {
     if (!this.active) throw new QueueStateError('QUEUE_NOT_ACTIVE', 'queue is not initialised');

@@ -1,7 +1,7 @@
 import { DescriptorError, QueueConfigError, SnapshotError, UsedRingError } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
-import { applyCommonState, initializeRestored, ringArea } from '../area.js';
+import { ringArea } from '../area.js';
 import { QueueBase } from '../base.js';
 import type { DescriptorChain } from '../chain.js';
 import { ChainRecord, recordOf } from '../chain-record.js';
@@ -15,7 +15,7 @@ import {
 } from '../constants.js';
 import type { Logger } from '../logger.js';
 import type { Queue } from '../queue.js';
-import { type PackedQueueState, QUEUE_STATE_VERSION, StateReader } from '../state.js';
+import { type PackedQueueState, StateReader } from '../state.js';
 import { eventWanted } from './event.js';
 import {
   PACKED_DESC_FLAGS,
@@ -587,17 +587,8 @@ export class PackedQueue extends QueueBase implements Queue {
       inFlight.push([id, this.idSlots[id]!]);
     }
     return {
-      version: QUEUE_STATE_VERSION,
+      ...this.saveCommon(),
       format: 'packed',
-      maxSize: this.maxSize,
-      size: this.size,
-      ready: this.ready,
-      descTableAddress: this.descTableAddress,
-      availRingAddress: this.availRingAddress,
-      usedRingAddress: this.usedRingAddress,
-      eventIdx: this.usesNotifSuppression,
-      indirectDesc: this.indirectDesc,
-      active: this.active,
       nextAvail: this._nextAvail,
       availWrap: this._availWrap === 1,
       nextUsed: this._nextUsed,
@@ -623,7 +614,7 @@ export class PackedQueue extends QueueBase implements Queue {
     r.literal('format', ['packed']);
     const c = r.common(MAX_QUEUE_SIZE);
     const q = new PackedQueue(c.maxSize, options);
-    applyCommonState(q, c);
+    q.applyCommon(c);
     const size = c.size;
     const last = Math.max(size - 1, 0);
     q.freshState(size);
@@ -657,7 +648,7 @@ export class PackedQueue extends QueueBase implements Queue {
     }
     const pending = r.int('pendingUsed', 0, Math.max(2 * size - 1, 0));
     if (c.active) {
-      initializeRestored(q, memory, 'packed');
+      q.initializeRestored(memory, 'packed');
       if (pending > 0) q.restorePending(pending);
     } else if (pending > 0) {
       throw new SnapshotError('packed.pendingUsed', 'an inactive queue has no unpublished batch');
@@ -678,10 +669,8 @@ export class PackedQueue extends QueueBase implements Queue {
     this.pendingFlags = (first < size ? AVAIL_USED : 0) | (len > 0 ? VIRTQ_DESC_F_WRITE : 0);
   }
 
-  /** Replaces this queue's state with a saved one; on error this queue is left unchanged. */
-  restore(state: unknown, memory: GuestMemory | null): void {
-    const q = PackedQueue.fromState(state, memory, { logger: this.logger });
-    Object.assign(this, q);
+  protected override fromSaved(state: unknown, memory: GuestMemory | null): QueueBase {
+    return PackedQueue.fromState(state, memory, { logger: this.logger });
   }
 
   /** Back to the state of a new queue (device reset, §2.4): inactive, size = maxSize, zeroes. */

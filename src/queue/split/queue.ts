@@ -1,7 +1,7 @@
 import { DescriptorError, QueueConfigError, SnapshotError, UsedRingError } from '../../errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
-import { applyCommonState, initializeRestored, ringArea } from '../area.js';
+import { ringArea } from '../area.js';
 import { QueueBase } from '../base.js';
 import type { DescriptorChain } from '../chain.js';
 import { ChainRecord, recordOf } from '../chain-record.js';
@@ -14,7 +14,7 @@ import {
 } from '../constants.js';
 import type { Logger } from '../logger.js';
 import type { Queue } from '../queue.js';
-import { QUEUE_STATE_VERSION, type SplitQueueState, StateReader } from '../state.js';
+import { type SplitQueueState, StateReader } from '../state.js';
 import {
   AVAIL_RING_ALIGN,
   availRingBytes,
@@ -459,17 +459,8 @@ export class SplitQueue extends QueueBase implements Queue {
   /** The queue's whole state as a plain, versioned, JSON-safe object. */
   save(): SplitQueueState {
     return {
-      version: QUEUE_STATE_VERSION,
+      ...this.saveCommon(),
       format: 'split',
-      maxSize: this.maxSize,
-      size: this.size,
-      ready: this.ready,
-      descTableAddress: this.descTableAddress,
-      availRingAddress: this.availRingAddress,
-      usedRingAddress: this.usedRingAddress,
-      eventIdx: this.usesNotifSuppression,
-      indirectDesc: this.indirectDesc,
-      active: this.active,
       nextAvail: this._nextAvail,
       nextUsed: this._nextUsed,
       numAdded: this._numAdded,
@@ -491,22 +482,21 @@ export class SplitQueue extends QueueBase implements Queue {
     // Any u32 the guest wrote to the size register restores; initialize() judges an active one.
     const c = r.common(MAX_QUEUE_SIZE, 0xffffffff);
     const q = new SplitQueue(c.maxSize, options);
-    applyCommonState(q, c);
+    q.applyCommon(c);
     q._nextAvail = r.int('nextAvail', 0, 0xffff);
     q._nextUsed = r.int('nextUsed', 0, 0xffff);
     q._numAdded = r.int('numAdded', 0, 0xffff);
-    if (c.active) initializeRestored(q, memory, 'split');
+    if (c.active) q.initializeRestored(memory, 'split');
     return q;
   }
 
-  /** Replaces this queue's state with a saved one; on error this queue is left unchanged. */
-  restore(state: unknown, memory: GuestMemory | null): void {
-    const q = SplitQueue.fromState(state, memory, { logger: this.logger });
-    // The saved state replaces the ring's; the queue's own counter of resynchronisations
-    // describes this object's life, not the state, and is kept (Object.assign would zero it).
-    const resyncs = this.resyncCount;
-    Object.assign(this, q);
-    this.resyncCount = resyncs;
+  protected override fromSaved(state: unknown, memory: GuestMemory | null): QueueBase {
+    return SplitQueue.fromState(state, memory, { logger: this.logger });
+  }
+
+  protected override keptAcrossRestore(): object {
+    // Counts this object's resynchronisations, not the ring's state (Object.assign would zero it).
+    return { resyncCount: this.resyncCount };
   }
 
   /** Back to the state of a new queue (device reset, §2.4): inactive, size = maxSize, zeroes. */
