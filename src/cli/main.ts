@@ -32,6 +32,17 @@ import {
   vhostUserRng,
 } from './vhost-user.js';
 
+/** The options every vhost-user back-end command takes: where it meets its front-end. */
+function withSocket(command: Command): Command {
+  return command
+    .requiredOption('--socket-path <path>', 'Unix socket to listen on (a stale socket is replaced)')
+    .option(
+      '--connect',
+      'connect to a front-end listening at --socket-path (QEMU -chardev socket,server=on) instead of listening; exits when it leaves',
+      false,
+    );
+}
+
 export function buildProgram(): Command {
   const program = new Command();
   program
@@ -124,16 +135,9 @@ export function buildProgram(): Command {
     .option('--no-progress', 'no progress bar')
     .action((opts: QueueDemoOptions) => queueDemo(opts));
 
-  program
-    .command('vhost-user-blk')
+  withSocket(program.command('vhost-user-blk'))
     .description(
       'Serve a disk image as a vhost-user-blk back-end on a Unix socket (for QEMU -device vhost-user-blk-pci)',
-    )
-    .requiredOption('--socket-path <path>', 'Unix socket to listen on (a stale socket is replaced)')
-    .option(
-      '--connect',
-      'connect to a front-end listening at --socket-path (QEMU -chardev socket,server=on) instead of listening; exits when it leaves',
-      false,
     )
     .addOption(
       new Option('--blk-file <file>', 'raw disk image to serve')
@@ -172,16 +176,9 @@ export function buildProgram(): Command {
     )
     .action((opts: VhostUserBlkOptions) => vhostUserBlk(opts));
 
-  program
-    .command('vhost-user-rng')
+  withSocket(program.command('vhost-user-rng'))
     .description(
       'Serve an entropy device as a vhost-user-rng back-end on a Unix socket (for QEMU -device vhost-user-rng-pci)',
-    )
-    .requiredOption('--socket-path <path>', 'Unix socket to listen on (a stale socket is replaced)')
-    .option(
-      '--connect',
-      'connect to a front-end listening at --socket-path (QEMU -chardev socket,server=on) instead of listening; exits when it leaves',
-      false,
     )
     .addOption(
       new Option(

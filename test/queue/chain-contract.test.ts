@@ -7,9 +7,8 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { type DriverQueue, PackedDriver, SplitDriver } from '../../src/driver/index.js';
+import type { DriverQueue } from '../../src/driver/index.js';
 import { DescriptorError } from '../../src/errors.js';
-import { GuestMemory } from '../../src/memory/index.js';
 import {
   createQueue,
   DescriptorChain,
@@ -20,31 +19,13 @@ import {
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
 } from '../../src/queue/index.js';
+import { drivenQueue } from './driven-queue.js';
 
 const MEM = 1 << 20;
 const DATA = 0x40000;
 
 function rig(format: RingFormat, size = 8): { queue: Queue; driver: DriverQueue } {
-  const memory = GuestMemory.create(MEM);
-  const queue = createQueue(format, size);
-  let driver: DriverQueue;
-  if (format === 'split') {
-    const d = new SplitDriver(memory, { size, base: 0 });
-    queue.descTableAddress = d.layout.desc;
-    queue.availRingAddress = d.layout.avail;
-    queue.usedRingAddress = d.layout.used;
-    driver = d;
-  } else {
-    const d = new PackedDriver(memory, { size, base: 0 });
-    queue.descTableAddress = d.layout.desc;
-    queue.availRingAddress = d.layout.driver;
-    queue.usedRingAddress = d.layout.device;
-    driver = d;
-  }
-  queue.size = size;
-  queue.ready = true;
-  queue.initialize(memory);
-  return { queue, driver };
+  return drivenQueue(format, size, { memoryBytes: MEM });
 }
 
 function codeOf(f: () => unknown): string {

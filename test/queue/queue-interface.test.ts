@@ -1,15 +1,13 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type DriverQueue, PackedDriver, SplitDriver } from '../../src/driver/index.js';
 import { ChainReader, ChainWriter } from '../../src/iovec/index.js';
-import { GuestMemory } from '../../src/memory/index.js';
 import {
-  createQueue,
   DescriptorChain,
   InOrderCompleter,
   type Queue,
   type RingFormat,
 } from '../../src/queue/index.js';
+import { drivenQueue } from './driven-queue.js';
 
 /**
  * A device written once against the `Queue` interface: it reads each request (a u32 sequence
@@ -85,27 +83,7 @@ for (const format of ['split', 'packed'] as const) {
 }
 
 function rig(v: Variant, size: number) {
-  const memory = GuestMemory.create(2 << 20);
-  const queue = createQueue(v.format, size);
-  let driver: DriverQueue;
-  if (v.format === 'split') {
-    const d = new SplitDriver(memory, { size, base: 0, eventIdx: v.eventIdx, inOrder: v.inOrder });
-    queue.descTableAddress = d.layout.desc;
-    queue.availRingAddress = d.layout.avail;
-    queue.usedRingAddress = d.layout.used;
-    driver = d;
-  } else {
-    const d = new PackedDriver(memory, { size, base: 0, eventIdx: v.eventIdx, inOrder: v.inOrder });
-    queue.descTableAddress = d.layout.desc;
-    queue.availRingAddress = d.layout.driver;
-    queue.usedRingAddress = d.layout.device;
-    driver = d;
-  }
-  queue.size = size;
-  queue.ready = true;
-  queue.usesNotifSuppression = v.eventIdx;
-  queue.indirectDesc = v.indirect;
-  queue.initialize(memory);
+  const { memory, queue, driver } = drivenQueue(v.format, size, v);
   return { memory, queue, driver, device: new EchoDevice(queue, v.inOrder) };
 }
 

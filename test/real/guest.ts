@@ -602,6 +602,26 @@ export async function missingGuestDeps(): Promise<string[]> {
   return missing;
 }
 
+/**
+ * The presence check every real-guest test file starts with: the missing dependencies, and
+ * whether CI is set. When any is missing it warns loudly, saying whether the tests are skipped
+ * (locally) or fail (CI set: each file's "has what it needs" test then fails).
+ */
+export async function guestDepsFor(file: string): Promise<{ missing: string[]; inCi: boolean }> {
+  const missing = await missingGuestDeps();
+  const ci = process.env.CI ?? '';
+  const inCi = ci !== '' && ci !== '0' && ci.toLowerCase() !== 'false';
+  if (missing.length > 0) {
+    const bar = '!'.repeat(100);
+    console.warn(
+      `${bar}\n${file}: the real-guest tests ${inCi ? 'FAIL (CI is set)' : 'are SKIPPED'}: missing\n` +
+        missing.map((m) => `  - ${m}\n`).join('') +
+        `Install them with: ${GUEST_DEPS_INSTALL}\n${bar}`,
+    );
+  }
+  return { missing, inCi };
+}
+
 export interface VhostUserBlkOptions {
   /** Unix socket the backend listens on. */
   readonly socket: string;

@@ -25,10 +25,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   buildGuest,
   createRawImage,
-  GUEST_DEPS_INSTALL,
+  guestDepsFor,
   type LoggedProcess,
   type Machine,
-  missingGuestDeps,
   runQemu,
   sharedMemoryArgs,
   spawnLogged,
@@ -37,13 +36,7 @@ import {
 } from './guest.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
-const missing = await missingGuestDeps();
-const inCi = process.env.CI === 'true' || process.env.CI === '1';
-if (missing.length > 0) {
-  console.warn(
-    `test/real/vhost-user-blk-reconnect.test.ts: ${inCi ? 'FAILS (CI is set)' : 'SKIPPED'}; missing: ${missing.join('; ')}. Install with: ${GUEST_DEPS_INSTALL}`,
-  );
-}
+const { missing, inCi } = await guestDepsFor('test/real/vhost-user-blk-reconnect.test.ts');
 
 const MEM_MIB = 256;
 const IMAGE_BYTES = 32 << 20;

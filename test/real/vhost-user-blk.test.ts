@@ -23,9 +23,9 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   fallocateProgram,
   GUEST_DEPS_INSTALL,
+  guestDepsFor,
   type LoggedProcess,
   type Machine,
-  missingGuestDeps,
   type QemuResult,
   runQemu,
   sharedMemoryArgs,
@@ -39,18 +39,7 @@ import {
 // ---------------------------------------------------------------------------------------------
 // Presence check: loud skip locally, failure under CI.
 
-const missing = await missingGuestDeps();
-const ciValue = process.env.CI ?? '';
-const inCi = ciValue !== '' && ciValue !== '0' && ciValue.toLowerCase() !== 'false';
-if (missing.length > 0) {
-  const bar = '!'.repeat(100);
-  console.warn(
-    `${bar}\n` +
-      `test/real/vhost-user-blk.test.ts: the real-guest tests ${inCi ? 'FAIL (CI is set)' : 'are SKIPPED'}: missing\n` +
-      missing.map((m) => `  - ${m}\n`).join('') +
-      `Install them with: ${GUEST_DEPS_INSTALL}\n${bar}`,
-  );
-}
+const { missing, inCi } = await guestDepsFor('test/real/vhost-user-blk.test.ts');
 
 // ---------------------------------------------------------------------------------------------
 // The layout of what the guest writes.

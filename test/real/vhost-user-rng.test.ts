@@ -19,10 +19,9 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   buildGuest,
-  GUEST_DEPS_INSTALL,
+  guestDepsFor,
   type LoggedProcess,
   type Machine,
-  missingGuestDeps,
   type QemuResult,
   runQemu,
   sharedMemoryArgs,
@@ -33,17 +32,7 @@ import {
   waitFor,
 } from './guest.js';
 
-const missing = await missingGuestDeps();
-const ciValue = process.env.CI ?? '';
-const inCi = ciValue !== '' && ciValue !== '0' && ciValue.toLowerCase() !== 'false';
-if (missing.length > 0) {
-  const bar = '!'.repeat(100);
-  console.warn(
-    `${bar}\ntest/real/vhost-user-rng.test.ts: the real-guest tests ${inCi ? 'FAIL (CI is set)' : 'are SKIPPED'}: missing\n` +
-      missing.map((m) => `  - ${m}\n`).join('') +
-      `Install them with: ${GUEST_DEPS_INSTALL}\n${bar}`,
-  );
-}
+const { missing, inCi } = await guestDepsFor('test/real/vhost-user-rng.test.ts');
 
 const MEM_MIB = 256;
 const BOOT_TIMEOUT_MS = 90_000;
