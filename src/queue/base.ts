@@ -4,6 +4,7 @@ import type { DescriptorChain } from './chain.js';
 import { ChainRecord, recordOf } from './chain-record.js';
 import { MAX_QUEUE_SIZE } from './constants.js';
 import { consoleLogger, type Logger } from './logger.js';
+import type { Queue } from './queue.js';
 import { QUEUE_STATE_VERSION, type QueueStateCommon } from './state.js';
 
 /**
@@ -151,7 +152,7 @@ export abstract class QueueBase {
   }
 
   /** Validates the saved state and builds a new queue of this format from it (`fromState`). */
-  protected abstract fromSaved(state: unknown, memory: GuestMemory | null): QueueBase;
+  protected abstract fromSaved(state: unknown, memory: GuestMemory | null): Queue;
 
   /** Fields that describe this object's life rather than the ring, kept across a restore. */
   protected keptAcrossRestore(): object {

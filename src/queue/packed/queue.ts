@@ -669,7 +669,7 @@ export class PackedQueue extends QueueBase implements Queue {
     this.pendingFlags = (first < size ? AVAIL_USED : 0) | (len > 0 ? VIRTQ_DESC_F_WRITE : 0);
   }
 
-  protected override fromSaved(state: unknown, memory: GuestMemory | null): QueueBase {
+  protected override fromSaved(state: unknown, memory: GuestMemory | null): Queue {
     return PackedQueue.fromState(state, memory, { logger: this.logger });
   }
 

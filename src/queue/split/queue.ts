@@ -490,7 +490,7 @@ export class SplitQueue extends QueueBase implements Queue {
     return q;
   }
 
-  protected override fromSaved(state: unknown, memory: GuestMemory | null): QueueBase {
+  protected override fromSaved(state: unknown, memory: GuestMemory | null): Queue {
     return SplitQueue.fromState(state, memory, { logger: this.logger });
   }
 
