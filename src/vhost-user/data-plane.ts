@@ -18,13 +18,13 @@ import type { DeviceContext, VirtioDevice } from '../devices/device.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { createQueue } from '../queue/factory.js';
 import type { Logger } from '../queue/logger.js';
-import { TrackedPackedQueue } from '../queue/packed/tracked.js';
+import type { TrackedPackedQueue } from '../queue/packed/tracked.js';
 import type { Queue } from '../queue/queue.js';
-import { TrackedSplitQueue } from '../queue/split/tracked.js';
-import { SplitInflight } from './inflight.js';
+import type { TrackedSplitQueue } from '../queue/split/tracked.js';
+import type { SplitInflight } from './inflight.js';
 import type { MemoryTable } from './memory-table.js';
 import type { VhostUserNative } from './native.js';
-import { PackedInflight } from './packed-inflight.js';
+import type { PackedInflight } from './packed-inflight.js';
 import { RingServer } from './ring-server.js';
 import {
   applyInflight,
@@ -59,13 +59,22 @@ export interface PlaneHost {
   closeFds(fds: readonly number[]): void;
 }
 
+/** A ring that records its chains in flight (INFLIGHT_SHMFD): its tracked queue and region. */
+export type RingTracking =
+  | { readonly format: 'split'; readonly queue: TrackedSplitQueue; readonly region: SplitInflight }
+  | {
+      readonly format: 'packed';
+      readonly queue: TrackedPackedQueue;
+      readonly region: PackedInflight;
+    };
+
 /** A ring the control plane validated and hands to a plane. */
 export interface RingStart {
   readonly index: number;
   /** Initialised over `memory` and positioned where the ring resumes. */
   readonly queue: Queue;
-  /** Where the ring records chains in flight (INFLIGHT_SHMFD), or null. */
-  readonly region: SplitInflight | PackedInflight | null;
+  /** Where the ring records chains in flight (INFLIGHT_SHMFD), or null: untracked. */
+  readonly tracking: RingTracking | null;
   readonly features: bigint;
   readonly memory: GuestMemory;
   readonly table: MemoryTable;
@@ -165,12 +174,16 @@ export class InProcessPlane implements DataPlane {
       host.device.activate(this.ctx);
     }
     this.queues[s.index] = s.queue;
-    const { region, queue: q } = s;
-    if (region instanceof SplitInflight && q instanceof TrackedSplitQueue) {
-      host.counters.resubmitted += applyInflight(q, region, s.index, host.logger);
-    } else if (region instanceof PackedInflight && q instanceof TrackedPackedQueue) {
-      host.counters.resubmitted += applyPackedInflight(q, region, s.index, host.logger, () =>
-        signalError(host.native, s.ring.errFd, host.logger),
+    const t = s.tracking;
+    if (t?.format === 'split') {
+      host.counters.resubmitted += applyInflight(t.queue, t.region, s.index, host.logger);
+    } else if (t?.format === 'packed') {
+      host.counters.resubmitted += applyPackedInflight(
+        t.queue,
+        t.region,
+        s.index,
+        host.logger,
+        () => signalError(host.native, s.ring.errFd, host.logger),
       );
     }
     // Buffers made available before the ring started are served now.

@@ -13,18 +13,17 @@ import {
   VIRTIO_F_INDIRECT_DESC,
   VIRTIO_F_RING_PACKED,
 } from '../queue/constants.js';
-import { createQueue } from '../queue/factory.js';
+import { type AnyQueue, createQueue } from '../queue/factory.js';
 import type { Logger } from '../queue/logger.js';
 import type { PackedQueue } from '../queue/packed/queue.js';
 import { TrackedPackedQueue } from '../queue/packed/tracked.js';
 import { usedRingBytes } from '../queue/split/layout.js';
 import { TrackedSplitQueue } from '../queue/split/tracked.js';
 import { encodeVringStateReply, VHOST_VRING_F_LOG, type VhostUserMessage } from './codec.js';
-import type { DataPlane, PlaneCounters, PlaneHost } from './data-plane.js';
-import type { InflightBuffer, SplitInflight } from './inflight.js';
+import type { DataPlane, PlaneCounters, PlaneHost, RingTracking } from './data-plane.js';
+import type { InflightBuffer } from './inflight.js';
 import type { MemoryTable } from './memory-table.js';
 import type { FdWatcher, VhostUserNative } from './native.js';
-import type { PackedInflight } from './packed-inflight.js';
 import { RequestFailure } from './request-failure.js';
 import { freshRing, PACKED_WRAP_BIT, type RingState } from './ring-state.js';
 import type { RingLog } from './ring-worker-protocol.js';
@@ -286,17 +285,22 @@ export class Rings {
     if (buffer === null && this.host.hasInflight()) {
       this.logger.warn('vhost-user: IN_ORDER ring served without crash recovery', { index });
     }
-    let region: SplitInflight | PackedInflight | null =
-      buffer === null ? null : packed ? buffer.packed(index) : buffer.split(index);
     const max = this.device.queueMaxSizes[index]!;
     const options = { logger: this.logger };
     // Only a tracked queue pays for the inflight bookkeeping.
-    const q =
-      region === null
-        ? createQueue(packed ? 'packed' : 'split', max, options)
-        : packed
-          ? new TrackedPackedQueue(max, options)
-          : new TrackedSplitQueue(max, options);
+    let tracking: RingTracking | null = null;
+    if (buffer !== null && packed) {
+      const region = buffer.packed(index);
+      if (region !== null) {
+        tracking = { format: 'packed', queue: new TrackedPackedQueue(max, options), region };
+      }
+    } else if (buffer !== null) {
+      const region = buffer.split(index);
+      if (region !== null) {
+        tracking = { format: 'split', queue: new TrackedSplitQueue(max, options), region };
+      }
+    }
+    const q: AnyQueue = tracking?.queue ?? createQueue(packed ? 'packed' : 'split', max, options);
     q.size = ring.num;
     q.descTableAddress = ring.desc;
     q.availRingAddress = ring.avail;
@@ -313,21 +317,21 @@ export class Rings {
     } else {
       this.placePacked(index, q, ring.base);
     }
-    if (region !== null && q.activeSize > region.descNum) {
+    if (tracking !== null && q.activeSize > tracking.region.descNum) {
       // Regions are sized for the device's largest ring; only a buffer from elsewhere (another
       // back-end's, handed back by the front-end) can be smaller. Served, without recovery.
       this.logger.warn('vhost-user: ring larger than its inflight region; served untracked', {
         index,
         size: q.activeSize,
-        descNum: region.descNum,
+        descNum: tracking.region.descNum,
       });
-      region = null;
+      tracking = null;
     }
     ring.running = true;
     this.plane.start({
       index,
       queue: q,
-      region,
+      tracking,
       features: f,
       memory,
       table: this.table,

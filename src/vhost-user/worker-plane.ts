@@ -51,7 +51,7 @@ export class WorkerPlane implements DataPlane {
   }
 
   start(s: RingStart): void {
-    const region = s.region;
+    const region = s.tracking?.region ?? null;
     this.worker(s.index).start({
       type: 'start',
       features: s.features,

@@ -183,7 +183,7 @@ export class WorkerDeviceProxy implements VirtioDevice {
     }
     const payload: ActivatePayload = {
       features: ctx.features.toString(16),
-      queues: ctx.queues.map((q) => (q as unknown as { save(): unknown }).save()),
+      queues: ctx.queues.map((q) => q.save()),
     };
     this.sink = ctx.interrupt;
     this.active = true;
@@ -251,7 +251,7 @@ export class WorkerDeviceProxy implements VirtioDevice {
         ? null
         : {
             features: ctx.features.toString(16),
-            queues: ctx.queues.map((q) => (q as unknown as { save(): unknown }).save()),
+            queues: ctx.queues.map((q) => q.save()),
           };
     let stateText: string | undefined;
     try {
