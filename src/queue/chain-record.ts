@@ -49,8 +49,7 @@ export class ChainRecord implements DescriptorChain {
   /** Position of the current descriptor (0 = head). */
   cursor = 0;
 
-  /** Per-descriptor fields, valid for positions [0, count). */
-  /** Table index (bits 0-15) and `next` (bits 16-31) of each descriptor. */
+  /** Per descriptor, positions [0, count): table index (bits 0-15) and `next` (bits 16-31). */
   links: Uint32Array;
   addrs: Float64Array;
   lens: Uint32Array;

@@ -1,6 +1,5 @@
 import {
   type DeviceContext,
-  type DeviceState,
   hasFeature,
   type InterruptSink,
   STATUS_ACKNOWLEDGE,
@@ -19,80 +18,32 @@ import {
   VIRTIO_F_INDIRECT_DESC,
   VIRTIO_F_RING_PACKED,
 } from '../queue/constants.js';
-import { createQueue, queueFromState } from '../queue/factory.js';
+import { createQueue } from '../queue/factory.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
 import type { Queue } from '../queue/queue.js';
-import { nestedState, StateReader } from '../queue/state.js';
+import { nestedState } from '../queue/state.js';
+import { type MmioState, readMmioState } from './mmio-state.js';
 
-/** virtio-mmio register offsets (VIRTIO 1.2 §4.2.2, version 2). */
-export const MMIO = {
-  MAGIC_VALUE: 0x000,
-  VERSION: 0x004,
-  DEVICE_ID: 0x008,
-  VENDOR_ID: 0x00c,
-  DEVICE_FEATURES: 0x010,
-  DEVICE_FEATURES_SEL: 0x014,
-  DRIVER_FEATURES: 0x020,
-  DRIVER_FEATURES_SEL: 0x024,
-  QUEUE_SEL: 0x030,
-  QUEUE_NUM_MAX: 0x034,
-  QUEUE_NUM: 0x038,
-  QUEUE_READY: 0x044,
-  QUEUE_NOTIFY: 0x050,
-  INTERRUPT_STATUS: 0x060,
-  INTERRUPT_ACK: 0x064,
-  STATUS: 0x070,
-  QUEUE_DESC_LOW: 0x080,
-  QUEUE_DESC_HIGH: 0x084,
-  QUEUE_DRIVER_LOW: 0x090,
-  QUEUE_DRIVER_HIGH: 0x094,
-  QUEUE_DEVICE_LOW: 0x0a0,
-  QUEUE_DEVICE_HIGH: 0x0a4,
-  SHM_SEL: 0x0ac,
-  SHM_LEN_LOW: 0x0b0,
-  SHM_LEN_HIGH: 0x0b4,
-  SHM_BASE_LOW: 0x0b8,
-  SHM_BASE_HIGH: 0x0bc,
-  QUEUE_RESET: 0x0c0,
-  CONFIG_GENERATION: 0x0fc,
-  CONFIG: 0x100,
-} as const;
+export type { MmioState } from './mmio-state.js';
 
-/** "virt" in little-endian. */
-export const MMIO_MAGIC = 0x74726976;
-export const MMIO_VERSION = 2;
-/** Vendor id virtq reports ("VQ" in ASCII). */
-export const VIRTQ_VENDOR_ID = 0x5156;
-/** Size of the register window, configuration space included. */
-export const MMIO_WINDOW_SIZE = 0x200;
+import {
+  INT_CONFIG_CHANGE,
+  INT_USED_BUFFER,
+  MMIO,
+  MMIO_MAGIC,
+  MMIO_VERSION,
+  VIRTQ_VENDOR_ID,
+} from './mmio-registers.js';
 
-/** InterruptStatus bits (§4.2.2). */
-export const INT_USED_BUFFER = 1;
-export const INT_CONFIG_CHANGE = 2;
+export * from './mmio-registers.js';
 
-const TWO_32 = 2 ** 32;
+const _TWO_32 = 2 ** 32;
 
 export interface MmioOptions {
   /** Called when the interrupt line changes level (true: asserted). */
   onInterrupt?: (level: boolean) => void;
   /** Where odd driver behaviour is reported (default: console). */
   logger?: Logger;
-}
-
-/** Saved state of an mmio transport and its device. */
-export interface MmioState {
-  version: 1;
-  status: number;
-  deviceFeaturesSel: number;
-  driverFeaturesSel: number;
-  driverFeatures: string;
-  queueSel: number;
-  interruptStatus: number;
-  /** Format of the queues (decided at FEATURES_OK). */
-  packed: boolean;
-  /** Per-queue configuration registers (for queues not yet initialised too). */
-  queues: unknown[];
-  device: DeviceState | null;
 }
 
 /**
@@ -479,7 +430,7 @@ export class MmioTransport {
    * leaves the transport, the device and the queues exactly as they were.
    */
   restore(state: unknown): void {
-    const next = this.readState(state);
+    const next = readMmioState(state, this.device, this.memory, this.logger);
     const ctx = next.live ? this.contextFor(next.queues, next.features) : null;
     const dev = this.device;
     const devState = next.deviceState;
@@ -530,124 +481,4 @@ export class MmioTransport {
   private contextFor(queues: Queue[], features: bigint): DeviceContext {
     return { memory: this.memory, queues, features, interrupt: this.sink };
   }
-
-  /**
-   * Validates a saved transport state (everything but the device's own state) into new values,
-   * with the rules the register interface enforces: a status the §3.1.1 sequence can reach,
-   * features the device accepts once FEATURES_OK is set, queues of the negotiated format that
-   * only a driver past FEATURES_OK could have configured and only DRIVER_OK initialises.
-   */
-  private readState(state: unknown): SavedTransport {
-    const r = StateReader.root(state, 'mmio');
-    r.literal('version', [1]);
-    const status = r.int('status', 0, 0xff);
-    const base = status & ~STATUS_FAILED;
-    // §3.1.1: ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK, each after the one before; FAILED
-    // may join at any step (§2.1.1). DEVICE_NEEDS_RESET is the device's, never saved here.
-    if (!REACHABLE_STATUS.includes(base)) {
-      throw new SnapshotError('mmio.status', `${status} is not a status the driver can reach`);
-    }
-    const featuresOk = (status & STATUS_FEATURES_OK) !== 0;
-    const live = (status & STATUS_DRIVER_OK) !== 0;
-    const deviceFeaturesSel = r.int('deviceFeaturesSel', 0, 0xffffffff);
-    const driverFeaturesSel = r.int('driverFeaturesSel', 0, 0xffffffff);
-    const features = r.hex64('driverFeatures');
-    if ((status & STATUS_DRIVER) === 0 && features !== 0n) {
-      // §3.1.1: features are written only after DRIVER.
-      throw new SnapshotError('mmio.driverFeatures', 'set before DRIVER');
-    }
-    if (featuresOk) {
-      // §3.1.1 step 5: FEATURES_OK only over features the device accepts (a subset of offered).
-      if ((features & ~this.device.offeredFeatures) !== 0n)
-        throw new SnapshotError('mmio.driverFeatures', 'names features the device does not offer');
-      if (!this.device.acceptFeatures(features))
-        throw new SnapshotError('mmio.driverFeatures', 'the device does not accept these features');
-    }
-    const queueSel = r.int('queueSel', 0, 0xffffffff);
-    const interruptStatus = r.int('interruptStatus', 0, INT_USED_BUFFER | INT_CONFIG_CHANGE);
-    if (interruptStatus !== 0 && !live) {
-      throw new SnapshotError('mmio.interruptStatus', 'a device that is not live raises none');
-    }
-    const packed = r.bool('packed');
-    if (packed !== (featuresOk && hasFeature(features, VIRTIO_F_RING_PACKED))) {
-      throw new SnapshotError('mmio.packed', 'does not match the negotiated features');
-    }
-    const format = packed ? 'packed' : 'split';
-    const maxSizes = this.device.queueMaxSizes;
-    const rawQueues = r.array('queues', maxSizes.length);
-    if (rawQueues.length !== maxSizes.length) {
-      throw new SnapshotError('mmio.queues', `expected ${maxSizes.length} queue states`);
-    }
-    const eventIdx = featuresOk && hasFeature(features, VIRTIO_F_EVENT_IDX);
-    const indirect = featuresOk && hasFeature(features, VIRTIO_F_INDIRECT_DESC);
-    const queues = rawQueues.map((qs, i) => {
-      const path = `mmio.queues.${i}`;
-      const q = nestedState(path, () => queueFromState(qs, this.memory, { logger: this.logger }));
-      if (q.format !== format)
-        throw new SnapshotError(`${path}.format`, 'does not match the negotiated features');
-      if (q.maxSize !== maxSizes[i])
-        throw new SnapshotError(`${path}.maxSize`, `the device's queue ${i} has ${maxSizes[i]}`);
-      if (!featuresOk) {
-        // Queue registers are writable only after FEATURES_OK (§4.2.3.2): still as created.
-        const fresh = createQueue('split', q.maxSize).save();
-        if (JSON.stringify(q.save()) !== JSON.stringify(fresh))
-          throw new SnapshotError(path, 'configured before FEATURES_OK');
-        return q;
-      }
-      if (q.usesNotifSuppression !== eventIdx)
-        throw new SnapshotError(`${path}.eventIdx`, 'does not match the negotiated features');
-      if (q.indirectDesc !== indirect)
-        throw new SnapshotError(`${path}.indirectDesc`, 'does not match the negotiated features');
-      if (q.isActive && !live)
-        throw new SnapshotError(`${path}.active`, 'queues are initialised at DRIVER_OK');
-      if (q.isActive && !q.ready)
-        throw new SnapshotError(`${path}.active`, 'an active queue is ready');
-      return q;
-    });
-    const addrHalves = new Uint32Array(6 * queues.length);
-    queues.forEach((q, i) => {
-      const addrs = [q.descTableAddress, q.availRingAddress, q.usedRingAddress];
-      addrs.forEach((a, k) => {
-        addrHalves[6 * i + 2 * k] = a % TWO_32;
-        addrHalves[6 * i + 2 * k + 1] = Math.floor(a / TWO_32);
-      });
-    });
-    return {
-      status,
-      live,
-      deviceFeaturesSel,
-      driverFeaturesSel,
-      features,
-      queueSel,
-      interruptStatus,
-      packed,
-      queues,
-      addrHalves,
-      deviceState: r.raw('device'),
-    };
-  }
-}
-
-/** Statuses (FAILED aside) the driver reaches one §3.1.1 step at a time. */
-const REACHABLE_STATUS: readonly number[] = [
-  0,
-  STATUS_ACKNOWLEDGE,
-  STATUS_ACKNOWLEDGE | STATUS_DRIVER,
-  STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-  STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-];
-
-/** A saved transport state, validated. */
-interface SavedTransport {
-  status: number;
-  live: boolean;
-  deviceFeaturesSel: number;
-  driverFeaturesSel: number;
-  features: bigint;
-  queueSel: number;
-  interruptStatus: number;
-  packed: boolean;
-  queues: Queue[];
-  addrHalves: Uint32Array;
-  deviceState: unknown;
 }
