@@ -477,7 +477,40 @@ describe('the self-feeding block device of issue 10', () => {
 });
 
 describe('rng rate limit (max bytes per period)', () => {
-  it('serves at most maxBytes per period, whole requests only; waiting requests are served from the next period on, none dropped', () => {
+  it('serves at most maxBytes per period; waiting requests are served from the next period on, none dropped', () => {
+    vi.useFakeTimers();
+    let now = 0;
+    const device = new RngDevice({
+      rateLimit: { maxBytes: 100, periodMs: 1000, now: () => now, shortFills: true },
+    });
+    const rig = deviceRig(device, { format: 'split' }, features('split'));
+    const ring = rig.rings[0]!;
+    ring.setChain(indirect(TABLE, writeTable(rig.memory, 'split', TABLE, [[BUF, 64, true]])));
+    ring.offer(4);
+    device.queueNotify(0);
+    // 64 + 36 (the rest of the quota), then the quota is spent.
+    expect(device.bytesServed).toBe(100);
+    expect(rig.used[0]).toBe(2);
+    expect(device.rateLimited).toBe(1);
+    // No polling: one timer to the next period.
+    expect(vi.getTimerCount()).toBe(1);
+    now = 1000;
+    vi.advanceTimersByTime(1000);
+    expect(device.bytesServed).toBe(200);
+    expect(rig.used[0]).toBe(4);
+    // Nothing was dropped, and an empty ring arms no timer.
+    now = 2000;
+    vi.advanceTimersByTime(1000);
+    expect(rig.used[0]).toBe(4);
+    // Reset drops the wait.
+    ring.offer(4);
+    device.queueNotify(0);
+    expect(vi.getTimerCount()).toBe(1);
+    device.reset();
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('by default serves whole requests only, at most maxBytes per period; waiting requests are served from the next period on, none dropped', () => {
     vi.useFakeTimers();
     let now = 0;
     const device = new RngDevice({ rateLimit: { maxBytes: 100, periodMs: 1000, now: () => now } });
