@@ -11,7 +11,8 @@ export {
   NetSwitchPort,
   parseMac,
 } from './backend.js';
-export { NET_RX_QUEUE, NET_TX_QUEUE, NetDevice, type NetOptions } from './device.js';
+export type { NetOptions } from './config.js';
+export { NET_RX_QUEUE, NET_TX_QUEUE, NetDevice } from './device.js';
 export {
   ETH_HLEN,
   NET_MAX_FRAME,

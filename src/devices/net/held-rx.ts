@@ -1,0 +1,122 @@
+/**
+ * Receive chains the net device popped and holds until a frame fits them (with
+ * VIRTIO_NET_F_MRG_RXBUF one frame may fill several, §5.1.6.4), as a ring over chain objects
+ * created on first use and reused, so holding a chain allocates nothing in steady state.
+ */
+
+import { DescriptorError, SnapshotError } from '../../errors.js';
+import { DescriptorChain } from '../../queue/chain.js';
+import type { Queue } from '../../queue/queue.js';
+import { type NetRxBuffer, parseRxBuffer } from './request.js';
+import type { NetSavedChain } from './state.js';
+
+export class HeldRxChains {
+  /** Chains held. */
+  count = 0;
+  /** Bytes the device may write into them. */
+  bytes = 0;
+  /** Ring slots they take (an indirect chain takes one). */
+  slots = 0;
+  /** Most chains held: the receive queue's size. */
+  cap = 1;
+  private chains: DescriptorChain[] = [];
+  private first = 0;
+
+  /** Holds nothing, for a receive queue of `queueSize` (at least 1). */
+  reset(queueSize: number): void {
+    this.cap = Math.max(1, queueSize);
+    this.first = 0;
+    this.count = 0;
+    this.bytes = 0;
+    this.slots = 0;
+  }
+
+  /** The held chain at position `i` (0: oldest; `count`: where the next one goes). */
+  at(i: number): DescriptorChain {
+    const slot = (this.first + i) % this.cap;
+    let c = this.chains[slot];
+    if (c === undefined) {
+      c = new DescriptorChain();
+      this.chains[slot] = c;
+    }
+    return c;
+  }
+
+  /** Keeps the chain just popped into {@link at}(count). */
+  keepNext(): void {
+    const c = this.at(this.count);
+    this.count++;
+    this.bytes += c.writableLength;
+    this.slots += c.ringCount;
+  }
+
+  /** Lets go of the `k` oldest chains (marked used by the caller). */
+  release(k: number): void {
+    for (let j = 0; j < k; j++) {
+      const c = this.at(j);
+      this.bytes -= c.writableLength;
+      this.slots -= c.ringCount;
+    }
+    this.first = (this.first + k) % this.cap;
+    this.count -= k;
+  }
+
+  /** The held chains as saved state: head, ring slots and [address, length] of each buffer. */
+  save(): NetSavedChain[] {
+    const out: NetSavedChain[] = [];
+    for (let i = 0; i < this.count; i++) {
+      const c = this.at(i);
+      const buffers: [number, number][] = [];
+      for (let d = 0; d < c.count; d++) buffers.push([c.addrs[d]!, c.lens[d]!]);
+      out.push({ head: c.head, slots: c.ringCount, buffers });
+    }
+    return out;
+  }
+
+  /**
+   * Rebuilds saved held chains through the receive queue's checked {@link Queue.reviveChain}
+   * (head, slots, every buffer against guest memory again) and returns the commit that makes
+   * them the held chains; changes nothing. Throws {@link SnapshotError} naming the field.
+   */
+  prepareRestore(saved: readonly NetSavedChain[], rxq: Queue | undefined): () => void {
+    const chains = reviveAll(saved, rxq);
+    return () => {
+      this.chains = chains;
+      this.first = 0;
+      this.count = chains.length;
+      this.bytes = 0;
+      this.slots = 0;
+      for (const c of chains) {
+        this.bytes += c.writableLength;
+        this.slots += c.ringCount;
+      }
+    };
+  }
+}
+
+function reviveAll(saved: readonly NetSavedChain[], rxq: Queue | undefined): DescriptorChain[] {
+  if (saved.length === 0) return [];
+  if (rxq === undefined || !rxq.isActive)
+    throw new SnapshotError('device.net.heldRx', 'the receive queue is not active');
+  const info: NetRxBuffer = { kind: 'buffer', capacity: 0 };
+  let slotsTotal = 0;
+  return saved.map((s, i) => {
+    const path = `device.net.heldRx.${i}`;
+    slotsTotal += s.slots;
+    if (slotsTotal > rxq.size)
+      throw new SnapshotError(`${path}.slots`, `held chains take over ${rxq.size} ring slots`);
+    let c: DescriptorChain;
+    try {
+      // Receive buffers are device-writable from the first one on.
+      c = rxq.reviveChain(s.head, s.slots, s.buffers, 0);
+    } catch (e) {
+      if (!(e instanceof DescriptorError)) throw e;
+      const badHead = e.code === 'DESC_HEAD_OUT_OF_RANGE' || e.code === 'DESC_PACKED_BAD_ID';
+      throw new SnapshotError(`${path}.${badHead ? 'head' : 'buffers'}`, e.message);
+    }
+    if (parseRxBuffer(c, info).kind === 'unsupported') {
+      throw new SnapshotError(`${path}.buffers`, 'smaller than the virtio header');
+    }
+    return c;
+  });
+}
