@@ -27,6 +27,15 @@ export const PACKED_DESC_FLAGS = 14;
  */
 export const PACKED_DESC_ID_U16 = PACKED_DESC_ID / 2;
 export const PACKED_DESC_FLAGS_U16 = PACKED_DESC_FLAGS / 2;
+/**
+ * The same fields as u32 indices inside one descriptor (slot i's length: `4 * i + 2`): the
+ * address's low and high halves, the length, and the buffer id (low half) with the flags
+ * (high half).
+ */
+export const PACKED_DESC_ADDR_LO_U32 = 0;
+export const PACKED_DESC_ADDR_HI_U32 = 1;
+export const PACKED_DESC_LEN_U32 = PACKED_DESC_LEN / 4;
+export const PACKED_DESC_ID_FLAGS_U32 = PACKED_DESC_ID / 4;
 
 /** Byte offsets inside an event suppression structure (`struct pvirtq_event_suppress`, §2.8.14). */
 export const PACKED_EVENT_OFF_WRAP = 0;

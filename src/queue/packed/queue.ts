@@ -5,6 +5,7 @@ import { ringArea } from '../area.js';
 import { QueueBase } from '../base.js';
 import type { DescriptorChain } from '../chain.js';
 import { ChainRecord, recordOf } from '../chain-record.js';
+import { walkPackedList } from '../chain-walk.js';
 import {
   MAX_QUEUE_SIZE,
   VIRTQ_DESC_F_AVAIL,
@@ -17,6 +18,7 @@ import type { Logger } from '../logger.js';
 import type { Queue } from '../queue.js';
 import { type PackedQueueState, StateReader } from '../state.js';
 import { eventWanted } from './event.js';
+import { InFlightBuffers } from './in-flight.js';
 import {
   PACKED_DESC_FLAGS,
   PACKED_DESC_FLAGS_U16,
@@ -33,7 +35,6 @@ import {
 
 const EMPTY16 = new Uint16Array(0);
 const EMPTY32 = new Uint32Array(0);
-const EMPTY_I32 = new Int32Array(0);
 /** Both ring-state bits of a descriptor's flags. */
 const AVAIL_USED = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
 
@@ -71,15 +72,8 @@ export class PackedQueue extends QueueBase implements Queue {
   protected _usedWrap = 1;
   /** Ring slots marked used since the last prepareKick, capped at 2 * size. */
   private _numAdded = 0;
-  private _inFlightSlots = 0;
-  private _inFlightIds = 0;
-  /** Per buffer id: ring slots its list took; 0 = not in flight. */
-  private idSlots: Uint16Array = EMPTY16;
-  /** Buffers in flight as a doubly linked list in pop order (ids; -1 ends it). */
-  private prevId: Int32Array = EMPTY_I32;
-  private nextId: Int32Array = EMPTY_I32;
-  private oldestId = -1;
-  private newestId = -1;
+  /** The buffers in flight, in pop order. */
+  private readonly buffers = new InFlightBuffers();
 
   /** Slot of the first used descriptor of the unpublished batch, or -1. */
   protected pendingSlot = -1;
@@ -134,15 +128,15 @@ export class PackedQueue extends QueueBase implements Queue {
   }
   /** Buffers popped and not yet marked used. */
   get inFlight(): number {
-    return this._inFlightIds;
+    return this.buffers.count;
   }
   /** Ring slots those buffers took. */
   get inFlightSlots(): number {
-    return this._inFlightSlots;
+    return this.buffers.slots;
   }
   /** True when buffer `id` was popped and not yet marked used. */
   protected override checkHeldHead(id: number, slots: number): void {
-    const held = this.idSlots[id]!;
+    const held = this.buffers.slotsOf[id]!;
     if (held === 0 || held !== slots) {
       throw new DescriptorError(
         'DESC_PACKED_BAD_ID',
@@ -156,13 +150,11 @@ export class PackedQueue extends QueueBase implements Queue {
   }
 
   isInFlight(id: number): boolean {
-    return id >= 0 && id < this.idSlots.length && this.idSlots[id] !== 0;
+    return this.buffers.has(id);
   }
   /** Ids in flight, oldest pop first (allocates; for tests and diagnostics). */
   inFlightIds(): number[] {
-    const out: number[] = [];
-    for (let id = this.oldestId; id >= 0; id = this.nextId[id]!) out.push(id);
-    return out;
+    return this.buffers.entries().map(([id]) => id);
   }
 
   /**
@@ -223,18 +215,12 @@ export class PackedQueue extends QueueBase implements Queue {
   /** Ring state of a new queue of `size` slots: both wrap counters 1 (§2.8.1), nothing in flight. */
   private freshState(size: number): void {
     this.stateSize = size;
-    this.idSlots = size === 0 ? EMPTY16 : new Uint16Array(size);
-    this.prevId = size === 0 ? EMPTY_I32 : new Int32Array(size);
-    this.nextId = size === 0 ? EMPTY_I32 : new Int32Array(size);
-    this.oldestId = -1;
-    this.newestId = -1;
+    this.buffers.reset(size);
     this._nextAvail = 0;
     this._availWrap = 1;
     this._nextUsed = 0;
     this._usedWrap = 1;
     this._numAdded = 0;
-    this._inFlightSlots = 0;
-    this._inFlightIds = 0;
     this.pendingSlot = -1;
     this.pendingSpan = 0;
     this.undoId = -1;
@@ -242,28 +228,11 @@ export class PackedQueue extends QueueBase implements Queue {
 
   // ---- in-flight list ----
 
-  private linkNewest(id: number, slots: number): void {
-    this.idSlots[id] = slots;
-    this._inFlightSlots += slots;
-    this._inFlightIds++;
-    this.prevId[id] = this.newestId;
-    this.nextId[id] = -1;
-    if (this.newestId >= 0) this.nextId[this.newestId] = id;
-    else this.oldestId = id;
-    this.newestId = id;
-  }
-
-  protected unlink(id: number): void {
-    const p = this.prevId[id]!;
-    const n = this.nextId[id]!;
-    if (p >= 0) this.nextId[p] = n;
-    else this.oldestId = n;
-    if (n >= 0) this.prevId[n] = p;
-    else this.newestId = p;
-    this._inFlightSlots -= this.idSlots[id]!;
-    this._inFlightIds--;
-    this.idSlots[id] = 0;
+  /** Buffer `id` is no longer in flight (used, or given back); returns its ring slots. */
+  protected unlink(id: number): number {
+    const slots = this.buffers.remove(id);
     if (this.undoId === id) this.undoId = -1;
+    return slots;
   }
 
   // ---- available side ----
@@ -301,12 +270,14 @@ export class PackedQueue extends QueueBase implements Queue {
     try {
       this.parseChain(flags, chain);
     } catch (e) {
+      this.walked = chain.slotsRead;
       // At most one lap: a list longer than the ring stops on the slot it started from.
       this.skipAvail(Math.min(this.walked, this.qsize));
       throw e;
     }
+    this.walked = chain.slotsRead;
     const id = chain.head;
-    this.linkNewest(id, this.walked);
+    this.buffers.add(id, this.walked);
     this.undoId = id;
     this.undoNextAvail = this._nextAvail;
     this.undoWrap = this._availWrap;
@@ -340,51 +311,22 @@ export class PackedQueue extends QueueBase implements Queue {
   private parseChain(headFlags: number, chain: ChainRecord): void {
     const size = this.qsize;
     const d16 = this.desc16;
-    const d32 = this.desc32;
     // Slots a new list may take: the ring minus the slots of buffers in flight, since the
     // driver MUST NOT reuse a slot before seeing it used (§2.8.16).
-    const free = size - this._inFlightSlots;
-    let i = this._nextAvail;
-    let flags = headFlags;
+    const free = size - this.buffers.slots;
+    const first = this._nextAvail;
     // The acquire load of the head's flags (in pop) orders every later read of the list: the
     // driver writes the head's flags last (§2.8.21.3), so the rest are plain loads.
     // Until the list ends, errors name the id written in its first descriptor.
-    chain.begin(d16[(i << 3) + PACKED_DESC_ID_U16]!, this.memory!, size, this.indirectDesc);
-    this.walked = 0;
-    for (;;) {
-      // §2.8.17: no list is longer than the queue size (or the free slots); this bounds the walk.
-      if (++this.walked > free) {
-        chain.fail(
-          'DESC_CHAIN_TOO_LONG',
-          i,
-          free === size
-            ? `list is longer than the queue size ${size}`
-            : `list runs past the ${free} ring slots not in flight`,
-        );
-      }
-      const w = i << 2;
-      if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
-        // §2.8.7: one ring slot naming a table of packed descriptors used in order.
-        chain.pushIndirectPacked(i, d32[w]!, d32[w + 1]!, d32[w + 2]!, flags);
-        break;
-      }
-      const more = (flags & VIRTQ_DESC_F_NEXT) !== 0;
-      // §2.8.6: a list continues in the next ring slot, wrapping at the end of the ring.
-      const nextSlot = i + 1 === size ? 0 : i + 1;
-      // The AVAIL/USED bits describe the ring slot, not the buffer: they stay out of the chain.
-      const bufFlags = flags & ~AVAIL_USED;
-      chain.push(i, d32[w]!, d32[w + 1]!, d32[w + 2]!, bufFlags, more ? nextSlot : 0, false);
-      chain.ringCount++;
-      if (!more) break;
-      i = nextSlot;
-      flags = d16[(i << 3) + PACKED_DESC_FLAGS_U16]!;
-    }
+    chain.begin(d16[(first << 3) + PACKED_DESC_ID_U16]!, this.memory!, size, this.indirectDesc);
+    chain.slotsRead = 0;
+    const i = walkPackedList(chain, this.desc32, first, headFlags, size, free);
     // §2.8.6: the buffer id is the one in the list's last descriptor.
     const id = d16[(i << 3) + PACKED_DESC_ID_U16]!;
     chain.head = id;
     // §2.8.21.1: the driver takes a free buffer id; ids index per-buffer state of queue size.
     if (id >= size) chain.fail('DESC_PACKED_BAD_ID', i, `buffer id ${id} is not below ${size}`);
-    if (this.idSlots[id] !== 0) {
+    if (this.buffers.slotsOf[id] !== 0) {
       chain.fail('DESC_PACKED_BAD_ID', i, `buffer id ${id} is already in flight`);
     }
     chain.end();
@@ -397,7 +339,7 @@ export class PackedQueue extends QueueBase implements Queue {
    */
   undoPop(): void {
     const id = this.undoId;
-    if (id < 0 || this.idSlots[id] === 0) {
+    if (!this.buffers.has(id)) {
       throw new RangeError('undoPop: no popped buffer to give back');
     }
     this.unlink(id);
@@ -430,22 +372,18 @@ export class PackedQueue extends QueueBase implements Queue {
   addUsedBatch(count: number, lastId: number, lastLen: number): void {
     this.requireActive();
     this.inFlightSlotsOf(lastId);
-    if (!Number.isInteger(count) || count < 1 || count > this._inFlightIds) {
-      throw new RangeError(
-        `in-order batch of ${count} with ${this._inFlightIds} buffers in flight`,
-      );
+    const held = this.buffers;
+    if (!Number.isInteger(count) || count < 1 || count > held.count) {
+      throw new RangeError(`in-order batch of ${count} with ${held.count} buffers in flight`);
     }
     if (lastLen >>> 0 !== lastLen) throw new RangeError(`used length ${lastLen} is not a u32`);
-    let id = this.oldestId;
-    for (let k = 1; k < count; k++) id = this.nextId[id]!;
+    const id = held.nth(count - 1);
     if (id !== lastId) {
       throw new RangeError(`in-order batch of ${count} ends at buffer ${id}, not ${lastId}`);
     }
     let slots = 0;
     for (let k = 0; k < count; k++) {
-      const oldest = this.oldestId;
-      slots += this.idSlots[oldest]!;
-      this.unlink(oldest);
+      slots += this.unlink(held.oldest);
     }
     this.writeUsed(lastId, lastLen, slots);
   }
@@ -454,7 +392,7 @@ export class PackedQueue extends QueueBase implements Queue {
   private inFlightSlotsOf(id: number): number {
     const size = this.qsize;
     if (!(id >= 0 && id < size) || id !== (id | 0)) throw new UsedRingError(id, size);
-    const slots = this.idSlots[id]!;
+    const slots = this.buffers.slotsOf[id]!;
     if (slots === 0) {
       const e = new UsedRingError(id, size);
       e.message = `used id ${id} is not a buffer in flight`;
@@ -582,10 +520,7 @@ export class PackedQueue extends QueueBase implements Queue {
    * finds the batch's first descriptor again.
    */
   save(): PackedQueueState {
-    const inFlight: [number, number][] = [];
-    for (let id = this.oldestId; id >= 0; id = this.nextId[id]!) {
-      inFlight.push([id, this.idSlots[id]!]);
-    }
+    const inFlight = this.buffers.entries();
     return {
       ...this.saveCommon(),
       format: 'packed',
@@ -628,24 +563,7 @@ export class PackedQueue extends QueueBase implements Queue {
       RING_EVENT_FLAGS_DISABLE,
       RING_EVENT_FLAGS_DESC,
     ]);
-    const entries = r.array('inFlight', size);
-    let total = 0;
-    for (let k = 0; k < entries.length; k++) {
-      const field = `packed.inFlight.${k}`;
-      const e = entries[k];
-      if (!Array.isArray(e) || e.length !== 2) throw new SnapshotError(field, 'is not [id, slots]');
-      const [id, slots] = e as unknown[];
-      if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= size) {
-        throw new SnapshotError(field, `id ${String(id)} is not below ${size}`);
-      }
-      if (typeof slots !== 'number' || !Number.isInteger(slots) || slots < 1 || slots > size) {
-        throw new SnapshotError(field, `slot count ${String(slots)} is not in 1..${size}`);
-      }
-      if (q.idSlots[id] !== 0) throw new SnapshotError(field, `id ${id} appears twice`);
-      total += slots;
-      if (total > size) throw new SnapshotError(field, `buffers in flight take over ${size} slots`);
-      q.linkNewest(id, slots);
-    }
+    q.buffers.restore(r.array('inFlight', size), size, 'packed.inFlight');
     const pending = r.int('pendingUsed', 0, Math.max(2 * size - 1, 0));
     if (c.active) {
       q.initializeRestored(memory, 'packed');

@@ -30,6 +30,14 @@ export const SPLIT_DESC_NEXT = 14;
 /** The same fields as u16 indices inside one descriptor (descriptor i's flags: `8 * i + 6`). */
 export const SPLIT_DESC_FLAGS_U16 = SPLIT_DESC_FLAGS / 2;
 export const SPLIT_DESC_NEXT_U16 = SPLIT_DESC_NEXT / 2;
+/**
+ * The same fields as u32 indices inside one descriptor (descriptor i's length: `4 * i + 2`):
+ * the address's low and high halves, the length, and flags (low half) with next (high half).
+ */
+export const SPLIT_DESC_ADDR_LO_U32 = 0;
+export const SPLIT_DESC_ADDR_HI_U32 = 1;
+export const SPLIT_DESC_LEN_U32 = SPLIT_DESC_LEN / 4;
+export const SPLIT_DESC_FLAGS_NEXT_U32 = SPLIT_DESC_FLAGS / 4;
 
 /** Byte offsets of the fields inside the rings. */
 export const AVAIL_FLAGS = 0;

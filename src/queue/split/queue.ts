@@ -8,8 +8,6 @@ import { ChainRecord, recordOf } from '../chain-record.js';
 import {
   MAX_QUEUE_SIZE,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
-  VIRTQ_DESC_F_INDIRECT,
-  VIRTQ_DESC_F_NEXT,
   VIRTQ_USED_F_NO_NOTIFY,
 } from '../constants.js';
 import type { Logger } from '../logger.js';
@@ -20,8 +18,6 @@ import {
   availRingBytes,
   DESC_TABLE_ALIGN,
   descTableBytes,
-  SPLIT_DESC_FLAGS_U16,
-  SPLIT_DESC_NEXT_U16,
   USED_RING_ALIGN,
   usedRingBytes,
 } from './layout.js';
@@ -60,7 +56,6 @@ export class SplitQueue extends QueueBase implements Queue {
 
   // Captured by initialize().
   private desc32: Uint32Array = EMPTY32;
-  private desc16: Uint16Array = EMPTY16;
   private avail16: Uint16Array = EMPTY16;
   private used16: Uint16Array = EMPTY16;
   private used32: Uint32Array = EMPTY32;
@@ -132,7 +127,6 @@ export class SplitQueue extends QueueBase implements Queue {
 
     // ringArea() checked range and alignment, so these views cannot fail.
     this.desc32 = memory.typedView(Uint32Array, this.descTableAddress, 4 * size);
-    this.desc16 = memory.typedView(Uint16Array, this.descTableAddress, 8 * size);
     this.avail16 = memory.typedView(Uint16Array, this.availRingAddress, 3 + size);
     this.used16 = memory.typedView(Uint16Array, this.usedRingAddress, 3 + 4 * size);
     // The u32 view stops before avail_event (2 bytes past the last whole word).
@@ -325,27 +319,7 @@ export class SplitQueue extends QueueBase implements Queue {
         `chain head ${head} is outside a table of ${size}`,
       );
     }
-    const t32 = this.desc32;
-    const t16 = this.desc16;
-    let i = head;
-    for (;;) {
-      const w = i << 2;
-      const flags = t16[(i << 3) + SPLIT_DESC_FLAGS_U16]!;
-      const next = t16[(i << 3) + SPLIT_DESC_NEXT_U16]!;
-      if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
-        chain.pushIndirect(i, t32[w]!, t32[w + 1]!, t32[w + 2]!, flags);
-        break;
-      }
-      // push() bounds the chain at `size` descriptors (§2.7.5.3.1: no chain is longer than the
-      // queue), which is also what stops a driver-made loop.
-      chain.push(i, t32[w]!, t32[w + 1]!, t32[w + 2]!, flags, next, false);
-      chain.ringCount++;
-      if ((flags & VIRTQ_DESC_F_NEXT) === 0) break;
-      // §2.7.5: `next` must index the descriptor table.
-      if (next >= size)
-        chain.fail('DESC_NEXT_OUT_OF_RANGE', i, `next ${next} is outside a table of ${size}`);
-      i = next;
-    }
+    chain.walkSplit(this.desc32, head, size);
     chain.end();
   }
 
@@ -506,7 +480,6 @@ export class SplitQueue extends QueueBase implements Queue {
     this._nextUsed = 0;
     this._numAdded = 0;
     this.desc32 = EMPTY32;
-    this.desc16 = EMPTY16;
     this.avail16 = EMPTY16;
     this.used16 = EMPTY16;
     this.used32 = EMPTY32;

@@ -1,0 +1,287 @@
+/**
+ * The walks that fill a {@link ChainRecord} from a ring: a split-format chain through its
+ * descriptor table, a packed-format list through its ring slots, and either format's indirect
+ * table (VIRTIO 1.2 §2.7.5.3, §2.8.7). Each checks every rule the record's `push` checks, the
+ * two ring walks in one loop with the chain's running totals in locals: they are the per-chain
+ * hot path. Used only by the queues of `src/queue`.
+ */
+
+import { joinU64 } from '../memory/guest-memory.js';
+import type { GuestRegion } from '../memory/region.js';
+import type { ChainRecord } from './chain-record.js';
+import {
+  DESCRIPTOR_SIZE,
+  VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_USED,
+  VIRTQ_DESC_F_WRITE,
+} from './constants.js';
+
+/** A guest address from the two u32 halves of a descriptor's u64 field (see U64_UNSAFE). */
+const joinAddr = joinU64;
+
+/** The AVAIL and USED bits of a packed descriptor's flags (VIRTIO 1.2 §2.8.1). */
+const _PACKED_RING_BITS = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
+
+/**
+ * Copies the packed-ring descriptor list that starts at ring slot `first` (`ring`: four u32
+ * per slot, `size` slots; the first slot's flags already loaded as `firstFlags`), checking
+ * what {@link ChainRecord.push} checks, in one loop with the running totals in locals: the per-buffer hot
+ * path of the packed ring. The list may take at most `free` slots (§2.8.17); an indirect
+ * descriptor is followed into its table ({@link followPackedIndirect}). Returns the slot the
+ * list ended on. {@link ChainRecord.slotsRead} counts the slots read, also when it throws.
+ */
+export function walkPackedList(
+  rec: ChainRecord,
+  ring: Uint32Array,
+  first: number,
+  firstFlags: number,
+  size: number,
+  free: number,
+): number {
+  // Named constants as literals in locals (see ChainRecord.walkSplit).
+  const ADDR_LO = 0; // PACKED_DESC_ADDR_LO_U32
+  const ADDR_HI = 1; // PACKED_DESC_ADDR_HI_U32
+  const LEN = 2; // PACKED_DESC_LEN_U32
+  const ID_FLAGS = 3; // PACKED_DESC_ID_FLAGS_U32
+  const F_NEXT = 1; // VIRTQ_DESC_F_NEXT
+  const F_WRITE = 2; // VIRTQ_DESC_F_WRITE
+  const F_INDIRECT = 4; // VIRTQ_DESC_F_INDIRECT
+  const RING_BITS = 0x8080; // PACKED_RING_BITS (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)
+  const MAX_BYTES = 2 ** 32; // MAX_CHAIN_BYTES
+  const start = rec.count;
+  let n = start;
+  let readable = rec.readableLength;
+  let writable = rec.writableLength;
+  let wstart = rec.writableStart;
+  let links = rec.links;
+  let addrs = rec.addrs;
+  let lens = rec.lens;
+  let flagsOf = rec.flagsOf;
+  let regions = rec.regions;
+  const limit = rec.limit;
+  let i = first;
+  let flags = firstFlags;
+  let read = 0;
+  for (;;) {
+    // §2.8.17: no list is longer than the queue (or the free slots); this bounds the walk.
+    // The count is stored as it goes: the queue skips the slots read even when this throws.
+    rec.slotsRead = ++read;
+    if (read > free) {
+      rec.fail(
+        'DESC_CHAIN_TOO_LONG',
+        i,
+        free === size
+          ? `list is longer than the queue size ${size}`
+          : `list runs past the ${free} ring slots not in flight`,
+      );
+    }
+    if ((flags & F_INDIRECT) !== 0) {
+      rec.commit(n, start, readable, writable, wstart);
+      // §2.8.7: one ring slot naming a table of packed descriptors used in order.
+      const w = i << 2;
+      followPackedIndirect(rec, i, ring[w + ADDR_LO]!, ring[w + ADDR_HI]!, ring[w + LEN]!, flags);
+      return i;
+    }
+    if (n >= limit) {
+      rec.fail('DESC_CHAIN_TOO_LONG', i, `chain is longer than ${limit} descriptors`);
+    }
+    if (n >= links.length) {
+      rec.ensureCapacity(n + 1);
+      links = rec.links;
+      addrs = rec.addrs;
+      lens = rec.lens;
+      flagsOf = rec.flagsOf;
+      regions = rec.regions;
+    }
+    const w = i << 2;
+    const len = ring[w + LEN]!;
+    if ((flags & F_WRITE) !== 0) {
+      if (wstart < 0) wstart = n;
+      writable += len;
+    } else {
+      // §2.8.4: device-readable descriptors MUST come before device-writable ones.
+      if (wstart >= 0) {
+        rec.fail(
+          'DESC_WRITABLE_BEFORE_READABLE',
+          i,
+          'device-readable descriptor after a device-writable one',
+        );
+      }
+      readable += len;
+    }
+    // §2.8.5: a list MUST NOT describe more than 2^32 bytes in total.
+    if (readable + writable > MAX_BYTES) {
+      rec.fail('DESC_CHAIN_LENGTH_OVERFLOW', i, 'chain describes more than 2^32 bytes');
+    }
+    const addr = joinAddr(ring[w + ADDR_LO]!, ring[w + ADDR_HI]!);
+    const region = rec.regionOf(addr, len, i);
+    if (regions[n] !== region) regions[n] = region;
+    const more = (flags & F_NEXT) !== 0;
+    // §2.8.6: a list continues in the next ring slot, wrapping at the end of the ring.
+    const nextSlot = i + 1 === size ? 0 : i + 1;
+    links[n] = i | ((more ? nextSlot : 0) << 16);
+    addrs[n] = addr;
+    lens[n] = len;
+    // The AVAIL/USED bits describe the ring slot, not the buffer: they stay out of the chain.
+    flagsOf[n] = flags & ~RING_BITS;
+    n++;
+    if (!more) break;
+    i = nextSlot;
+    // flags are the high half of the slot's last u32 (the buffer id the low half).
+    flags = ring[(i << 2) + ID_FLAGS]! >>> 16;
+  }
+  rec.commit(n, start, readable, writable, wstart);
+  return i;
+}
+
+/**
+ * Follows an indirect descriptor (`index`, with the given raw fields) into its table and
+ * pushes every descriptor of the table's chain (VIRTIO 1.2 §2.7.5.3): split-format entries
+ * linked by NEXT / `next` inside the table.
+ */
+export function followSplitIndirect(
+  rec: ChainRecord,
+  index: number,
+  addrLo: number,
+  addrHi: number,
+  len: number,
+  flags: number,
+): void {
+  const r = enterIndirect(rec, index, addrLo, addrHi, len, flags);
+  const entries = len / DESCRIPTOR_SIZE;
+  const view = r.view;
+  const base = joinAddr(addrLo, addrHi) - r.base;
+  let j = 0;
+  let steps = 0;
+  for (;;) {
+    // A table of `entries` descriptors holds a chain of at most `entries`; more means a loop.
+    if (++steps > entries) rec.fail('DESC_INDIRECT_LOOP', j, 'indirect table chain loops');
+    const off = base + j * DESCRIPTOR_SIZE;
+    const lo = view.getUint32(off, true);
+    const hi = view.getUint32(off + 4, true);
+    const dlen = view.getUint32(off + 8, true);
+    const dflags = view.getUint16(off + 12, true);
+    const dnext = view.getUint16(off + 14, true);
+    if ((dflags & VIRTQ_DESC_F_INDIRECT) !== 0) {
+      rec.fail('DESC_INDIRECT_NESTED', j, 'indirect descriptor inside an indirect table');
+    }
+    rec.push(j, lo, hi, dlen, dflags, dnext, true);
+    if ((dflags & VIRTQ_DESC_F_NEXT) === 0) return;
+    // §2.7.5.3.1: `next` indexes the indirect table.
+    if (dnext >= entries)
+      rec.fail(
+        'DESC_NEXT_OUT_OF_RANGE',
+        j,
+        `next ${dnext} is outside an indirect table of ${entries}`,
+      );
+    j = dnext;
+  }
+}
+
+/**
+ * Follows a packed-ring indirect descriptor (VIRTIO 1.2 §2.8.7) into its table and pushes all
+ * `len / 16` entries in order. Entries have the packed layout (addr u64, len u32, id u16,
+ * flags u16); only VIRTQ_DESC_F_WRITE means anything there, so their id, NEXT and other
+ * reserved bits are ignored, except INDIRECT, which the driver MUST NOT set (§2.8.19) and
+ * which is rejected as a nested table. The pushed entries carry NEXT / `next` linking each to
+ * the following one, so the chain looks the same as any other chain to device code.
+ */
+export function followPackedIndirect(
+  rec: ChainRecord,
+  index: number,
+  addrLo: number,
+  addrHi: number,
+  len: number,
+  flags: number,
+): void {
+  const r = enterIndirect(rec, index, addrLo, addrHi, len, flags);
+  // §2.8.19: an indirect descriptor MUST NOT sit in a list linked by NEXT (§2.8.5: a list is
+  // either direct descriptors or one indirect descriptor).
+  if (rec.count > 0) {
+    rec.fail('DESC_INDIRECT_WITH_NEXT', index, 'indirect descriptor after a direct one');
+  }
+  const entries = len / DESCRIPTOR_SIZE;
+  const view = r.view;
+  const base = joinAddr(addrLo, addrHi) - r.base;
+  for (let j = 0; j < entries; j++) {
+    const off = base + j * DESCRIPTOR_SIZE;
+    const dflags = view.getUint16(off + 14, true);
+    // §2.8.19: no flag but WRITE inside an indirect table; a nested table is refused.
+    if ((dflags & VIRTQ_DESC_F_INDIRECT) !== 0) {
+      rec.fail('DESC_INDIRECT_NESTED', j, 'indirect descriptor inside an indirect table');
+    }
+    const last = j + 1 === entries;
+    rec.push(
+      j,
+      view.getUint32(off, true),
+      view.getUint32(off + 4, true),
+      view.getUint32(off + 8, true),
+      (dflags & VIRTQ_DESC_F_WRITE) | (last ? 0 : VIRTQ_DESC_F_NEXT),
+      last ? 0 : j + 1,
+      true,
+    );
+  }
+}
+
+/**
+ * The checks both ring formats make on an indirect descriptor before reading its table
+ * (§2.7.5.3.1 split, §2.8.7 / §2.8.19 packed). Returns the region holding the whole table and
+ * counts the descriptor as this chain's one indirect ring slot.
+ */
+function enterIndirect(
+  rec: ChainRecord,
+  index: number,
+  addrLo: number,
+  addrHi: number,
+  len: number,
+  flags: number,
+): GuestRegion {
+  // §2.7.5.3.1 / §2.8.19: the driver MUST NOT set INDIRECT unless VIRTIO_F_INDIRECT_DESC was
+  // negotiated.
+  if (!rec.allowIndirect) {
+    rec.fail(
+      'DESC_INDIRECT_NOT_NEGOTIATED',
+      index,
+      'indirect descriptor without VIRTIO_F_INDIRECT_DESC',
+    );
+  }
+  // §2.7.5.3.1: an indirect table MUST NOT itself contain an indirect descriptor, and a chain
+  // has at most one.
+  if (rec.sawIndirect)
+    rec.fail('DESC_INDIRECT_NESTED', index, 'indirect descriptor inside an indirect table');
+  // §2.7.5.3.1 / §2.8.19: the driver MUST NOT set both INDIRECT and NEXT.
+  if ((flags & VIRTQ_DESC_F_NEXT) !== 0) {
+    rec.fail('DESC_INDIRECT_WITH_NEXT', index, 'indirect descriptor with NEXT set');
+  }
+  // §2.7.5.3 / §2.8.7: the table is an array of 16-byte descriptors; it cannot be empty.
+  if (len === 0 || len % DESCRIPTOR_SIZE !== 0) {
+    rec.fail(
+      'DESC_INDIRECT_BAD_LENGTH',
+      index,
+      `indirect table length ${len} is not a positive multiple of 16`,
+    );
+  }
+  const entries = len / DESCRIPTOR_SIZE;
+  // §2.7.5.3.1 / §2.8.19: the whole chain is bounded, so is the table.
+  if (entries > rec.limit) {
+    rec.fail(
+      'DESC_INDIRECT_BAD_LENGTH',
+      index,
+      `indirect table of ${entries} entries exceeds ${rec.limit}`,
+    );
+  }
+  const addr = joinAddr(addrLo, addrHi);
+  const r = rec.memory!.findRegion(addr);
+  if (r === undefined || len > r.end - addr) {
+    rec.fail(
+      'DESC_INDIRECT_OUT_OF_MEMORY',
+      index,
+      `indirect table [0x${addr.toString(16)}, +${len}) is not inside one region`,
+    );
+  }
+  rec.sawIndirect = true;
+  rec.ringCount++;
+  return r;
+}
