@@ -329,7 +329,9 @@ export class ChainRecord implements DescriptorChain {
     const F_WRITE = 2; // VIRTQ_DESC_F_WRITE
     const F_INDIRECT = 4; // VIRTQ_DESC_F_INDIRECT
     const MAX_BYTES = 2 ** 32; // MAX_CHAIN_BYTES
+    const join = joinU64; // the one u64 join, loaded once per call
     const start = this.count;
+    const ringBase = this.ringCount - start;
     let n = start;
     let readable = this.readableLength;
     let writable = this.writableLength;
@@ -357,6 +359,7 @@ export class ChainRecord implements DescriptorChain {
         break;
       }
       if (n >= limit) {
+        this.commit(n, ringBase + n, readable, writable, wstart);
         this.fail('DESC_CHAIN_TOO_LONG', i, `chain is longer than ${limit} descriptors`);
       }
       if (n >= links.length) {
@@ -377,6 +380,7 @@ export class ChainRecord implements DescriptorChain {
       } else {
         // §2.7.4.2: device-readable descriptors MUST come before device-writable ones.
         if (wstart >= 0) {
+          this.commit(n, ringBase + n, readable, writable, wstart);
           this.fail(
             'DESC_WRITABLE_BEFORE_READABLE',
             i,
@@ -387,15 +391,18 @@ export class ChainRecord implements DescriptorChain {
       }
       // §2.7.5.2: a chain MUST NOT describe more than 2^32 bytes in total.
       if (readable + writable > MAX_BYTES) {
+        this.commit(n, ringBase + n, readable, writable, wstart);
         this.fail('DESC_CHAIN_LENGTH_OVERFLOW', i, 'chain describes more than 2^32 bytes');
       }
-      const addr = joinAddr(lo, hi);
+      const addr = join(lo, hi);
       if (len === 0) {
         if (regions[n] !== null) regions[n] = null;
       } else if (addr >= rBase && len <= rEnd - addr) {
         // Compare-then-store: a reused chain usually holds this region there already.
         if (regions[n] !== hint) regions[n] = hint;
       } else {
+        // A miss: look the region up (the totals are stored first, in case it fails).
+        this.commit(n, ringBase + n, readable, writable, wstart);
         const region = this.regionOf(addr, len, i);
         if (region !== null) {
           hint = region;
@@ -412,11 +419,13 @@ export class ChainRecord implements DescriptorChain {
       if ((flags & F_NEXT) === 0) break;
       const next = fn >>> 16;
       // §2.7.5: `next` must index the descriptor table.
-      if (next >= size)
+      if (next >= size) {
+        this.commit(n, ringBase + n, readable, writable, wstart);
         this.fail('DESC_NEXT_OUT_OF_RANGE', i, `next ${next} is outside a table of ${size}`);
+      }
       i = next;
     }
-    this.commit(n, start, readable, writable, wstart);
+    this.commit(n, ringBase + n, readable, writable, wstart);
     if (stop >= 0) {
       // The chain ends in an indirect table: follow it.
       const w = stop << 2;
@@ -431,10 +440,13 @@ export class ChainRecord implements DescriptorChain {
     }
   }
 
-  /** Stores a walk's running totals: `n` descriptors now, `start` before it. */
-  commit(n: number, start: number, readable: number, writable: number, wstart: number) {
+  /**
+   * Stores a walk's running totals: `n` descriptors, `ringSlots` ring slots. Idempotent, so a
+   * walk stores them before anything that may throw and again at its end.
+   */
+  commit(n: number, ringSlots: number, readable: number, writable: number, wstart: number) {
     this.count = n;
-    this.ringCount += n - start;
+    this.ringCount = ringSlots;
     this.readableLength = readable;
     this.writableLength = writable;
     this.writableStart = wstart;

@@ -50,7 +50,9 @@ export function walkPackedList(
   const F_INDIRECT = 4; // VIRTQ_DESC_F_INDIRECT
   const RING_BITS = 0x8080; // PACKED_RING_BITS (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)
   const MAX_BYTES = 2 ** 32; // MAX_CHAIN_BYTES
+  const join = joinU64; // the one u64 join, loaded once per call
   const start = rec.count;
+  const ringBase = rec.ringCount - start;
   let n = start;
   let readable = rec.readableLength;
   let writable = rec.writableLength;
@@ -61,6 +63,10 @@ export function walkPackedList(
   let flagsOf = rec.flagsOf;
   let regions = rec.regions;
   const limit = rec.limit;
+  // The last buffer's region, in locals: most lists live in one region.
+  let hint = rec.hint;
+  let rBase = hint.base;
+  let rEnd = hint.end;
   let i = first;
   let flags = firstFlags;
   let read = 0;
@@ -69,6 +75,7 @@ export function walkPackedList(
     // The count is stored as it goes: the queue skips the slots read even when this throws.
     rec.slotsRead = ++read;
     if (read > free) {
+      rec.commit(n, ringBase + n, readable, writable, wstart);
       rec.fail(
         'DESC_CHAIN_TOO_LONG',
         i,
@@ -78,13 +85,14 @@ export function walkPackedList(
       );
     }
     if ((flags & F_INDIRECT) !== 0) {
-      rec.commit(n, start, readable, writable, wstart);
+      rec.commit(n, ringBase + n, readable, writable, wstart);
       // §2.8.7: one ring slot naming a table of packed descriptors used in order.
       const w = i << 2;
       followPackedIndirect(rec, i, ring[w + ADDR_LO]!, ring[w + ADDR_HI]!, ring[w + LEN]!, flags);
       return i;
     }
     if (n >= limit) {
+      rec.commit(n, ringBase + n, readable, writable, wstart);
       rec.fail('DESC_CHAIN_TOO_LONG', i, `chain is longer than ${limit} descriptors`);
     }
     if (n >= links.length) {
@@ -103,6 +111,7 @@ export function walkPackedList(
     } else {
       // §2.8.4: device-readable descriptors MUST come before device-writable ones.
       if (wstart >= 0) {
+        rec.commit(n, ringBase + n, readable, writable, wstart);
         rec.fail(
           'DESC_WRITABLE_BEFORE_READABLE',
           i,
@@ -113,11 +122,26 @@ export function walkPackedList(
     }
     // §2.8.5: a list MUST NOT describe more than 2^32 bytes in total.
     if (readable + writable > MAX_BYTES) {
+      rec.commit(n, ringBase + n, readable, writable, wstart);
       rec.fail('DESC_CHAIN_LENGTH_OVERFLOW', i, 'chain describes more than 2^32 bytes');
     }
-    const addr = joinAddr(ring[w + ADDR_LO]!, ring[w + ADDR_HI]!);
-    const region = rec.regionOf(addr, len, i);
-    if (regions[n] !== region) regions[n] = region;
+    const addr = join(ring[w + ADDR_LO]!, ring[w + ADDR_HI]!);
+    if (len === 0) {
+      if (regions[n] !== null) regions[n] = null;
+    } else if (addr >= rBase && len <= rEnd - addr) {
+      // Compare-then-store: a reused chain usually holds this region there already.
+      if (regions[n] !== hint) regions[n] = hint;
+    } else {
+      // A miss: look the region up (the totals are stored first, in case it fails).
+      rec.commit(n, ringBase + n, readable, writable, wstart);
+      const region = rec.regionOf(addr, len, i);
+      if (region !== null) {
+        hint = region;
+        rBase = region.base;
+        rEnd = region.end;
+      }
+      regions[n] = region;
+    }
     const more = (flags & F_NEXT) !== 0;
     // §2.8.6: a list continues in the next ring slot, wrapping at the end of the ring.
     const nextSlot = i + 1 === size ? 0 : i + 1;
@@ -132,7 +156,7 @@ export function walkPackedList(
     // flags are the high half of the slot's last u32 (the buffer id the low half).
     flags = ring[(i << 2) + ID_FLAGS]! >>> 16;
   }
-  rec.commit(n, start, readable, writable, wstart);
+  rec.commit(n, ringBase + n, readable, writable, wstart);
   return i;
 }
 

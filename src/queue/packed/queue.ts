@@ -9,8 +9,6 @@ import { walkPackedList } from '../chain-walk.js';
 import {
   MAX_QUEUE_SIZE,
   VIRTQ_DESC_F_AVAIL,
-  VIRTQ_DESC_F_INDIRECT,
-  VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_USED,
   VIRTQ_DESC_F_WRITE,
 } from '../constants.js';
