@@ -14,6 +14,13 @@ export {
 export type { NetOptions } from './config.js';
 export { NET_RX_QUEUE, NET_TX_QUEUE, NetDevice } from './device.js';
 export {
+  GENERATE_ETHERTYPE,
+  GenerateBackend,
+  type GenerateOptions,
+  ReflectBackend,
+  SinkBackend,
+} from './lab-backends.js';
+export {
   ETH_HLEN,
   NET_MAX_FRAME,
   NET_OFFLOAD_FEATURES,
