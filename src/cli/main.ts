@@ -31,6 +31,12 @@ import {
   vhostUserBlk,
   vhostUserRng,
 } from './vhost-user.js';
+import {
+  macAddress,
+  NET_BACKEND_KINDS,
+  type VhostUserNetOptions,
+  vhostUserNet,
+} from './vhost-user-net.js';
 
 /** The options every vhost-user back-end command takes: where it meets its front-end. */
 function withSocket(command: Command): Command {
@@ -196,6 +202,41 @@ export function buildProgram(): Command {
       'read entropy from this file (a device such as /dev/urandom or /dev/hwrng; a regular file is served in a loop, for tests) instead of the platform generator',
     )
     .action((opts: VhostUserRngOptions) => vhostUserRng(opts));
+
+  withSocket(program.command('vhost-user-net'))
+    .description(
+      'Serve a network device as a vhost-user back-end on a Unix socket (for DPDK net_virtio_user or QEMU -netdev vhost-user), with a frame backend for tests',
+    )
+    .addOption(
+      new Option(
+        '--backend <kind>',
+        'reflect: every frame back, MAC addresses swapped; sink: count and drop; generate: --count frames of --frame-size bytes',
+      )
+        .choices(NET_BACKEND_KINDS)
+        .default('reflect'),
+    )
+    .addOption(
+      new Option(
+        '--mac <address>',
+        'MAC address offered (default: a random locally administered one)',
+      ).argParser(macAddress),
+    )
+    .addOption(
+      new Option('--queue-size <n>', 'largest ring size a front-end may set (power of two)')
+        .default(1024)
+        .argParser(powerOfTwo('--queue-size')),
+    )
+    .addOption(
+      new Option('--count <n>', 'generate: frames in all')
+        .default(1000)
+        .argParser(intIn(0, Number.MAX_SAFE_INTEGER, '--count')),
+    )
+    .addOption(
+      new Option('--frame-size <bytes>', 'generate: bytes per frame, Ethernet header included')
+        .default(64)
+        .argParser(intIn(60, 1514, '--frame-size')),
+    )
+    .action((opts: VhostUserNetOptions) => vhostUserNet(opts));
 
   return program;
 }

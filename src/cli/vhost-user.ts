@@ -22,7 +22,7 @@ import { type BlkDeviceOptions, createBlkDevice } from './blk-device.js';
  * counters on the way out. `extra` adds back-end options (ring workers); `onStop` releases what
  * the command opened.
  */
-function serve(
+export function serve(
   name: string,
   device: VirtioDevice,
   socket: SocketOptions,

@@ -309,6 +309,30 @@ describe('virtq vhost-user-blk', () => {
   });
 });
 
+/**
+ * Starts `virtq <args>` as a back-end, waits until it says it is serving, runs `check` on what
+ * it printed so far, then stops it with SIGTERM; returns its exit status and all it printed.
+ */
+async function serveThenStop(
+  args: string[],
+  check: (stderr: string) => void,
+): Promise<{ status: number | null; stderr: string }> {
+  const p = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  p.stderr.setEncoding('utf8').on('data', (d: string) => {
+    err += d;
+  });
+  const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
+  try {
+    const deadline = Date.now() + 30_000;
+    while (!err.includes('serving') && Date.now() < deadline) await delay(50);
+    check(err);
+  } finally {
+    p.kill('SIGTERM');
+  }
+  return { status: await exited, stderr: err };
+}
+
 describe('virtq vhost-user-rng', () => {
   const dir = mkdtempSync(join(tmpdir(), 'virtq-cli-vur-'));
   const empty = join(dir, 'empty.bin');
@@ -338,34 +362,74 @@ describe('virtq vhost-user-rng', () => {
   });
 
   it('serves, says how, and stops on SIGTERM with its counters', async () => {
-    const p = spawn(
-      process.execPath,
-      [cli, 'vhost-user-rng', '--socket-path', sock, '--max-bytes', '4096', '--period', '1000'],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
+    const r = await serveThenStop(
+      ['vhost-user-rng', '--socket-path', sock, '--max-bytes', '4096', '--period', '1000'],
+      (err) => {
+        expect(err).toMatch(
+          /serving entropy from the platform generator \(Web Crypto\), at most 4096 bytes per 1000 ms, on .*vur.sock/,
+        );
+        expect(existsSync(sock)).toBe(true);
+      },
     );
-    let err = '';
-    p.stderr.setEncoding('utf8').on('data', (d: string) => {
-      err += d;
-    });
-    const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
-    try {
-      const deadline = Date.now() + 30_000;
-      while (!err.includes('serving') && Date.now() < deadline) await delay(50);
-      expect(err).toMatch(
-        /serving entropy from the platform generator \(Web Crypto\), at most 4096 bytes per 1000 ms, on .*vur.sock/,
-      );
-      expect(existsSync(sock)).toBe(true);
-    } finally {
-      p.kill('SIGTERM');
-    }
-    expect(await exited).toBe(0);
-    expect(err).toMatch(/stopping; \{"connections":0,/);
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/stopping; \{"connections":0,/);
   }, 60_000);
 
   it('--help lists every option', () => {
     const d = virtq('vhost-user-rng', '--help');
     expect(d.status).toBe(0);
     for (const flag of ['--socket-path', '--max-bytes', '--period', '--source', '--connect']) {
+      expect(d.stdout).toContain(flag);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('virtq vhost-user-net', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'virtq-cli-vun-'));
+  const sock = join(dir, 'vun.sock');
+
+  it.each([
+    [['--backend', 'tunnel'], /--backend.*tunnel.*Allowed choices are reflect, sink, generate/],
+    [['--mac', '52:54:00:12:34'], /52:54:00:12:34 is not a MAC address/],
+    [['--frame-size', '59'], /--frame-size must be between 60 and 1514/],
+    [['--count', '-1'], /--count must be/],
+    [['--queue-size', '100'], /--queue-size/],
+    [['--connect'], /cannot connect to .*vun.sock: ENOENT/],
+  ])('rejects %j with a clear message and status 1', (extra, message) => {
+    const r = virtq('vhost-user-net', '--socket-path', sock, ...extra);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(message);
+    expect(r.stdout).toBe('');
+  });
+
+  it('serves, says how, and stops on SIGTERM with its counters', async () => {
+    const r = await serveThenStop(
+      ['vhost-user-net', '--socket-path', sock, '--backend', 'sink', '--mac', '52:54:00:0a:0b:0c'],
+      (err) => {
+        expect(err).toMatch(
+          /serving a network device \(MAC 52:54:00:0a:0b:0c\) with a sink frame backend on .*vun.sock/,
+        );
+        expect(existsSync(sock)).toBe(true);
+      },
+    );
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/stopping; \{"connections":0,/);
+    expect(r.stderr).toMatch(/sank 0 frames, 0 bytes/);
+  }, 60_000);
+
+  it('--help lists every option', () => {
+    const d = virtq('vhost-user-net', '--help');
+    expect(d.status).toBe(0);
+    for (const flag of [
+      '--socket-path',
+      '--connect',
+      '--backend',
+      '--mac',
+      '--queue-size',
+      '--count',
+      '--frame-size',
+    ]) {
       expect(d.stdout).toContain(flag);
     }
     rmSync(dir, { recursive: true, force: true });

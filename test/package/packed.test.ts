@@ -244,6 +244,7 @@ describe('every command line in the README', () => {
         c.startsWith('npx virtq ') ||
         c.startsWith('truncate ') ||
         c.startsWith('qemu-system-x86_64 ') ||
+        c.startsWith('dpdk-testpmd ') ||
         c === 'npm install && npm start' ||
         c.startsWith('npm run bench -- ');
       expect(known, `README command not covered by a test: ${c}`).toBe(true);
@@ -274,6 +275,35 @@ describe('every command line in the README', () => {
     }
     rmSync(join(dir, 'disk.img'), { force: true });
   }, 600_000);
+
+  it('the testpmd command line is the one the DPDK tests run', () => {
+    const pmds = commands.filter((c) => c.startsWith('dpdk-testpmd '));
+    expect(pmds).toHaveLength(1);
+    const harness = readFileSync(join(repoRoot, 'test/real/dpdk-net.test.ts'), 'utf8');
+    for (const opt of [
+      '--no-huge',
+      '--no-pci',
+      'net_virtio_user0,path=',
+      ',queues=1',
+      '-i',
+      '--no-flush-rx',
+      '--forward-mode=rxonly',
+    ]) {
+      expect(pmds[0]).toContain(opt);
+    }
+    for (const opt of [
+      "'--no-huge'",
+      "'--no-pci'",
+      'net_virtio_user0,path=',
+      ',queues=1',
+      "'-i'",
+      "'--no-flush-rx'",
+      '--forward-mode=',
+      "'rxonly'",
+    ]) {
+      expect(harness).toContain(opt);
+    }
+  });
 
   it('the QEMU command lines are the ones the real-guest tests boot', async () => {
     const qemus = commands.filter((c) => c.startsWith('qemu-system-x86_64 '));

@@ -1,0 +1,80 @@
+/**
+ * `virtq vhost-user-net`: virtq's network device served over vhost-user, with a frame backend
+ * that needs no network: `reflect` (every frame back to the driver, MAC addresses swapped),
+ * `sink` (counts) or `generate` (a bounded number of frames of one size), for drivers under
+ * test such as DPDK's virtio-user and for benchmarks.
+ */
+import { InvalidArgumentError } from 'commander';
+import { formatMac, type NetBackend, parseMac } from '../devices/net/backend.js';
+import { NetDevice } from '../devices/net/device.js';
+import { GenerateBackend, ReflectBackend, SinkBackend } from '../devices/net/lab-backends.js';
+import { type SocketOptions, serve } from './vhost-user.js';
+
+/** The frame backends `--backend` names. */
+export const NET_BACKEND_KINDS = ['reflect', 'sink', 'generate'] as const;
+export type NetBackendKind = (typeof NET_BACKEND_KINDS)[number];
+
+export interface VhostUserNetOptions extends SocketOptions {
+  backend: NetBackendKind;
+  /** The MAC address offered; undefined: a random locally administered one. */
+  mac?: string;
+  /** Largest ring size a front-end may set. */
+  queueSize: number;
+  /** generate: frames in all, and bytes per frame. */
+  count: number;
+  frameSize: number;
+}
+
+/** A MAC address argument, as "52:54:00:12:34:56". */
+export function macAddress(v: string): string {
+  try {
+    return formatMac(parseMac(v));
+  } catch {
+    throw new InvalidArgumentError(
+      `${v} is not a MAC address (six hex bytes, e.g. 52:54:00:12:34:56).`,
+    );
+  }
+}
+
+export function vhostUserNet(opts: VhostUserNetOptions): void {
+  let backend: NetBackend;
+  let counters: () => string;
+  switch (opts.backend) {
+    case 'reflect': {
+      const b = new ReflectBackend();
+      backend = b;
+      counters = () => `reflected ${b.frames} frames, ${b.bytes} bytes`;
+      break;
+    }
+    case 'sink': {
+      const b = new SinkBackend();
+      backend = b;
+      counters = () => `sank ${b.frames} frames, ${b.bytes} bytes`;
+      break;
+    }
+    case 'generate': {
+      const b = new GenerateBackend({ count: opts.count, size: opts.frameSize });
+      backend = b;
+      counters = () => `generated ${b.frames} of ${b.count} frames, ${b.bytes} bytes`;
+      break;
+    }
+  }
+  const device = new NetDevice({
+    backend,
+    queueSize: opts.queueSize,
+    ...(opts.mac !== undefined ? { mac: opts.mac } : {}),
+  });
+  const what =
+    opts.backend === 'generate'
+      ? `${opts.count} generated frames of ${opts.frameSize} bytes`
+      : `a ${opts.backend} frame backend`;
+  serve(
+    'vhost-user-net',
+    device,
+    opts,
+    `a network device (MAC ${formatMac(device.mac)}) with ${what}`,
+    {},
+    () =>
+      console.error(`virtq vhost-user-net: ${counters()}; device ${JSON.stringify(device.stats)}`),
+  );
+}
