@@ -25,6 +25,8 @@ import { type BenchCase, type BenchContext, header } from './lib/harness.js';
 const PROGRAMS: Readonly<Record<string, string>> = {
   // Guest-measured vhost-user-blk throughput, virtq against qemu-storage-daemon.
   'vhost-user-blk': './vhost-user-blk.ts',
+  // Packet rates of the net back-end driven by DPDK testpmd, virtq against DPDK's net_vhost.
+  'vhost-user-net': './vhost-user-net.ts',
 };
 
 /** Runs a benchmark program in a child process with `args`; resolves with its exit code. */
