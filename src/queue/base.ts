@@ -2,6 +2,7 @@ import { DescriptorError, QueueConfigError, QueueStateError, SnapshotError } fro
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { DescriptorChain } from './chain.js';
 import { ChainRecord, recordOf } from './chain-record.js';
+import { reviveChain } from './chain-walk.js';
 import { MAX_QUEUE_SIZE } from './constants.js';
 import { consoleLogger, type Logger } from './logger.js';
 import type { Queue } from './queue.js';
@@ -100,7 +101,7 @@ export abstract class QueueBase {
     }
     this.checkHeldHead(head, slots);
     const c = into === undefined ? new ChainRecord(Math.max(1, buffers.length)) : recordOf(into);
-    c.revive(head, this.memory!, size, slots, buffers, writableFrom);
+    reviveChain(c, head, this.memory!, size, slots, buffers, writableFrom);
     return c;
   }
 

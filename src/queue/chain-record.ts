@@ -4,7 +4,7 @@ import { joinU64 } from '../memory/guest-memory.js';
 import type { GuestRegion } from '../memory/region.js';
 import type { Descriptor, DescriptorChain } from './chain.js';
 import { followSplitIndirect } from './chain-walk.js';
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './constants.js';
+import { VIRTQ_DESC_F_WRITE } from './constants.js';
 import {
   SPLIT_DESC_ADDR_HI_U32,
   SPLIT_DESC_ADDR_LO_U32,
@@ -450,47 +450,6 @@ export class ChainRecord implements DescriptorChain {
     this.readableLength = readable;
     this.writableLength = writable;
     this.writableStart = wstart;
-  }
-
-  /**
-   * Rebuilds a chain a device held across a snapshot from its saved buffers, checking each
-   * again as `push` does at pop: `buffers` are [address, length] pairs, device-readable before
-   * `writableFrom` and device-writable from it on; the chain takes `ringSlots` ring slots. The
-   * queue checks the head (see `Queue.reviveChain`).
-   */
-  revive(
-    head: number,
-    memory: GuestMemory,
-    limit: number,
-    ringSlots: number,
-    buffers: readonly (readonly [number, number])[],
-    writableFrom: number,
-  ): void {
-    this.begin(head, memory, limit, false);
-    if (!(Number.isInteger(ringSlots) && ringSlots >= 1 && ringSlots <= limit)) {
-      this.fail('DESC_CHAIN_TOO_LONG', head, `${ringSlots} ring slots, expected 1 to ${limit}`);
-    }
-    if (buffers.length === 0) this.fail('DESC_CHAIN_TOO_LONG', head, 'a chain with no buffer');
-    const last = buffers.length - 1;
-    for (let k = 0; k <= last; k++) {
-      const [addr, len] = buffers[k]!;
-      if (!(Number.isSafeInteger(addr) && addr >= 0 && len >>> 0 === len)) {
-        this.fail('DESC_BUFFER_OUT_OF_MEMORY', k, `buffer [${addr}, +${len}) is not a guest range`);
-      }
-      const flags =
-        (k >= writableFrom ? VIRTQ_DESC_F_WRITE : 0) | (k < last ? VIRTQ_DESC_F_NEXT : 0);
-      this.push(
-        k,
-        addr % TWO_32,
-        Math.floor(addr / TWO_32),
-        len,
-        flags,
-        k < last ? k + 1 : 0,
-        false,
-      );
-    }
-    this.end();
-    this.ringCount = ringSlots;
   }
 
   /** Throws a {@link DescriptorError} about this chain. */

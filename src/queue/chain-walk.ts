@@ -6,7 +6,7 @@
  * hot path. Used only by the queues of `src/queue`.
  */
 
-import { joinU64 } from '../memory/guest-memory.js';
+import { type GuestMemory, joinU64 } from '../memory/guest-memory.js';
 import type { GuestRegion } from '../memory/region.js';
 import type { ChainRecord } from './chain-record.js';
 import {
@@ -20,6 +20,9 @@ import {
 
 /** A guest address from the two u32 halves of a descriptor's u64 field (see U64_UNSAFE). */
 const joinAddr = joinU64;
+
+/** 2^32, to split an address into the halves a descriptor holds. */
+const TWO_32 = 2 ** 32;
 
 /** The AVAIL and USED bits of a packed descriptor's flags (VIRTIO 1.2 §2.8.1). */
 const _PACKED_RING_BITS = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
@@ -308,4 +311,37 @@ function enterIndirect(
   rec.sawIndirect = true;
   rec.ringCount++;
   return r;
+}
+
+/**
+ * Rebuilds a chain a device held across a snapshot from its saved buffers, checking each
+ * again as `push` does at pop: `buffers` are [address, length] pairs, device-readable before
+ * `writableFrom` and device-writable from it on; the chain takes `ringSlots` ring slots. The
+ * queue checks the head (see `Queue.reviveChain`).
+ */
+export function reviveChain(
+  rec: ChainRecord,
+  head: number,
+  memory: GuestMemory,
+  limit: number,
+  ringSlots: number,
+  buffers: readonly (readonly [number, number])[],
+  writableFrom: number,
+): void {
+  rec.begin(head, memory, limit, false);
+  if (!(Number.isInteger(ringSlots) && ringSlots >= 1 && ringSlots <= limit)) {
+    rec.fail('DESC_CHAIN_TOO_LONG', head, `${ringSlots} ring slots, expected 1 to ${limit}`);
+  }
+  if (buffers.length === 0) rec.fail('DESC_CHAIN_TOO_LONG', head, 'a chain with no buffer');
+  const last = buffers.length - 1;
+  for (let k = 0; k <= last; k++) {
+    const [addr, len] = buffers[k]!;
+    if (!(Number.isSafeInteger(addr) && addr >= 0 && len >>> 0 === len)) {
+      rec.fail('DESC_BUFFER_OUT_OF_MEMORY', k, `buffer [${addr}, +${len}) is not a guest range`);
+    }
+    const flags = (k >= writableFrom ? VIRTQ_DESC_F_WRITE : 0) | (k < last ? VIRTQ_DESC_F_NEXT : 0);
+    rec.push(k, addr % TWO_32, Math.floor(addr / TWO_32), len, flags, k < last ? k + 1 : 0, false);
+  }
+  rec.end();
+  rec.ringCount = ringSlots;
 }
