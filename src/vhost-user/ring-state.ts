@@ -175,6 +175,7 @@ export function applyPackedInflight(
     },
     q.guestMemory,
   );
+  q.withdrawUnpublishedUsed();
   q.redeliver(r.buffers);
   return r.buffers.length;
 }

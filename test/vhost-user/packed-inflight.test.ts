@@ -132,6 +132,43 @@ describe('packed inflight tracking', () => {
     expect(back.sort()).toEqual([ids[0], ids[2], again].sort());
   });
 
+  it('a batch that died unpublished leaves no used descriptor for the driver to reach', () => {
+    // Two buffers of three descriptors fill a ring of six. The device completes the second,
+    // then the first, and dies publishing: the first used descriptor (slot 0) never got its
+    // flags, the second (slot 3, for buffer 0) did. Served again, buffer 0 takes slots 0 to 2;
+    // the driver then reaches slot 3, which must not say "buffer 0 used" a second time.
+    const r = rig(6);
+    let d = r.device();
+    const chain = new DescriptorChain();
+    const three = [
+      { addr: 0x40000, len: 64 },
+      { addr: 0x40040, len: 64 },
+    ];
+    const a = r.driver.add(three, [{ addr: 0x80000, len: 16 }]);
+    const b = r.driver.add(three, [{ addr: 0x80000, len: 16 }]);
+    r.driver.publish();
+    expect(d.q.pop(chain)?.head).toBe(a);
+    expect(d.q.pop(chain)?.head).toBe(b);
+    d.q.addUsed(b, 1);
+    d.q.addUsed(a, 1);
+    d.region.crashAt = 'before-flags';
+    expect(() => d.q.advanceUsedRingIdx()).toThrow(Crash);
+    expect(r.driver.popUsed()).toBe(-1);
+
+    d = r.device();
+    expect(d.resubmitted).toBe(2);
+    expect(d.q.pop(chain)?.head).toBe(a);
+    d.q.addUsed(a, 1);
+    d.q.advanceUsedRingIdx();
+    expect(r.driver.popUsed()).toBe(a);
+    expect(r.driver.popUsed()).toBe(-1);
+    expect(d.q.pop(chain)?.head).toBe(b);
+    d.q.addUsed(b, 1);
+    d.q.advanceUsedRingIdx();
+    expect(r.driver.popUsed()).toBe(b);
+    expect(r.driver.popUsed()).toBe(-1);
+  });
+
   it('property: a device killed at any point, even mid-publication, loses no buffer and completes none twice', () => {
     fc.assert(
       fc.property(

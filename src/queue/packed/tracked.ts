@@ -1,7 +1,7 @@
 import { DescriptorError } from '../../errors.js';
 import type { DescriptorChain } from '../chain.js';
 import { VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED } from '../constants.js';
-import { PACKED_DESC_FLAGS_U16, PACKED_DESC_ID_U16 } from './layout.js';
+import { PACKED_DESC_FLAGS, PACKED_DESC_FLAGS_U16, PACKED_DESC_ID_U16 } from './layout.js';
 import { PackedQueue, type PackedQueueOptions } from './queue.js';
 
 /**
@@ -94,6 +94,40 @@ export class TrackedPackedQueue extends PackedQueue {
     this.requireActive();
     if (!(slot >= 0 && slot < this.qsize)) throw new RangeError(`slot ${slot} is outside the ring`);
     return Atomics.load(this.desc16, (slot << 3) + PACKED_DESC_FLAGS_U16);
+  }
+
+  /**
+   * Makes every ring slot between the used and the available position look unused to the
+   * driver, and returns how many it rewrote. Call it after positioning a resumed ring. Those
+   * slots belong to buffers in flight, but a device that died with an unpublished batch had
+   * already written the batch's later used descriptors into some of them (only the first gets
+   * its flags at publication); a driver reaching one would take it as used and complete its
+   * buffer a second time once the buffer is served again. Each such slot gets the available
+   * pattern of its lap back (AVAIL and USED differ), the one the driver left there.
+   */
+  withdrawUnpublishedUsed(): number {
+    this.requireActive();
+    const size = this.qsize;
+    let slot = this._nextUsed;
+    let wrap = this._usedWrap;
+    let held = this._nextAvail - slot;
+    if (held < 0 || (held === 0 && this._availWrap !== wrap)) held += size;
+    let rewritten = 0;
+    for (let k = 0; k < held; k++) {
+      const at = (slot << 3) + PACKED_DESC_FLAGS_U16;
+      const flags = Atomics.load(this.desc16, at);
+      if ((flags & AVAIL_USED) === (wrap === 1 ? AVAIL_USED : 0)) {
+        const available = wrap === 1 ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED;
+        Atomics.store(this.desc16, at, (flags & ~AVAIL_USED) | available);
+        this.descRegion!.markDirty(this.descAddr + 16 * slot + PACKED_DESC_FLAGS, 2);
+        rewritten++;
+      }
+      if (++slot === size) {
+        slot = 0;
+        wrap ^= 1;
+      }
+    }
+    return rewritten;
   }
 
   override pop(into?: DescriptorChain): DescriptorChain | null {
