@@ -32,6 +32,11 @@ export abstract class QueueBase {
   indirectDesc = false;
   /** Where driver behaviour worth a word is reported. */
   logger: Logger;
+  /**
+   * A poller serves this queue: while true, `popOrEnableNotification` finds the ring empty
+   * without asking the driver to notify (see the vhost-user back-end's polling mode).
+   */
+  polled = false;
 
   // Captured by initialize(); the per-chain path trusts only these.
   protected active = false;
@@ -202,6 +207,7 @@ export abstract class QueueBase {
     this.usedRingAddress = 0;
     this.usesNotifSuppression = false;
     this.indirectDesc = false;
+    this.polled = false;
     this.active = false;
     this.memory = null;
     this.qsize = 0;

@@ -41,8 +41,22 @@ export interface Queue {
 
   /** Pops the next available chain (into `into` when given), or null when there is none. */
   pop(into?: DescriptorChain): DescriptorChain | null;
-  /** Pops, or when empty re-enables driver notifications and returns null (see the split ring). */
+  /**
+   * Pops, or when empty re-enables driver notifications and returns null (see the split ring).
+   * While {@link polled}, it only pops.
+   */
   popOrEnableNotification(into?: DescriptorChain): DescriptorChain | null;
+  /**
+   * A poller serves the queue: {@link popOrEnableNotification} does not ask the driver to
+   * notify. The poller disables notifications ({@link setNotification}) when it starts and
+   * enables them when it stops. Cleared by {@link reset}.
+   */
+  polled: boolean;
+  /**
+   * Where the device reads the next available chain, as a number that changes with every pop
+   * (a poller compares it between turns to see whether the ring moved).
+   */
+  readonly availCursor: number;
   /**
    * Rebuilds, checked as at pop, a chain the device held across a snapshot: `head`, the ring
    * slots it takes, its buffers as [address, length] pairs (device-writable from

@@ -76,6 +76,8 @@ export class VhostUserBackend {
     calls: 0,
     loggedPages: 0,
     resubmitted: 0,
+    polls: 0,
+    pollTurns: 0,
   };
   private readonly native: VhostUserNative;
   private readonly logger: Logger;
@@ -124,6 +126,10 @@ export class VhostUserBackend {
     if (options.ringWorkers === undefined && device.asyncTransfers === true) {
       throw new TypeError('a device with asynchronous transfers needs ringWorkers');
     }
+    const poll = options.pollIdleMicros ?? 0;
+    if (!(Number.isFinite(poll) && poll >= 0)) {
+      throw new RangeError(`pollIdleMicros ${poll} is not a number of microseconds >= 0`);
+    }
     const backend = this;
     this.handler = {
       get replyAck(): boolean {
@@ -163,11 +169,12 @@ export class VhostUserBackend {
       },
       (host) =>
         workers === undefined
-          ? new InProcessPlane(host)
+          ? new InProcessPlane(host, options.pollIdleMicros ?? 0)
           : new WorkerPlane(host, {
               spec: workers.spec,
               quiet: workers.quiet ?? false,
               ackTimeoutMs: workers.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS,
+              pollIdleMicros: poll,
             }),
     );
   }

@@ -25,6 +25,7 @@ import type { SplitInflight } from './inflight.js';
 import type { MemoryTable } from './memory-table.js';
 import type { VhostUserNative } from './native.js';
 import type { PackedInflight } from './packed-inflight.js';
+import { RingPoller } from './ring-poller.js';
 import { RingServer } from './ring-server.js';
 import {
   applyInflight,
@@ -39,6 +40,9 @@ import type { RingLog } from './ring-worker-protocol.js';
 export interface PlaneCounters {
   kicks: number;
   calls: number;
+  /** Polling mode: times a ring went from kicks to polling, and turns served by polling. */
+  polls: number;
+  pollTurns: number;
   loggedPages: number;
   resubmitted: number;
 }
@@ -135,8 +139,14 @@ export class InProcessPlane implements DataPlane {
   private queues: Queue[] = [];
 
   private readonly server: RingServer;
+  /** Polling mode (null: kicks only). */
+  private readonly poller: RingPoller | null;
 
-  constructor(private readonly host: PlaneHost) {
+  /** `pollIdleMicros` > 0 polls busy rings (see ring-poller.ts); 0: kicks only. */
+  constructor(
+    private readonly host: PlaneHost,
+    pollIdleMicros = 0,
+  ) {
     this.server = new RingServer({
       device: host.device,
       native: host.native,
@@ -149,6 +159,20 @@ export class InProcessPlane implements DataPlane {
         host.counters[what]++;
       },
     });
+    this.poller =
+      pollIdleMicros > 0
+        ? new RingPoller(
+            {
+              queue: (index) =>
+                host.ring(index)?.running === true ? this.queues[index] : undefined,
+              serve: (index) => this.server.serve(index),
+              count: (what) => {
+                host.counters[what]++;
+              },
+            },
+            pollIdleMicros,
+          )
+        : null;
   }
 
   get deviceActive(): boolean {
@@ -191,6 +215,7 @@ export class InProcessPlane implements DataPlane {
   }
 
   stop(index: number): number | null {
+    this.poller?.stop(index);
     const q = this.queues[index];
     if (q === undefined || !q.isActive) return this.host.ring(index)?.base ?? 0;
     return ringBase(q);
@@ -215,6 +240,7 @@ export class InProcessPlane implements DataPlane {
   }
 
   resetDevice(): void {
+    this.poller?.stopAll();
     if (this.ctx !== null) {
       try {
         this.host.device.reset();
@@ -243,7 +269,9 @@ export class InProcessPlane implements DataPlane {
     });
   };
 
+  /** A turn of ring `index` after a kick or its start; a polled ring carries on polling. */
   private notify(index: number): void {
     this.server.serve(index);
+    this.poller?.served(index);
   }
 }

@@ -15,6 +15,7 @@ import { MigrationLog } from './dirty-log.js';
 import { SplitInflight } from './inflight.js';
 import { loadNative } from './native.js';
 import { PackedInflight } from './packed-inflight.js';
+import { RingPoller } from './ring-poller.js';
 import { RingServer } from './ring-server.js';
 import { applyInflight, applyPackedInflight, ringBase, signalError } from './ring-state.js';
 import {
@@ -23,6 +24,8 @@ import {
   C_CALLS,
   C_KICKS,
   C_LOGGED_PAGES,
+  C_POLL_TURNS,
+  C_POLLS,
   C_RESUBMITTED,
   C_WAS_RUNNING,
   type RingLog,
@@ -84,6 +87,29 @@ const server = new RingServer({
 
 function serve(): void {
   server.serve(index);
+}
+
+/** Polling mode for this ring (null: kicks only), set at each start. */
+let poller: RingPoller | null = null;
+
+function makePoller(micros: number): RingPoller | null {
+  if (micros <= 0) return null;
+  return new RingPoller(
+    {
+      queue: () => (running === null || stopping ? undefined : running.queue),
+      serve: () => serve(),
+      count: (what) => {
+        Atomics.add(control, what === 'polls' ? C_POLLS : C_POLL_TURNS, 1);
+      },
+    },
+    micros,
+  );
+}
+
+/** A turn after a kick or the start; a polled ring carries on polling. */
+function kicked(): void {
+  serve();
+  poller?.served(index);
 }
 
 /**
@@ -161,11 +187,12 @@ function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
             running.watcher?.stop();
             return;
           }
-          serve();
+          kicked();
         });
   running = { queue, memory, kickFd, watcher };
+  poller = makePoller(m.pollIdleMicros);
   // Buffers made available before the ring started are served now.
-  serve();
+  kicked();
 }
 
 /** Stops the ring (if it runs) and records where it stopped in the control block. */
@@ -174,6 +201,8 @@ function stop(): void {
   Atomics.store(control, C_WAS_RUNNING, r === null ? 0 : 1);
   if (r === null) return;
   r.watcher?.stop();
+  poller?.stop(index);
+  poller = null;
   flushLog();
   Atomics.store(control, C_BASE, ringBase(r.queue) | 0);
   running = null;
@@ -208,6 +237,7 @@ port.on('message', (m: RingWorkerMessage) => {
       // A device with transfers under way (BlockDevice with asyncIo) completes them before
       // the ring stops: GET_VRING_BASE must not leave a request taken and never answered.
       running?.watcher?.stop();
+      poller?.stop(index);
       stopping = true;
       const finish = (): void => {
         stop();

@@ -59,6 +59,8 @@ export type RingWorkerMessage =
       /** Signalled when the device needs a reset (DEVICE_NEEDS_RESET). */
       readonly errFd: number | null;
       readonly log: RingLog;
+      /** Polling mode (microseconds; 0: kicks only). */
+      readonly pollIdleMicros: number;
     }
   | { readonly type: 'stop'; readonly seq: number }
   | { readonly type: 'setCall'; readonly seq: number; readonly fd: number | null }
@@ -75,7 +77,9 @@ export const C_KICKS = 3;
 export const C_CALLS = 4;
 export const C_RESUBMITTED = 5;
 export const C_LOGGED_PAGES = 6;
-export const CONTROL_WORDS = 8;
+export const C_POLLS = 7;
+export const C_POLL_TURNS = 8;
+export const CONTROL_WORDS = 9;
 
 /** How long the back-end waits, by default, for a worker's acknowledgement before giving up. */
 export const DEFAULT_ACK_TIMEOUT_MS = 15_000;

@@ -11,6 +11,8 @@ import {
   C_CALLS,
   C_KICKS,
   C_LOGGED_PAGES,
+  C_POLL_TURNS,
+  C_POLLS,
   C_RESUBMITTED,
   CONTROL_WORDS,
   type RingLog,
@@ -26,6 +28,8 @@ export interface WorkerSpec {
   readonly quiet: boolean;
   /** How long a stop may wait for a worker before the ring is given up as lost. */
   readonly ackTimeoutMs: number;
+  /** Polling mode in each worker (microseconds; 0: kicks only). */
+  readonly pollIdleMicros: number;
 }
 
 export class WorkerPlane implements DataPlane {
@@ -70,6 +74,7 @@ export class WorkerPlane implements DataPlane {
       callFd: s.ring.callFd,
       errFd: s.ring.errFd,
       log: s.log,
+      pollIdleMicros: this.spec.pollIdleMicros,
     });
   }
 
@@ -124,6 +129,8 @@ export class WorkerPlane implements DataPlane {
       s.calls += w.counter(C_CALLS);
       s.resubmitted += w.counter(C_RESUBMITTED);
       s.loggedPages += w.counter(C_LOGGED_PAGES);
+      s.polls += w.counter(C_POLLS);
+      s.pollTurns += w.counter(C_POLL_TURNS);
     }
   }
 

@@ -39,7 +39,7 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
     for (const c of cleanups.splice(0).reverse()) c();
   });
 
-  function setup() {
+  function setup(options: { pollIdleMicros?: number } = {}) {
     const disk = new Uint8Array(64 * 1024);
     const device = new BlockDevice({ backend: new MemoryBackend(disk), queueSize: 64 });
     const disconnects: string[] = [];
@@ -47,6 +47,7 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
       native: n,
       logger: silent,
       onDisconnect: (why) => disconnects.push(why),
+      ...options,
     });
     cleanups.push(() => backend.close());
     const { memfd, guest } = guestRam(n, cleanups);
@@ -61,8 +62,8 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
     return fe;
   }
 
-  /** A full session as QEMU runs it, then a write and a read through the ring. */
-  async function session(s: ReturnType<typeof setup>, fe: Frontend, sector: number) {
+  /** Negotiation, the memory table and ring 0 started, as QEMU does it. */
+  async function startRing(s: ReturnType<typeof setup>, fe: Frontend) {
     const features = await fe.negotiate();
     // GET_CONFIG: capacity (u64 at 0) in 512-byte sectors.
     fe.send(R.GET_CONFIG, concat(u32s(0, 8, 0), new Uint8Array(8)));
@@ -89,7 +90,12 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
     expect(s.device.isActive).toBe(false); // protocol features: the ring starts disabled
     expect(await fe.acked(R.SET_VRING_ENABLE, u32s(0, 1))).toBe(0n);
     expect(s.device.isActive).toBe(true);
+    return { driver, kick, call };
+  }
 
+  /** A full session as QEMU runs it, then a write and a read through the ring. */
+  async function session(s: ReturnType<typeof setup>, fe: Frontend, sector: number) {
+    const { driver, kick, call } = await startRing(s, fe);
     const request = async (
       type: number,
       data: { addr: number; len: number },
@@ -138,6 +144,50 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
     fe.close();
     await until(() => !s.backend.connected, 'the disconnect');
     expect(s.disconnects).toHaveLength(1);
+  });
+
+  it('polling mode: after a kick the ring is served with the driver not notifying, then back to kicks when idle', async () => {
+    const s = setup({ pollIdleMicros: 100_000 });
+    const fe = connect(s.backend);
+    const { driver, kick } = await startRing(s, fe);
+    const read = () => {
+      s.guest.writeU32(0x1000, 0); // VIRTIO_BLK_T_IN
+      s.guest.writeU64(0x1008, 1);
+      driver.add(
+        [{ addr: 0x1000, len: 16 }],
+        [
+          { addr: 0x4000, len: 512 },
+          { addr: 0x3000, len: 1 },
+        ],
+      );
+      return driver.kick();
+    };
+    // The ring started polled: the driver is asked not to notify.
+    expect(s.backend.stats.polls).toBe(1);
+    for (let k = 0; k < 10; k++) {
+      expect(read()).toBe(false);
+      await until(() => driver.hasUsed(), `request ${k} served by polling`);
+      expect(driver.popUsed()).toBeGreaterThanOrEqual(0);
+    }
+    expect(s.backend.stats.kicks).toBe(0);
+    expect(s.backend.stats.pollTurns).toBeGreaterThan(0);
+    // Idle for longer than 100 ms: back to kicks, and a kick starts polling again.
+    await new Promise((r) => setTimeout(r, 300));
+    const turns = s.backend.stats.pollTurns;
+    await new Promise((r) => setTimeout(r, 50));
+    expect(s.backend.stats.pollTurns).toBe(turns);
+    expect(read()).toBe(true);
+    n.eventfdWrite(kick, 1);
+    await until(() => driver.hasUsed(), 'the request after the kick');
+    expect(s.backend.stats.kicks).toBe(1);
+    expect(s.backend.stats.polls).toBe(2);
+  });
+
+  it('refuses a polling time that is not a number of microseconds', () => {
+    const device = new BlockDevice({ backend: new MemoryBackend(new Uint8Array(4096)) });
+    expect(() => new VhostUserBackend(device, { native: n, pollIdleMicros: -1 })).toThrow(
+      RangeError,
+    );
   });
 
   it('refuses malformed messages and still serves a clean front-end', async () => {

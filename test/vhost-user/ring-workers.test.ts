@@ -51,7 +51,12 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
    * A back-end in ring-worker mode over the gated block device (test/vhost-user/workers), its
    * guest RAM, and a front-end connected to it.
    */
-  function gatedBackend(numQueues: number, ackTimeoutMs?: number, holdLoad = false) {
+  function gatedBackend(
+    numQueues: number,
+    ackTimeoutMs?: number,
+    holdLoad = false,
+    pollIdleMicros = 0,
+  ) {
     const image = new SharedArrayBuffer(128 * 512);
     const gate = new SharedArrayBuffer(12);
     const options = { image, gate, numQueues, holdLoad };
@@ -64,6 +69,7 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
     const backend = new VhostUserBackend(create(options), {
       native: n,
       logger: silent,
+      pollIdleMicros,
       ringWorkers: {
         spec,
         quiet: true,
@@ -190,6 +196,45 @@ describe.runIf(nativeOk)('VhostUserBackend with one worker thread per ring', () 
     expect(stats.calls).toBeGreaterThanOrEqual(4);
     expect(stats.loggedPages).toBeGreaterThanOrEqual(1);
   });
+  it('polling mode in a ring worker: requests served with the driver not notifying', async () => {
+    const { backend, memfd, guest, fe } = gatedBackend(1, undefined, false, 200_000);
+    const offered = await fe.u64(R.GET_FEATURES);
+    fe.send(R.SET_PROTOCOL_FEATURES, u64(PROTOCOL));
+    const features = (offered & VERSION_1) | PROTOCOL_BIT;
+    expect(await fe.acked(R.SET_FEATURES, u64(features))).toBe(0n);
+    expect(await fe.acked(R.SET_MEM_TABLE, memTable(), [memfd, memfd])).toBe(0n);
+    const driver = new SplitDriver(guest, { size: QSIZE, base: RING_GPA });
+    const kick = eventfd();
+    const { desc, avail, used } = driver.layout;
+    expect(await fe.acked(R.SET_VRING_NUM, u32s(0, QSIZE))).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_BASE, u32s(0, 0))).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_ADDR, vringAddr(0, desc, avail, used))).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_CALL, u64(0), [eventfd()])).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_KICK, u64(0), [kick])).toBe(0n);
+    expect(await fe.acked(R.SET_VRING_ENABLE, u32s(0, 1))).toBe(0n);
+    // The worker starts the ring polled: the driver sees notifications off.
+    await until(() => backend.stats.polls === 1, 'the worker to poll');
+    for (let k = 0; k < 8; k++) {
+      guest.writeU32(0x10000, T_IN);
+      guest.writeU64(0x10008, k);
+      driver.add(
+        [{ addr: 0x10000, len: 16 }],
+        [
+          { addr: 0x11000, len: 512 },
+          { addr: 0x12000, len: 1 },
+        ],
+      );
+      expect(driver.kick()).toBe(false);
+      await until(() => driver.hasUsed(), `request ${k}`);
+      expect(driver.popUsed()).toBeGreaterThanOrEqual(0);
+    }
+    expect(backend.stats.kicks).toBe(0);
+    expect(backend.stats.pollTurns).toBeGreaterThan(0);
+    fe.send(R.GET_VRING_BASE, u32s(0, 0));
+    const reply = await fe.recv();
+    expect(new DataView(reply!.payload.buffer).getUint32(4, true)).toBe(8);
+  });
+
   it('gives up a ring whose worker does not stop in time: the connection closes, no stale base', async () => {
     const { gate, backend, memfd, guest, fe } = gatedBackend(1, 300);
     const offered = await fe.u64(R.GET_FEATURES);

@@ -106,7 +106,7 @@ export class PackedQueue extends PackedRing implements Queue {
    * same as {@link pop}.
    */
   popOrEnableNotification(into?: DescriptorChain): DescriptorChain | null {
-    if (!this.usesNotifSuppression) return this.pop(into);
+    if (!this.usesNotifSuppression || this.polled) return this.pop(into);
     this.requireActive();
     if (this.tryEnableNotification()) return null;
     return this.pop(into);

@@ -77,6 +77,10 @@ export abstract class PackedRing extends QueueBase {
   get nextAvail(): number {
     return this._nextAvail;
   }
+  /** The next slot to read and its lap (wrap counter), as one number from 0 to 2 * size. */
+  get availCursor(): number {
+    return this._availWrap === 1 ? this._nextAvail : this._nextAvail + this.qsize;
+  }
   /** Device's copy of the driver ring wrap counter: the AVAIL bit an available slot carries. */
   get availWrapCounter(): boolean {
     return this._availWrap === 1;

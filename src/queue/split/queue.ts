@@ -98,7 +98,7 @@ export class SplitQueue extends SplitRing implements Queue {
    * Without it: the same as {@link pop}.
    */
   popOrEnableNotification(into?: DescriptorChain): DescriptorChain | null {
-    if (!this.usesNotifSuppression) return this.pop(into);
+    if (!this.usesNotifSuppression || this.polled) return this.pop(into);
     this.requireActive();
     if (this.tryEnableNotification()) return null;
     return this.popUnchecked(into);

@@ -55,6 +55,10 @@ export abstract class SplitRing extends QueueBase {
   get nextAvail(): number {
     return this._nextAvail;
   }
+  /** {@link nextAvail}: the free-running available index moves with every pop. */
+  get availCursor(): number {
+    return this._nextAvail;
+  }
   set nextAvail(v: number) {
     this._nextAvail = v & 0xffff;
   }
