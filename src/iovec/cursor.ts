@@ -74,9 +74,30 @@ export class ChainCursor {
   /** Bytes left in the current piece, never more than `left`; > 0 whenever `left > 0`. */
   protected pLeft = 0;
 
+  /**
+   * The guest bytes of the piece a successful `claim` returned an offset into, and a DataView
+   * over them (same offsets); valid until the next operation on this cursor.
+   */
+  claimed: Uint8Array = new Uint8Array(0);
+  claimedView: DataView = new DataView(new ArrayBuffer(0));
+
   /** Bytes left to read or write. */
   get remaining(): number {
     return this.left;
+  }
+
+  /**
+   * When the next `n` bytes (n > 0) lie in one piece: points {@link claimed} at its region,
+   * moves past them and returns their offset there. Else -1, moving nothing.
+   */
+  protected claimPiece(n: number): number {
+    if (!(n > 0 && n <= this.pLeft)) return -1;
+    const r = this.region!;
+    const p = this.pos;
+    this.claimed = r.bytes;
+    this.claimedView = r.view;
+    this.advance(n);
+    return p;
   }
 
   /**

@@ -139,6 +139,18 @@ export class ChainWriter extends ChainCursor {
     return other;
   }
 
+  /**
+   * Direct access for a device that writes a frame or a structure in place: when the next `n`
+   * bytes (n > 0) lie in one piece, marks them dirty, moves past them (they count in
+   * {@link bytesWritten}) and returns their offset in {@link claimed}, where the caller writes
+   * them at once; otherwise returns -1 and moves nothing (use the streaming writes then).
+   */
+  claim(n: number): number {
+    const p = this.claimPiece(n);
+    if (p >= 0) this.region!.markDirty(this.region!.base + p, n);
+    return p;
+  }
+
   // ---- little-endian integers (each needs all its bytes, else IovecError) ----
   // Values are truncated to the field width as DataView does (modulo 2^bits). The fast paths
   // are kept small so that V8 inlines them; a value that straddles two pieces (or does not

@@ -1,4 +1,5 @@
 import { SnapshotError } from '../../errors.js';
+import { copyBytes, LARGE_COPY_BYTES } from '../../iovec/copy.js';
 import { ChainReader } from '../../iovec/reader.js';
 import { ChainWriter } from '../../iovec/writer.js';
 import { DescriptorChain } from '../../queue/chain.js';
@@ -79,7 +80,14 @@ export class NetDevice extends VirtioDeviceBase {
   private readonly txReader = new ChainReader();
   private readonly txReq = txFrameScratch();
   /** The device's scratch buffer for one transmitted frame. */
-  private readonly txBuf = new Uint8Array(NET_MAX_FRAME);
+  private readonly txBuf = new Uint8Array(NET_MAX_FRAME + 8);
+  private readonly txView = new DataView(this.txBuf.buffer);
+  /**
+   * `txBuf` from each of its first eight offsets: a large frame is copied to the one whose
+   * address has the guest buffer's alignment, since V8 copies out of shared memory a byte at a
+   * time when the two addresses are not aligned alike (about 5x slower for 1500 bytes).
+   */
+  private readonly txAligned = Array.from({ length: 8 }, (_, k) => this.txBuf.subarray(k));
   private txBlocked = false;
   private txResumes = 0;
   private txBusy = false;
@@ -237,9 +245,9 @@ export class NetDevice extends VirtioDeviceBase {
         any = true;
         continue;
       }
-      reader.readExact(this.txBuf, 0, req.length);
+      const frame = this.copyTxFrame(reader, req.length);
       const resumes = this.txResumes;
-      if (!this.backend.send(this.txBuf, req.length, req.header)) {
+      if (!this.backend.send(frame, req.length, req.header)) {
         // Back-pressure: the chain goes back to the ring and is sent after resumeTx.
         q.undoPop();
         if (this.txResumes !== resumes) continue;
@@ -253,6 +261,24 @@ export class NetDevice extends VirtioDeviceBase {
       any = true;
     }
     if (any) this.publish(NET_TX_QUEUE);
+  }
+
+  /** Copies the frame the reader is at out of guest memory; returns the buffer it is in. */
+  private copyTxFrame(reader: ChainReader, len: number): Uint8Array {
+    const at = reader.claim(len);
+    if (at < 0) {
+      // Spread over several buffers.
+      reader.readExact(this.txBuf, 0, len);
+      return this.txBuf;
+    }
+    const src = reader.claimed;
+    if (len < LARGE_COPY_BYTES) {
+      copyBytes(this.txBuf, this.txView, 0, src, reader.claimedView, at, len);
+      return this.txBuf;
+    }
+    const dst = this.txAligned[(src.byteOffset + at) & 7]!;
+    dst.set(src.subarray(at, at + len));
+    return dst;
   }
 
   // ---- receive ----
@@ -384,6 +410,33 @@ export class NetDevice extends VirtioDeviceBase {
     const h = frames.header;
     let src = frames.off;
     let left = frames.len;
+    if (k === 1) {
+      // The usual case: header and frame in the first buffer's one piece, written in place.
+      const c = this.held.at(0);
+      w.reset(c);
+      const at = w.claim(VIRTIO_NET_HDR_SIZE + left);
+      if (at >= 0) {
+        const b = w.claimed;
+        b[at] = h.flags;
+        b[at + 1] = h.gsoType;
+        b[at + 2] = h.hdrLen;
+        b[at + 3] = h.hdrLen >>> 8;
+        b[at + 4] = h.gsoSize;
+        b[at + 5] = h.gsoSize >>> 8;
+        b[at + 6] = h.csumStart;
+        b[at + 7] = h.csumStart >>> 8;
+        b[at + 8] = h.csumOffset;
+        b[at + 9] = h.csumOffset >>> 8;
+        b[at + 10] = 1; // num_buffers
+        b[at + 11] = 0;
+        copyBytes(b, w.claimedView, at + VIRTIO_NET_HDR_SIZE, frames.buf, frames.view, src, left);
+        q.addUsed(c.head, VIRTIO_NET_HDR_SIZE + left);
+        w.reset();
+        this.held.release(1);
+        this.rxUsed = true;
+        return;
+      }
+    }
     for (let j = 0; j < k; j++) {
       const c = this.held.at(j);
       w.reset(c);

@@ -14,6 +14,8 @@ const HDR_FIELDS = 6;
 export class FrameRing {
   /** Frame bytes. A frame's bytes are `data[offsetAt(i), offsetAt(i) + lengthAt(i))`. */
   readonly data: Uint8Array;
+  /** A DataView over {@link data}. */
+  readonly view: DataView;
   readonly maxFrames: number;
   private readonly offs: Uint32Array;
   private readonly lens: Uint32Array;
@@ -32,6 +34,7 @@ export class FrameRing {
     }
     this.maxFrames = maxFrames;
     this.data = new Uint8Array(capacityBytes);
+    this.view = new DataView(this.data.buffer);
     this.offs = new Uint32Array(maxFrames);
     this.lens = new Uint32Array(maxFrames);
     this.hdrs = new Uint16Array(maxFrames * HDR_FIELDS);

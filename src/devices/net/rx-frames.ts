@@ -40,6 +40,8 @@ export class RxFrames {
   /** The frame to deliver, once {@link prepare} returned true: its header and bytes. */
   readonly header = plainHeader();
   buf: Uint8Array;
+  /** A DataView over {@link buf}, same offsets. */
+  view: DataView;
   off = 0;
   len = 0;
   /** A frame left the pending ring since the flag was last cleared (room for the backend). */
@@ -55,10 +57,12 @@ export class RxFrames {
   private segIndex = 0;
   /** Scratch for one software segment. */
   private readonly segBuf = new Uint8Array(NET_MAX_FRAME);
+  private readonly segView = new DataView(this.segBuf.buffer);
 
   constructor(maxFrames: number, maxBytes: number, stats: NetStats) {
     this.pending = new FrameRing(maxFrames, maxBytes);
     this.buf = this.pending.data;
+    this.view = this.pending.view;
     this.stats = stats;
   }
 
@@ -86,14 +90,14 @@ export class RxFrames {
           continue;
         }
         setPlain(out);
-        this.set(this.segBuf, 0, n);
+        this.set(this.segBuf, this.segView, 0, n);
         return true;
       }
       const h = ring.headerAt(0, this.frameHdr);
       if (h.gsoType !== VIRTIO_NET_HDR_GSO_NONE) {
         if (this.guestTakesGso(h.gsoType) && h.flags !== 0) {
           copyHeader(h, out);
-          this.set(ring.data, off, len);
+          this.set(ring.data, ring.view, off, len);
           return true;
         }
         // §5.1.6.4.1: no GSO type the driver did not negotiate: segment in software.
@@ -126,7 +130,7 @@ export class RxFrames {
       }
       copyHeader(h, out);
       out.gsoType = VIRTIO_NET_HDR_GSO_NONE;
-      this.set(ring.data, off, len);
+      this.set(ring.data, ring.view, off, len);
       return true;
     }
     return false;
@@ -212,8 +216,9 @@ export class RxFrames {
     };
   }
 
-  private set(buf: Uint8Array, off: number, len: number): void {
+  private set(buf: Uint8Array, view: DataView, off: number, len: number): void {
     this.buf = buf;
+    this.view = view;
     this.off = off;
     this.len = len;
   }

@@ -1,0 +1,93 @@
+/**
+ * Direct access to a piece of a chain (`ChainReader.claim`, `ChainWriter.claim`) and the
+ * allocation-free copy of the per-frame paths (`copyBytes`).
+ */
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { copyBytes, LARGE_COPY_BYTES } from '../../src/iovec/copy.js';
+import { ChainReader, ChainWriter } from '../../src/iovec/index.js';
+import { contiguousMemory, Env } from './env.js';
+
+describe('copyBytes', () => {
+  it('copies exactly the bytes asked, for every size around the thresholds, between shared and unshared memory', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: LARGE_COPY_BYTES * 3 }),
+        fc.integer({ min: 0, max: 15 }),
+        fc.integer({ min: 0, max: 15 }),
+        fc.boolean(),
+        fc.boolean(),
+        (n, to, from, srcShared, dstShared) => {
+          const mk = (shared: boolean) =>
+            shared ? new SharedArrayBuffer(1024) : new ArrayBuffer(1024);
+          const src = new Uint8Array(mk(srcShared));
+          const dst = new Uint8Array(mk(dstShared));
+          for (let i = 0; i < src.length; i++) src[i] = (i * 7 + 3) & 0xff;
+          dst.fill(0xee);
+          copyBytes(dst, new DataView(dst.buffer), to, src, new DataView(src.buffer), from, n);
+          for (let i = 0; i < dst.length; i++) {
+            const inside = i >= to && i < to + n;
+            expect(dst[i]).toBe(inside ? src[from + i - to] : 0xee);
+          }
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+
+  it('keeps every bit pattern (no floating-point step that could change a NaN)', () => {
+    const src = new Uint8Array(64);
+    // Signalling and quiet NaNs, both signs, as float32 and float64 patterns.
+    const v = new DataView(src.buffer);
+    v.setUint32(0, 0x7f800001, true);
+    v.setUint32(4, 0xffc00001, true);
+    v.setBigUint64(8, 0x7ff0000000000001n, true);
+    v.setBigUint64(16, 0xfff8000000000001n, true);
+    for (let i = 24; i < 64; i++) src[i] = 0xff - i;
+    const dst = new Uint8Array(64);
+    for (let k = 0; k < 10_000; k++) copyBytes(dst, new DataView(dst.buffer), 0, src, v, 0, 64);
+    expect(Array.from(dst)).toEqual(Array.from(src));
+  });
+});
+
+describe('claim', () => {
+  it('a writer claims bytes that lie in one piece, marks their page dirty and counts them', () => {
+    const memory = contiguousMemory([0x4000], { shared: true });
+    memory.setDirtyTracking(true);
+    const env = new Env(memory);
+    const chain = env.pop([], [{ addr: 0x5000, len: 100 }]);
+    memory.clearDirty();
+    const w = new ChainWriter(chain);
+    const at = w.claim(40);
+    expect(at).toBeGreaterThanOrEqual(0);
+    w.claimed[at] = 0xab;
+    w.claimedView.setUint16(at + 1, 0x1234, true);
+    expect(w.bytesWritten).toBe(40);
+    expect(w.remaining).toBe(60);
+    expect([memory.readU8(0x5000), memory.readU16(0x5001)]).toEqual([0xab, 0x1234]);
+    expect(memory.dirtyPages()).toEqual([5]);
+    expect(w.claim(61)).toBe(-1); // more than is left
+    expect(w.remaining).toBe(60);
+  });
+
+  it('a claim across two buffers, or of nothing, returns -1 and moves nothing', () => {
+    const memory = contiguousMemory([0x4000], { shared: true });
+    const env = new Env(memory);
+    const chain = env.pop(
+      [
+        { addr: 0x5000, len: 8 },
+        { addr: 0x6000, len: 8 },
+      ],
+      [],
+    );
+    memory.write(0x5000, Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8));
+    const r = new ChainReader(chain);
+    expect(r.claim(9)).toBe(-1);
+    expect(r.claim(0)).toBe(-1);
+    expect(r.remaining).toBe(16);
+    const at = r.claim(8);
+    expect(Array.from(r.claimed.subarray(at, at + 8))).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    expect(r.remaining).toBe(8);
+    expect(r.bytesRead).toBe(8);
+  });
+});
