@@ -3,7 +3,8 @@
  * same driver (DPDK testpmd's `net_virtio_user`, a userspace virtio-net driver) talks to
  * `virtq vhost-user-net` and to testpmd's `net_vhost`, alternating, N rounds.
  *
- *   npm run bench -- vhost-user-net [--rounds=N] [--seconds=S] [--dist]
+ *   npm run bench -- vhost-user-net [--rounds=N] [--seconds=S] [--dist] [--poll=MICROS]
+ *     [--dirs=tx,rx,reflect] [--rings=split,packed] [--sizes=64,1500]
  *
  * Configurations: direction x ring (split, packed) x frame size (64, 1500 bytes):
  * - `tx`: the driver sends (`txonly`) into virtq's `sink`, or into native `rxonly`;
@@ -36,6 +37,12 @@ function option(name: string, fallback: string): string {
 const ROUNDS = Number(option('rounds', '2'));
 const SECONDS = Number(option('seconds', '3'));
 const DIST = process.argv.includes('--dist');
+/** virtq's `--poll` (microseconds; 0: kicks only). */
+const POLL = Number(option('poll', '0'));
+/** Which directions, rings and sizes to run (comma-separated; default all). */
+const DIRS = option('dirs', 'tx,rx,reflect').split(',');
+const RINGS = option('rings', 'split,packed').split(',');
+const SIZES = option('sizes', '64,1500').split(',').map(Number);
 
 type Direction = 'tx' | 'rx' | 'reflect';
 interface Config {
@@ -133,6 +140,8 @@ function virtqBackend(socket: string, c: Config): Proc {
     'vhost-user-net',
     '--socket-path',
     socket,
+    '--poll',
+    String(POLL),
     ...backend,
   ]);
 }
@@ -189,9 +198,9 @@ async function main(): Promise<void> {
       .join(' ')}`,
   );
   try {
-    for (const d of ['tx', 'rx', 'reflect'] as const) {
-      for (const packed of [false, true]) {
-        for (const size of [64, 1500]) {
+    for (const d of (['tx', 'rx', 'reflect'] as const).filter((x) => DIRS.includes(x))) {
+      for (const packed of [false, true].filter((p) => RINGS.includes(p ? 'packed' : 'split'))) {
+        for (const size of [64, 1500].filter((s) => SIZES.includes(s))) {
           const c: Config = { dir: d, packed, size };
           const best = { virtq: 0, native: 0 };
           for (let r = 0; r < ROUNDS; r++) {

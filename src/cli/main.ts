@@ -46,6 +46,14 @@ function withSocket(command: Command): Command {
       '--connect',
       'connect to a front-end listening at --socket-path (QEMU -chardev socket,server=on) instead of listening; exits when it leaves',
       false,
+    )
+    .addOption(
+      new Option(
+        '--poll <microseconds>',
+        'polling mode: serve a busy ring at every event-loop turn, driver notifications off, until it has been idle this long; 0: kicks only',
+      )
+        .default(0)
+        .argParser(intIn(0, 1_000_000, '--poll')),
     );
 }
 
@@ -210,7 +218,7 @@ export function buildProgram(): Command {
     .addOption(
       new Option(
         '--backend <kind>',
-        'reflect: every frame back, MAC addresses swapped; sink: count and drop; generate: --count frames of --frame-size bytes',
+        'reflect: every frame back, MAC addresses swapped; sink: count and drop; generate: --count frames of --frame-size bytes; pair: a second device on --peer-socket-path, cable-connected to the first',
       )
         .choices(NET_BACKEND_KINDS)
         .default('reflect'),
@@ -235,6 +243,16 @@ export function buildProgram(): Command {
       new Option('--frame-size <bytes>', 'generate: bytes per frame, Ethernet header included')
         .default(64)
         .argParser(intIn(60, 1514, '--frame-size')),
+    )
+    .option(
+      '--peer-socket-path <path>',
+      'pair: Unix socket of the second device, cable-connected to the first',
+    )
+    .addOption(
+      new Option(
+        '--peer-mac <address>',
+        'pair: MAC address of the second device (default: --mac plus one, else random)',
+      ).argParser(macAddress),
     )
     .action((opts: VhostUserNetOptions) => vhostUserNet(opts));
 

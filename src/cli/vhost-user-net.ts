@@ -2,16 +2,18 @@
  * `virtq vhost-user-net`: virtq's network device served over vhost-user, with a frame backend
  * that needs no network: `reflect` (every frame back to the driver, MAC addresses swapped),
  * `sink` (counts) or `generate` (a bounded number of frames of one size), for drivers under
- * test such as DPDK's virtio-user and for benchmarks.
+ * test such as DPDK's virtio-user and for benchmarks; or `pair` (two devices on two sockets,
+ * cable-connected, so two guests talk to each other).
  */
 import { InvalidArgumentError } from 'commander';
 import { formatMac, type NetBackend, parseMac } from '../devices/net/backend.js';
 import { NetDevice } from '../devices/net/device.js';
 import { GenerateBackend, ReflectBackend, SinkBackend } from '../devices/net/lab-backends.js';
 import { type SocketOptions, serve } from './vhost-user.js';
+import { checkPeerOptions, vhostUserNetPair } from './vhost-user-net-pair.js';
 
 /** The frame backends `--backend` names. */
-export const NET_BACKEND_KINDS = ['reflect', 'sink', 'generate'] as const;
+export const NET_BACKEND_KINDS = ['reflect', 'sink', 'generate', 'pair'] as const;
 export type NetBackendKind = (typeof NET_BACKEND_KINDS)[number];
 
 export interface VhostUserNetOptions extends SocketOptions {
@@ -23,6 +25,9 @@ export interface VhostUserNetOptions extends SocketOptions {
   /** generate: frames in all, and bytes per frame. */
   count: number;
   frameSize: number;
+  /** pair: the second device's socket, and its MAC (default: --mac plus one, else random). */
+  peerSocketPath?: string;
+  peerMac?: string;
 }
 
 /** A MAC address argument, as "52:54:00:12:34:56". */
@@ -37,6 +42,11 @@ export function macAddress(v: string): string {
 }
 
 export function vhostUserNet(opts: VhostUserNetOptions): void {
+  if (opts.backend === 'pair') {
+    vhostUserNetPair(opts);
+    return;
+  }
+  checkPeerOptions(opts);
   let backend: NetBackend;
   let counters: () => string;
   switch (opts.backend) {

@@ -17,6 +17,14 @@ import type { VhostUserMessage } from '../vhost-user/codec.js';
 import { protocolFeatureMask, VhostUserProtocolFeature } from '../vhost-user/protocol.js';
 import { type BlkDeviceOptions, createBlkDevice } from './blk-device.js';
 
+/** One device of a command, and the socket it is served on. */
+export interface ServedDevice {
+  device: VirtioDevice;
+  socket: SocketOptions;
+  /** What the `serving` line says the device is. */
+  what: string;
+}
+
 /**
  * Serves `device` on `socketPath` as command `name`: connection and trace lines on stderr,
  * counters on the way out. `extra` adds back-end options (ring workers); `onStop` releases what
@@ -30,43 +38,70 @@ export function serve(
   extra: VhostUserBackendOptions = {},
   onStop: () => void = () => {},
 ): void {
-  const socketPath = socket.socketPath;
+  serveDevices(name, [{ device, socket, what }], extra, onStop);
+}
+
+/**
+ * Serves each device on its own socket, one back-end each, in one process: as {@link serve},
+ * and SIGINT or SIGTERM stops them all. With several, each line names its socket. Back-ends
+ * that connected (`--connect`) stop the command once every front-end has left.
+ */
+export function serveDevices(
+  name: string,
+  served: readonly ServedDevice[],
+  extra: VhostUserBackendOptions = {},
+  onStop: () => void = () => {},
+): void {
+  const many = served.length > 1;
+  const at = (socket: SocketOptions): string => (many ? ` on ${socket.socketPath}` : '');
   let stop = (): void => {};
-  const backend = new VhostUserBackend(device, {
-    onConnect: () => console.error(`virtq ${name}: front-end connected`),
-    onDisconnect: (why) => {
-      console.error(`virtq ${name}: front-end left (${why})`);
-      // A back-end that connected has nobody left to serve.
-      if (socket.connect) stop();
-    },
-    ...extra,
-    // VIRTQ_VHOST_TRACE=1 prints every request (a debugging aid, not an interface).
-    ...(process.env.VIRTQ_VHOST_TRACE === '1'
-      ? {
-          onMessage: (m: VhostUserMessage) =>
-            console.error(
-              `virtq ${name}: ${m.kind} ${JSON.stringify(m, (k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : k === 'payload' ? undefined : v))}`,
-            ),
-        }
-      : {}),
-  });
-  try {
-    if (socket.connect) backend.connect(socketPath);
-    else backend.listen(socketPath);
-  } catch (e) {
-    backend.close();
-    onStop();
-    const err = e as NodeJS.ErrnoException;
-    throw new InvalidArgumentError(
-      `cannot ${socket.connect ? 'connect to' : 'listen on'} ${socketPath}: ${err.code ?? err.message}${socket.connect ? ' (is the front-end listening there, e.g. QEMU -chardev socket,server=on?)' : ''}`,
+  let present = served.length;
+  const backends: VhostUserBackend[] = [];
+  for (const { device, socket } of served) {
+    const socketPath = socket.socketPath;
+    const backend = new VhostUserBackend(device, {
+      onConnect: () => console.error(`virtq ${name}: front-end connected${at(socket)}`),
+      onDisconnect: (why) => {
+        console.error(`virtq ${name}: front-end left${at(socket)} (${why})`);
+        // A back-end that connected has nobody left to serve.
+        if (socket.connect && --present === 0) stop();
+      },
+      pollIdleMicros: socket.poll,
+      ...extra,
+      // VIRTQ_VHOST_TRACE=1 prints every request (a debugging aid, not an interface).
+      ...(process.env.VIRTQ_VHOST_TRACE === '1'
+        ? {
+            onMessage: (m: VhostUserMessage) =>
+              console.error(
+                `virtq ${name}:${at(socket)} ${m.kind} ${JSON.stringify(m, (k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : k === 'payload' ? undefined : v))}`,
+              ),
+          }
+        : {}),
+    });
+    backends.push(backend);
+    try {
+      if (socket.connect) backend.connect(socketPath);
+      else backend.listen(socketPath);
+    } catch (e) {
+      for (const b of backends) b.close();
+      onStop();
+      const err = e as NodeJS.ErrnoException;
+      throw new InvalidArgumentError(
+        `cannot ${socket.connect ? 'connect to' : 'listen on'} ${socketPath}: ${err.code ?? err.message}${socket.connect ? ' (is the front-end listening there, e.g. QEMU -chardev socket,server=on?)' : ''}`,
+      );
+    }
+  }
+  for (const { socket, what } of served) {
+    console.error(
+      `virtq ${name}: serving ${what} ${socket.connect ? 'connected to' : 'on'} ${socket.socketPath}`,
     );
   }
-  console.error(
-    `virtq ${name}: serving ${what} ${socket.connect ? 'connected to' : 'on'} ${socketPath}`,
-  );
   stop = (): void => {
-    console.error(`virtq ${name}: stopping; ${JSON.stringify(backend.stats)}`);
-    backend.close();
+    served.forEach(({ socket }, i) => {
+      const where = many ? ` ${socket.socketPath}` : '';
+      console.error(`virtq ${name}: stopping${where}; ${JSON.stringify(backends[i]!.stats)}`);
+    });
+    for (const b of backends) b.close();
     onStop();
     process.exit(0);
   };
@@ -79,6 +114,8 @@ export interface SocketOptions {
   socketPath: string;
   /** Connect to a front-end listening at `socketPath` instead of listening there. */
   connect: boolean;
+  /** Polling mode: microseconds a busy ring is polled after it last moved (0: kicks only). */
+  poll: number;
 }
 
 // ---- vhost-user-blk ----

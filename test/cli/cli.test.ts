@@ -388,6 +388,7 @@ describe('virtq vhost-user-rng', () => {
 describe('virtq vhost-user-net', () => {
   const dir = mkdtempSync(join(tmpdir(), 'virtq-cli-vun-'));
   const sock = join(dir, 'vun.sock');
+  const peer = join(dir, 'peer.sock');
 
   it.each([
     [['--backend', 'tunnel'], /--backend.*tunnel.*Allowed choices are reflect, sink, generate/],
@@ -396,6 +397,26 @@ describe('virtq vhost-user-net', () => {
     [['--count', '-1'], /--count must be/],
     [['--queue-size', '100'], /--queue-size/],
     [['--connect'], /cannot connect to .*vun.sock: ENOENT/],
+    [['--poll', '-5'], /--poll must be/],
+    [['--poll', 'often'], /--poll must be/],
+    [['--backend', 'pair'], /--backend pair needs --peer-socket-path <path>/],
+    [['--peer-socket-path', peer], /--peer-socket-path is for --backend pair.*--backend reflect/],
+    [['--backend', 'sink', '--peer-mac', '52:54:00:0a:0b:0d'], /--peer-mac is for --backend pair/],
+    [['--backend', 'pair', '--peer-socket-path', sock], /--peer-socket-path must differ/],
+    [['--backend', 'pair', '--peer-socket-path', peer, '--peer-mac', 'x'], /x is not a MAC/],
+    [
+      [
+        '--backend',
+        'pair',
+        '--peer-socket-path',
+        peer,
+        '--mac',
+        '52:54:00:0a:0b:0c',
+        '--peer-mac',
+        '52:54:00:0a:0b:0c',
+      ],
+      /--peer-mac must differ from --mac/,
+    ],
   ])('rejects %j with a clear message and status 1', (extra, message) => {
     const r = virtq('vhost-user-net', '--socket-path', sock, ...extra);
     expect(r.status).toBe(1);
@@ -416,6 +437,58 @@ describe('virtq vhost-user-net', () => {
     expect(r.status).toBe(0);
     expect(r.stderr).toMatch(/stopping; \{"connections":0,/);
     expect(r.stderr).toMatch(/sank 0 frames, 0 bytes/);
+    expect(r.stderr).toMatch(/"polls":0,"pollTurns":0/);
+  }, 60_000);
+
+  it('--backend pair serves two cable-connected devices, the second at --mac plus one', async () => {
+    const r = await serveThenStop(
+      [
+        'vhost-user-net',
+        '--socket-path',
+        sock,
+        '--backend',
+        'pair',
+        '--peer-socket-path',
+        peer,
+        '--mac',
+        '52:54:00:0a:0b:ff',
+      ],
+      () => {
+        expect(existsSync(sock)).toBe(true);
+        expect(existsSync(peer)).toBe(true);
+      },
+    );
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(
+      /serving network device 1 of a pair \(MAC 52:54:00:0a:0b:ff\), cable-connected to 52:54:00:0a:0c:00, on .*vun.sock/,
+    );
+    expect(r.stderr).toMatch(
+      /serving network device 2 of a pair \(MAC 52:54:00:0a:0c:00\), cable-connected to 52:54:00:0a:0b:ff, on .*peer.sock/,
+    );
+    // SIGTERM stops both, each with its counters.
+    expect(r.stderr).toMatch(/stopping .*vun.sock; \{"connections":0,/);
+    expect(r.stderr).toMatch(/stopping .*peer.sock; \{"connections":0,/);
+    expect(r.stderr).toMatch(/device 1 \(MAC 52:54:00:0a:0b:ff\) sent 0 frames, received 0,/);
+    expect(r.stderr).toMatch(/device 2 \(MAC 52:54:00:0a:0c:00\) sent 0 frames, received 0,/);
+  }, 60_000);
+
+  it('--backend pair takes --peer-mac for the second device', async () => {
+    const r = await serveThenStop(
+      [
+        'vhost-user-net',
+        '--socket-path',
+        sock,
+        '--backend',
+        'pair',
+        '--peer-socket-path',
+        peer,
+        '--peer-mac',
+        '02:00:00:00:00:02',
+      ],
+      () => {},
+    );
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/device 2 of a pair \(MAC 02:00:00:00:00:02\)/);
   }, 60_000);
 
   it('--help lists every option', () => {
@@ -429,6 +502,8 @@ describe('virtq vhost-user-net', () => {
       '--queue-size',
       '--count',
       '--frame-size',
+      '--peer-socket-path',
+      '--peer-mac',
     ]) {
       expect(d.stdout).toContain(flag);
     }

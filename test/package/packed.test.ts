@@ -307,7 +307,7 @@ describe('every command line in the README', () => {
 
   it('the QEMU command lines are the ones the real-guest tests boot', async () => {
     const qemus = commands.filter((c) => c.startsWith('qemu-system-x86_64 '));
-    expect(qemus).toHaveLength(2);
+    expect(qemus).toHaveLength(3);
     const harness = (files: string[]) =>
       files.map((f) => readFileSync(join(repoRoot, f), 'utf8')).join('\n');
     // Every option of each README recipe appears in its harness with the same value shape.
@@ -321,6 +321,21 @@ describe('every command line in the README', () => {
         'vhost-user-rng-pci',
         ['test/real/guest.ts', 'test/real/vhost-user-rng.test.ts'],
         ['memory-backend-memfd', 'share=on', 'vhost-user-rng-pci', '-numa'],
+      ],
+      [
+        'virtio-net-pci',
+        ['test/real/guest.ts', 'test/real/net-guest.ts'],
+        [
+          'memory-backend-memfd',
+          'share=on',
+          '-numa',
+          '-netdev',
+          'vhost-user,id=',
+          'virtio-net-pci',
+          ',netdev=',
+          ',mac=',
+          ',vectors=0',
+        ],
       ],
     ];
     for (const [model, files, opts] of recipes) {

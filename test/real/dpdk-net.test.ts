@@ -183,14 +183,28 @@ async function session(
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const RINGS = [false, true].flatMap((packed) =>
-  [0, 1].flatMap((inOrder) =>
-    [0, 1].map((mrg) => ({
-      name: `${packed ? 'packed' : 'split'} in_order=${inOrder} mrg_rxbuf=${mrg}`,
-      devargs: `packed_vq=${packed ? 1 : 0},in_order=${inOrder},mrg_rxbuf=${mrg}`,
-    })),
+const RINGS = [
+  ...[false, true].flatMap((packed) =>
+    [0, 1].flatMap((inOrder) =>
+      [0, 1].map((mrg) => ({
+        name: `${packed ? 'packed' : 'split'} in_order=${inOrder} mrg_rxbuf=${mrg}`,
+        devargs: `packed_vq=${packed ? 1 : 0},in_order=${inOrder},mrg_rxbuf=${mrg}`,
+        poll: [] as string[],
+      })),
+    ),
   ),
-);
+  // Polling mode: the same counts, with the rings served by polling (driver notifications off).
+  ...[false, true].map((packed) => ({
+    name: `${packed ? 'packed' : 'split'} in_order=1 mrg_rxbuf=1 --poll 200`,
+    devargs: `packed_vq=${packed ? 1 : 0},in_order=1,mrg_rxbuf=1`,
+    poll: ['--poll', '200'],
+  })),
+];
+
+/** With `--poll`, the back-end's counters show rings served by polling. */
+function expectPolled(backend: LoggedProcess, poll: readonly string[]): void {
+  if (poll.length > 0) expect(backend.log.join('')).toMatch(/"pollTurns":[1-9]/);
+}
 
 describe.skipIf(missing.length > 0 && !inCi)(
   'virtq vhost-user-net with DPDK testpmd (net_virtio_user)',
@@ -199,10 +213,10 @@ describe.skipIf(missing.length > 0 && !inCi)(
       expect(missing).toEqual([]);
     });
 
-    describe.each(RINGS)('$name', ({ devargs }) => {
+    describe.each(RINGS)('$name', ({ devargs, poll }) => {
       it('sink: counts exactly the packets testpmd sent', async () => {
         const { backend, counts } = await session(
-          ['--backend', 'sink'],
+          [...poll, '--backend', 'sink'],
           devargs,
           'txonly',
           async (pmd) => {
@@ -213,11 +227,12 @@ describe.skipIf(missing.length > 0 && !inCi)(
         const sank = await backendCount(backend, /sank (\d+) frames/);
         expect(counts.tx).toBeGreaterThan(1000);
         expect(sank).toBe(counts.tx);
+        expectPolled(backend, poll);
       }, 90_000);
 
       it('reflect: every packet comes back (received = sent = reflected)', async () => {
         const { backend, counts } = await session(
-          ['--backend', 'reflect'],
+          [...poll, '--backend', 'reflect'],
           devargs,
           'rxonly',
           async (pmd) => {
@@ -229,11 +244,20 @@ describe.skipIf(missing.length > 0 && !inCi)(
         expect(counts.tx).toBeGreaterThan(0);
         expect(reflected).toBe(counts.tx);
         expect(counts.rx).toBe(counts.tx);
+        expectPolled(backend, poll);
       }, 90_000);
 
       it(`generate: testpmd receives exactly --count ${GENERATE_COUNT} packets`, async () => {
         const { backend, counts } = await session(
-          ['--backend', 'generate', '--count', String(GENERATE_COUNT), '--frame-size', '64'],
+          [
+            ...poll,
+            '--backend',
+            'generate',
+            '--count',
+            String(GENERATE_COUNT),
+            '--frame-size',
+            '64',
+          ],
           devargs,
           'rxonly',
           async (pmd) => {
@@ -244,6 +268,7 @@ describe.skipIf(missing.length > 0 && !inCi)(
         const generated = await backendCount(backend, /generated (\d+) of/);
         expect(generated).toBe(GENERATE_COUNT);
         expect(counts.rx).toBe(GENERATE_COUNT);
+        expectPolled(backend, poll);
       }, 90_000);
     });
   },
