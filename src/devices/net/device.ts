@@ -103,6 +103,8 @@ export class NetDevice extends VirtioDeviceBase {
   private rxUsed = false;
   /** The backend was refused a frame and waits for {@link NetBackend.resumeRx}. */
   private backendWaiting = false;
+  /** A frame arrived during a transmit pass: the receive side runs after it. */
+  private rxDeferred = false;
 
   constructor(options: NetOptions) {
     const plan = planNetDevice(options);
@@ -199,6 +201,7 @@ export class NetDevice extends VirtioDeviceBase {
     this.held.reset(this.held.cap);
     this.txBlocked = false;
     this.rxUsed = false;
+    this.rxDeferred = false;
   }
 
   protected processQueue(index: number, queue: Queue): void {
@@ -221,6 +224,12 @@ export class NetDevice extends VirtioDeviceBase {
       } while (this.txAgain);
     } finally {
       this.txBusy = false;
+    }
+    // Frames the backend handed back while the transmit side ran (a reflector, a loop) are
+    // delivered in one receive pass: one publication, one interrupt decision.
+    if (this.rxDeferred) {
+      this.rxDeferred = false;
+      this.queueNotify(NET_RX_QUEUE);
     }
   }
 
@@ -304,7 +313,8 @@ export class NetDevice extends VirtioDeviceBase {
       this.backendWaiting = true;
       return false;
     }
-    this.queueNotify(NET_RX_QUEUE);
+    if (this.txBusy) this.rxDeferred = true;
+    else this.queueNotify(NET_RX_QUEUE);
     return true;
   }
 

@@ -6,6 +6,7 @@
  * sink sees `frames === N`). Browser-safe: no Node imports.
  */
 
+import { copyBytes } from '../../iovec/copy.js';
 import type { NetBackend, NetPort } from './backend.js';
 import { ETH_HLEN, NET_MAX_FRAME, NET_OFFLOAD_FEATURES, type NetHeader } from './request.js';
 
@@ -18,6 +19,10 @@ export class ReflectBackend implements NetBackend {
   bytes = 0;
   private port: NetPort | null = null;
   private readonly buf = new Uint8Array(NET_MAX_FRAME);
+  private readonly view = new DataView(this.buf.buffer);
+  private srcBuffer: ArrayBufferLike | null = null;
+  private srcBytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+  private srcView: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
   /** A send was refused because the device had no room to receive; resume it with room. */
   private waiting = false;
 
@@ -35,10 +40,19 @@ export class ReflectBackend implements NetBackend {
     if (port === null) return true;
     // The device's frame buffer is reused as soon as this returns: swap in a copy.
     const b = this.buf;
-    b.set(frame.subarray(0, length));
+    if (frame.buffer !== this.srcBuffer) {
+      // The device hands over views of one scratch buffer: one DataView over all of it.
+      this.srcBuffer = frame.buffer;
+      this.srcBytes = new Uint8Array(frame.buffer);
+      this.srcView = new DataView(frame.buffer);
+    }
+    copyBytes(b, this.view, 0, this.srcBytes, this.srcView, frame.byteOffset, length);
     if (length >= ETH_HLEN) {
-      b.set(frame.subarray(6, 12), 0);
-      b.set(frame.subarray(0, 6), 6);
+      for (let i = 0; i < 6; i++) {
+        const t = b[i]!;
+        b[i] = b[i + 6]!;
+        b[i + 6] = t;
+      }
     }
     if (!port.receive(b, length, header)) {
       // The device's receive side is full: hold the transmit side until it has room.

@@ -222,15 +222,29 @@ export function parseTxRequest(
   reader.reset(chain);
   if (reader.remaining < VIRTIO_NET_HDR_SIZE) return TX_UNSUPPORTED['header-too-short'];
   const h = out.header;
-  const flags = reader.readU8() & VIRTIO_NET_HDR_F_NEEDS_CSUM;
-  const gsoType = reader.readU8();
+  let flags: number;
+  let gsoType: number;
+  const at = reader.claim(VIRTIO_NET_HDR_SIZE);
+  if (at >= 0) {
+    // The usual case: the header in one piece, read in place (each field read once).
+    const v = reader.claimedView;
+    flags = v.getUint8(at) & VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    gsoType = v.getUint8(at + 1);
+    h.hdrLen = v.getUint16(at + 2, true);
+    h.gsoSize = v.getUint16(at + 4, true);
+    h.csumStart = v.getUint16(at + 6, true);
+    h.csumOffset = v.getUint16(at + 8, true);
+  } else {
+    flags = reader.readU8() & VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    gsoType = reader.readU8();
+    h.hdrLen = reader.readU16();
+    h.gsoSize = reader.readU16();
+    h.csumStart = reader.readU16();
+    h.csumOffset = reader.readU16();
+    reader.skipExact(2); // num_buffers: unused on transmit (§5.1.6.2)
+  }
   h.flags = flags;
   h.gsoType = gsoType;
-  h.hdrLen = reader.readU16();
-  h.gsoSize = reader.readU16();
-  h.csumStart = reader.readU16();
-  h.csumOffset = reader.readU16();
-  reader.skipExact(2); // num_buffers: unused on transmit (§5.1.6.2)
   const length = reader.remaining;
   if (length < ETH_HLEN) return TX_UNSUPPORTED['frame-too-short'];
   if (length > NET_MAX_FRAME) return TX_UNSUPPORTED['frame-too-long'];
