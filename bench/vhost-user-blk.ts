@@ -36,7 +36,8 @@
  *   --seq-mib=N        MiB moved by each 1 MiB workload (default 2048: passes over the
  *                      image, so at most the image size or a multiple of it)
  *   --small-count=N    4 KiB requests of each 4 KiB workload (default 6000)
- *   --backends=LIST    `virtq,qsd` (default), or one of them (for profiling)
+ *   --backends=LIST    `virtq,qsd` (default), or any of virtq, virtq-main (no ring threads),
+ *                      virtq-async (--async-io), virtq-poll (--poll 50), qsd
  *   --dist             run the back-end from dist/ (`npm run build` first) instead of tsx
  *   --node-args=ARGS   extra node flags for the virtq back-end, space-separated
  *                      (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`)
@@ -70,13 +71,14 @@ const BOOT_TIMEOUT_MS = 240_000;
 
 export const WORKLOADS = ['seq-write', 'seq-read', '4k-write', '4k-read'] as const;
 export type Workload = (typeof WORKLOADS)[number];
-export const BACKENDS = ['virtq', 'virtq-main', 'virtq-async', 'qsd'] as const;
+export const BACKENDS = ['virtq', 'virtq-main', 'virtq-async', 'virtq-poll', 'qsd'] as const;
 export type Backend = (typeof BACKENDS)[number];
 
 const BACKEND_LABEL: Record<Backend, string> = {
   virtq: 'virtq',
   'virtq-main': 'virtq --no-ring-threads',
   'virtq-async': 'virtq --async-io',
+  'virtq-poll': 'virtq --poll 50',
   qsd: 'qemu-storage-daemon',
 };
 
@@ -236,6 +238,7 @@ export function backendCommand(
     // Every ring on the main thread; or ring threads with large transfers on the thread pool.
     ...(backend === 'virtq-main' ? ['--no-ring-threads'] : []),
     ...(backend === 'virtq-async' ? ['--async-io'] : []),
+    ...(backend === 'virtq-poll' ? ['--poll', '50'] : []),
   ];
 }
 

@@ -8,6 +8,7 @@
         "src/eventfd.cc",
         "src/memory.cc",
         "src/socket.cc",
+        "src/tun.cc",
         "src/watch.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -1,5 +1,5 @@
-// virtq_native: the system calls virtq/vhost-user needs and Node does not offer. No protocol
-// logic lives here; src/vhost-user/ holds all of it.
+// virtq_native: the system calls virtq/vhost-user and the tap frame backend need and Node does
+// not offer. No protocol logic lives here; src/vhost-user/ and src/node/ hold all of it.
 #include <node_version.h>
 #include <v8-version.h>
 
@@ -11,7 +11,7 @@ namespace virtq {
 
 // Bumped whenever a function's contract changes, so the TypeScript loader can refuse a stale
 // build instead of calling it wrongly.
-constexpr int kAbiVersion = 3;
+constexpr int kAbiVersion = 4;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Object constants = Napi::Object::New(env);
@@ -19,6 +19,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitMemory(env, exports, constants);
   InitEventfd(env, exports, constants);
   InitWatch(env, exports, constants);
+  InitTun(env, exports, constants);
   constants.Freeze();
   exports.Set("constants", constants);
   exports.Set("abiVersion", Napi::Number::New(env, kAbiVersion));

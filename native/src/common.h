@@ -47,6 +47,7 @@ void InitSocket(Napi::Env env, Napi::Object exports, Napi::Object constants);
 void InitMemory(Napi::Env env, Napi::Object exports, Napi::Object constants);
 void InitEventfd(Napi::Env env, Napi::Object exports, Napi::Object constants);
 void InitWatch(Napi::Env env, Napi::Object exports, Napi::Object constants);
+void InitTun(Napi::Env env, Napi::Object exports, Napi::Object constants);
 
 }  // namespace virtq
 

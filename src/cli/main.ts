@@ -32,8 +32,10 @@ import {
   vhostUserRng,
 } from './vhost-user.js';
 import {
+  DEFAULT_TAP,
   macAddress,
   NET_BACKEND_KINDS,
+  tapName,
   type VhostUserNetOptions,
   vhostUserNet,
 } from './vhost-user-net.js';
@@ -218,7 +220,7 @@ export function buildProgram(): Command {
     .addOption(
       new Option(
         '--backend <kind>',
-        'reflect: every frame back, MAC addresses swapped; sink: count and drop; generate: --count frames of --frame-size bytes; pair: a second device on --peer-socket-path, cable-connected to the first',
+        'reflect: every frame back, MAC addresses swapped; sink: count and drop; generate: --count frames of --frame-size bytes; pair: a second device on --peer-socket-path, cable-connected to the first; tap: the Linux tap interface --tap (needs CAP_NET_ADMIN)',
       )
         .choices(NET_BACKEND_KINDS)
         .default('reflect'),
@@ -253,6 +255,12 @@ export function buildProgram(): Command {
         '--peer-mac <address>',
         'pair: MAC address of the second device (default: --mac plus one, else random)',
       ).argParser(macAddress),
+    )
+    .addOption(
+      new Option(
+        '--tap <name>',
+        `tap: the interface to create or attach to (default ${DEFAULT_TAP}; "%d" in the name: the first free number)`,
+      ).argParser(tapName),
     )
     .action((opts: VhostUserNetOptions) => vhostUserNet(opts));
 

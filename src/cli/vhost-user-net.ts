@@ -3,17 +3,19 @@
  * that needs no network: `reflect` (every frame back to the driver, MAC addresses swapped),
  * `sink` (counts) or `generate` (a bounded number of frames of one size), for drivers under
  * test such as DPDK's virtio-user and for benchmarks; or `pair` (two devices on two sockets,
- * cable-connected, so two guests talk to each other).
+ * cable-connected, so two guests talk to each other); or `tap`, a Linux tap interface, which puts
+ * the guest on the host's network.
  */
 import { InvalidArgumentError } from 'commander';
 import { formatMac, type NetBackend, parseMac } from '../devices/net/backend.js';
 import { NetDevice } from '../devices/net/device.js';
 import { GenerateBackend, ReflectBackend, SinkBackend } from '../devices/net/lab-backends.js';
+import { TapNetBackend, tapNameProblem } from '../node/net-tap.js';
 import { type SocketOptions, serve } from './vhost-user.js';
 import { checkPeerOptions, vhostUserNetPair } from './vhost-user-net-pair.js';
 
 /** The frame backends `--backend` names. */
-export const NET_BACKEND_KINDS = ['reflect', 'sink', 'generate', 'pair'] as const;
+export const NET_BACKEND_KINDS = ['reflect', 'sink', 'generate', 'pair', 'tap'] as const;
 export type NetBackendKind = (typeof NET_BACKEND_KINDS)[number];
 
 export interface VhostUserNetOptions extends SocketOptions {
@@ -28,6 +30,18 @@ export interface VhostUserNetOptions extends SocketOptions {
   /** pair: the second device's socket, and its MAC (default: --mac plus one, else random). */
   peerSocketPath?: string;
   peerMac?: string;
+  /** tap: the interface to create or attach to (default {@link DEFAULT_TAP}). */
+  tap?: string;
+}
+
+/** The interface `--backend tap` uses when `--tap` is not given. */
+export const DEFAULT_TAP = 'virtq0';
+
+/** A `--tap` argument: an interface name the kernel accepts. */
+export function tapName(v: string): string {
+  const problem = tapNameProblem(v);
+  if (problem !== null) throw new InvalidArgumentError(`--tap ${JSON.stringify(v)}: ${problem}.`);
+  return v;
 }
 
 /** A MAC address argument, as "52:54:00:12:34:56". */
@@ -47,8 +61,17 @@ export function vhostUserNet(opts: VhostUserNetOptions): void {
     return;
   }
   checkPeerOptions(opts);
+  if (opts.tap !== undefined && opts.backend !== 'tap') {
+    throw new InvalidArgumentError(
+      `--tap is for --backend tap; it cannot be used with --backend ${opts.backend}.`,
+    );
+  }
   let backend: NetBackend;
   let counters: () => string;
+  let what =
+    opts.backend === 'generate'
+      ? `${opts.count} generated frames of ${opts.frameSize} bytes`
+      : `a ${opts.backend} frame backend`;
   switch (opts.backend) {
     case 'reflect': {
       const b = new ReflectBackend();
@@ -68,16 +91,22 @@ export function vhostUserNet(opts: VhostUserNetOptions): void {
       counters = () => `generated ${b.frames} of ${b.count} frames, ${b.bytes} bytes`;
       break;
     }
+    case 'tap': {
+      // A host that cannot open the interface throws a TapUnavailableError whose message says
+      // why in one line; main() prints it and exits with status 1.
+      const b = TapNetBackend.open({ name: opts.tap ?? DEFAULT_TAP });
+      backend = b;
+      what = `tap interface ${b.name}`;
+      counters = () =>
+        `tap ${b.name}: sent ${b.sent} frames, received ${b.received}, send errors ${b.sendErrors}, receive errors ${b.receiveErrors}`;
+      break;
+    }
   }
   const device = new NetDevice({
     backend,
     queueSize: opts.queueSize,
     ...(opts.mac !== undefined ? { mac: opts.mac } : {}),
   });
-  const what =
-    opts.backend === 'generate'
-      ? `${opts.count} generated frames of ${opts.frameSize} bytes`
-      : `a ${opts.backend} frame backend`;
   serve(
     'vhost-user-net',
     device,

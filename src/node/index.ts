@@ -8,4 +8,12 @@ export {
 } from './device-worker.js';
 export { type FileEntropySource, openFileEntropySource } from './entropy-file.js';
 export { FileBackend, type FileBackendOptions, type PunchHole } from './file-backend.js';
+export {
+  TAP_NAME_MAX_BYTES,
+  TapNetBackend,
+  type TapNetOptions,
+  TapUnavailableError,
+  type TapUnavailableReason,
+  tapNameProblem,
+} from './net-tap.js';
 export { UdpNetBackend, type UdpNetOptions } from './net-udp.js';

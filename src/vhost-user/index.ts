@@ -42,6 +42,7 @@ export {
   nativeAddonPath,
   nativePrebuildsDir,
   type RecvResult,
+  type TunInterface,
   type VhostUserNative,
   type WatchCallback,
 } from './native.js';

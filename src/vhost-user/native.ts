@@ -1,7 +1,8 @@
 /**
  * The native addon behind `virtq/vhost-user`: the Linux system calls that vhost-user needs and
  * Node does not offer (Unix sockets carrying file descriptors, mmap of a received descriptor,
- * eventfds, waiting for a descriptor on the event loop). It holds no logic: every rule of the
+ * eventfds, waiting for a descriptor on the event loop), and opening a tap interface for the
+ * tap frame backend of `virtq/node`. It holds no logic: every rule of the
  * protocol lives in TypeScript, on top of these calls.
  *
  * The package ships the addon prebuilt for linux-x64 (`prebuilds/`, one file per Node ABI, made
@@ -27,7 +28,7 @@ import { fileURLToPath } from 'node:url';
 import { getSystemErrorMap, getSystemErrorName } from 'node:util';
 
 /** The addon's interface version this module was written for (`abiVersion` in `addon.cc`). */
-export const NATIVE_ABI_VERSION = 3;
+export const NATIVE_ABI_VERSION = 4;
 
 /** The package's root (the same from `src/vhost-user/` and `dist/vhost-user/`). */
 const packageRoot = fileURLToPath(new URL('../..', import.meta.url));
@@ -146,6 +147,25 @@ export interface NativeConstants {
   readonly MAX_FDS_PER_MESSAGE: number;
   /** The page size; mmap offsets are multiples of it. */
   readonly PAGE_SIZE: number;
+  /** {@link VhostUserNative.tunOpen} flags (`IFF_*`). */
+  readonly IFF_TAP: number;
+  readonly IFF_NO_PI: number;
+  readonly IFF_VNET_HDR: number;
+  /** Bytes of an interface name, its NUL included. */
+  readonly IFNAMSIZ: number;
+  /** {@link VhostUserNative.tunSetOffload} flags (`TUN_F_*`). */
+  readonly TUN_F_CSUM: number;
+  readonly TUN_F_TSO4: number;
+  readonly TUN_F_TSO6: number;
+  readonly TUN_F_TSO_ECN: number;
+}
+
+/** What {@link VhostUserNative.tunOpen} opened. */
+export interface TunInterface {
+  /** The queue's descriptor (non-blocking, close-on-exec). */
+  readonly fd: number;
+  /** The interface's name, as the kernel has it. */
+  readonly name: string;
 }
 
 /** The functions of the native addon. Each is one system call (or one libuv call). */
@@ -239,6 +259,21 @@ export interface VhostUserNative {
    * again. The active watcher keeps itself alive and is closed for you when its thread ends.
    */
   watch(fd: number, events: number, callback: WatchCallback): FdWatcher;
+
+  // TUN/TAP
+
+  /**
+   * Opens `/dev/net/tun` (non-blocking, close-on-exec) and attaches it to the interface `name`
+   * with `flags` (`IFF_*`), creating the interface when there is none (TUNSETIFF). An empty
+   * name lets the kernel pick one. Throws ENOENT (no `/dev/net/tun`), EPERM (creating or
+   * attaching needs CAP_NET_ADMIN, or the interface belongs to another user), EBUSY (another
+   * process holds the interface) or EINVAL (`name` is not a tap interface).
+   */
+  tunOpen(name: string, flags: number): TunInterface;
+  /** TUNSETVNETHDRSZ: bytes of virtio header before each frame read or written. */
+  tunSetVnetHdrSize(fd: number, size: number): void;
+  /** TUNSETOFFLOAD: the `TUN_F_*` offloads the kernel may use in frames it hands over. */
+  tunSetOffload(fd: number, flags: number): void;
 }
 
 /** The addon as it is loaded: `watch` reports a negative errno, turned into an Error here. */
@@ -306,6 +341,9 @@ function wrap(raw: RawAddon): VhostUserNative {
     eventfd: raw.eventfd,
     eventfdRead: raw.eventfdRead,
     eventfdWrite: raw.eventfdWrite,
+    tunOpen: raw.tunOpen,
+    tunSetVnetHdrSize: raw.tunSetVnetHdrSize,
+    tunSetOffload: raw.tunSetOffload,
     watch(fd, events, callback) {
       if (typeof callback !== 'function') {
         throw new TypeError('argument 3 (callback) must be a function');

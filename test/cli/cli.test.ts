@@ -393,6 +393,15 @@ describe('virtq vhost-user-net', () => {
   it.each([
     [['--backend', 'tunnel'], /--backend.*tunnel.*Allowed choices are reflect, sink, generate/],
     [['--mac', '52:54:00:12:34'], /52:54:00:12:34 is not a MAC address/],
+    [['--backend', 'tap', '--tap', 'virtq-much-too-long'], /--tap .*has at most 15 bytes/],
+    [['--backend', 'tap', '--tap', 'eth 0'], /--tap "eth 0": .*only letters, digits/],
+    [['--backend', 'sink', '--tap', 'virtq0'], /--tap is for --backend tap/],
+    // lo is no tap: refused in one line (as root); without root, or without /dev/net/tun, the
+    // line says that instead. Never a stack trace.
+    [
+      ['--backend', 'tap', '--tap', 'lo'],
+      /^virtq: (interface lo exists and is not a single-queue tap interface|no permission to open tap interface lo: run as root|\/dev\/net\/tun is missing)[^\n]*\n$/,
+    ],
     [['--frame-size', '59'], /--frame-size must be between 60 and 1514/],
     [['--count', '-1'], /--count must be/],
     [['--queue-size', '100'], /--queue-size/],
@@ -504,6 +513,7 @@ describe('virtq vhost-user-net', () => {
       '--frame-size',
       '--peer-socket-path',
       '--peer-mac',
+      '--tap',
     ]) {
       expect(d.stdout).toContain(flag);
     }
