@@ -109,6 +109,10 @@ export class VhostUserConnection {
     this.watcher = native.watch(fd, native.constants.POLL_READABLE, (error) => {
       if (!this.open) return;
       if (error !== null) {
+        // libuv reports POLLERR as EBADF and stops the watcher. On a Unix socket POLLERR is
+        // mostly a front-end that died with replies unread (ECONNRESET): a read says which,
+        // and hands over any complete messages before it.
+        this.readable();
         this.end(`polling the connection failed: ${error.message}`);
         return;
       }

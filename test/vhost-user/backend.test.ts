@@ -275,4 +275,21 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
     }
     expect(s.backend.stats.connections).toBe(2);
   });
+
+  it('a front-end that dies with a reply unread is reported as a reset connection, and the next one is served', async () => {
+    // A killed front-end (SIGKILL mid-session) leaves the reply to its last request unread: its
+    // socket closes with data queued, the back-end's end reports POLLERR, which libuv calls
+    // EBADF. The reason must be the socket's own error, not a bad descriptor.
+    const s = setup();
+    const fe = connect(s.backend);
+    fe.send(R.GET_FEATURES);
+    await until(() => s.backend.stats.messages === 1, 'the request');
+    fe.close();
+    await until(() => !s.backend.connected, 'the disconnect');
+    expect(s.disconnects).toHaveLength(1);
+    expect(s.disconnects[0]).toMatch(/ECONNRESET/);
+    expect(s.disconnects[0]).not.toMatch(/EBADF/);
+    await session(s, connect(s.backend), 3);
+    expect(s.backend.stats.connections).toBe(2);
+  });
 });
