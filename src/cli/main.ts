@@ -35,6 +35,7 @@ import {
   DEFAULT_TAP,
   macAddress,
   NET_BACKEND_KINDS,
+  NET_MAX_QUEUE_PAIRS,
   tapName,
   type VhostUserNetOptions,
   vhostUserNet,
@@ -235,6 +236,14 @@ export function buildProgram(): Command {
       new Option('--queue-size <n>', 'largest ring size a front-end may set (power of two)')
         .default(1024)
         .argParser(powerOfTwo('--queue-size')),
+    )
+    .addOption(
+      new Option(
+        '--queues <n>',
+        `receive/transmit queue pairs (1..${NET_MAX_QUEUE_PAIRS}); above 1 the device offers VIRTIO_NET_F_MQ and the control queue, which the front-end serves`,
+      )
+        .default(1)
+        .argParser(intIn(1, NET_MAX_QUEUE_PAIRS, '--queues')),
     )
     .addOption(
       new Option('--count <n>', 'generate: frames in all')

@@ -63,6 +63,7 @@ export function vhostUserNetPair(opts: VhostUserNetOptions): void {
       new NetDevice({
         backend,
         queueSize: opts.queueSize,
+        queuePairs: opts.queues,
         ...(macs[i] !== undefined ? { mac: macs[i] } : {}),
       }),
   );

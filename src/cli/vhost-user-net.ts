@@ -8,6 +8,7 @@
  */
 import { InvalidArgumentError } from 'commander';
 import { formatMac, type NetBackend, parseMac } from '../devices/net/backend.js';
+import { NET_MAX_QUEUE_PAIRS } from '../devices/net/config.js';
 import { NetDevice } from '../devices/net/device.js';
 import { GenerateBackend, ReflectBackend, SinkBackend } from '../devices/net/lab-backends.js';
 import { TapNetBackend, tapNameProblem } from '../node/net-tap.js';
@@ -24,6 +25,8 @@ export interface VhostUserNetOptions extends SocketOptions {
   mac?: string;
   /** Largest ring size a front-end may set. */
   queueSize: number;
+  /** Receive/transmit queue pairs (`--queues`). */
+  queues: number;
   /** generate: frames in all, and bytes per frame. */
   count: number;
   frameSize: number;
@@ -33,6 +36,8 @@ export interface VhostUserNetOptions extends SocketOptions {
   /** tap: the interface to create or attach to (default {@link DEFAULT_TAP}). */
   tap?: string;
 }
+
+export { NET_MAX_QUEUE_PAIRS };
 
 /** The interface `--backend tap` uses when `--tap` is not given. */
 export const DEFAULT_TAP = 'virtq0';
@@ -105,13 +110,14 @@ export function vhostUserNet(opts: VhostUserNetOptions): void {
   const device = new NetDevice({
     backend,
     queueSize: opts.queueSize,
+    queuePairs: opts.queues,
     ...(opts.mac !== undefined ? { mac: opts.mac } : {}),
   });
   serve(
     'vhost-user-net',
     device,
     opts,
-    `a network device (MAC ${formatMac(device.mac)}) with ${what}`,
+    `a network device (MAC ${formatMac(device.mac)}${opts.queues > 1 ? `, ${opts.queues} queue pairs` : ''}) with ${what}`,
     {},
     () =>
       console.error(`virtq vhost-user-net: ${counters()}; device ${JSON.stringify(device.stats)}`),

@@ -61,6 +61,22 @@ export interface DeviceContext {
   schedule?: Scheduler;
 }
 
+/** How a vhost-user back-end presents a device when the front-end serves some of its queues. */
+export interface FrontEndQueues {
+  /**
+   * Rings the back-end serves: queues `0..served-1`. The device is activated with a context
+   * holding exactly these queues, which tells it that the front-end serves the others.
+   */
+  readonly served: number;
+  /** The answer to VHOST_USER_GET_QUEUE_NUM (virtio-net: queue pairs, as QEMU and DPDK read it). */
+  readonly queueNum: number;
+  /**
+   * The features the device runs with, given those the front-end acknowledged: a front-end may
+   * leave out of SET_FEATURES the features of the queues it serves (DPDK strips CTRL_VQ).
+   */
+  completeFeatures(acked: bigint): bigint;
+}
+
 /** Saved state of a device: its own fields and its queues. */
 export interface DeviceState {
   version: 1;
@@ -124,6 +140,12 @@ export interface VirtioDevice {
   readonly asyncTransfers?: boolean;
   /** Drain capability: calls `callback` once no request is under way (at once when none is). */
   whenIdle?(callback: () => void): void;
+  /**
+   * vhost-user capability, for a device whose trailing queues a vhost-user front-end serves
+   * itself (virtio-net's control queue: QEMU and DPDK's virtio-user answer it). Absent: every
+   * queue is a back-end ring and GET_QUEUE_NUM counts them.
+   */
+  readonly frontEndQueues?: FrontEndQueues;
 
   /** Snapshot capability: the device's whole state, queues included, JSON-safe. */
   save?(): DeviceState;

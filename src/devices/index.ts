@@ -21,6 +21,7 @@ export * from './console/index.js';
 export {
   type DeviceContext,
   type DeviceState,
+  type FrontEndQueues,
   featureBit,
   hasFeature,
   type InterruptSink,

@@ -49,6 +49,7 @@ import { adoptInflightBuffer, type InflightContext, newInflightBuffer } from './
 import { MemoryTable, MemoryTableError, mapShared } from './memory-table.js';
 import { loadNative, type VhostUserNative } from './native.js';
 import { RequestFailure } from './request-failure.js';
+import { servedQueueSizes } from './ring-state.js';
 import { DEFAULT_ACK_TIMEOUT_MS, type RingLog, type SharedArea } from './ring-worker-protocol.js';
 import { Rings } from './rings.js';
 import { WorkerPlane } from './worker-plane.js';
@@ -314,7 +315,8 @@ export class VhostUserBackend {
         if ((msg.features & ~offered) !== 0n) {
           throw new RequestFailure(`features 0x${msg.features.toString(16)} were not offered`);
         }
-        const deviceFeatures = msg.features & ~VHOST_FEATURE_BITS;
+        const acked = msg.features & ~VHOST_FEATURE_BITS;
+        const deviceFeatures = device.frontEndQueues?.completeFeatures(acked) ?? acked;
         if (this.rings.all.some((r) => r.running || r.started)) {
           // "Migration": while rings run, the front-end only turns LOG_ALL on or off.
           if (deviceFeatures !== this.negotiatedFeatures) {
@@ -324,7 +326,7 @@ export class VhostUserBackend {
           throw new RequestFailure(`the device refuses features 0x${msg.features.toString(16)}`);
         }
         const wasLogging = this.logging;
-        this.features = msg.features;
+        this.features = deviceFeatures | (msg.features & VHOST_FEATURE_BITS);
         if (this.logging !== wasLogging) this.loggingChanged();
         return null;
       }
@@ -346,8 +348,11 @@ export class VhostUserBackend {
         this.features = 0n;
         this.setLog(null, null);
         return null;
-      case 'GET_QUEUE_NUM':
-        return encodeU64Reply(msg.request, this.rings.all.length);
+      case 'GET_QUEUE_NUM': {
+        // QEMU's net/vhost-user.c reads it as queue pairs: such a device says what to answer.
+        const queues = device.frontEndQueues?.queueNum ?? this.rings.all.length;
+        return encodeU64Reply(msg.request, queues);
+      }
       case 'GET_MAX_MEM_SLOTS':
         return encodeU64Reply(msg.request, VHOST_USER_BACKEND_MAX_MEM_SLOTS);
       case 'SET_MEM_TABLE':
@@ -432,7 +437,7 @@ export class VhostUserBackend {
     return {
       native: this.native,
       negotiated: this.hasProtocolFeature(VhostUserProtocolFeature.INFLIGHT_SHMFD),
-      queueMaxSizes: this.device.queueMaxSizes,
+      queueMaxSizes: servedQueueSizes(this.device),
     };
   }
 

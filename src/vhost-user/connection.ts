@@ -111,9 +111,10 @@ export class VhostUserConnection {
       if (error !== null) {
         // libuv reports POLLERR as EBADF and stops the watcher. On a Unix socket POLLERR is
         // mostly a front-end that died with replies unread (ECONNRESET): a read says which,
-        // and hands over any complete messages before it.
+        // and hands over any complete messages before it. If the read does not end the
+        // connection, say what is known: the socket reported an error (our fd is fine).
         this.readable();
-        this.end(`polling the connection failed: ${error.message}`);
+        this.end('the socket reported an error (POLLERR)');
         return;
       }
       this.readable();

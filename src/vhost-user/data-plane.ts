@@ -32,6 +32,7 @@ import {
   applyPackedInflight,
   type RingState,
   ringBase,
+  servedQueueSizes,
   signalError,
 } from './ring-state.js';
 import type { RingLog } from './ring-worker-protocol.js';
@@ -185,7 +186,7 @@ export class InProcessPlane implements DataPlane {
     const host = this.host;
     if (this.ctx === null) {
       const format = s.queue.format;
-      this.queues = host.device.queueMaxSizes.map((max) =>
+      this.queues = servedQueueSizes(host.device).map((max) =>
         createQueue(format, max, { logger: host.logger }),
       );
       this.ctx = {
@@ -218,7 +219,13 @@ export class InProcessPlane implements DataPlane {
     this.poller?.stop(index);
     const q = this.queues[index];
     if (q === undefined || !q.isActive) return this.host.ring(index)?.base ?? 0;
-    return ringBase(q);
+    const base = ringBase(q);
+    // A stopped ring (disabled with SET_VRING_ENABLE 0, or asked for its base) must not move:
+    // the device finds an inactive queue in its place, even when it notifies itself (a frame
+    // from its backend for that receive queue). The ring starts again over a new queue.
+    const idle = createQueue(q.format, q.maxSize, { logger: this.host.logger });
+    this.queues[index] = idle;
+    return base;
   }
 
   stopped(index: number): void {

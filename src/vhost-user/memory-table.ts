@@ -37,8 +37,12 @@ export class MemoryTable {
   /** Guest-physical memory over the regions, or null when the table is empty. */
   readonly memory: GuestMemory | null;
 
-  private constructor(regions: readonly MappedMemoryRegion[]) {
+  /** Per region: how many times the front-end added it (see {@link add}). */
+  private readonly refs: readonly number[];
+
+  private constructor(regions: readonly MappedMemoryRegion[], refs?: readonly number[]) {
     this.regions = regions;
+    this.refs = refs ?? regions.map(() => 1);
     this.memory =
       regions.length === 0
         ? null
@@ -64,6 +68,16 @@ export class MemoryTable {
 
   /** This table plus one region (ADD_MEM_REG), which must not overlap the others. */
   add(native: VhostUserNative, region: VhostUserMappedRegion, maxSlots: number): MemoryTable {
+    // QEMU 7.2 sends ADD_MEM_REG and REM_MEM_REG from each vhost device of the connection: a
+    // multiqueue net front-end has one per queue pair. The same region added again is counted,
+    // and stays until it was removed as many times.
+    const same = this.regions.findIndex((r) => sameRegion(r, region));
+    if (same >= 0) {
+      return new MemoryTable(
+        this.regions,
+        this.refs.map((n, j) => (j === same ? n + 1 : n)),
+      );
+    }
     if (this.regions.length >= maxSlots) {
       throw new MemoryTableError(`all ${maxSlots} memory slots are in use`);
     }
@@ -78,7 +92,7 @@ export class MemoryTable {
         );
       }
     }
-    return new MemoryTable([...this.regions, mapRegion(native, region)]);
+    return new MemoryTable([...this.regions, mapRegion(native, region)], [...this.refs, 1]);
   }
 
   /** This table without the region matching `region` (REM_MEM_REG). */
@@ -94,7 +108,16 @@ export class MemoryTable {
         `no region at guest 0x${region.guestPhysAddr.toString(16)} of ${region.size} bytes`,
       );
     }
-    return new MemoryTable(this.regions.filter((_, j) => j !== i));
+    if (this.refs[i]! > 1) {
+      return new MemoryTable(
+        this.regions,
+        this.refs.map((n, j) => (j === i ? n - 1 : n)),
+      );
+    }
+    return new MemoryTable(
+      this.regions.filter((_, j) => j !== i),
+      this.refs.filter((_, j) => j !== i),
+    );
   }
 
   /**
@@ -109,6 +132,15 @@ export class MemoryTable {
     }
     return null;
   }
+}
+
+function sameRegion(a: VhostUserMemoryRegion, b: VhostUserMemoryRegion): boolean {
+  return (
+    a.guestPhysAddr === b.guestPhysAddr &&
+    a.size === b.size &&
+    a.userAddr === b.userAddr &&
+    a.mmapOffset === b.mmapOffset
+  );
 }
 
 function mapRegion(native: VhostUserNative, r: VhostUserMappedRegion): MappedMemoryRegion {

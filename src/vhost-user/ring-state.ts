@@ -3,6 +3,7 @@
  * and its ring workers apply: the VRING_BASE value of a stopped ring, and resuming a split ring
  * from its inflight region.
  */
+import type { VirtioDevice } from '../devices/device.js';
 import type { Logger } from '../queue/logger.js';
 import type { TrackedPackedQueue } from '../queue/packed/tracked.js';
 import type { Queue } from '../queue/queue.js';
@@ -188,4 +189,13 @@ export function signalError(native: VhostUserNative, fd: number | null, logger: 
   } catch (e) {
     logger.warn('vhost-user: writing an error fd failed', { error: (e as Error).message });
   }
+}
+
+/**
+ * The maximum sizes of the rings a back-end serves for `device`: every queue, or only the first
+ * ones when the front-end serves the rest itself ({@link VirtioDevice.frontEndQueues}).
+ */
+export function servedQueueSizes(device: VirtioDevice): readonly number[] {
+  const f = device.frontEndQueues;
+  return f === undefined ? device.queueMaxSizes : device.queueMaxSizes.slice(0, f.served);
 }

@@ -17,7 +17,13 @@ import { loadNative } from './native.js';
 import { PackedInflight } from './packed-inflight.js';
 import { RingPoller } from './ring-poller.js';
 import { RingServer } from './ring-server.js';
-import { applyInflight, applyPackedInflight, ringBase, signalError } from './ring-state.js';
+import {
+  applyInflight,
+  applyPackedInflight,
+  ringBase,
+  servedQueueSizes,
+  signalError,
+} from './ring-state.js';
 import {
   C_ACK,
   C_BASE,
@@ -152,7 +158,7 @@ function start(m: Extract<RingWorkerMessage, { type: 'start' }>): void {
   } else {
     queue = queueFromState(m.queue, memory, { logger });
   }
-  const queues = device.queueMaxSizes.map((max, i) =>
+  const queues = servedQueueSizes(device).map((max, i) =>
     i === index ? queue : createQueue(queue.format, max, { logger }),
   );
   if (!device.acceptFeatures(m.features)) {

@@ -25,7 +25,7 @@ import type { InflightBuffer } from './inflight.js';
 import type { MemoryTable } from './memory-table.js';
 import type { FdWatcher, VhostUserNative } from './native.js';
 import { RequestFailure } from './request-failure.js';
-import { freshRing, PACKED_WRAP_BIT, type RingState } from './ring-state.js';
+import { freshRing, PACKED_WRAP_BIT, type RingState, servedQueueSizes } from './ring-state.js';
 import type { RingLog } from './ring-worker-protocol.js';
 
 type Msg<K extends VhostUserMessage['kind']> = Extract<VhostUserMessage, { kind: K }>;
@@ -63,7 +63,7 @@ export class Rings {
     private readonly host: RingsHost,
     makePlane: (host: PlaneHost) => DataPlane,
   ) {
-    this.rings = host.device.queueMaxSizes.map(freshRing);
+    this.rings = servedQueueSizes(host.device).map(freshRing);
     this.plane = makePlane({
       device: host.device,
       native: host.native,
@@ -416,7 +416,7 @@ export class Rings {
       if (ring.callFd !== null) this.host.closeFds([ring.callFd]);
       if (ring.errFd !== null) this.host.closeFds([ring.errFd]);
     }
-    this.rings = this.device.queueMaxSizes.map(freshRing);
+    this.rings = servedQueueSizes(this.device).map(freshRing);
     this.plane.resetDevice();
   }
 

@@ -6,7 +6,7 @@
  */
 import { startModuleWorker } from '../node/device-worker.js';
 import type { DataPlane, PlaneCounters, PlaneHost, RingStart } from './data-plane.js';
-import { signalError } from './ring-state.js';
+import { servedQueueSizes, signalError } from './ring-state.js';
 import {
   C_CALLS,
   C_KICKS,
@@ -46,7 +46,7 @@ export class WorkerPlane implements DataPlane {
     private readonly host: PlaneHost,
     private readonly spec: WorkerSpec,
   ) {
-    this.workers = host.device.queueMaxSizes.map(() => null);
+    this.workers = servedQueueSizes(host.device).map(() => null);
   }
 
   connected(): void {

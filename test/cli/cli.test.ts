@@ -405,6 +405,9 @@ describe('virtq vhost-user-net', () => {
     [['--frame-size', '59'], /--frame-size must be between 60 and 1514/],
     [['--count', '-1'], /--count must be/],
     [['--queue-size', '100'], /--queue-size/],
+    [['--queues', '0'], /--queues must be between 1 and 16\./],
+    [['--queues', '17'], /--queues must be between 1 and 16\./],
+    [['--queues', 'two'], /--queues must be a whole number\./],
     [['--connect'], /cannot connect to .*vun.sock: ENOENT/],
     [['--poll', '-5'], /--poll must be/],
     [['--poll', 'often'], /--poll must be/],
@@ -447,6 +450,19 @@ describe('virtq vhost-user-net', () => {
     expect(r.stderr).toMatch(/stopping; \{"connections":0,/);
     expect(r.stderr).toMatch(/sank 0 frames, 0 bytes/);
     expect(r.stderr).toMatch(/"polls":0,"pollTurns":0/);
+  }, 60_000);
+
+  it('--queues 4 serves a network device with four queue pairs', async () => {
+    const r = await serveThenStop(
+      ['vhost-user-net', '--socket-path', sock, '--backend', 'reflect', '--queues', '4'],
+      (err) => {
+        expect(err).toMatch(
+          /serving a network device \(MAC [0-9a-f:]{17}, 4 queue pairs\) with a reflect frame backend on .*vun.sock/,
+        );
+      },
+    );
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/reflected 0 frames, 0 bytes/);
   }, 60_000);
 
   it('--backend pair serves two cable-connected devices, the second at --mac plus one', async () => {
@@ -509,6 +525,7 @@ describe('virtq vhost-user-net', () => {
       '--backend',
       '--mac',
       '--queue-size',
+      '--queues',
       '--count',
       '--frame-size',
       '--peer-socket-path',

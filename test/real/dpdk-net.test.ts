@@ -68,7 +68,7 @@ class Testpmd {
   out = '';
   exited = false;
 
-  constructor(socket: string, devargs: string, mode: string) {
+  constructor(socket: string, devargs: string, mode: string, queues = 1, extra: string[] = []) {
     const prefix = `virtq${process.pid}x${runs++}`;
     this.child = spawn(
       'timeout',
@@ -86,10 +86,12 @@ class Testpmd {
         '--no-pci',
         `--file-prefix=${prefix}`,
         '--vdev',
-        `net_virtio_user0,path=${socket},queues=1,${devargs}`,
+        `net_virtio_user0,path=${socket}${queues === 1 ? ',queues=1' : `,queues=${queues}`},${devargs}`,
         '--',
         '-i',
         '--nb-cores=1',
+        ...(queues > 1 ? [`--rxq=${queues}`, `--txq=${queues}`] : []),
+        ...extra,
         // `start` would drop what already waits in the receive ring (generated frames the
         // device delivered before it): count those too.
         '--no-flush-rx',
@@ -155,6 +157,8 @@ async function session(
   devargs: string,
   mode: string,
   drive: (pmd: Testpmd) => Promise<void>,
+  queues = 1,
+  extra: string[] = [],
 ): Promise<{ pmd: Testpmd; backend: LoggedProcess; counts: { rx: number; tx: number } }> {
   const socket = path.join(workDir, `net${runs}.sock`);
   const backend = startBackend(socket, args);
@@ -167,7 +171,7 @@ async function session(
   if (!up || backend.exitCode !== undefined) {
     throw new Error(`the back-end (${cli.what}) did not start:\n${backend.log.join('')}`);
   }
-  const pmd = new Testpmd(socket, devargs, mode);
+  const pmd = new Testpmd(socket, devargs, mode, queues, extra);
   try {
     await pmd.expect('testpmd> ');
     await drive(pmd);
@@ -273,3 +277,245 @@ describe.skipIf(missing.length > 0 && !inCi)(
     });
   },
 );
+
+// ---- Disconnect and reconnect mid-traffic (issue 13) ----
+//
+// One back-end, two testpmd sessions on its socket. The first ends while packets are in flight:
+// killed (SIGKILL, so no vhost-user teardown at all) or quit without a `stop` first. The back-end
+// must stay up, reset its device, accept the second session and count that one exactly.
+
+/** Waits until the back-end's log holds `text` at least `times` times, or fails with the log. */
+async function untilLogged(b: LoggedProcess, text: string, times = 1): Promise<void> {
+  const seen = () => b.log.join('').split(text).length - 1;
+  if (!(await waitFor(() => seen() >= times || b.exitCode !== undefined, 20_000)) || seen() < times)
+    throw new Error(
+      `the back-end did not log ${JSON.stringify(text)} ${times}x:\n${b.log.join('')}`,
+    );
+}
+
+/** A back-end that says it is serving, and its socket. */
+async function servingBackend(args: string[]): Promise<{ socket: string; backend: LoggedProcess }> {
+  const socket = path.join(workDir, `reconnect${runs}.sock`);
+  const backend = startBackend(socket, args);
+  await untilLogged(backend, 'virtq vhost-user-net: serving');
+  return { socket, backend };
+}
+
+/**
+ * SIGKILL to testpmd itself: `timeout` runs it as its child (stdbuf execs it), and a kill of
+ * `timeout` alone would leave testpmd running.
+ */
+async function killTestpmd(pmd: Testpmd): Promise<void> {
+  const pid = pmd.child.pid;
+  if (pid !== undefined && !pmd.exited) {
+    let children = '';
+    try {
+      children = await fs.readFile(`/proc/${pid}/task/${pid}/children`, 'utf8');
+    } catch {
+      // `timeout` already gone.
+    }
+    for (const c of children.split(' ')) if (c.trim() !== '') process.kill(Number(c), 'SIGKILL');
+  }
+  if (!(await waitFor(() => pmd.exited, 20_000))) pmd.child.kill('SIGKILL');
+}
+
+interface Session {
+  mode: string;
+  /** The command that starts traffic. */
+  start: string;
+}
+
+/**
+ * Serves `first` for about a second, ends it abruptly (`kill`) or with `quit` while traffic
+ * runs, then serves `second` for `ms` and stops it cleanly. Returns the back-end (still running),
+ * the second session's counts and, after a `quit`, the first session's TX count.
+ */
+async function reconnectMidTraffic(
+  args: string[],
+  devargs: string,
+  first: Session & { end: 'kill' | 'quit' },
+  second: Session & { ms: number },
+): Promise<{ backend: LoggedProcess; counts: { rx: number; tx: number }; firstTx: number | null }> {
+  const { socket, backend } = await servingBackend(args);
+  const pmds: Testpmd[] = [];
+  try {
+    const one = new Testpmd(socket, devargs, first.mode);
+    pmds.push(one);
+    await one.expect('testpmd> ');
+    one.send(first.start);
+    await sleep(1000);
+    let firstTx: number | null = null;
+    if (first.end === 'kill') await killTestpmd(one);
+    else {
+      // testpmd stops forwarding on its way out and prints its statistics.
+      const from = one.out.length;
+      await one.quit();
+      const tx = /TX-packets:\s+(\d+)/.exec(one.out.slice(from));
+      if (tx !== null) firstTx = Number(tx[1]);
+    }
+    await untilLogged(backend, 'front-end left', 1);
+    expect(backend.exitCode).toBeUndefined();
+
+    const two = new Testpmd(socket, devargs, second.mode);
+    pmds.push(two);
+    await two.expect('testpmd> ');
+    two.send(second.start);
+    await sleep(second.ms);
+    const counts = await two.stop();
+    await two.quit();
+    await untilLogged(backend, 'front-end left', 2);
+    expect(backend.exitCode).toBeUndefined();
+    return { backend, counts, firstTx };
+  } catch (e) {
+    for (const p of pmds) await killTestpmd(p);
+    await stopProcess(backend);
+    throw e;
+  }
+}
+
+/** What every reconnection case checks in the stopped back-end's log. */
+function expectServedTwice(backend: LoggedProcess, poll: readonly string[]): void {
+  const log = backend.log.join('');
+  expect(log.split('front-end connected').length - 1).toBe(2);
+  expect(log).toMatch(/stopping; \{"connections":2,/);
+  // The device was reset at each disconnect, never left in DEVICE_NEEDS_RESET.
+  expect(log).not.toContain('needs a reset');
+  expect(log).not.toContain('internal error');
+  expectPolled(backend, poll);
+}
+
+const RECONNECT_RINGS = [
+  { name: 'split', devargs: 'packed_vq=0,in_order=0,mrg_rxbuf=1', poll: [] as string[] },
+  { name: 'packed', devargs: 'packed_vq=1,in_order=0,mrg_rxbuf=1', poll: [] as string[] },
+  {
+    name: 'split --poll 200',
+    devargs: 'packed_vq=0,in_order=1,mrg_rxbuf=1',
+    poll: ['--poll', '200'],
+  },
+];
+
+describe.skipIf(missing.length > 0 && !inCi)('disconnect and reconnect mid-traffic', () => {
+  describe.each(RECONNECT_RINGS)('$name', ({ devargs, poll }) => {
+    it('sink: testpmd killed mid-traffic; the back-end survives and counts a new session', async () => {
+      const { backend, counts } = await reconnectMidTraffic(
+        [...poll, '--backend', 'sink'],
+        devargs,
+        { mode: 'txonly', start: 'start', end: 'kill' },
+        { mode: 'txonly', start: 'start', ms: 1000 },
+      );
+      const sank = await backendCount(backend, /sank (\d+) frames/);
+      expect(counts.tx).toBeGreaterThan(1000);
+      // The first session's share is unknown (its testpmd died with its counters) but not zero.
+      expect(sank).toBeGreaterThan(counts.tx);
+      expectServedTwice(backend, poll);
+    }, 120_000);
+
+    it('reflect: testpmd killed while packets bounce; the new session gets back all it sends', async () => {
+      const { backend, counts } = await reconnectMidTraffic(
+        [...poll, '--backend', 'reflect'],
+        devargs,
+        // `io` sends every reflected packet out again: the first bursts bounce until the kill.
+        { mode: 'io', start: 'start tx_first 4', end: 'kill' },
+        { mode: 'rxonly', start: 'start tx_first 10', ms: 1500 },
+      );
+      const reflected = await backendCount(backend, /reflected (\d+) frames/);
+      expect(counts.tx).toBeGreaterThan(0);
+      expect(counts.rx).toBe(counts.tx);
+      expect(reflected).toBeGreaterThan(counts.tx);
+      expectServedTwice(backend, poll);
+    }, 120_000);
+
+    it('sink: testpmd quits mid-traffic (no stop first); a new session is counted', async () => {
+      const { backend, counts, firstTx } = await reconnectMidTraffic(
+        [...poll, '--backend', 'sink'],
+        devargs,
+        { mode: 'txonly', start: 'start', end: 'quit' },
+        { mode: 'txonly', start: 'start', ms: 1000 },
+      );
+      const sank = await backendCount(backend, /sank (\d+) frames/);
+      expect(counts.tx).toBeGreaterThan(1000);
+      expect(firstTx).toBeGreaterThan(1000);
+      // Exact but for what the first testpmd queued and stopped its ring on (one ring at most).
+      expect(sank).toBeLessThanOrEqual(firstTx! + counts.tx);
+      expect(sank).toBeGreaterThanOrEqual(firstTx! + counts.tx - 256);
+      expectServedTwice(backend, poll);
+    }, 120_000);
+  });
+});
+
+// ---- Two queue pairs (issue 13): virtio-user serves the control queue and enables pair 2 ----
+//
+// `queues=2` in the vdev and `--rxq=2 --txq=2`: testpmd's virtio-user negotiates MQ, reads
+// max_virtqueue_pairs, answers its own VQ_PAIRS_SET by enabling rings 2 and 3
+// (SET_VRING_ENABLE), and forwards on both queues. virtq serves the four data rings.
+
+const MQ_RINGS = [
+  { name: 'split', devargs: 'packed_vq=0,in_order=0,mrg_rxbuf=1' },
+  { name: 'packed', devargs: 'packed_vq=1,in_order=0,mrg_rxbuf=1' },
+];
+
+/** Packets testpmd's per-stream statistics show for receive queue `q` of port 0. */
+function rxOnQueue(out: string, q: number): number {
+  const at = out.lastIndexOf(`Forward Stats for RX Port= 0/Queue= ${q} `);
+  if (at < 0) return 0;
+  const m = /RX-packets:\s+(\d+)/.exec(out.slice(at));
+  return m === null ? 0 : Number(m[1]);
+}
+
+describe.skipIf(missing.length > 0 && !inCi)('two queue pairs (--queues 2, queues=2)', () => {
+  describe.each(MQ_RINGS)('$name', ({ devargs }) => {
+    it('sink: counts exactly the packets testpmd sent on both queues', async () => {
+      const { backend, counts, pmd } = await session(
+        ['--backend', 'sink', '--queues', '2'],
+        devargs,
+        'txonly',
+        async (p) => {
+          p.send('start');
+          await sleep(1000);
+        },
+        2,
+      );
+      const sank = await backendCount(backend, /sank (\d+) frames/);
+      expect(pmd.out).toMatch(/TX Port= 0\/Queue= 1/);
+      expect(counts.tx).toBeGreaterThan(1000);
+      expect(sank).toBe(counts.tx);
+    }, 90_000);
+
+    it('reflect: every packet comes back, spread over both receive queues by flow', async () => {
+      const { backend, counts, pmd } = await session(
+        ['--backend', 'reflect', '--queues', '2'],
+        devargs,
+        'rxonly',
+        async (p) => {
+          // Multi-flow: each packet has its own source address, so flows go to both queues.
+          p.send('start tx_first 10');
+          await sleep(1500);
+        },
+        2,
+        ['--txonly-multi-flow'],
+      );
+      const reflected = await backendCount(backend, /reflected (\d+) frames/);
+      expect(counts.tx).toBeGreaterThan(0);
+      expect(reflected).toBe(counts.tx);
+      expect(counts.rx).toBe(counts.tx);
+      expect(rxOnQueue(pmd.out, 0)).toBeGreaterThan(0);
+      expect(rxOnQueue(pmd.out, 1)).toBeGreaterThan(0);
+    }, 90_000);
+
+    it(`generate: testpmd receives exactly --count ${GENERATE_COUNT} packets`, async () => {
+      const { backend, counts } = await session(
+        ['--backend', 'generate', '--queues', '2', '--count', String(GENERATE_COUNT)],
+        devargs,
+        'rxonly',
+        async (p) => {
+          p.send('start');
+          await sleep(1500);
+        },
+        2,
+      );
+      const generated = await backendCount(backend, /generated (\d+) of/);
+      expect(generated).toBe(GENERATE_COUNT);
+      expect(counts.rx).toBe(GENERATE_COUNT);
+    }, 90_000);
+  });
+});

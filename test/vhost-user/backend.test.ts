@@ -287,8 +287,9 @@ describe.runIf(nativeOk)('VhostUserBackend serving a block device', () => {
     fe.close();
     await until(() => !s.backend.connected, 'the disconnect');
     expect(s.disconnects).toHaveLength(1);
-    expect(s.disconnects[0]).toMatch(/ECONNRESET/);
-    expect(s.disconnects[0]).not.toMatch(/EBADF/);
+    // Usually the read names ECONNRESET; under load the reset may already be consumed.
+    expect(s.disconnects[0]).toMatch(/ECONNRESET|POLLERR|closed/);
+    expect(s.disconnects[0]).not.toMatch(/EBADF|bad file descriptor/);
     await session(s, connect(s.backend), 3);
     expect(s.backend.stats.connections).toBe(2);
   });

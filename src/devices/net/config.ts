@@ -19,7 +19,9 @@ import {
   NET_CONFIG_STATUS,
   NET_MAX_FRAME,
   NET_OFFLOAD_FEATURES,
+  VIRTIO_NET_F_CTRL_VQ,
   VIRTIO_NET_F_MAC,
+  VIRTIO_NET_F_MQ,
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_F_MTU,
   VIRTIO_NET_F_STATUS,
@@ -53,7 +55,19 @@ export interface NetOptions extends DeviceBudgetOptions {
   pendingFrames?: number;
   /** Most bytes of frames waiting inside the device (default 1 MiB; at least NET_MAX_FRAME). */
   pendingBytes?: number;
+  /**
+   * Receive/transmit queue pairs (1..{@link NET_MAX_QUEUE_PAIRS}, default 1). Above 1 the device
+   * offers VIRTIO_NET_F_MQ with the control queue (VIRTIO_NET_F_CTRL_VQ), through which the
+   * driver chooses how many pairs it uses (§5.1.6.5.5). The pending-frame limits apply to each
+   * receive queue.
+   */
+  queuePairs?: number;
+  /** Offer the control queue (VIRTIO_NET_F_CTRL_VQ) even with one pair (default: with MQ only). */
+  controlQueue?: boolean;
 }
+
+/** Most queue pairs a network device offers. */
+export const NET_MAX_QUEUE_PAIRS = 16;
 
 /** A network device's options, checked, and what follows from them. */
 export interface NetPlan {
@@ -66,6 +80,10 @@ export interface NetPlan {
   status: boolean;
   queueSize: number;
   pendingBytes: number;
+  /** Queue pairs offered (max_virtqueue_pairs with MQ). */
+  queuePairs: number;
+  /** Whether the control queue (the last queue, after the pairs) exists. */
+  controlQueue: boolean;
 }
 
 /** Checks the options and derives the features offered; throws RangeError on a bad option. */
@@ -85,6 +103,13 @@ export function planNetDevice(options: NetOptions): NetPlan {
   if (status) features |= featureBit(VIRTIO_NET_F_STATUS);
   if (mtu !== null) features |= featureBit(VIRTIO_NET_F_MTU);
   if (options.mergeableRxBuffers ?? true) features |= featureBit(VIRTIO_NET_F_MRG_RXBUF);
+  const queuePairs = options.queuePairs ?? 1;
+  if (!(Number.isInteger(queuePairs) && queuePairs >= 1 && queuePairs <= NET_MAX_QUEUE_PAIRS)) {
+    throw new RangeError(`queuePairs ${queuePairs} is not in 1..${NET_MAX_QUEUE_PAIRS}`);
+  }
+  const controlQueue = queuePairs > 1 || options.controlQueue === true;
+  if (controlQueue) features |= featureBit(VIRTIO_NET_F_CTRL_VQ);
+  if (queuePairs > 1) features |= featureBit(VIRTIO_NET_F_MQ);
   let offloads =
     options.backend.offloads & NET_OFFLOAD_FEATURES & (options.offloads ?? NET_OFFLOAD_FEATURES);
   // Offer no feature whose requirement is not offered (§5.1.3.1).
@@ -95,7 +120,16 @@ export function planNetDevice(options: NetOptions): NetPlan {
   const pendingBytes = options.pendingBytes ?? 1 << 20;
   if (!(pendingBytes >= NET_MAX_FRAME))
     throw new RangeError(`pendingBytes must be at least ${NET_MAX_FRAME}`);
-  return { features, mac, mtu, status, queueSize: options.queueSize ?? 256, pendingBytes };
+  return {
+    features,
+    mac,
+    mtu,
+    status,
+    queueSize: options.queueSize ?? 256,
+    pendingBytes,
+    queuePairs,
+    controlQueue,
+  };
 }
 
 /** Writes the configuration space of a device planned as `plan`, its link up or down. */
@@ -103,8 +137,8 @@ export function writeNetConfig(config: Uint8Array, plan: NetPlan, linkUp: boolea
   const cfg = new DataView(config.buffer, config.byteOffset, config.byteLength);
   if (plan.mac !== null) config.set(plan.mac, NET_CONFIG_MAC);
   cfg.setUint16(NET_CONFIG_STATUS, plan.status && linkUp ? VIRTIO_NET_S_LINK_UP : 0, true);
-  // max_virtqueue_pairs exists only with MQ (not offered: it needs CTRL_VQ); it reads 1.
-  cfg.setUint16(NET_CONFIG_MAX_VIRTQUEUE_PAIRS, 1, true);
+  // §5.1.4: max_virtqueue_pairs is meaningful with MQ; without it, it reads 1.
+  cfg.setUint16(NET_CONFIG_MAX_VIRTQUEUE_PAIRS, plan.queuePairs, true);
   if (plan.mtu !== null) cfg.setUint16(NET_CONFIG_MTU, plan.mtu, true);
 }
 

@@ -1,13 +1,17 @@
 import { SnapshotError } from '../../errors.js';
-import { copyBytes, LARGE_COPY_BYTES } from '../../iovec/copy.js';
-import { ChainReader } from '../../iovec/reader.js';
-import { ChainWriter } from '../../iovec/writer.js';
 import { DescriptorChain } from '../../queue/chain.js';
 import type { Queue } from '../../queue/queue.js';
-import { type DeviceContext, hasFeature, VIRTIO_ID_NET, VirtioDeviceBase } from '../device.js';
+import {
+  type DeviceContext,
+  type FrontEndQueues,
+  featureBit,
+  hasFeature,
+  VIRTIO_ID_NET,
+  VirtioDeviceBase,
+} from '../device.js';
 import { formatMac, type NetBackend, type NetPort } from './backend.js';
 import { type NetOptions, planNetDevice, writeNetConfig } from './config.js';
-import { HeldRxChains } from './held-rx.js';
+import { NET_CONTROL_QUEUE_SIZE, NetControl, type NetControlTarget } from './control.js';
 import {
   ETH_HLEN,
   guestOffloads,
@@ -18,112 +22,155 @@ import {
   NET_CONFIG_STATUS,
   NET_MAX_FRAME,
   type NetHeader,
-  type NetOffloads,
-  type NetRxBuffer,
   type NetTxUnsupportedReason,
-  parseRxBuffer,
-  parseTxRequest,
-  txFrameScratch,
+  VIRTIO_NET_F_CTRL_VQ,
+  VIRTIO_NET_F_MQ,
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_F_MTU,
   VIRTIO_NET_F_STATUS,
-  VIRTIO_NET_HDR_SIZE,
   VIRTIO_NET_S_LINK_UP,
 } from './request.js';
-import { RxFrames } from './rx-frames.js';
+import { NetRxQueue, type NetTurn } from './rx-queue.js';
 import { emptyNetStats, type NetState, type NetStats, readNetState } from './state.js';
+import { steerPair } from './steer.js';
+import { NetTransmitter } from './transmit.js';
 
-/** Queue indices (§5.1.2): one receive/transmit pair, no control queue. */
+/** Queue indices of the first pair (§5.1.2): receiveq1 and transmitq1. */
 export const NET_RX_QUEUE = 0;
 export const NET_TX_QUEUE = 1;
 
-const NO_OFFLOADS: NetOffloads = { csum: false, tso4: false, tso6: false, ecn: false };
-
 /**
- * virtio-net (device id 1, VIRTIO 1.2 §5.1) with one receive/transmit queue pair, in front of
- * a pluggable {@link NetBackend}.
+ * virtio-net (device id 1, VIRTIO 1.2 §5.1) with one or more receive/transmit queue pairs and,
+ * with several, the control queue, in front of a pluggable {@link NetBackend}. Queues are laid
+ * out as §5.1.2 says: receiveq1, transmitq1, ..., receiveqN, transmitqN, controlq.
  *
  * Transmit: each chain is a 12-byte virtio header and a frame; the header is parsed into a
  * typed request, checked against the negotiated features (an unsupported one is dropped and
  * counted, §5.1.6.2) and the frame is handed to the backend. When the backend cannot take it,
- * the chain is given back to the ring (`undoPop`) and transmission waits for the backend.
+ * the chain is given back to the ring (`undoPop`) and transmission waits for the backend. Every
+ * transmit queue the driver set up is served.
  *
- * Receive: frames from the backend wait in a bounded ring inside the device until the driver
- * posts receive buffers; when the ring is full the backend is told to wait, so no frame is
- * lost. With VIRTIO_NET_F_MRG_RXBUF a frame fills as many receive chains as it needs
+ * Receive: frames from the backend are steered to a receive queue in use by a hash of their
+ * flow (see steer.ts), and wait in that queue's bounded ring inside the device until the
+ * driver posts receive buffers; when the ring is full the backend is told to wait, so no frame
+ * is lost. With VIRTIO_NET_F_MRG_RXBUF a frame fills as many receive chains as it needs
  * (`num_buffers`); the device holds the chains it popped until the frame fits. Offloads the
  * receiving driver did not negotiate are done in software: a partial checksum is completed,
  * a TCP segmentation offload frame is cut into segments.
  *
+ * Multiqueue (VIRTIO_NET_F_MQ, §5.1.6.5.5): after a reset only the first pair is used; the
+ * driver sets the pairs in use with VQ_PAIRS_SET on the control queue (control.ts). Over
+ * vhost-user the front-end serves the control queue and enables rings itself
+ * ({@link frontEndQueues}): every pair whose receive queue runs is then used.
+ *
  * Frames waiting in the device survive a device reset (they belong to the link, not to the
- * driver session) and are part of the saved state. The per-frame path allocates nothing in
- * steady state.
+ * driver session; those of other queues move to the first one) and are part of the saved
+ * state. The per-frame path allocates nothing in steady state.
  */
 export class NetDevice extends VirtioDeviceBase {
   readonly backend: NetBackend;
   readonly stats: NetStats = emptyNetStats();
   /** The MTU offered with VIRTIO_NET_F_MTU, or null. */
   readonly mtu: number | null;
-  /** The reason of the last transmit chain dropped as unsupported. */
-  lastTxUnsupported: NetTxUnsupportedReason | null = null;
+  /** Receive/transmit pairs offered (max_virtqueue_pairs). */
+  readonly queuePairs: number;
+  /**
+   * Index of the control queue when the driver negotiates MQ (the last queue), or -1 without
+   * one. §5.1.2: without MQ the control queue is queue 2.
+   */
+  readonly controlQueue: number;
+  /** Commands answered on the control queue. */
+  readonly control = new NetControl();
+  readonly frontEndQueues: FrontEndQueues;
 
   private link: boolean;
-  private readonly frames: RxFrames;
+  private readonly rx: NetRxQueue[];
   private readonly port: NetPort;
+  private readonly turn: NetTurn;
+  private readonly controlTarget: NetControlTarget;
 
   // What the driver negotiated (set at activation).
-  private mergeable = false;
-  private host: NetOffloads = NO_OFFLOADS;
+  private multiqueue = false;
+  /** The front-end serves the control queue (the context has no queue for it). */
+  private frontEndControl = false;
+  /** Pairs in use: 1 after a reset, then what VQ_PAIRS_SET says (§5.1.6.5.5). */
+  private active = 1;
+  /** The control queue's index for the negotiated features (-1: none). */
+  private ctrlIndex = -1;
+  /** Queues carrying frames for the negotiated features: 2 without MQ. */
+  private dataQueues = 2;
 
-  // Transmit side.
-  private readonly txChain = new DescriptorChain();
-  private readonly txReader = new ChainReader();
-  private readonly txReq = txFrameScratch();
-  /** The device's scratch buffer for one transmitted frame. */
-  private readonly txBuf = new Uint8Array(NET_MAX_FRAME + 8);
-  private readonly txView = new DataView(this.txBuf.buffer);
-  /**
-   * `txBuf` from each of its first eight offsets: a large frame is copied to the one whose
-   * address has the guest buffer's alignment, since V8 copies out of shared memory a byte at a
-   * time when the two addresses are not aligned alike (about 5x slower for 1500 bytes).
-   */
-  private readonly txAligned = Array.from({ length: 8 }, (_, k) => this.txBuf.subarray(k));
-  private txBlocked = false;
-  private txResumes = 0;
-  private txBusy = false;
-  private txAgain = false;
+  private readonly tx: NetTransmitter;
+  /** Per pair: a transmit pass runs, and another was asked for meanwhile. */
+  private readonly txBusy: Uint8Array;
+  private readonly txAgain: Uint8Array;
+  /** Transmit passes under way (on any queue). */
+  private txRunning = 0;
+  private readonly ctrlChain = new DescriptorChain();
 
-  // Receive side: chains popped and held until a frame fits them.
-  private readonly held = new HeldRxChains();
-  private readonly rxInfo: NetRxBuffer = { kind: 'buffer', capacity: 0 };
-  private readonly rxWriter = new ChainWriter();
-  private rxBusy = false;
-  private rxAgain = false;
-  /** Used entries added to the receive queue and not yet published. */
-  private rxUsed = false;
   /** The backend was refused a frame and waits for {@link NetBackend.resumeRx}. */
   private backendWaiting = false;
-  /** A frame arrived during a transmit pass: the receive side runs after it. */
-  private rxDeferred = false;
+  /** Pairs (bit k) whose receive queue got a frame during a transmit pass: served after it. */
+  private rxDeferred = 0;
 
   constructor(options: NetOptions) {
     const plan = planNetDevice(options);
-    super(VIRTIO_ID_NET, [plan.queueSize, plan.queueSize], plan.features, NET_CONFIG_SIZE, options);
+    const sizes: number[] = [];
+    for (let k = 0; k < plan.queuePairs; k++) sizes.push(plan.queueSize, plan.queueSize);
+    if (plan.controlQueue) sizes.push(NET_CONTROL_QUEUE_SIZE);
+    super(VIRTIO_ID_NET, sizes, plan.features, NET_CONFIG_SIZE, options);
     this.backend = options.backend;
+    this.tx = new NetTransmitter(options.backend, this.stats);
     this.mtu = plan.mtu;
+    this.queuePairs = plan.queuePairs;
+    this.controlQueue = plan.controlQueue ? 2 * plan.queuePairs : -1;
     this.link = options.linkUp ?? true;
-    this.frames = new RxFrames(options.pendingFrames ?? 256, plan.pendingBytes, this.stats);
+    const maxFrames = options.pendingFrames ?? 256;
+    this.rx = Array.from(
+      { length: plan.queuePairs },
+      (_, k) => new NetRxQueue(2 * k, maxFrames, plan.pendingBytes, this.stats),
+    );
+    this.txBusy = new Uint8Array(plan.queuePairs);
+    this.txAgain = new Uint8Array(plan.queuePairs);
     writeNetConfig(this.config, plan, this.link);
+    // Over vhost-user the front-end serves the control queue, and counts queue pairs.
+    this.frontEndQueues = {
+      served: 2 * plan.queuePairs,
+      queueNum: plan.queuePairs,
+      // DPDK's virtio-user leaves CTRL_VQ out of SET_FEATURES (it serves the queue itself);
+      // MQ without it would be refused (§5.1.3.1).
+      completeFeatures: (acked) =>
+        hasFeature(acked, VIRTIO_NET_F_MQ) ? acked | featureBit(VIRTIO_NET_F_CTRL_VQ) : acked,
+    };
     this.port = {
       receive: (frame, length, header) => this.receiveFrame(frame, length, header),
       canReceive: (length) => this.canReceive(length),
       resumeTx: () => {
-        this.txBlocked = false;
-        this.txResumes++;
-        this.queueNotify(NET_TX_QUEUE);
+        this.tx.resume();
+        for (let k = 0; k < this.queuePairs; k++) this.queueNotify(2 * k + 1);
       },
     };
+    this.turn = {
+      withinBudget: (index) => this.withinBudget(index),
+      bytesLeft: () => this.bytesLeft,
+      spend: (bytes) => this.spend(bytes),
+      continueLater: (index) => this.continueLater(index),
+      publish: (index) => this.publish(index),
+    };
+    const self = this;
+    this.controlTarget = {
+      queuePairs: plan.queuePairs,
+      get multiqueue(): boolean {
+        return self.multiqueue;
+      },
+      setActivePairs: (pairs) => this.setActivePairs(pairs),
+    };
     this.backend.attach(this.port);
+  }
+
+  /** The reason of the last transmit chain dropped as unsupported. */
+  get lastTxUnsupported(): NetTxUnsupportedReason | null {
+    return this.tx.lastUnsupported;
   }
 
   /** The MAC address in the configuration space. */
@@ -135,14 +182,31 @@ export class NetDevice extends VirtioDeviceBase {
     return this.link;
   }
 
-  /** Frames waiting inside the device for receive buffers. */
+  /**
+   * Queue pairs in use: 1 after a reset, then what the driver set with VQ_PAIRS_SET; with a
+   * front-end serving the control queue, every pair (those whose receive queue runs get frames).
+   */
+  get activePairs(): number {
+    return this.active;
+  }
+
+  /** Frames waiting inside the device for receive buffers (all receive queues). */
   get pendingFrames(): number {
-    return this.frames.pending.length;
+    let n = 0;
+    for (const r of this.rx) n += r.frames.pending.length;
+    return n;
+  }
+
+  /** Frames waiting for the receive buffers of pair `pair`. */
+  pendingFramesOf(pair: number): number {
+    return this.rx[pair]?.frames.pending.length ?? 0;
   }
 
   /** Receive chains the device popped and holds (mergeable buffers waiting for a frame to fit). */
   get heldRxChains(): number {
-    return this.held.count;
+    let n = 0;
+    for (const r of this.rx) n += r.held.count;
+    return n;
   }
 
   /**
@@ -161,15 +225,20 @@ export class NetDevice extends VirtioDeviceBase {
   }
 
   /**
-   * Processes both queues as if the driver had notified them, and wakes a waiting backend.
+   * Processes every queue as if the driver had notified it, and wakes a waiting backend.
    * Call it after restoring a snapshot (once every device of the link is restored), as the
    * restored device does no I/O on its own.
    */
   kick(): void {
-    this.queueNotify(NET_TX_QUEUE);
-    this.queueNotify(NET_RX_QUEUE);
-    const pending = this.frames.pending;
-    if (this.backendWaiting && pending.length < pending.maxFrames) {
+    for (let k = 0; k < this.queuePairs; k++) {
+      this.queueNotify(2 * k + 1);
+      this.queueNotify(2 * k);
+    }
+    if (this.ctrlIndex >= 0) this.queueNotify(this.ctrlIndex);
+    if (
+      this.backendWaiting &&
+      this.rx.some((r) => r.frames.pending.length < r.frames.pending.maxFrames)
+    ) {
       this.backendWaiting = false;
       this.backend.resumeRx();
     }
@@ -187,117 +256,136 @@ export class NetDevice extends VirtioDeviceBase {
 
   protected override onActivate(ctx: DeviceContext): void {
     const f = ctx.features;
-    this.mergeable = hasFeature(f, VIRTIO_NET_F_MRG_RXBUF);
-    this.host = hostOffloads(f);
-    this.frames.configure(
-      guestOffloads(f),
-      this.mtu !== null && hasFeature(f, VIRTIO_NET_F_MTU) ? this.mtu : 0,
-    );
-    this.held.reset(ctx.queues[NET_RX_QUEUE]?.size ?? 1);
+    const mergeable = hasFeature(f, VIRTIO_NET_F_MRG_RXBUF);
+    this.tx.host = hostOffloads(f);
+    const guest = guestOffloads(f);
+    const mtu = this.mtu !== null && hasFeature(f, VIRTIO_NET_F_MTU) ? this.mtu : 0;
+    for (const r of this.rx) {
+      r.mergeable = mergeable;
+      r.frames.configure(guest, mtu);
+      r.held.reset(ctx.queues[r.index]?.size ?? 1);
+    }
+    this.multiqueue = hasFeature(f, VIRTIO_NET_F_MQ);
+    this.frontEndControl = this.controlQueue >= 0 && ctx.queues.length <= this.controlQueue;
+    // §5.1.2: receiveq1..N, transmitq1..N, then controlq at 2N, N being 1 without MQ.
+    this.dataQueues = this.multiqueue ? 2 * this.queuePairs : 2;
+    this.ctrlIndex =
+      this.controlQueue >= 0 && hasFeature(f, VIRTIO_NET_F_CTRL_VQ) ? this.dataQueues : -1;
+    // §5.1.6.5.5: multiqueue starts disabled; a front-end that serves the control queue
+    // enables pairs by starting their rings instead.
+    this.active = this.frontEndControl && this.multiqueue ? this.queuePairs : 1;
   }
 
   protected override onReset(): void {
     // Chains belong to the driver session that ends; pending frames belong to the link.
-    this.held.reset(this.held.cap);
-    this.txBlocked = false;
-    this.rxUsed = false;
-    this.rxDeferred = false;
+    for (const r of this.rx) r.resetChains();
+    this.tx.blocked = false;
+    this.rxDeferred = 0;
+    this.gatherPending();
+    this.active = 1;
+    this.multiqueue = false;
+    this.frontEndControl = false;
+    this.ctrlIndex = -1;
+    this.dataQueues = 2;
   }
 
   protected processQueue(index: number, queue: Queue): void {
-    if (index === NET_RX_QUEUE) this.receive(queue);
-    else if (index === NET_TX_QUEUE) this.transmit(queue);
+    if (index === this.ctrlIndex) this.serveControl(queue);
+    else if (index >= this.dataQueues)
+      return; // no such queue with these features
+    else if ((index & 1) === 0) this.receive(index >>> 1, queue);
+    else this.transmit(index >>> 1, queue);
+  }
+
+  // ---- control queue ----
+
+  private serveControl(q: Queue): void {
+    const index = this.ctrlIndex;
+    let any = false;
+    while (this.withinBudget(index)) {
+      const c = q.popOrEnableNotification(this.ctrlChain);
+      if (c === null) break;
+      q.addUsed(c.head, this.control.execute(c, this.controlTarget));
+      any = true;
+    }
+    if (any) this.publish(index);
+  }
+
+  /** VQ_PAIRS_SET: from now on only pairs 0..pairs-1 receive (§5.1.6.5.5). */
+  private setActivePairs(pairs: number): void {
+    if (pairs < this.active) {
+      this.gatherPending(pairs);
+      if (this.backendWaiting) {
+        this.backendWaiting = false;
+        this.backend.resumeRx();
+      }
+    }
+    this.active = pairs;
+    this.queueNotify(NET_RX_QUEUE);
+  }
+
+  /** Moves the frames waiting for receive queues from pair `from` on to the first one. */
+  private gatherPending(from = 1): void {
+    const first = this.rx[0]!.frames;
+    for (let k = from; k < this.rx.length; k++) {
+      this.stats.rxQueueDropped += this.rx[k]!.frames.moveInto(first);
+    }
   }
 
   // ---- transmit ----
 
-  private transmit(q: Queue): void {
-    if (this.txBusy) {
-      this.txAgain = true;
+  private transmit(pair: number, q: Queue): void {
+    if (this.txBusy[pair] === 1) {
+      this.txAgain[pair] = 1;
       return;
     }
-    this.txBusy = true;
+    this.txBusy[pair] = 1;
+    this.txRunning++;
     try {
       do {
-        this.txAgain = false;
-        this.transmitPass(q);
-      } while (this.txAgain);
+        this.txAgain[pair] = 0;
+        this.tx.pass(2 * pair + 1, q, this.link, this.turn);
+      } while (this.txAgain[pair] === 1);
     } finally {
-      this.txBusy = false;
+      this.txBusy[pair] = 0;
+      this.txRunning--;
     }
     // Frames the backend handed back while the transmit side ran (a reflector, a loop) are
-    // delivered in one receive pass: one publication, one interrupt decision.
-    if (this.rxDeferred) {
-      this.rxDeferred = false;
-      this.queueNotify(NET_RX_QUEUE);
+    // delivered in one receive pass per queue: one publication, one interrupt decision.
+    if (this.txRunning === 0 && this.rxDeferred !== 0) {
+      const deferred = this.rxDeferred;
+      this.rxDeferred = 0;
+      for (let k = 0; k < this.rx.length; k++)
+        if ((deferred & (1 << k)) !== 0) this.queueNotify(2 * k);
     }
-  }
-
-  private transmitPass(q: Queue): void {
-    let any = false;
-    const reader = this.txReader;
-    while (!this.txBlocked && this.withinBudget(NET_TX_QUEUE)) {
-      const c = q.popOrEnableNotification(this.txChain);
-      if (c === null) break;
-      const req = parseTxRequest(c, reader, this.host, this.txReq);
-      if (req.kind === 'unsupported') {
-        // §5.1.6.2: a frame the device cannot send as described is dropped, and counted.
-        this.stats.txUnsupported++;
-        this.lastTxUnsupported = req.reason;
-        q.addUsed(c.head, 0);
-        any = true;
-        continue;
-      }
-      if (!this.link) {
-        this.stats.txLinkDown++;
-        q.addUsed(c.head, 0);
-        any = true;
-        continue;
-      }
-      const frame = this.copyTxFrame(reader, req.length);
-      const resumes = this.txResumes;
-      if (!this.backend.send(frame, req.length, req.header)) {
-        // Back-pressure: the chain goes back to the ring and is sent after resumeTx.
-        q.undoPop();
-        if (this.txResumes !== resumes) continue;
-        this.txBlocked = true;
-        break;
-      }
-      this.stats.txFrames++;
-      this.stats.txBytes += req.length;
-      this.spend(req.length);
-      q.addUsed(c.head, 0);
-      any = true;
-    }
-    if (any) this.publish(NET_TX_QUEUE);
-  }
-
-  /** Copies the frame the reader is at out of guest memory; returns the buffer it is in. */
-  private copyTxFrame(reader: ChainReader, len: number): Uint8Array {
-    const at = reader.claim(len);
-    if (at < 0) {
-      // Spread over several buffers.
-      reader.readExact(this.txBuf, 0, len);
-      return this.txBuf;
-    }
-    const src = reader.claimed;
-    if (len < LARGE_COPY_BYTES) {
-      copyBytes(this.txBuf, this.txView, 0, src, reader.claimedView, at, len);
-      return this.txBuf;
-    }
-    const dst = this.txAligned[(src.byteOffset + at) & 7]!;
-    dst.set(src.subarray(at, at + len));
-    return dst;
   }
 
   // ---- receive ----
 
+  /** True when pair `k` (below {@link active}) may be given frames now. */
+  private usable(k: number): boolean {
+    // Over vhost-user a pair is in use while its receive ring runs (SET_VRING_ENABLE).
+    return !this.frontEndControl || this.ctx?.queues[2 * k]?.isActive === true;
+  }
+
+  /** The receive queue a frame goes to: one per flow among the pairs in use (steer.ts). */
+  private steer(frame: Uint8Array, length: number): NetRxQueue {
+    if (this.active === 1) return this.rx[0]!;
+    let inUse = 0;
+    for (let k = 0; k < this.active; k++) if (this.usable(k)) inUse |= 1 << k;
+    return this.rx[inUse === 0 ? 0 : steerPair(frame, length, inUse)]!;
+  }
+
   private canReceive(length: number): boolean {
     if (length < ETH_HLEN || length > NET_MAX_FRAME || !this.link) return true; // dropped anyway
-    if (this.frames.pending.canFit(length)) return true;
-    // The backend will wait: wake it when room appears.
-    this.backendWaiting = true;
-    return false;
+    // The frame's queue is not known yet: every queue in use must have room.
+    for (let k = 0; k < this.active; k++) {
+      if (!this.usable(k) || this.rx[k]!.frames.pending.canFit(length)) continue;
+      // The backend will wait: wake it when room appears.
+      this.backendWaiting = true;
+      return false;
+    }
+    return true;
   }
 
   private receiveFrame(frame: Uint8Array, length: number, header: NetHeader | null): boolean {
@@ -309,205 +397,90 @@ export class NetDevice extends VirtioDeviceBase {
       this.stats.rxLinkDown++;
       return true;
     }
-    if (!this.frames.pending.push(frame, length, header)) {
+    const rx = this.steer(frame, length);
+    if (!rx.frames.pending.push(frame, length, header)) {
       this.backendWaiting = true;
       return false;
     }
-    if (this.txBusy) this.rxDeferred = true;
-    else this.queueNotify(NET_RX_QUEUE);
+    if (this.txRunning > 0) this.rxDeferred |= 1 << (rx.index >>> 1);
+    else this.queueNotify(rx.index);
     return true;
   }
 
-  private receive(q: Queue): void {
-    if (this.rxBusy) {
-      this.rxAgain = true;
+  private receive(pair: number, q: Queue): void {
+    const rx = this.rx[pair];
+    if (rx === undefined) return;
+    if (rx.busy) {
+      rx.again = true;
       return;
     }
-    this.rxBusy = true;
+    rx.busy = true;
     try {
       do {
-        this.rxAgain = false;
-        this.receivePass(q);
-      } while (this.rxAgain);
+        rx.again = false;
+        if (rx.pass(q, this.turn) && this.backendWaiting) {
+          this.backendWaiting = false;
+          this.backend.resumeRx();
+        }
+      } while (rx.again);
     } finally {
-      this.rxBusy = false;
+      rx.busy = false;
     }
-  }
-
-  private receivePass(q: Queue): void {
-    const frames = this.frames;
-    frames.freed = false;
-    // prepare first: a turn that finds nothing pending schedules no continuation. Chains
-    // count against the turn as holdNext takes them; bytes are checked between frames.
-    while (frames.prepare()) {
-      if (this.bytesLeft <= 0) {
-        this.continueLater(NET_RX_QUEUE);
-        break;
-      }
-      const need = VIRTIO_NET_HDR_SIZE + frames.len;
-      const k = this.gather(q, need);
-      if (k === 0) break; // wait for the driver's next receive buffers
-      if (k < 0) {
-        this.stats.rxTooBig++;
-      } else {
-        this.writeOut(q, k);
-        this.stats.rxFrames++;
-        this.stats.rxBytes += frames.len;
-        this.spend(frames.len);
-      }
-      frames.advance();
-    }
-    if (this.rxUsed) {
-      this.rxUsed = false;
-      this.publish(NET_RX_QUEUE);
-    }
-    if (frames.freed && this.backendWaiting) {
-      this.backendWaiting = false;
-      this.backend.resumeRx();
-    }
-  }
-
-  /**
-   * Pops one more receive chain into the held ring; false when the driver has none, or when
-   * this turn may take no more chains (the rest continues in a later turn).
-   */
-  private holdNext(q: Queue): boolean {
-    for (;;) {
-      // Every chain taken counts against the turn: with MRG_RXBUF one frame may take up to a
-      // ring's worth of small buffers, and a guest may keep posting unusable ones.
-      if (!this.withinBudget(NET_RX_QUEUE)) return false;
-      const c = q.popOrEnableNotification(this.held.at(this.held.count));
-      if (c === null) return false;
-      if (parseRxBuffer(c, this.rxInfo).kind === 'unsupported') {
-        this.stats.rxBadBuffers++;
-        q.addUsed(c.head, 0);
-        this.rxUsed = true;
-        continue;
-      }
-      this.held.keepNext();
-      return true;
-    }
-  }
-
-  /**
-   * Makes sure the held chains can take `need` bytes: returns how many chains the frame uses,
-   * 0 to wait for more buffers, or -1 when it can never fit (drop it).
-   */
-  private gather(q: Queue, need: number): number {
-    const held = this.held;
-    if (!this.mergeable) {
-      // §5.1.6.3.2: without MRG_RXBUF the device MUST use a single descriptor chain.
-      if (held.count === 0 && !this.holdNext(q)) return 0;
-      return held.at(0).writableLength >= need ? 1 : -1;
-    }
-    while (held.bytes < need) {
-      // Every slot of the ring is held: the driver cannot add a buffer, the frame never fits.
-      if (held.slots >= q.size || held.count >= held.cap) return -1;
-      if (!this.holdNext(q)) return 0;
-    }
-    let k = 0;
-    for (let sum = 0; sum < need; k++) sum += held.at(k).writableLength;
-    return k;
-  }
-
-  /**
-   * Writes the frame to deliver into the first `k` held chains: the header (num_buffers = k)
-   * and the frame, every chain but the last filled completely (§5.1.6.4.1), and marks them used.
-   */
-  private writeOut(q: Queue, k: number): void {
-    const w = this.rxWriter;
-    const frames = this.frames;
-    const h = frames.header;
-    let src = frames.off;
-    let left = frames.len;
-    if (k === 1) {
-      // The usual case: header and frame in the first buffer's one piece, written in place.
-      const c = this.held.at(0);
-      w.reset(c);
-      const at = w.claim(VIRTIO_NET_HDR_SIZE + left);
-      if (at >= 0) {
-        const b = w.claimed;
-        b[at] = h.flags;
-        b[at + 1] = h.gsoType;
-        b[at + 2] = h.hdrLen;
-        b[at + 3] = h.hdrLen >>> 8;
-        b[at + 4] = h.gsoSize;
-        b[at + 5] = h.gsoSize >>> 8;
-        b[at + 6] = h.csumStart;
-        b[at + 7] = h.csumStart >>> 8;
-        b[at + 8] = h.csumOffset;
-        b[at + 9] = h.csumOffset >>> 8;
-        b[at + 10] = 1; // num_buffers
-        b[at + 11] = 0;
-        copyBytes(b, w.claimedView, at + VIRTIO_NET_HDR_SIZE, frames.buf, frames.view, src, left);
-        q.addUsed(c.head, VIRTIO_NET_HDR_SIZE + left);
-        w.reset();
-        this.held.release(1);
-        this.rxUsed = true;
-        return;
-      }
-    }
-    for (let j = 0; j < k; j++) {
-      const c = this.held.at(j);
-      w.reset(c);
-      if (j === 0) {
-        w.writeU8(h.flags);
-        w.writeU8(h.gsoType);
-        w.writeU16(h.hdrLen);
-        w.writeU16(h.gsoSize);
-        w.writeU16(h.csumStart);
-        w.writeU16(h.csumOffset);
-        // §5.1.6.4.1: num_buffers is 1 without MRG_RXBUF, else the chains the frame uses.
-        w.writeU16(k);
-      }
-      const n = Math.min(left, w.remaining);
-      w.write(frames.buf, src, n);
-      src += n;
-      left -= n;
-      q.addUsed(c.head, w.bytesWritten);
-    }
-    w.reset();
-    this.held.release(k);
-    this.rxUsed = true;
   }
 
   // ---- snapshots ----
 
   protected override saveDevice(): NetState {
+    const [first, ...more] = this.rx.map((r) => ({ ...r.frames.save(), heldRx: r.held.save() }));
     return {
       mac: formatMac(this.config.subarray(NET_CONFIG_MAC, NET_CONFIG_MAC + 6)),
       linkUp: this.link,
       stats: { ...this.stats },
-      ...this.frames.save(),
-      heldRx: this.held.save(),
+      ...first!,
+      ...(this.queuePairs > 1 ? { activePairs: this.active, rxQueues: more } : {}),
     };
   }
 
   /**
    * Validates a saved state: frames waiting in the device, held receive chains (each buffer
    * checked against guest memory again, and against the packed ring's buffers in flight),
-   * segmentation progress, link state, MAC and counters; throws {@link SnapshotError} on
-   * anything inconsistent, changing nothing. The commit replaces what the device holds.
+   * segmentation progress, per receive queue; the pairs in use, link state, MAC and counters;
+   * throws {@link SnapshotError} on anything inconsistent, changing nothing. The commit
+   * replaces what the device holds.
    */
   protected override prepareDevice(state: unknown, ctx: DeviceContext | null): () => void {
-    const rxq = ctx?.queues[NET_RX_QUEUE];
-    const txq = ctx?.queues[NET_TX_QUEUE];
     const s = readNetState(state, {
-      maxPending: this.frames.pending.maxFrames,
-      maxHeld: rxq?.size ?? 0,
+      maxPending: this.rx[0]!.frames.pending.maxFrames,
+      maxHeld: this.rx.map((r) => ctx?.queues[r.index]?.size ?? 0),
     });
-    const commitFrames = this.frames.prepareRestore(s.pending, s.segmentsDone);
-    const commitHeld = this.held.prepareRestore(s.heldRx, ctx === null ? undefined : rxq);
-    // A packed ring tracks the buffers in flight: they must be exactly the held chains.
-    if (rxq?.isActive && rxq.inFlight !== undefined && rxq.inFlight !== s.heldRx.length) {
-      throw new SnapshotError(
-        'device.net.heldRx',
-        `the receive queue has ${rxq.inFlight} buffers in flight`,
-      );
+    if (s.activePairs > 1 && !(ctx !== null && hasFeature(ctx.features, VIRTIO_NET_F_MQ))) {
+      throw new SnapshotError('device.net.activePairs', 'several pairs without VIRTIO_NET_F_MQ');
     }
-    if (txq?.isActive && (txq.inFlight ?? 0) !== 0) {
-      throw new SnapshotError('device.net', 'the transmit queue has buffers in flight');
-    }
+    const commits = s.rx.map((saved, k) => {
+      const at = k === 0 ? 'device.net' : `device.net.rxQueues.${k - 1}`;
+      const r = this.rx[k]!;
+      const rxq = ctx?.queues[r.index];
+      const commitFrames = r.frames.prepareRestore(saved.pending, saved.segmentsDone, at);
+      const commitHeld = r.held.prepareRestore(saved.heldRx, ctx === null ? undefined : rxq, at);
+      // A packed ring tracks the buffers in flight: they must be exactly the held chains.
+      if (rxq?.isActive && rxq.inFlight !== undefined && rxq.inFlight !== saved.heldRx.length) {
+        throw new SnapshotError(
+          `${at}.heldRx`,
+          `the receive queue has ${rxq.inFlight} buffers in flight`,
+        );
+      }
+      return () => {
+        commitFrames();
+        commitHeld();
+      };
+    });
+    ctx?.queues.forEach((q, i) => {
+      if ((i & 1) === 1 || i === this.ctrlIndex) {
+        if (q.isActive && (q.inFlight ?? 0) !== 0) {
+          throw new SnapshotError('device.net', `queue ${i} has buffers in flight`);
+        }
+      }
+    });
     return () => {
       this.config.set(s.mac, NET_CONFIG_MAC);
       this.link = s.linkUp;
@@ -519,8 +492,8 @@ export class NetDevice extends VirtioDeviceBase {
         );
       }
       Object.assign(this.stats, s.stats);
-      commitFrames();
-      commitHeld();
+      for (const commit of commits) commit();
+      this.active = s.activePairs;
       this.backendWaiting = true;
     };
   }

@@ -78,8 +78,12 @@ export class HeldRxChains {
    * (head, slots, every buffer against guest memory again) and returns the commit that makes
    * them the held chains; changes nothing. Throws {@link SnapshotError} naming the field.
    */
-  prepareRestore(saved: readonly NetSavedChain[], rxq: Queue | undefined): () => void {
-    const chains = reviveAll(saved, rxq);
+  prepareRestore(
+    saved: readonly NetSavedChain[],
+    rxq: Queue | undefined,
+    at = 'device.net',
+  ): () => void {
+    const chains = reviveAll(saved, rxq, at);
     return () => {
       this.chains = chains;
       this.first = 0;
@@ -94,14 +98,18 @@ export class HeldRxChains {
   }
 }
 
-function reviveAll(saved: readonly NetSavedChain[], rxq: Queue | undefined): DescriptorChain[] {
+function reviveAll(
+  saved: readonly NetSavedChain[],
+  rxq: Queue | undefined,
+  at: string,
+): DescriptorChain[] {
   if (saved.length === 0) return [];
   if (rxq === undefined || !rxq.isActive)
-    throw new SnapshotError('device.net.heldRx', 'the receive queue is not active');
+    throw new SnapshotError(`${at}.heldRx`, 'the receive queue is not active');
   const info: NetRxBuffer = { kind: 'buffer', capacity: 0 };
   let slotsTotal = 0;
   return saved.map((s, i) => {
-    const path = `device.net.heldRx.${i}`;
+    const path = `${at}.heldRx.${i}`;
     slotsTotal += s.slots;
     if (slotsTotal > rxq.size)
       throw new SnapshotError(`${path}.slots`, `held chains take over ${rxq.size} ring slots`);

@@ -11,7 +11,23 @@ export {
   NetSwitchPort,
   parseMac,
 } from './backend.js';
-export type { NetOptions } from './config.js';
+export { NET_MAX_QUEUE_PAIRS, type NetOptions } from './config.js';
+export {
+  NET_CONTROL_QUEUE_SIZE,
+  NetControl,
+  type NetControlRefusal,
+  type NetControlStats,
+  type NetControlTarget,
+  VIRTIO_NET_CTRL_ANNOUNCE,
+  VIRTIO_NET_CTRL_GUEST_OFFLOADS,
+  VIRTIO_NET_CTRL_MAC,
+  VIRTIO_NET_CTRL_MQ,
+  VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+  VIRTIO_NET_CTRL_RX,
+  VIRTIO_NET_CTRL_VLAN,
+  VIRTIO_NET_ERR,
+  VIRTIO_NET_OK,
+} from './control.js';
 export { NET_RX_QUEUE, NET_TX_QUEUE, NetDevice } from './device.js';
 export {
   GENERATE_ETHERTYPE,
@@ -62,4 +78,10 @@ export {
   VIRTIO_NET_S_ANNOUNCE,
   VIRTIO_NET_S_LINK_UP,
 } from './request.js';
-export type { NetSavedChain, NetSavedFrame, NetState, NetStats } from './state.js';
+export type {
+  NetSavedChain,
+  NetSavedFrame,
+  NetSavedRxQueue,
+  NetState,
+  NetStats,
+} from './state.js';

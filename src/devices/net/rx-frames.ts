@@ -148,6 +148,32 @@ export class RxFrames {
     this.freed = true;
   }
 
+  /**
+   * Hands every waiting frame to `dest` (another receive queue's frames), oldest first, as far
+   * as they fit there; returns how many frames were dropped instead. A frame being segmented in
+   * software, some of its segments already delivered here, is dropped with its other segments.
+   */
+  moveInto(dest: RxFrames): number {
+    const ring = this.pending;
+    let dropped = 0;
+    if (this.segActive) {
+      this.segActive = false;
+      this.segIndex = 0;
+      ring.shift();
+      dropped++;
+    }
+    const hdr = this.frameHdr;
+    while (ring.length > 0) {
+      const off = ring.offsetAt(0);
+      const len = ring.lengthAt(0);
+      ring.headerAt(0, hdr);
+      if (!dest.pending.push(ring.data.subarray(off, off + len), len, hdr)) dropped++;
+      ring.shift();
+      this.freed = true;
+    }
+    return dropped;
+  }
+
   /** The frames and segmentation progress, for a snapshot. */
   save(): SavedFrames {
     const ring = this.pending;
@@ -174,16 +200,17 @@ export class RxFrames {
    * Checks saved frames against this device (they fit its ring; segmentation progress matches
    * the oldest frame) and returns the commit that replaces what it holds; changes nothing.
    */
-  prepareRestore(frames: readonly ReadFrame[], segmentsDone: number): () => void {
+  prepareRestore(
+    frames: readonly ReadFrame[],
+    segmentsDone: number,
+    at = 'device.net',
+  ): () => void {
     // A fresh ring places frames one after another from offset 0.
     let total = 0;
     frames.forEach((f, i) => {
       total += f.data.length;
       if (total > this.pending.capacity) {
-        throw new SnapshotError(
-          `device.net.pending.${i}`,
-          "does not fit the device's pending ring",
-        );
+        throw new SnapshotError(`${at}.pending.${i}`, "does not fit the device's pending ring");
       }
     });
     const hdr = plainHeader();
@@ -192,10 +219,7 @@ export class RxFrames {
       setHeader(hdr, f.header);
       const seg = tcpGsoScratch();
       if (!parseTcpGso(f.data, 0, f.data.length, hdr, seg) || segmentsDone >= seg.segments) {
-        throw new SnapshotError(
-          'device.net.segmentsDone',
-          'does not match the oldest pending frame',
-        );
+        throw new SnapshotError(`${at}.segmentsDone`, 'does not match the oldest pending frame');
       }
     }
     return () => {

@@ -27,6 +27,11 @@ export interface NetStats {
   /** Frames whose checksum the device completed, and frames it segmented, in software. */
   rxSoftwareChecksums: number;
   rxSoftwareSegmented: number;
+  /**
+   * Frames dropped because they waited for a receive queue the driver stopped using (fewer
+   * pairs set with VQ_PAIRS_SET) and the first receive queue had no room for them.
+   */
+  rxQueueDropped: number;
 }
 
 export function emptyNetStats(): NetStats {
@@ -44,6 +49,7 @@ export function emptyNetStats(): NetStats {
     rxBadBuffers: 0,
     rxSoftwareChecksums: 0,
     rxSoftwareSegmented: 0,
+    rxQueueDropped: 0,
   };
 }
 
@@ -71,10 +77,21 @@ export interface NetSavedChain {
  * device delivers each of them exactly once; so are the receive chains it had popped but not
  * yet used, and the progress of a frame it was segmenting in software.
  */
-export interface NetState {
+export interface NetState extends NetSavedRxQueue {
   mac: string;
   linkUp: boolean;
   stats: NetStats;
+  /** Queue pairs the driver set with VQ_PAIRS_SET (absent: 1). */
+  activePairs?: number;
+  /**
+   * The receive queues after the first (multiqueue devices: one per further pair, in order);
+   * the first receive queue's state is {@link pending}, {@link segmentsDone} and {@link heldRx}.
+   */
+  rxQueues?: NetSavedRxQueue[];
+}
+
+/** One receive queue's saved state. */
+export interface NetSavedRxQueue {
   pending: NetSavedFrame[];
   /** Segments of the oldest pending frame already delivered (software segmentation), or 0. */
   segmentsDone: number;
@@ -133,7 +150,15 @@ export function fromBase64(text: string): Uint8Array | null {
 /** Limits a saved state is checked against (the restoring device's). */
 export interface NetStateLimits {
   maxPending: number;
-  maxHeld: number;
+  /** Per receive queue: most chains held (its size, 0 when inactive). */
+  maxHeld: readonly number[];
+}
+
+/** One receive queue's saved state, read back and validated, frames decoded. */
+export interface NetRxQueueRead {
+  pending: { data: Uint8Array; header: number[] }[];
+  segmentsDone: number;
+  heldRx: NetSavedChain[];
 }
 
 /** A {@link NetState} read back and validated, frames decoded. */
@@ -141,9 +166,9 @@ export interface NetStateRead {
   mac: Uint8Array;
   linkUp: boolean;
   stats: NetStats;
-  pending: { data: Uint8Array; header: number[] }[];
-  segmentsDone: number;
-  heldRx: NetSavedChain[];
+  activePairs: number;
+  /** Every receive queue, the first one first. */
+  rx: NetRxQueueRead[];
 }
 
 const MAX_U32 = 0xffffffff;
@@ -159,11 +184,37 @@ export function readNetState(value: unknown, limits: NetStateLimits): NetStateRe
   const linkUp = r.bool('linkUp');
   const sr = StateReader.root(v.stats, 'device.net.stats');
   const stats = emptyNetStats();
-  for (const k of Object.keys(stats) as (keyof NetStats)[])
+  const savedStats = (typeof v.stats === 'object' && v.stats !== null ? v.stats : {}) as Record<
+    string,
+    unknown
+  >;
+  for (const k of Object.keys(stats) as (keyof NetStats)[]) {
+    // A counter added after the state was written reads as 0.
+    if (k === 'rxQueueDropped' && savedStats[k] === undefined) continue;
     stats[k] = sr.int(k, 0, Number.MAX_SAFE_INTEGER);
-  const rawPending = r.array('pending', limits.maxPending);
+  }
+  const pairs = limits.maxHeld.length;
+  const activePairs = v.activePairs === undefined ? 1 : r.int('activePairs', 1, pairs);
+  const rx = [readRxQueue(value, 'device.net', limits.maxPending, limits.maxHeld[0]!)];
+  const more = v.rxQueues === undefined ? [] : r.array('rxQueues', pairs - 1);
+  if (more.length !== pairs - 1)
+    throw new SnapshotError('device.net.rxQueues', `expected ${pairs - 1} receive queues`);
+  more.forEach((q, i) => {
+    rx.push(readRxQueue(q, `device.net.rxQueues.${i}`, limits.maxPending, limits.maxHeld[i + 1]!));
+  });
+  return { mac, linkUp, stats, activePairs, rx };
+}
+
+function readRxQueue(
+  value: unknown,
+  at: string,
+  maxPending: number,
+  maxHeld: number,
+): NetRxQueueRead {
+  const r = StateReader.root(value, at);
+  const rawPending = r.array('pending', maxPending);
   const pending = rawPending.map((f, i) => {
-    const path = `device.net.pending.${i}`;
+    const path = `${at}.pending.${i}`;
     const fr = StateReader.root(f, path);
     const data = (f as { data?: unknown }).data;
     const bytes = typeof data === 'string' ? fromBase64(data) : null;
@@ -179,20 +230,17 @@ export function readNetState(value: unknown, limits: NetStateLimits): NetStateRe
   });
   const segmentsDone = r.int('segmentsDone', 0, NET_MAX_FRAME);
   if (segmentsDone > 0 && pending.length === 0) {
-    throw new SnapshotError(
-      'device.net.segmentsDone',
-      'segmentation progress without a pending frame',
-    );
+    throw new SnapshotError(`${at}.segmentsDone`, 'segmentation progress without a pending frame');
   }
-  const rawHeld = r.array('heldRx', limits.maxHeld);
+  const rawHeld = r.array('heldRx', maxHeld);
   const seen = new Set<number>();
   const heldRx = rawHeld.map((c, i) => {
-    const path = `device.net.heldRx.${i}`;
+    const path = `${at}.heldRx.${i}`;
     const cr = StateReader.root(c, path);
     const head = cr.int('head', 0, 0xffff);
     if (seen.has(head)) throw new SnapshotError(`${path}.head`, `head ${head} appears twice`);
     seen.add(head);
-    const slots = cr.int('slots', 1, Math.max(1, limits.maxHeld));
+    const slots = cr.int('slots', 1, Math.max(1, maxHeld));
     const bufs = cr.array('buffers', 65536);
     if (bufs.length === 0)
       throw new SnapshotError(`${path}.buffers`, 'a chain has at least one buffer');
@@ -204,5 +252,5 @@ export function readNetState(value: unknown, limits: NetStateLimits): NetStateRe
     });
     return { head, slots, buffers };
   });
-  return { mac, linkUp, stats, pending, segmentsDone, heldRx };
+  return { pending, segmentsDone, heldRx };
 }

@@ -1,0 +1,197 @@
+/**
+ * One receive queue of the network device: the frames steered to it that wait for the driver's
+ * receive buffers ({@link RxFrames}), the receive chains it popped and holds ({@link
+ * HeldRxChains}, mergeable buffers), and the pass that writes waiting frames into buffers
+ * (VIRTIO 1.2 §5.1.6.4). Each receive queue has its own: a queue whose driver posts no buffers
+ * holds up only the frames steered to it.
+ */
+
+import { copyBytes } from '../../iovec/copy.js';
+import { ChainWriter } from '../../iovec/writer.js';
+import type { Queue } from '../../queue/queue.js';
+import { HeldRxChains } from './held-rx.js';
+import { type NetRxBuffer, parseRxBuffer, VIRTIO_NET_HDR_SIZE } from './request.js';
+import { RxFrames } from './rx-frames.js';
+import type { NetStats } from './state.js';
+
+/** What a queue pass uses of its device: the turn's budget and used-ring publication. */
+export interface NetTurn {
+  /** One more chain this turn (false: spent, a continuation of `index` is scheduled). */
+  withinBudget(index: number): boolean;
+  /** Bytes this turn may still move. */
+  bytesLeft(): number;
+  spend(bytes: number): void;
+  continueLater(index: number): void;
+  publish(index: number): void;
+}
+
+export class NetRxQueue {
+  readonly frames: RxFrames;
+  readonly held = new HeldRxChains();
+  /** A pass runs (a nested notification asks for another). */
+  busy = false;
+  again = false;
+  /** With VIRTIO_NET_F_MRG_RXBUF (set at activation). */
+  mergeable = false;
+
+  private readonly info: NetRxBuffer = { kind: 'buffer', capacity: 0 };
+  private readonly writer = new ChainWriter();
+  private readonly stats: NetStats;
+  /** Used entries added and not yet published. */
+  private used = false;
+
+  constructor(
+    /** The queue's index (receiveqN is queue 2(N-1), §5.1.2). */
+    readonly index: number,
+    maxFrames: number,
+    maxBytes: number,
+    stats: NetStats,
+  ) {
+    this.frames = new RxFrames(maxFrames, maxBytes, stats);
+    this.stats = stats;
+  }
+
+  /** Forgets the chains of a driver session that ends. */
+  resetChains(): void {
+    this.held.reset(this.held.cap);
+    this.used = false;
+  }
+
+  /**
+   * Delivers waiting frames into the driver's buffers for as long as the turn allows; returns
+   * true when a frame left the pending ring (room for the backend).
+   */
+  pass(q: Queue, turn: NetTurn): boolean {
+    const frames = this.frames;
+    frames.freed = false;
+    // prepare first: a turn that finds nothing pending schedules no continuation. Chains
+    // count against the turn as holdNext takes them; bytes are checked between frames.
+    while (frames.prepare()) {
+      if (turn.bytesLeft() <= 0) {
+        turn.continueLater(this.index);
+        break;
+      }
+      const need = VIRTIO_NET_HDR_SIZE + frames.len;
+      const k = this.gather(q, need, turn);
+      if (k === 0) break; // wait for the driver's next receive buffers
+      if (k < 0) {
+        this.stats.rxTooBig++;
+      } else {
+        this.writeOut(q, k);
+        this.stats.rxFrames++;
+        this.stats.rxBytes += frames.len;
+        turn.spend(frames.len);
+      }
+      frames.advance();
+    }
+    if (this.used) {
+      this.used = false;
+      turn.publish(this.index);
+    }
+    return frames.freed;
+  }
+
+  /**
+   * Pops one more receive chain into the held ring; false when the driver has none, or when
+   * this turn may take no more chains (the rest continues in a later turn).
+   */
+  private holdNext(q: Queue, turn: NetTurn): boolean {
+    for (;;) {
+      // Every chain taken counts against the turn: with MRG_RXBUF one frame may take up to a
+      // ring's worth of small buffers, and a guest may keep posting unusable ones.
+      if (!turn.withinBudget(this.index)) return false;
+      const c = q.popOrEnableNotification(this.held.at(this.held.count));
+      if (c === null) return false;
+      if (parseRxBuffer(c, this.info).kind === 'unsupported') {
+        this.stats.rxBadBuffers++;
+        q.addUsed(c.head, 0);
+        this.used = true;
+        continue;
+      }
+      this.held.keepNext();
+      return true;
+    }
+  }
+
+  /**
+   * Makes sure the held chains can take `need` bytes: returns how many chains the frame uses,
+   * 0 to wait for more buffers, or -1 when it can never fit (drop it).
+   */
+  private gather(q: Queue, need: number, turn: NetTurn): number {
+    const held = this.held;
+    if (!this.mergeable) {
+      // §5.1.6.3.2: without MRG_RXBUF the device MUST use a single descriptor chain.
+      if (held.count === 0 && !this.holdNext(q, turn)) return 0;
+      return held.at(0).writableLength >= need ? 1 : -1;
+    }
+    while (held.bytes < need) {
+      // Every slot of the ring is held: the driver cannot add a buffer, the frame never fits.
+      if (held.slots >= q.size || held.count >= held.cap) return -1;
+      if (!this.holdNext(q, turn)) return 0;
+    }
+    let k = 0;
+    for (let sum = 0; sum < need; k++) sum += held.at(k).writableLength;
+    return k;
+  }
+
+  /**
+   * Writes the frame to deliver into the first `k` held chains: the header (num_buffers = k)
+   * and the frame, every chain but the last filled completely (§5.1.6.4.1), and marks them used.
+   */
+  private writeOut(q: Queue, k: number): void {
+    const w = this.writer;
+    const frames = this.frames;
+    const h = frames.header;
+    let src = frames.off;
+    let left = frames.len;
+    if (k === 1) {
+      // The usual case: header and frame in the first buffer's one piece, written in place.
+      const c = this.held.at(0);
+      w.reset(c);
+      const at = w.claim(VIRTIO_NET_HDR_SIZE + left);
+      if (at >= 0) {
+        const b = w.claimed;
+        b[at] = h.flags;
+        b[at + 1] = h.gsoType;
+        b[at + 2] = h.hdrLen;
+        b[at + 3] = h.hdrLen >>> 8;
+        b[at + 4] = h.gsoSize;
+        b[at + 5] = h.gsoSize >>> 8;
+        b[at + 6] = h.csumStart;
+        b[at + 7] = h.csumStart >>> 8;
+        b[at + 8] = h.csumOffset;
+        b[at + 9] = h.csumOffset >>> 8;
+        b[at + 10] = 1; // num_buffers
+        b[at + 11] = 0;
+        copyBytes(b, w.claimedView, at + VIRTIO_NET_HDR_SIZE, frames.buf, frames.view, src, left);
+        q.addUsed(c.head, VIRTIO_NET_HDR_SIZE + left);
+        w.reset();
+        this.held.release(1);
+        this.used = true;
+        return;
+      }
+    }
+    for (let j = 0; j < k; j++) {
+      const c = this.held.at(j);
+      w.reset(c);
+      if (j === 0) {
+        w.writeU8(h.flags);
+        w.writeU8(h.gsoType);
+        w.writeU16(h.hdrLen);
+        w.writeU16(h.gsoSize);
+        w.writeU16(h.csumStart);
+        w.writeU16(h.csumOffset);
+        // §5.1.6.4.1: num_buffers is 1 without MRG_RXBUF, else the chains the frame uses.
+        w.writeU16(k);
+      }
+      const n = Math.min(left, w.remaining);
+      w.write(frames.buf, src, n);
+      src += n;
+      left -= n;
+      q.addUsed(c.head, w.bytesWritten);
+    }
+    w.reset();
+    this.held.release(k);
+    this.used = true;
+  }
+}
