@@ -71,16 +71,18 @@ function boot(
   what: string,
   script: string,
   machine: Machine,
-  net: Parameters<typeof vhostUserNetArgs>[0],
+  net: Parameters<typeof vhostUserNetArgs>[0] | { args: string[]; smp: number },
   onOutput?: (chunk: string) => void,
 ): Promise<Boot> {
   return buildGuest({ script }).then(async (guest) => {
+    const own = 'args' in net;
     const qemu = await runQemu({
       ...guest,
       memMiB: MEM_MIB,
       timeoutMs: BOOT_TIMEOUT_MS,
+      ...(own ? { smp: net.smp } : {}),
       ...(onOutput !== undefined ? { onOutput } : {}),
-      args: [...sharedMemoryArgs(MEM_MIB, machine), ...vhostUserNetArgs(net)],
+      args: [...sharedMemoryArgs(MEM_MIB, machine), ...(own ? net.args : vhostUserNetArgs(net))],
     });
     return {
       qemu,
@@ -117,6 +119,43 @@ function expectCleanBackend(b: LoggedProcess, log: string, d: string): void {
   expect(log, d).toMatch(/stopping[^;]*; \{"connections":1,/);
 }
 
+/**
+ * Starts the back-end on `socket` with `args`, boots with `run`, stops the back-end; returns
+ * the boot, the back-end and its log, and the diagnostics to print on a failure.
+ */
+async function withBackend(
+  used: { args: string[]; what: string },
+  socket: string,
+  args: string[],
+  run: () => Promise<Boot>,
+) {
+  const backend = await startNetBackend(used.args, ['--socket-path', socket, ...args], socket);
+  let b: Boot;
+  try {
+    b = await run();
+  } finally {
+    await stopProcess(backend);
+  }
+  const log = backend.log.join('');
+  return { b, backend, log, d: `${b.diagnostics}\n--- back-end (${used.what}) ---\n${log}` };
+}
+
+/** Guest lines: eth0 up, `PINGS` pings to an address with a static ARP entry (so nothing else
+ * leaves), the frames given back, then the transmit counters as facts. */
+function pingScript(...more: string[]): string {
+  return [
+    netUpScript('10.0.0.2'),
+    ...more,
+    'arp -s 10.0.0.1 02:00:00:00:00:01',
+    `ping -c ${PINGS} -i 0.05 -W 1 10.0.0.1 > /dev/null`,
+    // tx_packets counts frames the device has given back: wait for the last ones.
+    waitForStatScript('tx_packets', PINGS),
+    'fact tx_packets "$(stat tx_packets)"',
+    'fact tx_bytes "$(stat tx_bytes)"',
+    'echo VIRTQ-GUEST-SCRIPT-DONE',
+  ].join('\n');
+}
+
 const macFor = (n: number) => `52:54:00:ab:cd:${n.toString(16).padStart(2, '0')}`;
 
 describe('real guest: virtq vhost-user-net', () => {
@@ -144,35 +183,18 @@ describe('real guest: virtq vhost-user-net', () => {
     async (machine, packed) => {
       const mac = macFor(++runs);
       const socket = path.join(workDir, `sink${runs}.sock`);
-      const script = [
-        netUpScript('10.0.0.2'),
-        // No ARP: a static entry for the sink's side, so exactly the pings leave.
-        'arp -s 10.0.0.1 02:00:00:00:00:01',
-        `ping -c ${PINGS} -i 0.05 -W 1 10.0.0.1 > /dev/null`,
-        // tx_packets counts frames the device has given back: wait for the last ones.
-        waitForStatScript('tx_packets', PINGS),
-        'fact tx_packets "$(stat tx_packets)"',
-        'fact tx_bytes "$(stat tx_bytes)"',
-        'echo VIRTQ-GUEST-SCRIPT-DONE',
-      ].join('\n');
-      const backend = await startNetBackend(
-        cli.args,
-        ['--socket-path', socket, '--mac', mac, '--backend', 'sink'],
+      const { b, backend, log, d } = await withBackend(
+        cli,
         socket,
+        ['--mac', mac, '--backend', 'sink'],
+        () =>
+          boot(`sink ${machine} packed=${packed}`, pingScript(), machine, {
+            socket,
+            machine,
+            packed,
+            mac,
+          }),
       );
-      let b: Boot;
-      try {
-        b = await boot(`sink ${machine} packed=${packed}`, script, machine, {
-          socket,
-          machine,
-          packed,
-          mac,
-        });
-      } finally {
-        await stopProcess(backend);
-      }
-      const log = backend.log.join('');
-      const d = `${b.diagnostics}\n--- back-end (${cli.what}) ---\n${log}`;
       expectUp(b, mac, d);
       expectFeatures(b, new SinkBackend(), mac, packed, d);
       expectCleanBackend(backend, log, d);
@@ -204,35 +226,19 @@ describe('real guest: virtq vhost-user-net', () => {
         'fact rx_bytes "$(stat rx_bytes)"',
         'echo VIRTQ-GUEST-SCRIPT-DONE',
       ].join('\n');
-      const backend = await startNetBackend(
-        cli.args,
-        [
-          '--socket-path',
-          socket,
-          '--mac',
-          mac,
-          '--backend',
-          'generate',
-          '--count',
-          String(GENERATED),
-          '--frame-size',
-          String(FRAME_SIZE),
-        ],
+      const args = ['--mac', mac, '--backend', 'generate', '--count', String(GENERATED)];
+      const { b, backend, log, d } = await withBackend(
+        cli,
         socket,
+        [...args, '--frame-size', String(FRAME_SIZE)],
+        () =>
+          boot(`generate ${machine} packed=${packed}`, script, machine, {
+            socket,
+            machine,
+            packed,
+            mac,
+          }),
       );
-      let b: Boot;
-      try {
-        b = await boot(`generate ${machine} packed=${packed}`, script, machine, {
-          socket,
-          machine,
-          packed,
-          mac,
-        });
-      } finally {
-        await stopProcess(backend);
-      }
-      const log = backend.log.join('');
-      const d = `${b.diagnostics}\n--- back-end (${cli.what}) ---\n${log}`;
       expectUp(b, mac, d);
       expectFeatures(
         b,
@@ -359,50 +365,22 @@ describe('real guest: virtq vhost-user-net --queues 2 (mq=on, 2 vCPUs)', () => {
     async (packed) => {
       const mac = macFor(packed ? 0x21 : 0x20);
       const socket = path.join(dir, `mq${packed ? 'p' : 's'}.sock`);
-      const script = [
-        netUpScript('10.0.0.2'),
-        'fact queues "$(ls /sys/class/net/eth0/queues | tr "\\n" " ")"',
-        'arp -s 10.0.0.1 02:00:00:00:00:01',
-        `ping -c ${PINGS} -i 0.05 -W 1 10.0.0.1 > /dev/null`,
-        waitForStatScript('tx_packets', PINGS),
-        'fact tx_packets "$(stat tx_packets)"',
-        'fact tx_bytes "$(stat tx_bytes)"',
-        'echo VIRTQ-GUEST-SCRIPT-DONE',
-      ].join('\n');
-      const backend = await startNetBackend(
-        cliArgs.args,
-        ['--socket-path', socket, '--mac', mac, '--backend', 'sink', '--queues', '2'],
+      const script = pingScript('fact queues "$(ls /sys/class/net/eth0/queues | tr "\\n" " ")"');
+      const netArgs = [
+        '-chardev',
+        `socket,id=mq0,path=${socket}`,
+        '-netdev',
+        'vhost-user,id=mq0net,chardev=mq0,queues=2',
+        '-device',
+        // vectors=0: QEMU 7.2 under TCG needs it with vhost-user net (REAL-DRIVERS.md).
+        `virtio-net-pci,netdev=mq0net,mac=${mac},mq=on,vectors=0${packed ? ',packed=on' : ''}`,
+      ];
+      const { b, backend, log, d } = await withBackend(
+        cliArgs,
         socket,
+        ['--mac', mac, '--backend', 'sink', '--queues', '2'],
+        () => boot('mq', script, 'pc', { args: netArgs, smp: 2 }),
       );
-      let b: Boot;
-      try {
-        const guest = await buildGuest({ script });
-        const qemu = await runQemu({
-          ...guest,
-          memMiB: MEM_MIB,
-          timeoutMs: BOOT_TIMEOUT_MS,
-          smp: 2,
-          args: [
-            ...sharedMemoryArgs(MEM_MIB, 'pc'),
-            '-chardev',
-            `socket,id=mq0,path=${socket}`,
-            '-netdev',
-            'vhost-user,id=mq0net,chardev=mq0,queues=2',
-            '-device',
-            // vectors=0: QEMU 7.2 under TCG needs it with vhost-user net (REAL-DRIVERS.md).
-            `virtio-net-pci,netdev=mq0net,mac=${mac},mq=on,vectors=0${packed ? ',packed=on' : ''}`,
-          ],
-        });
-        b = {
-          qemu,
-          facts: parseFacts(qemu.stdout),
-          diagnostics: `===== mq: ${qemu.command.join(' ')}\n--- guest ---\n${qemu.stdout}`,
-        };
-      } finally {
-        await stopProcess(backend);
-      }
-      const log = backend.log.join('');
-      const d = `${b.diagnostics}\n--- back-end (${cliArgs.what}) ---\n${log}`;
       expectUp(b, mac, d);
       expect(log, d).toContain('2 queue pairs');
       expect((b.facts.get('queues') ?? '').trim().split(/\s+/).sort(), d).toEqual([
