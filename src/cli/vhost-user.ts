@@ -91,11 +91,6 @@ export function serveDevices(
       );
     }
   }
-  for (const { socket, what } of served) {
-    console.error(
-      `virtq ${name}: serving ${what} ${socket.connect ? 'connected to' : 'on'} ${socket.socketPath}`,
-    );
-  }
   stop = (): void => {
     served.forEach(({ socket }, i) => {
       const where = many ? ` ${socket.socketPath}` : '';
@@ -105,8 +100,14 @@ export function serveDevices(
     onStop();
     process.exit(0);
   };
+  // The handlers come before the "serving" line: whoever waits for that line may signal at once.
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  for (const { socket, what } of served) {
+    console.error(
+      `virtq ${name}: serving ${what} ${socket.connect ? 'connected to' : 'on'} ${socket.socketPath}`,
+    );
+  }
 }
 
 /** Where a back-end meets its front-end. */

@@ -5,6 +5,7 @@
 
 import {
   VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_IN_ORDER,
   VIRTIO_F_INDIRECT_DESC,
   VIRTIO_F_RING_PACKED,
 } from '../../queue/constants.js';
@@ -44,6 +45,11 @@ export interface NetOptions extends DeviceBudgetOptions {
   linkUp?: boolean;
   /** Offer VIRTIO_NET_F_MRG_RXBUF (default true). */
   mergeableRxBuffers?: boolean;
+  /**
+   * Offer VIRTIO_F_IN_ORDER (default true): the device uses every queue's buffers in the order
+   * they were made available, and completes a transmit pass with one used entry.
+   */
+  inOrder?: boolean;
   /**
    * Offload features to offer, further limited to what the backend carries (default: all the
    * backend carries). A feature whose requirement (§5.1.3.1) is not offered is not offered.
@@ -103,6 +109,7 @@ export function planNetDevice(options: NetOptions): NetPlan {
   if (status) features |= featureBit(VIRTIO_NET_F_STATUS);
   if (mtu !== null) features |= featureBit(VIRTIO_NET_F_MTU);
   if (options.mergeableRxBuffers ?? true) features |= featureBit(VIRTIO_NET_F_MRG_RXBUF);
+  if (options.inOrder ?? true) features |= featureBit(VIRTIO_F_IN_ORDER);
   const queuePairs = options.queuePairs ?? 1;
   if (!(Number.isInteger(queuePairs) && queuePairs >= 1 && queuePairs <= NET_MAX_QUEUE_PAIRS)) {
     throw new RangeError(`queuePairs ${queuePairs} is not in 1..${NET_MAX_QUEUE_PAIRS}`);

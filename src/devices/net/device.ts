@@ -1,5 +1,6 @@
 import { SnapshotError } from '../../errors.js';
 import { DescriptorChain } from '../../queue/chain.js';
+import { VIRTIO_F_IN_ORDER } from '../../queue/constants.js';
 import type { Queue } from '../../queue/queue.js';
 import {
   type DeviceContext,
@@ -260,8 +261,11 @@ export class NetDevice extends VirtioDeviceBase {
     this.tx.host = hostOffloads(f);
     const guest = guestOffloads(f);
     const mtu = this.mtu !== null && hasFeature(f, VIRTIO_NET_F_MTU) ? this.mtu : 0;
+    const inOrder = hasFeature(f, VIRTIO_F_IN_ORDER);
+    this.tx.inOrder = inOrder;
     for (const r of this.rx) {
       r.mergeable = mergeable;
+      r.inOrder = inOrder;
       r.frames.configure(guest, mtu);
       r.held.reset(ctx.queues[r.index]?.size ?? 1);
     }

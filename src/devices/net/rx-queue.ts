@@ -33,6 +33,8 @@ export class NetRxQueue {
   again = false;
   /** With VIRTIO_NET_F_MRG_RXBUF (set at activation). */
   mergeable = false;
+  /** With VIRTIO_F_IN_ORDER: buffers are used in the order they were made available. */
+  inOrder = false;
 
   private readonly info: NetRxBuffer = { kind: 'buffer', capacity: 0 };
   private readonly writer = new ChainWriter();
@@ -104,6 +106,9 @@ export class NetRxQueue {
       if (c === null) return false;
       if (parseRxBuffer(c, this.info).kind === 'unsupported') {
         this.stats.rxBadBuffers++;
+        // §2.7.9/§2.8.8 (IN_ORDER): the chains held before this one are used first. They go
+        // back unused (length 0: the driver drops a buffer shorter than the header).
+        if (this.inOrder && this.held.count > 0) this.returnHeld(q);
         q.addUsed(c.head, 0);
         this.used = true;
         continue;
@@ -111,6 +116,15 @@ export class NetRxQueue {
       this.held.keepNext();
       return true;
     }
+  }
+
+  /** Gives back every held chain unused, oldest first. */
+  private returnHeld(q: Queue): void {
+    const held = this.held;
+    const n = held.count;
+    for (let j = 0; j < n; j++) q.addUsed(held.at(j).head, 0);
+    held.release(n);
+    this.stats.rxInOrderReturned += n;
   }
 
   /**

@@ -32,6 +32,11 @@ export interface NetStats {
    * pairs set with VQ_PAIRS_SET) and the first receive queue had no room for them.
    */
   rxQueueDropped: number;
+  /**
+   * Receive chains returned unused, with length 0, to keep VIRTIO_F_IN_ORDER: chains held for a
+   * mergeable frame when the driver made an unsupported one available after them.
+   */
+  rxInOrderReturned: number;
 }
 
 export function emptyNetStats(): NetStats {
@@ -50,6 +55,7 @@ export function emptyNetStats(): NetStats {
     rxSoftwareChecksums: 0,
     rxSoftwareSegmented: 0,
     rxQueueDropped: 0,
+    rxInOrderReturned: 0,
   };
 }
 
@@ -190,7 +196,9 @@ export function readNetState(value: unknown, limits: NetStateLimits): NetStateRe
   >;
   for (const k of Object.keys(stats) as (keyof NetStats)[]) {
     // A counter added after the state was written reads as 0.
-    if (k === 'rxQueueDropped' && savedStats[k] === undefined) continue;
+    if ((k === 'rxQueueDropped' || k === 'rxInOrderReturned') && savedStats[k] === undefined) {
+      continue;
+    }
     stats[k] = sr.int(k, 0, Number.MAX_SAFE_INTEGER);
   }
   const pairs = limits.maxHeld.length;

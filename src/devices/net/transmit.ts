@@ -26,6 +26,8 @@ export class NetTransmitter {
   blocked = false;
   /** Offloads the driver may ask for (set at activation). */
   host: NetOffloads = { csum: false, tso4: false, tso6: false, ecn: false };
+  /** VIRTIO_F_IN_ORDER: a pass's chains are completed with one used entry (set at activation). */
+  inOrder = false;
 
   private resumes = 0;
   private readonly chain = new DescriptorChain();
@@ -54,7 +56,11 @@ export class NetTransmitter {
 
   /** Sends what transmit queue `index` holds, for as long as the turn allows. */
   pass(index: number, q: Queue, link: boolean, turn: NetTurn): void {
-    let any = false;
+    // Chains done this pass, all with used length 0; with IN_ORDER they are completed at the
+    // end with one used entry for the last (§2.7.9, §2.8.8), else one by one.
+    let done = 0;
+    let last = 0;
+    const batch = this.inOrder;
     const reader = this.reader;
     while (!this.blocked && turn.withinBudget(index)) {
       const c = q.popOrEnableNotification(this.chain);
@@ -64,32 +70,30 @@ export class NetTransmitter {
         // §5.1.6.2: a frame the device cannot send as described is dropped, and counted.
         this.stats.txUnsupported++;
         this.lastUnsupported = req.reason;
-        q.addUsed(c.head, 0);
-        any = true;
-        continue;
-      }
-      if (!link) {
+      } else if (!link) {
         this.stats.txLinkDown++;
-        q.addUsed(c.head, 0);
-        any = true;
-        continue;
+      } else {
+        const frame = this.copyFrame(reader, req.length);
+        const resumes = this.resumes;
+        if (!this.backend.send(frame, req.length, req.header)) {
+          // Back-pressure: the chain goes back to the ring and is sent after resumeTx.
+          q.undoPop();
+          if (this.resumes !== resumes) continue;
+          this.blocked = true;
+          break;
+        }
+        this.stats.txFrames++;
+        this.stats.txBytes += req.length;
+        turn.spend(req.length);
       }
-      const frame = this.copyFrame(reader, req.length);
-      const resumes = this.resumes;
-      if (!this.backend.send(frame, req.length, req.header)) {
-        // Back-pressure: the chain goes back to the ring and is sent after resumeTx.
-        q.undoPop();
-        if (this.resumes !== resumes) continue;
-        this.blocked = true;
-        break;
-      }
-      this.stats.txFrames++;
-      this.stats.txBytes += req.length;
-      turn.spend(req.length);
-      q.addUsed(c.head, 0);
-      any = true;
+      done++;
+      last = c.head;
+      if (!batch) q.addUsed(c.head, 0);
+      else if (done % q.size === 0) q.addUsedBatch(q.size, last, 0); // a batch is at most a ring
     }
-    if (any) turn.publish(index);
+    if (done === 0) return;
+    if (batch && done % q.size !== 0) q.addUsedBatch(done % q.size, last, 0);
+    turn.publish(index);
   }
 
   /** Copies the frame the reader is at out of guest memory; returns the buffer it is in. */
