@@ -2,6 +2,7 @@
  * What a {@link VhostUserBackend} offers and how it is configured: the protocol features and
  * memory slots it offers, its options and its counters.
  */
+import type { VirtioDevice } from '../devices/device.js';
 import type { Logger } from '../queue/logger.js';
 import type { VhostUserMessage } from './codec.js';
 import type { VhostUserNative } from './native.js';
@@ -77,4 +78,31 @@ export interface VhostUserBackendStats {
   polls: number;
   /** Polling mode: turns of the device served by polling instead of a kick. */
   pollTurns: number;
+}
+
+/**
+ * Checks the options against the device and returns the protocol features to offer and the
+ * polling time; throws RangeError (a bad value) or TypeError (options the device cannot run
+ * with).
+ */
+export function checkBackendOptions(
+  device: VirtioDevice,
+  options: VhostUserBackendOptions,
+): { offered: bigint; poll: number } {
+  const offered = options.protocolFeatures ?? VHOST_USER_BACKEND_PROTOCOL_FEATURES;
+  if ((offered & ~VHOST_USER_BACKEND_PROTOCOL_FEATURES) !== 0n) {
+    throw new RangeError(
+      `protocol features 0x${offered.toString(16)} include some this back-end does not implement`,
+    );
+  }
+  // A device with transfers under way must drain them before a ring stops, which only a ring
+  // worker can wait for.
+  if (options.ringWorkers === undefined && device.asyncTransfers === true) {
+    throw new TypeError('a device with asynchronous transfers needs ringWorkers');
+  }
+  const poll = options.pollIdleMicros ?? 0;
+  if (!(Number.isFinite(poll) && poll >= 0)) {
+    throw new RangeError(`pollIdleMicros ${poll} is not a number of microseconds >= 0`);
+  }
+  return { offered, poll };
 }

@@ -20,8 +20,8 @@ import { isVirtqError } from '../errors.js';
 import { VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED } from '../queue/constants.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
 import {
+  checkBackendOptions,
   VHOST_USER_BACKEND_MAX_MEM_SLOTS,
-  VHOST_USER_BACKEND_PROTOCOL_FEATURES,
   type VhostUserBackendOptions,
   type VhostUserBackendStats,
 } from './backend-options.js';
@@ -107,12 +107,7 @@ export class VhostUserBackend {
 
   constructor(device: VirtioDevice, options: VhostUserBackendOptions = {}) {
     this.device = device;
-    const offered = options.protocolFeatures ?? VHOST_USER_BACKEND_PROTOCOL_FEATURES;
-    if ((offered & ~VHOST_USER_BACKEND_PROTOCOL_FEATURES) !== 0n) {
-      throw new RangeError(
-        `protocol features 0x${offered.toString(16)} include some this back-end does not implement`,
-      );
-    }
+    const { offered, poll } = checkBackendOptions(device, options);
     this.offeredProtocolFeatures = offered;
     this.native = options.native ?? loadNative();
     this.logger = options.logger ?? consoleLogger;
@@ -122,15 +117,6 @@ export class VhostUserBackend {
     this.onConnect = options.onConnect;
     this.onMessage = options.onMessage;
     this.onDisconnect = options.onDisconnect;
-    // A device with transfers under way must drain them before a ring stops, which only a
-    // ring worker can wait for.
-    if (options.ringWorkers === undefined && device.asyncTransfers === true) {
-      throw new TypeError('a device with asynchronous transfers needs ringWorkers');
-    }
-    const poll = options.pollIdleMicros ?? 0;
-    if (!(Number.isFinite(poll) && poll >= 0)) {
-      throw new RangeError(`pollIdleMicros ${poll} is not a number of microseconds >= 0`);
-    }
     const backend = this;
     this.handler = {
       get replyAck(): boolean {
@@ -170,7 +156,7 @@ export class VhostUserBackend {
       },
       (host) =>
         workers === undefined
-          ? new InProcessPlane(host, options.pollIdleMicros ?? 0)
+          ? new InProcessPlane(host, poll)
           : new WorkerPlane(host, {
               spec: workers.spec,
               quiet: workers.quiet ?? false,

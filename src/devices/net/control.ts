@@ -12,7 +12,9 @@
 
 import { ChainReader } from '../../iovec/reader.js';
 import { ChainWriter } from '../../iovec/writer.js';
-import type { DescriptorChain } from '../../queue/chain.js';
+import { DescriptorChain } from '../../queue/chain.js';
+import type { Queue } from '../../queue/queue.js';
+import type { NetTurn } from './rx-queue.js';
 
 /** Command classes (§5.1.6.5). */
 export const VIRTIO_NET_CTRL_RX = 0;
@@ -67,6 +69,19 @@ export class NetControl {
   private readonly writer = new ChainWriter();
   /** Class, command and up to 2 bytes of data: all the implemented commands read. */
   private readonly head = new Uint8Array(4);
+  private readonly chain = new DescriptorChain();
+
+  /** Answers what control queue `index` holds, for as long as the turn allows. */
+  pass(index: number, q: Queue, target: NetControlTarget, turn: NetTurn): void {
+    let any = false;
+    while (turn.withinBudget(index)) {
+      const c = q.popOrEnableNotification(this.chain);
+      if (c === null) break;
+      q.addUsed(c.head, this.execute(c, target));
+      any = true;
+    }
+    if (any) turn.publish(index);
+  }
 
   /**
    * Executes the command in `c` and writes its `ack`; returns the bytes written into the chain

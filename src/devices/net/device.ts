@@ -1,5 +1,4 @@
 import { SnapshotError } from '../../errors.js';
-import { DescriptorChain } from '../../queue/chain.js';
 import { VIRTIO_F_IN_ORDER } from '../../queue/constants.js';
 import type { Queue } from '../../queue/queue.js';
 import {
@@ -107,7 +106,6 @@ export class NetDevice extends VirtioDeviceBase {
   private readonly txAgain: Uint8Array;
   /** Transmit passes under way (on any queue). */
   private txRunning = 0;
-  private readonly ctrlChain = new DescriptorChain();
 
   /** The backend was refused a frame and waits for {@link NetBackend.resumeRx}. */
   private backendWaiting = false;
@@ -294,7 +292,7 @@ export class NetDevice extends VirtioDeviceBase {
   }
 
   protected processQueue(index: number, queue: Queue): void {
-    if (index === this.ctrlIndex) this.serveControl(queue);
+    if (index === this.ctrlIndex) this.control.pass(index, queue, this.controlTarget, this.turn);
     else if (index >= this.dataQueues)
       return; // no such queue with these features
     else if ((index & 1) === 0) this.receive(index >>> 1, queue);
@@ -302,18 +300,6 @@ export class NetDevice extends VirtioDeviceBase {
   }
 
   // ---- control queue ----
-
-  private serveControl(q: Queue): void {
-    const index = this.ctrlIndex;
-    let any = false;
-    while (this.withinBudget(index)) {
-      const c = q.popOrEnableNotification(this.ctrlChain);
-      if (c === null) break;
-      q.addUsed(c.head, this.control.execute(c, this.controlTarget));
-      any = true;
-    }
-    if (any) this.publish(index);
-  }
 
   /** VQ_PAIRS_SET: from now on only pairs 0..pairs-1 receive (§5.1.6.5.5). */
   private setActivePairs(pairs: number): void {
