@@ -71,7 +71,11 @@ export class NetControl {
   private readonly head = new Uint8Array(4);
   private readonly chain = new DescriptorChain();
 
-  /** Answers what control queue `index` holds, for as long as the turn allows. */
+  /**
+   * Answers what control queue `index` holds, for as long as the turn allows (the device's
+   * queue loop).
+   * @internal
+   */
   pass(index: number, q: Queue, target: NetControlTarget, turn: NetTurn): void {
     let any = false;
     while (turn.withinBudget(index)) {
