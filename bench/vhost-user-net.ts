@@ -172,7 +172,8 @@ async function run(c: Config, kind: 'virtq' | 'native', dir: string): Promise<nu
     driver.send('stop');
     const t1 = performance.now();
     const at = await driver.waitFor('Accumulated forward statistics', from);
-    await driver.waitFor('++++++++++\n', at);
+    // Its heading ends in '+' signs too: the block is complete once the TX line is.
+    await driver.waitFor('\n', await driver.waitFor('TX-total:', at));
     const block = driver.out.slice(at);
     const m = (c.dir === 'tx' ? /TX-packets:\s+(\d+)/ : /RX-packets:\s+(\d+)/).exec(block);
     if (m === null) throw new Error(`no statistics:\n${block}`);

@@ -130,7 +130,9 @@ class Testpmd {
     const from = this.out.length;
     this.send('stop');
     const at = await this.expect('Accumulated forward statistics', from);
-    await this.expect('++++++++++\n', at);
+    // The heading itself ends in '+' signs: wait for the end of the TX line, the block's last
+    // counters, or the block can be read before testpmd wrote them.
+    await this.expect('\n', await this.expect('TX-total:', at));
     const block = this.out.slice(at);
     const rx = /RX-packets:\s+(\d+)/.exec(block);
     const tx = /TX-packets:\s+(\d+)/.exec(block);
