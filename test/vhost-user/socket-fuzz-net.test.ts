@@ -6,8 +6,9 @@
  * guest lays out transmit chains with bad virtio headers, zero-length, huge, looping (direct
  * and through an indirect table) and writable descriptors, and receive buffers that are too
  * small, read-only or never fit a frame, with and without VIRTIO_NET_F_MRG_RXBUF, over the
- * generic hostile ring contents; it kicks either ring at random, with random messages between
- * the kicks.
+ * generic hostile ring contents, on split or packed rings; it kicks either ring at random, with
+ * random messages between the kicks. Half of the guests are tame (well-formed rings, random
+ * headers and lengths), so that frames reach the backend and come back into receive buffers.
  *
  * After every case: the back-end process is alive and answers (no crash, no hang, each wait
  * bounded), the device moved no more frames than the guest could have made available (each
@@ -20,13 +21,11 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { featureBit } from '../../src/devices/device.js';
-import { VIRTIO_NET_F_MRG_RXBUF } from '../../src/devices/net/index.js';
-import { splitLayout } from '../../src/queue/split/layout.js';
-import { concat, PROTOCOL_BIT, QSIZE, R, RING_GPA, u32s, u64, VERSION_1 } from './frontend.js';
+import { concat, PROTOCOL_BIT, QSIZE, R, u32s, u64, VERSION_1 } from './frontend.js';
 import {
   F_EVENT_IDX,
   F_INDIRECT,
+  F_PACKED,
   featureSet,
   RING0,
   randomWire,
@@ -36,48 +35,33 @@ import {
   wellFormedCase,
   wellFormedWire,
 } from './socket-fuzz-gen.js';
-import { type FuzzDevice, NET_MAC, REPLAY_PATH, RUNS } from './socket-fuzz-process.js';
 import {
-  DESC_INDIRECT,
-  DESC_NEXT,
-  DESC_WRITE,
-  putDesc,
-  type RingWrites,
-  ringWritesModel,
-  writeRing,
-} from './socket-fuzz-ring.js';
+  F_MRG_RXBUF,
+  HDR,
+  type NetChain,
+  type NetRingWrites,
+  only,
+  RINGS,
+  TX_RING,
+  writeNetRing,
+} from './socket-fuzz-net-ring.js';
+import { type FuzzDevice, NET_MAC, REPLAY_PATH, RUNS } from './socket-fuzz-process.js';
+import { ringWritesModel } from './socket-fuzz-ring.js';
 import { nativeAddonTest, nativeOk, socketFuzzSuite } from './socket-fuzz-runner.js';
-import { type FuzzCase, ramOffset, type Wire } from './socket-fuzz-wire.js';
+import type { FuzzCase, Wire } from './socket-fuzz-wire.js';
 
 /** Cases per generator and frame backend (the file runs in about 25 s on a 2-core machine). */
 const DEFAULT_RUNS = { wellFormed: 30, session: 100 };
 
-const F_MRG_RXBUF = featureBit(VIRTIO_NET_F_MRG_RXBUF);
-/** The virtio-net header with VERSION_1 (num_buffers included). */
-const HDR = 12;
-/** Ring 1 (transmit), after ring 0 (receive) in region 1. */
-const TX_RING = splitLayout(RING_GPA + 0x1000, QSIZE);
-const RINGS = [RING0, TX_RING];
-/** Where ring k's chains keep their buffers (region 0), and their indirect tables. */
-const DATA = [0x4_0000, 0x1_0000];
-const TABLES = [0x3_0800, 0x3_0000];
-
-/** A chain as a driver lays one out, bent: its buffers, how it links, its virtio header. */
-interface NetChain {
-  /** Buffer lengths and directions (transmit wants readable, receive writable). */
-  parts: { len: number; writable: boolean }[];
-  indirect: boolean;
-  /** The last descriptor links back to the first. */
-  loop: boolean;
-  /** The virtio header at the start of the first buffer (transmit). */
-  header: Uint8Array;
-}
-
-interface NetRingWrites extends RingWrites {
-  chains: NetChain[];
-}
-
 interface NetHostile {
+  /** The session negotiated VIRTIO_F_RING_PACKED (chains are written in that format). */
+  packed: boolean;
+  /**
+   * A guest whose rings are well formed (its chains only, in the directions the rings want,
+   * no loops, indirect only when negotiated, no messages between kicks) but whose headers and
+   * lengths are still random: its frames reach the device and the backend.
+   */
+  tame: boolean;
   rx: NetRingWrites;
   tx: NetRingWrites;
   /** Written over ring 1 after the first kick, while the device may be reading it. */
@@ -85,44 +69,6 @@ interface NetHostile {
   /** Each kick names its ring and may follow a message. */
   kicks: { ring: number; message: Wire | null }[];
 }
-
-/** Lays `chains` out on ring `k` (heads 0, 4, 8, 12), returns how many it made available. */
-function writeChains(ram: DataView, k: number, chains: NetChain[]): number {
-  const ring = RINGS[k]!;
-  const desc = ramOffset(ring.desc)!;
-  const avail = ramOffset(ring.avail)!;
-  chains.forEach((ch, i) => {
-    const head = 4 * i;
-    const area = DATA[k]! + 0x4000 * i;
-    new Uint8Array(ram.buffer, area, ch.header.length).set(ch.header);
-    // An Ethernet header after the virtio one: to us, from us, local experimental EtherType.
-    new Uint8Array(ram.buffer, area + HDR, 14).set([...NET_MAC, ...NET_MAC, 0x88, 0xb5]);
-    const table = TABLES[k]! + 0x100 * i;
-    const base = ch.indirect ? table : desc + 16 * head;
-    const first = ch.indirect ? 0 : head;
-    ch.parts.forEach((p, j) => {
-      const last = j === ch.parts.length - 1;
-      const next = last ? first : first + j + 1;
-      const flags = (last && !ch.loop ? 0 : DESC_NEXT) | (p.writable ? DESC_WRITE : 0);
-      putDesc(ram, base + 16 * j, { addr: area + 0x800 * j, len: p.len, flags, next });
-    });
-    if (ch.indirect) {
-      putDesc(ram, desc + 16 * head, {
-        addr: table,
-        len: 16 * ch.parts.length,
-        flags: DESC_INDIRECT,
-        next: 0,
-      });
-    }
-    ram.setUint16(avail + 4 + 2 * i, head, true);
-  });
-  return chains.length;
-}
-
-function writeNetRing(ram: DataView, k: number, w: NetRingWrites): void {
-  writeRing(ram, RINGS[k]!, w, () => writeChains(ram, k, w.chains));
-}
-
 const header = fc.oneof(
   // A plain header (no offload), a well-formed one with random offload fields, or noise.
   { weight: 3, arbitrary: fc.constant(new Uint8Array(HDR)) },
@@ -177,10 +123,16 @@ function netChain(k: number): fc.Arbitrary<NetChain> {
 
 function netRingWrites(k: number): fc.Arbitrary<NetRingWrites> {
   const model = ringWritesModel(RINGS[k]!);
-  return fc.record({ ...model, chains: fc.array(netChain(k), { maxLength: 4 }) });
+  return fc.record({
+    ...model,
+    chains: fc.array(netChain(k), { maxLength: 4 }),
+    quiet: fc.boolean(),
+  });
 }
 
 const hostile: fc.Arbitrary<NetHostile> = fc.record({
+  packed: fc.constant(false),
+  tame: fc.boolean(),
   rx: netRingWrites(0),
   tx: netRingWrites(1),
   again: fc.option(netRingWrites(1), { nil: null, freq: 3 }),
@@ -195,11 +147,36 @@ const hostile: fc.Arbitrary<NetHostile> = fc.record({
 
 const netSession = (features: bigint, protocol?: bigint) => session(features, protocol, RINGS);
 
+const isPacked = (features: bigint) => (features & F_PACKED) !== 0n;
+
+/** `h` as a guest that follows the ring rules would lay it out (see {@link NetHostile.tame}). */
+function tamed(h: NetHostile, features: bigint): NetHostile {
+  const indirect = (features & F_INDIRECT) !== 0n;
+  const ring = (k: number, w: NetRingWrites): NetRingWrites =>
+    only(
+      w.chains.map((ch) => ({
+        ...ch,
+        // Lengths within the chain's buffer area (0x800 bytes apart), so no part leaves memory.
+        parts: ch.parts.map((p) => ({ len: p.len % 0x801, writable: k === 0 })),
+        indirect: ch.indirect && indirect,
+        loop: false,
+      })),
+    );
+  return {
+    packed: isPacked(features),
+    tame: true,
+    rx: ring(0, h.rx),
+    tx: ring(1, h.tx),
+    again: null,
+    kicks: h.kicks.map((k) => ({ ...k, message: null })),
+  };
+}
+
 const netSessionCase = sessionCase({
-  features: featureSet([F_EVENT_IDX, F_INDIRECT, F_MRG_RXBUF]),
+  features: featureSet([F_EVENT_IDX, F_INDIRECT, F_MRG_RXBUF, F_PACKED]),
   open: netSession,
   hostile,
-  negotiated: (h) => h,
+  negotiated: (h, features) => (h.tame ? tamed(h, features) : { ...h, packed: isPacked(features) }),
 });
 
 /**
@@ -213,7 +190,14 @@ function chainBound(c: FuzzCase<NetHostile>, publications: number): number {
 }
 
 /** The counters one fuzzer moved, summed over its cases. */
-const moved = { txFrames: 0, txUnsupported: 0, rxFrames: 0, rxBadBuffers: 0 };
+const moved = {
+  txFrames: 0,
+  txUnsupported: 0,
+  rxFrames: 0,
+  rxBadBuffers: 0,
+  /** Frames transmitted through packed rings. */
+  packedTxFrames: 0,
+};
 
 function fuzzerFor(device: FuzzDevice) {
   const sink = device === 'net-sink';
@@ -278,7 +262,9 @@ function fuzzerFor(device: FuzzDevice) {
           }
           return got.length >= frames.length && got.at(-1)!.length === HDR + frames.at(-1)!.length;
         }, 'the reflected frames did not all come back');
-        received = got.length;
+        // Frames, not buffers: with MRG_RXBUF a large frame held from the case spans several
+        // buffers, its first one's num_buffers says how many.
+        for (let i = 0; i < got.length; i += mergeable ? Math.max(1, got[i]![10]!) : 1) received++;
         frames.forEach((f, i) => {
           const back = got[got.length - frames.length + i]!;
           if (mergeable) expect(back[10], 'num_buffers').toBe(1);
@@ -297,13 +283,13 @@ function fuzzerFor(device: FuzzDevice) {
     },
     async play(h, g) {
       const ram = g.pool.ram;
-      writeNetRing(ram, 0, h.rx);
-      writeNetRing(ram, 1, h.tx);
+      writeNetRing(ram, 0, h.rx, h.packed);
+      writeNetRing(ram, 1, h.tx, h.packed);
       for (const [i, k] of h.kicks.entries()) {
         if (k.message !== null && !(await g.send(k.message))) return;
         g.kick(k.ring);
         await g.settle(2);
-        if (i === 0 && h.again !== null) writeNetRing(ram, 1, h.again);
+        if (i === 0 && h.again !== null) writeNetRing(ram, 1, h.again, h.packed);
       }
     },
     afterCase(c, before, after) {
@@ -322,14 +308,13 @@ function fuzzerFor(device: FuzzDevice) {
       } else {
         expect(frames).toBeLessThanOrEqual(d('txFrames'));
       }
-      for (const key of Object.keys(moved) as (keyof typeof moved)[]) moved[key] += d(key);
+      moved.txFrames += d('txFrames');
+      moved.txUnsupported += d('txUnsupported');
+      moved.rxFrames += d('rxFrames');
+      moved.rxBadBuffers += d('rxBadBuffers');
+      if (c.hostile?.packed) moved.packedTxFrames += d('txFrames');
     },
   });
-}
-
-/** Ring contents with nothing but `chains` on them. */
-function only(chains: NetChain[]): NetRingWrites {
-  return { descs: [], availFlags: 0, availIdx: null, heads: [], usedIdx: null, noise: [], chains };
 }
 
 nativeAddonTest('the vhost-user net socket fuzzer');
@@ -352,33 +337,48 @@ for (const device of ['net-sink', 'net-reflect'] as const) {
         // The hostile chains reach the device: frames go out, bad chains are refused.
         expect(moved.txFrames).toBeGreaterThan(0);
         expect(moved.txUnsupported).toBeGreaterThan(0);
+        expect(moved.packedTxFrames).toBeGreaterThan(0);
+        // Reflected frames land in the hostile receive buffers.
+        if (device === 'net-reflect') expect(moved.rxFrames).toBeGreaterThan(0);
       }
     });
 
-    it('takes no frame from looping transmit chains and no buffer from looping receive ones', async () => {
-      const plain = new Uint8Array(HDR);
-      const loop = (indirect: boolean, writable: boolean): NetChain => ({
-        parts: [
-          { len: HDR, writable },
-          { len: 60, writable },
-        ],
-        indirect,
-        loop: true,
-        header: plain,
-      });
-      const probe = await fuzzOne({
-        wires: netSession(VERSION_1 | PROTOCOL_BIT | F_INDIRECT),
-        hostile: {
-          rx: only([loop(false, true), loop(true, true)]),
-          tx: only([loop(false, false), loop(true, false)]),
-          again: null,
-          kicks: [
-            { ring: 0, message: null },
-            { ring: 1, message: null },
+    it.each([
+      ['split', false],
+      ['packed', true],
+    ])(
+      '%s: takes no frame from looping transmit chains and no buffer from looping receive ones',
+      async (_, packed) => {
+        const plain = new Uint8Array(HDR);
+        const loop = (indirect: boolean, writable: boolean): NetChain => ({
+          parts: [
+            { len: HDR, writable },
+            { len: 60, writable },
           ],
-        },
-      });
-      expect(probe.connected).toBe(false);
-    });
+          indirect,
+          loop: true,
+          header: plain,
+        });
+        for (const key of Object.keys(moved) as (keyof typeof moved)[]) moved[key] = 0;
+        const probe = await fuzzOne({
+          wires: netSession(VERSION_1 | PROTOCOL_BIT | F_INDIRECT | (packed ? F_PACKED : 0n)),
+          hostile: {
+            packed,
+            tame: false,
+            rx: only([loop(false, true), loop(true, true)]),
+            tx: only([loop(false, false), loop(true, false)]),
+            again: null,
+            kicks: [
+              { ring: 0, message: null },
+              { ring: 1, message: null },
+            ],
+          },
+        });
+        expect(probe.connected).toBe(false);
+        // afterCase summed what the case moved (the clean session after it is not counted).
+        expect(moved.txFrames).toBe(0);
+        expect(moved.rxFrames).toBe(0);
+      },
+    );
   });
 }
