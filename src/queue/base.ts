@@ -43,6 +43,21 @@ export abstract class QueueBase {
   protected memory: GuestMemory | null = null;
   protected qsize = 0;
 
+  // The region of the last buffer {@link touch} read, valid while `touchMemory` is `memory`.
+  private touchMemory: GuestMemory | null = null;
+  private touchBase = 0;
+  private touchBytes: Uint8Array = new Uint8Array(0);
+  /** Offsets below this one have two cache lines of the region after them. */
+  private touchLimit = -1;
+  /**
+   * Where `Queue.warm` stopped reading ahead, as the format counts ring positions (split: an
+   * available index; packed: the slot, plus the size in laps whose wrap counter is 0); -1 after
+   * initialisation. Behind the ring position it counts as nothing read.
+   */
+  protected warmedTo = -1;
+  /** The bytes `Queue.warm` read, summed and kept so that the engine keeps the reads. */
+  protected warmth = 0;
+
   constructor(maxSize: number, logger: Logger | undefined) {
     if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_QUEUE_SIZE) {
       throw new RangeError(`max queue size ${maxSize} is not in 1..${MAX_QUEUE_SIZE}`);
@@ -60,6 +75,28 @@ export abstract class QueueBase {
   /** The queue size captured at initialisation (what the rings really hold). */
   get activeSize(): number {
     return this.qsize;
+  }
+
+  /**
+   * Reads the first two cache lines of a buffer at guest address `addr` when one region of
+   * guest memory holds them, and returns their first bytes summed (0 when it holds them not):
+   * a hint for `Queue.warm`. One compare per buffer when it is in the same region as the
+   * one before, as the buffers of a burst nearly always are.
+   */
+  protected touch(addr: number): number {
+    let off = addr - this.touchBase;
+    if (!(off >= 0 && off < this.touchLimit) || this.touchMemory !== this.memory) {
+      const r = this.memory!.findRegion(addr);
+      if (r === undefined) return 0;
+      this.touchMemory = this.memory;
+      this.touchBase = r.base;
+      this.touchBytes = r.bytes;
+      this.touchLimit = r.bytes.length - 64;
+      off = addr - r.base;
+      if (!(off < this.touchLimit)) return 0;
+    }
+    const bytes = this.touchBytes;
+    return bytes[off]! + bytes[off + 64]!;
   }
 
   /** The guest memory the queue was initialised over. */

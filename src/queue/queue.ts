@@ -69,6 +69,17 @@ export interface Queue {
     writableFrom: number,
     into?: DescriptorChain,
   ): DescriptorChain;
+  /**
+   * A hint before a pop: reads ahead the first descriptors of the next `count` available
+   * chains and the first two cache lines of their buffers. The driver's CPU has just written
+   * those lines; read in one short loop, their transfers overlap, where inside the pops each
+   * would stall the device on its own (about 40% more transmitted frames per second,
+   * docs/PERFORMANCE.md). Cheap enough to call before every pop: it reads each chain once, and
+   * reads more only when fewer than half of `count` read chains are left ahead. It changes
+   * nothing the device or the driver sees and skips what is not in guest memory (the pops
+   * still check everything).
+   */
+  warm(count: number): void;
   /** Gives back the chain popped last. */
   undoPop(): void;
 

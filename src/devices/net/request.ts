@@ -67,6 +67,12 @@ export const ETH_HLEN = 14;
 export const NET_MAX_FRAME = 65593;
 
 /**
+ * Chains the device reads ahead of its pops (`Queue.warm`), in both directions. 16, 32 and 64
+ * measured alike against testpmd (docs/PERFORMANCE.md).
+ */
+export const NET_WARM_AHEAD = 32;
+
+/**
  * The offload features virtq implements: checksum offload and TCP segmentation offload in
  * both directions, with ECN. A device offers those of them its frame backend can carry.
  */

@@ -10,7 +10,7 @@ import { copyBytes } from '../../iovec/copy.js';
 import { ChainWriter } from '../../iovec/writer.js';
 import type { Queue } from '../../queue/queue.js';
 import { HeldRxChains } from './held-rx.js';
-import { type NetRxBuffer, parseRxBuffer, VIRTIO_NET_HDR_SIZE } from './request.js';
+import { NET_WARM_AHEAD, type NetRxBuffer, parseRxBuffer, VIRTIO_NET_HDR_SIZE } from './request.js';
 import { RxFrames } from './rx-frames.js';
 import type { NetStats } from './state.js';
 
@@ -69,6 +69,8 @@ export class NetRxQueue {
     // prepare first: a turn that finds nothing pending schedules no continuation. Chains
     // count against the turn as holdNext takes them; bytes are checked between frames.
     while (frames.prepare()) {
+      // The receive buffers' descriptors and first lines, read ahead of the pops.
+      q.warm(NET_WARM_AHEAD);
       if (turn.bytesLeft() <= 0) {
         turn.continueLater(this.index);
         break;

@@ -11,6 +11,7 @@ import type { Queue } from '../../queue/queue.js';
 import type { NetBackend } from './backend.js';
 import {
   NET_MAX_FRAME,
+  NET_WARM_AHEAD,
   type NetOffloads,
   type NetTxUnsupportedReason,
   parseTxRequest,
@@ -63,6 +64,7 @@ export class NetTransmitter {
     const batch = this.inOrder;
     const reader = this.reader;
     while (!this.blocked && turn.withinBudget(index)) {
+      q.warm(NET_WARM_AHEAD);
       const c = q.popOrEnableNotification(this.chain);
       if (c === null) break;
       const req = parseTxRequest(c, reader, this.host, this.req);

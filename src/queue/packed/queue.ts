@@ -1,5 +1,5 @@
 import { DescriptorError, SnapshotError, UsedRingError } from '../../errors.js';
-import type { GuestMemory } from '../../memory/guest-memory.js';
+import { type GuestMemory, joinU64 } from '../../memory/guest-memory.js';
 import type { DescriptorChain } from '../chain.js';
 import { ChainRecord, recordOf } from '../chain-record.js';
 import { walkPackedList } from '../chain-walk.js';
@@ -110,6 +110,39 @@ export class PackedQueue extends PackedRing implements Queue {
     this.requireActive();
     if (this.tryEnableNotification()) return null;
     return this.pop(into);
+  }
+
+  /** See {@link Queue.warm}: the available slots' descriptors and buffers, up to `count`. */
+  warm(count: number): void {
+    if (!this.active) return;
+    const size = this.qsize;
+    const from = this._nextAvail + (this._availWrap === 1 ? 0 : size);
+    let ahead = this.warmedTo < 0 ? 0 : this.warmedTo - from;
+    if (ahead < 0) ahead += 2 * size;
+    if (ahead > size) ahead = 0;
+    if (2 * ahead > count) return; // more than half of the window is still read ahead
+    const n = count < size ? count : size;
+    const d16 = this.desc16;
+    const d32 = this.desc32;
+    let slot = this._nextAvail + ahead;
+    let wrap = this._availWrap;
+    if (slot >= size) {
+      slot -= size;
+      wrap ^= 1;
+    }
+    let sum = 0;
+    let k = ahead;
+    for (; k < n; k++) {
+      const flags = d16[(slot << 3) + PACKED_DESC_FLAGS_U16]!;
+      if (((flags >>> 7) & 1) !== wrap || ((flags >>> 15) & 1) === wrap) break;
+      sum += this.touch(joinU64(d32[slot << 2]!, d32[(slot << 2) + 1]!));
+      if (++slot === size) {
+        slot = 0;
+        wrap ^= 1;
+      }
+    }
+    if (k > ahead) this.warmedTo = slot + (wrap === 1 ? 0 : size);
+    this.warmth = sum;
   }
 
   private skipAvail(slots: number): void {

@@ -180,6 +180,7 @@ export abstract class PackedRing extends QueueBase {
     desc.markDirty(this.descTableAddress, packedDescRingBytes(size));
     driver.markDirty(this.availRingAddress, PACKED_EVENT_BYTES);
     device.markDirty(this.usedRingAddress, PACKED_EVENT_BYTES);
+    this.warmedTo = -1;
     this.active = true;
   }
 

@@ -1,5 +1,5 @@
 import { DescriptorError, SnapshotError, UsedRingError } from '../../errors.js';
-import type { GuestMemory } from '../../memory/guest-memory.js';
+import { type GuestMemory, joinU64 } from '../../memory/guest-memory.js';
 import type { DescriptorChain } from '../chain.js';
 import { ChainRecord, recordOf } from '../chain-record.js';
 import {
@@ -139,6 +139,28 @@ export class SplitQueue extends SplitRing implements Queue {
     }
     chain.walkSplit(this.desc32, head, size);
     chain.end();
+  }
+
+  /** See {@link Queue.warm}: the heads' descriptors, and their buffers. */
+  warm(count: number): void {
+    if (!this.active) return;
+    const mask = this.qsize - 1;
+    const from = this._nextAvail;
+    let ahead = this.warmedTo < 0 ? 0 : (this.warmedTo - from) & 0xffff;
+    if (ahead > mask) ahead = 0;
+    if (2 * ahead > count) return; // more than half of the window is still read ahead
+    const avail = this.avail16;
+    const desc = this.desc32;
+    let n = (avail[1]! - from) & 0xffff;
+    if (n > count) n = count;
+    if (n > mask) n = mask + 1; // more is a bad index, which the pop resynchronises
+    let sum = 0;
+    for (let k = ahead; k < n; k++) {
+      const d = (avail[2 + ((from + k) & mask)]! & mask) << 2;
+      sum += this.touch(joinU64(desc[d]!, desc[d + 1]!));
+    }
+    if (n > ahead) this.warmedTo = (from + n) & 0xffff;
+    this.warmth = sum;
   }
 
   /** Gives back the chain popped last, so the next pop returns it again. */

@@ -126,6 +126,7 @@ export abstract class SplitRing extends QueueBase {
     desc.markDirty(this.descTableAddress, descTableBytes(size));
     avail.markDirty(this.availRingAddress, availRingBytes(size));
     used.markDirty(this.usedRingAddress, usedRingBytes(size));
+    this.warmedTo = -1;
     this.active = true;
   }
 
