@@ -1,3 +1,4 @@
+import { copyBytes, LARGE_COPY_BYTES } from '../../iovec/copy.js';
 import type { NetHeader } from './request.js';
 
 /** Header fields stored per frame: flags, gsoType, hdrLen, gsoSize, csumStart, csumOffset. */
@@ -22,6 +23,13 @@ export class FrameRing {
   private readonly hdrs: Uint16Array;
   private head = 0;
   private n = 0;
+  /**
+   * The buffer the frames pushed last came from, with views over all of it: a backend hands
+   * over views of one buffer of its own, so a small frame is copied with no allocation.
+   */
+  private srcBuffer: ArrayBufferLike | null = null;
+  private srcBytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+  private srcView: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
   /** One past the last byte of the newest frame. */
   private wr = 0;
   private usedBytes = 0;
@@ -85,7 +93,14 @@ export class FrameRing {
     const at = this.place(len);
     if (at < 0) return false;
     const slot = (this.head + this.n) % this.maxFrames;
-    if (len === src.length) this.data.set(src, at);
+    if (len < LARGE_COPY_BYTES) {
+      if (src.buffer !== this.srcBuffer) {
+        this.srcBuffer = src.buffer;
+        this.srcBytes = new Uint8Array(src.buffer);
+        this.srcView = new DataView(src.buffer);
+      }
+      copyBytes(this.data, this.view, at, this.srcBytes, this.srcView, src.byteOffset, len);
+    } else if (len === src.length) this.data.set(src, at);
     else this.data.set(src.subarray(0, len), at);
     this.offs[slot] = at;
     this.lens[slot] = len;
