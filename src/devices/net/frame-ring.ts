@@ -93,15 +93,16 @@ export class FrameRing {
     const at = this.place(len);
     if (at < 0) return false;
     const slot = (this.head + this.n) % this.maxFrames;
-    if (len < LARGE_COPY_BYTES) {
+    if (len === src.length) this.data.set(src, at);
+    else if (len < LARGE_COPY_BYTES) {
+      // A view of part of `src` would be an allocation per frame.
       if (src.buffer !== this.srcBuffer) {
         this.srcBuffer = src.buffer;
         this.srcBytes = new Uint8Array(src.buffer);
         this.srcView = new DataView(src.buffer);
       }
       copyBytes(this.data, this.view, at, this.srcBytes, this.srcView, src.byteOffset, len);
-    } else if (len === src.length) this.data.set(src, at);
-    else this.data.set(src.subarray(0, len), at);
+    } else this.data.set(src.subarray(0, len), at);
     this.offs[slot] = at;
     this.lens[slot] = len;
     const h = slot * HDR_FIELDS;
