@@ -22,6 +22,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { concat, PROTOCOL_BIT, QSIZE, R, u32s, u64, VERSION_1 } from './frontend.js';
+import { sessionCase, wellFormedCase } from './socket-fuzz-cases.js';
 import {
   F_EVENT_IDX,
   F_INDIRECT,
@@ -30,9 +31,7 @@ import {
   RING0,
   randomWire,
   session,
-  sessionCase,
   u32,
-  wellFormedCase,
   wellFormedWire,
 } from './socket-fuzz-gen.js';
 import {

@@ -42,6 +42,7 @@ import {
   u64,
   VERSION_1,
 } from './frontend.js';
+import { randomCase, sessionCase, wellFormedCase } from './socket-fuzz-cases.js';
 import {
   F_EVENT_IDX,
   F_INDIRECT,
@@ -51,12 +52,9 @@ import {
   MAX_U64,
   negotiation,
   RING0,
-  randomCase,
   session,
-  sessionCase,
   u32,
   u64Any,
-  wellFormedCase,
 } from './socket-fuzz-gen.js';
 import { DISK_BYTES } from './socket-fuzz-process.js';
 import {
