@@ -34,3 +34,24 @@ export function copyBytes(
   for (; i + 4 <= n; i += 4) dstView.setInt32(to + i, srcView.getInt32(from + i, true), true);
   for (; i < n; i++) dst[to + i] = src[from + i]!;
 }
+
+/**
+ * Copies out of arrays that are views of one buffer, called again and again with new views
+ * (a backend's frame buffer): {@link copyBytes} through views over the whole buffer, made
+ * when the buffer changes, so a copy under {@link LARGE_COPY_BYTES} allocates nothing.
+ */
+export class SourceCopier {
+  private buffer: ArrayBufferLike | null = null;
+  private bytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+  private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+
+  /** Copies `src[0, n)` to `dst[to, to + n)`; `dstView` is a DataView over exactly `dst`. */
+  copy(dst: Uint8Array, dstView: DataView, to: number, src: Uint8Array, n: number): void {
+    if (src.buffer !== this.buffer) {
+      this.buffer = src.buffer;
+      this.bytes = new Uint8Array(src.buffer);
+      this.view = new DataView(src.buffer);
+    }
+    copyBytes(dst, dstView, to, this.bytes, this.view, src.byteOffset, n);
+  }
+}

@@ -1,4 +1,4 @@
-import { copyBytes, LARGE_COPY_BYTES } from '../../iovec/copy.js';
+import { LARGE_COPY_BYTES, SourceCopier } from '../../iovec/copy.js';
 import type { NetHeader } from './request.js';
 
 /** Header fields stored per frame: flags, gsoType, hdrLen, gsoSize, csumStart, csumOffset. */
@@ -23,13 +23,8 @@ export class FrameRing {
   private readonly hdrs: Uint16Array;
   private head = 0;
   private n = 0;
-  /**
-   * The buffer the frames pushed last came from, with views over all of it: a backend hands
-   * over views of one buffer of its own, so a small frame is copied with no allocation.
-   */
-  private srcBuffer: ArrayBufferLike | null = null;
-  private srcBytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
-  private srcView: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+  /** Copies frames in from the views of its own buffer that a backend hands over. */
+  private readonly source = new SourceCopier();
   /** One past the last byte of the newest frame. */
   private wr = 0;
   private usedBytes = 0;
@@ -96,12 +91,7 @@ export class FrameRing {
     if (len === src.length) this.data.set(src, at);
     else if (len < LARGE_COPY_BYTES) {
       // A view of part of `src` would be an allocation per frame.
-      if (src.buffer !== this.srcBuffer) {
-        this.srcBuffer = src.buffer;
-        this.srcBytes = new Uint8Array(src.buffer);
-        this.srcView = new DataView(src.buffer);
-      }
-      copyBytes(this.data, this.view, at, this.srcBytes, this.srcView, src.byteOffset, len);
+      this.source.copy(this.data, this.view, at, src, len);
     } else this.data.set(src.subarray(0, len), at);
     this.offs[slot] = at;
     this.lens[slot] = len;

@@ -6,7 +6,7 @@
  * sink sees `frames === N`). Browser-safe: no Node imports.
  */
 
-import { copyBytes } from '../../iovec/copy.js';
+import { SourceCopier } from '../../iovec/copy.js';
 import type { NetBackend, NetPort } from './backend.js';
 import { ETH_HLEN, NET_MAX_FRAME, NET_OFFLOAD_FEATURES, type NetHeader } from './request.js';
 
@@ -20,9 +20,8 @@ export class ReflectBackend implements NetBackend {
   private port: NetPort | null = null;
   private readonly buf = new Uint8Array(NET_MAX_FRAME);
   private readonly view = new DataView(this.buf.buffer);
-  private srcBuffer: ArrayBufferLike | null = null;
-  private srcBytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
-  private srcView: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+  /** The device hands over views of one scratch buffer: copied from with no allocation. */
+  private readonly source = new SourceCopier();
   /** A send was refused because the device had no room to receive; resume it with room. */
   private waiting = false;
 
@@ -40,13 +39,7 @@ export class ReflectBackend implements NetBackend {
     if (port === null) return true;
     // The device's frame buffer is reused as soon as this returns: swap in a copy.
     const b = this.buf;
-    if (frame.buffer !== this.srcBuffer) {
-      // The device hands over views of one scratch buffer: one DataView over all of it.
-      this.srcBuffer = frame.buffer;
-      this.srcBytes = new Uint8Array(frame.buffer);
-      this.srcView = new DataView(frame.buffer);
-    }
-    copyBytes(b, this.view, 0, this.srcBytes, this.srcView, frame.byteOffset, length);
+    this.source.copy(b, this.view, 0, frame, length);
     if (length >= ETH_HLEN) {
       for (let i = 0; i < 6; i++) {
         const t = b[i]!;
