@@ -65,18 +65,20 @@ export class SplitQueue extends SplitRing implements Queue {
       this.availSeen = availIdx;
     }
     const len = (availIdx - this._nextAvail) & 0xffff;
-    if (len > this.qsize) {
-      this.resyncCount++;
-      this.logger.warn('available index wrapped; resynchronising', {
-        availIdx,
-        nextAvail: this._nextAvail,
-        size: this.qsize,
-      });
-      this._nextAvail = availIdx;
-      this._numAdded = 0;
-      return 0;
-    }
-    return len;
+    return len > this.qsize ? this.resync(availIdx) : len;
+  }
+
+  /** A driver index more than `size` ahead: see {@link lenSanitized}. */
+  private resync(availIdx: number): 0 {
+    this.resyncCount++;
+    this.logger.warn('available index wrapped; resynchronising', {
+      availIdx,
+      nextAvail: this._nextAvail,
+      size: this.qsize,
+    });
+    this._nextAvail = availIdx;
+    this._numAdded = 0;
+    return 0;
   }
 
   /**
@@ -129,14 +131,7 @@ export class SplitQueue extends SplitRing implements Queue {
     const size = this.qsize;
     chain.begin(head, this.memory!, size, this.indirectDesc);
     // §2.7.13.2 (avail ring): the driver puts only valid head indices there.
-    if (!(head >= 0 && head < size)) {
-      throw new DescriptorError(
-        'DESC_HEAD_OUT_OF_RANGE',
-        head,
-        head,
-        `chain head ${head} is outside a table of ${size}`,
-      );
-    }
+    if (!(head >= 0 && head < size)) throw headOutOfRange(head, size);
     chain.walkSplit(this.desc32, head, size);
     chain.end();
   }
@@ -201,8 +196,20 @@ export class SplitQueue extends SplitRing implements Queue {
 
   /** Adds a used element for chain `id` with `len` bytes written; publish with {@link advanceUsedRingIdx}. */
   addUsed(id: number, len: number): void {
-    this.writeUsedElement(0, id, len);
-    this.advanceNextUsed(1);
+    // writeUsedElement(0, ...) and advanceNextUsed(1) in one, the errors out of line: the
+    // per-chain path, small enough to inline (docs/PERFORMANCE.md).
+    const size = this.qsize;
+    if (!this.active || !(id >= 0 && id < size) || id !== (id | 0) || len >>> 0 !== len) {
+      this.writeUsedElement(0, id, len); // throws the right error
+    }
+    const slot = this._nextUsed & (size - 1);
+    const w = 1 + 2 * slot;
+    this.used32[w] = id;
+    this.used32[w + 1] = len;
+    const r = this.usedRegion!;
+    if (r.tracking[0] !== 0) r.markDirty(this.usedAddr + 4 + 8 * slot, 8);
+    this._numAdded = (this._numAdded + 1) & 0xffff;
+    this._nextUsed = (this._nextUsed + 1) & 0xffff;
   }
 
   /**
@@ -312,4 +319,14 @@ export class SplitQueue extends SplitRing implements Queue {
     // Counts this object's resynchronisations, not the ring's state (Object.assign would zero it).
     return { resyncCount: this.resyncCount };
   }
+}
+
+/** The error of a chain head outside the descriptor table (§2.7.13.2). */
+function headOutOfRange(head: number, size: number): DescriptorError {
+  return new DescriptorError(
+    'DESC_HEAD_OUT_OF_RANGE',
+    head,
+    head,
+    `chain head ${head} is outside a table of ${size}`,
+  );
 }
