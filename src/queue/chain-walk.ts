@@ -29,11 +29,12 @@ const _PACKED_RING_BITS = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
 
 /**
  * Copies the packed-ring descriptor list that starts at ring slot `first` (`ring`: four u32
- * per slot, `size` slots; the first slot's flags already loaded as `firstFlags`), checking
- * what {@link ChainRecord.push} checks, in one loop with the running totals in locals: the per-buffer hot
- * path of the packed ring. The list may take at most `free` slots (§2.8.17); an indirect
- * descriptor is followed into its table ({@link followPackedIndirect}). Returns the slot the
- * list ended on. {@link ChainRecord.slotsRead} counts the slots read, also when it throws.
+ * per slot, `size` slots; the first slot's flags already loaded as `firstFlags`) into `rec`,
+ * which `begin` just emptied; returns the slot the list ended on. The per-buffer hot path of
+ * the packed ring, and, like {@link ChainRecord.walkSplit}, a fast path small enough for V8 to
+ * inline: direct descriptors, each buffer non-empty and in the region of the one before, the
+ * list within the record's storage, its limit and the `free` slots. Anything else starts the
+ * list again in {@link walkPackedListChecked}, whose copy is then the only one kept.
  */
 export function walkPackedList(
   rec: ChainRecord,
@@ -43,7 +44,79 @@ export function walkPackedList(
   size: number,
   free: number,
 ): number {
-  // Named constants as literals in locals (see ChainRecord.walkSplit).
+  // Named constants as literals, each with its name in a comment that
+  // test/queue/hot-literals.test.ts checks (locals would make the walk too big to inline).
+  const links = rec.links;
+  const addrs = rec.addrs;
+  const lens = rec.lens;
+  const flagsOf = rec.flagsOf;
+  const regions = rec.regions;
+  const room = Math.min(links.length, rec.limit, free);
+  const hint = rec.hint;
+  const rBase = hint.base;
+  const rEnd = hint.end;
+  let n = 0;
+  let readable = 0;
+  let writable = 0;
+  let wstart = -1;
+  let i = first;
+  let flags = firstFlags;
+  for (;;) {
+    const w = i << 2;
+    const len = ring[w + /* PACKED_DESC_LEN_U32 */ 2]!;
+    const addr = joinU64(
+      ring[w + /* PACKED_DESC_ADDR_LO_U32 */ 0]!,
+      ring[w + /* PACKED_DESC_ADDR_HI_U32 */ 1]!,
+    );
+    if (
+      (flags & /* VIRTQ_DESC_F_INDIRECT */ 4) !== 0 ||
+      n >= room ||
+      !(len > 0 && addr >= rBase && len <= rEnd - addr)
+    )
+      break;
+    if ((flags & /* VIRTQ_DESC_F_WRITE */ 2) !== 0) {
+      if (wstart < 0) wstart = n;
+      writable += len;
+    } else if (wstart < 0) readable += len;
+    else break;
+    if (readable + writable > /* MAX_CHAIN_BYTES */ 2 ** 32) break;
+    if (regions[n] !== hint) regions[n] = hint;
+    // §2.8.6: a list continues in the next ring slot, wrapping at the end of the ring.
+    const nextSlot = i + 1 === size ? 0 : i + 1;
+    const more = flags & /* VIRTQ_DESC_F_NEXT */ 1;
+    links[n] = i | ((more * nextSlot) << 16);
+    addrs[n] = addr;
+    lens[n] = len;
+    flagsOf[n] = flags & ~(/* PACKED_RING_BITS */ 0x8080);
+    n++;
+    if (more === 0) {
+      rec.slotsRead = n;
+      rec.commit(n, n, readable, writable, wstart);
+      return i;
+    }
+    i = nextSlot;
+    flags = ring[(i << 2) + /* PACKED_DESC_ID_FLAGS_U32 */ 3]! >>> 16;
+  }
+  return walkPackedListChecked(rec, ring, first, firstFlags, size, free);
+}
+
+/**
+ * The packed list walk that checks and reports everything ({@link walkPackedList} starts the
+ * list again here when it meets anything unusual): what {@link ChainRecord.push} checks, in
+ * one loop with the running totals in locals. The list may take at most `free` slots
+ * (§2.8.17); an indirect descriptor is followed into its table ({@link followPackedIndirect}).
+ * Returns the slot the list ended on. {@link ChainRecord.slotsRead} counts the slots read,
+ * also when it throws.
+ */
+function walkPackedListChecked(
+  rec: ChainRecord,
+  ring: Uint32Array,
+  first: number,
+  firstFlags: number,
+  size: number,
+  free: number,
+): number {
+  // Named constants as literals in locals (see ChainRecord.walkSplitChecked).
   const ADDR_LO = 0; // PACKED_DESC_ADDR_LO_U32
   const ADDR_HI = 1; // PACKED_DESC_ADDR_HI_U32
   const LEN = 2; // PACKED_DESC_LEN_U32

@@ -7,8 +7,9 @@ import * as packed from '../../src/queue/packed/layout.js';
 import * as split from '../../src/queue/split/layout.js';
 
 /**
- * The ring walks hold named constants as literals in locals (V8 reloads an imported binding at
- * every use, which cost measurably per descriptor), each written `const X = <literal>; // NAME`.
+ * The ring walks hold named constants as literals (V8 reloads an imported binding at every use,
+ * which cost measurably per descriptor), each written `const X = <literal>; // NAME` or, where
+ * a local would make the walk too big to inline, `/* NAME *\/ <literal>` in place.
  * This checks every such literal against the constant it names, so a layout or flag change
  * cannot leave a walk behind.
  */
@@ -23,7 +24,13 @@ describe('literals in the hot ring walks', () => {
   for (const file of ['chain-record.ts', 'chain-walk.ts']) {
     it(`${file}: each equals the constant named beside it`, () => {
       const text = readFileSync(join(import.meta.dirname, '../../src/queue', file), 'utf8');
-      const found = [...text.matchAll(/const \w+ = ([0-9a-fx* ]+); \/\/ (\w+)/g)];
+      // Locals (`const X = <literal>; // NAME`) and literals in place (`/* NAME */ <literal>`).
+      const found = [
+        ...text.matchAll(/const \w+ = ([0-9a-fx* ]+); \/\/ (\w+)/g),
+        ...[...text.matchAll(/\/\* (\w+) \*\/ (0x[0-9a-f]+|[0-9]+(?: \*\* [0-9]+)?)/g)].map(
+          ([all, name, literal]) => [all, literal, name] as const,
+        ),
+      ];
       expect(found.length).toBeGreaterThanOrEqual(8);
       for (const [, literal, name] of found) {
         const value = Function(`return ${literal}`)() as number;

@@ -172,10 +172,7 @@ export class PackedQueue extends PackedRing implements Queue {
     const id = d16[(i << 3) + PACKED_DESC_ID_U16]!;
     chain.head = id;
     // §2.8.21.1: the driver takes a free buffer id; ids index per-buffer state of queue size.
-    if (id >= size) chain.fail('DESC_PACKED_BAD_ID', i, `buffer id ${id} is not below ${size}`);
-    if (this.buffers.slotsOf[id] !== 0) {
-      chain.fail('DESC_PACKED_BAD_ID', i, `buffer id ${id} is already in flight`);
-    }
+    if (id >= size || this.buffers.slotsOf[id] !== 0) badId(chain, i, id, size);
     chain.end();
   }
 
@@ -374,4 +371,13 @@ export class PackedQueue extends PackedRing implements Queue {
   protected override fromSaved(state: unknown, memory: GuestMemory | null): Queue {
     return PackedQueue.fromState(state, memory, { logger: this.logger });
   }
+}
+
+/** Fails a list whose buffer id (in slot `slot`) is out of range or already in flight. */
+function badId(chain: ChainRecord, slot: number, id: number, size: number): never {
+  chain.fail(
+    'DESC_PACKED_BAD_ID',
+    slot,
+    id >= size ? `buffer id ${id} is not below ${size}` : `buffer id ${id} is already in flight`,
+  );
 }
