@@ -98,7 +98,13 @@ export class FrameRing {
     const h = slot * HDR_FIELDS;
     const hdrs = this.hdrs;
     if (header === null) {
-      hdrs.fill(0, h, h + HDR_FIELDS);
+      // Six stores, not fill(): fill is a call into the runtime, per frame.
+      hdrs[h] = 0;
+      hdrs[h + 1] = 0;
+      hdrs[h + 2] = 0;
+      hdrs[h + 3] = 0;
+      hdrs[h + 4] = 0;
+      hdrs[h + 5] = 0;
     } else {
       hdrs[h] = header.flags;
       hdrs[h + 1] = header.gsoType;

@@ -161,12 +161,17 @@ export class NetRxQueue {
     let src = frames.off;
     let left = frames.len;
     if (k === 1) {
-      // The usual case: header and frame in the first buffer's one piece, written in place.
+      // The usual case: header and frame in the chain's first writable buffer, in one region,
+      // written in place (no cursor: the chain's own arrays say where).
       const c = this.held.at(0);
-      w.reset(c);
-      const at = w.claim(VIRTIO_NET_HDR_SIZE + left);
-      if (at >= 0) {
-        const b = w.claimed;
+      const d = c.writableStart;
+      const r = c.regions[d];
+      const need = VIRTIO_NET_HDR_SIZE + left;
+      if (r !== null && r !== undefined && c.lens[d]! >= need) {
+        const addr = c.addrs[d]!;
+        const b = r.bytes;
+        const at = addr - r.base;
+        r.markDirty(addr, need);
         b[at] = h.flags;
         b[at + 1] = h.gsoType;
         b[at + 2] = h.hdrLen;
@@ -179,9 +184,8 @@ export class NetRxQueue {
         b[at + 9] = h.csumOffset >>> 8;
         b[at + 10] = 1; // num_buffers
         b[at + 11] = 0;
-        copyBytes(b, w.claimedView, at + VIRTIO_NET_HDR_SIZE, frames.buf, frames.view, src, left);
-        q.addUsed(c.head, VIRTIO_NET_HDR_SIZE + left);
-        w.reset();
+        copyBytes(b, r.view, at + VIRTIO_NET_HDR_SIZE, frames.buf, frames.view, src, left);
+        q.addUsed(c.head, need);
         this.held.release(1);
         this.used = true;
         return;
