@@ -6,7 +6,6 @@
  * sink sees `frames === N`). Browser-safe: no Node imports.
  */
 
-import { SourceCopier } from '../../iovec/copy.js';
 import type { NetBackend, NetPort } from './backend.js';
 import { ETH_HLEN, NET_MAX_FRAME, NET_OFFLOAD_FEATURES, type NetHeader } from './request.js';
 
@@ -18,10 +17,6 @@ export class ReflectBackend implements NetBackend {
   frames = 0;
   bytes = 0;
   private port: NetPort | null = null;
-  private readonly buf = new Uint8Array(NET_MAX_FRAME);
-  private readonly view = new DataView(this.buf.buffer);
-  /** The device hands over views of one scratch buffer: copied from with no allocation. */
-  private readonly source = new SourceCopier();
   /** A send was refused because the device had no room to receive; resume it with room. */
   private waiting = false;
 
@@ -37,17 +32,16 @@ export class ReflectBackend implements NetBackend {
   send(frame: Uint8Array, length: number, header: NetHeader): boolean {
     const port = this.port;
     if (port === null) return true;
-    // The device's frame buffer is reused as soon as this returns: swap in a copy.
-    const b = this.buf;
-    this.source.copy(b, this.view, 0, frame, length);
+    // The MAC addresses are swapped in the device's own scratch (NetBackend.send allows it),
+    // and the device copies the frame in as it receives it: one copy per frame, not two.
     if (length >= ETH_HLEN) {
       for (let i = 0; i < 6; i++) {
-        const t = b[i]!;
-        b[i] = b[i + 6]!;
-        b[i + 6] = t;
+        const t = frame[i]!;
+        frame[i] = frame[i + 6]!;
+        frame[i + 6] = t;
       }
     }
-    if (!port.receive(b, length, header)) {
+    if (!port.receive(frame, length, header)) {
       // The device's receive side is full: hold the transmit side until it has room.
       this.waiting = true;
       return false;
