@@ -197,7 +197,8 @@ export class SplitQueue extends SplitRing implements Queue {
   /** Adds a used element for chain `id` with `len` bytes written; publish with {@link advanceUsedRingIdx}. */
   addUsed(id: number, len: number): void {
     // writeUsedElement(0, ...) and advanceNextUsed(1) in one, the errors out of line: the
-    // per-chain path, small enough to inline (docs/PERFORMANCE.md).
+    // per-chain path, small enough to inline (docs/PERFORMANCE.md). It does not go through
+    // writeUsedElement, so a subclass that hooks that (TrackedSplitQueue) hooks this too.
     const size = this.qsize;
     if (!this.active || !(id >= 0 && id < size) || id !== (id | 0) || len >>> 0 !== len) {
       this.writeUsedElement(0, id, len); // throws the right error

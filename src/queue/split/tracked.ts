@@ -88,6 +88,12 @@ export class TrackedSplitQueue extends SplitQueue {
     this.tracker?.used(id);
   }
 
+  override addUsed(id: number, len: number): void {
+    // The base class writes the element itself (not through writeUsedElement): track it here.
+    super.addUsed(id, len);
+    this.tracker?.used(id);
+  }
+
   override advanceUsedRingIdx(): void {
     super.advanceUsedRingIdx();
     this.tracker?.published(this.nextUsed);
