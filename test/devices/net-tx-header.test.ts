@@ -1,7 +1,8 @@
 /**
- * The transmit header parser reads the 12-byte virtio header in place when it lies in one
- * piece and through the streaming reader when the driver spread it over descriptors: both
- * paths give the same header and leave the reader at the frame's first byte.
+ * The transmit header parser reads the 12-byte virtio header in place when header and frame
+ * are the chain's one readable buffer, and through the streaming reader when the driver spread
+ * them over descriptors: both paths give the same header and the same frame bytes (in place,
+ * or with the reader at the frame's first byte).
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -45,9 +46,20 @@ describe('parseTxRequest', () => {
             const out = parseTxRequest(chain, reader.reset(chain), ALL, txFrameScratch());
             expect(out.kind).toBe('frame');
             if (out.kind !== 'frame') return null;
-            const rest = new Uint8Array(out.length);
-            reader.readExact(rest);
-            return { header: { ...out.header }, length: out.length, rest: Array.from(rest) };
+            let rest: Uint8Array;
+            if (out.region !== null) {
+              rest = out.region.bytes.slice(out.at, out.at + out.length);
+            } else {
+              rest = new Uint8Array(out.length);
+              reader.readExact(rest);
+            }
+            const header = { ...out.header };
+            return {
+              header,
+              length: out.length,
+              rest: Array.from(rest),
+              inPlace: out.region !== null,
+            };
           };
           // One piece: header and frame together.
           memory.write(0x5000, hdr);
@@ -63,7 +75,9 @@ describe('parseTxRequest', () => {
           }
           pieces.push({ addr: 0xa000, len: frameLen });
           const spread = parse(pieces);
-          expect(spread).toEqual(whole);
+          expect(whole!.inPlace).toBe(true);
+          expect(spread!.inPlace).toBe(false);
+          expect({ ...spread, inPlace: true }).toEqual(whole);
           expect(whole!.rest).toEqual(Array.from(frame));
           expect(whole!.header).toEqual({
             flags: 1,

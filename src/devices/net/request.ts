@@ -1,4 +1,5 @@
 import type { ChainReader } from '../../iovec/reader.js';
+import type { GuestRegion } from '../../memory/region.js';
 import type { DescriptorChain } from '../../queue/chain.js';
 import { featureBit, hasFeature } from '../device.js';
 
@@ -185,12 +186,19 @@ export type NetTxUnsupportedReason =
   /** A GSO type without NEEDS_CSUM, or with a gso_size of 0. */
   | 'gso-malformed';
 
-/** A frame to send: its header was read into `header`, the reader stands at its first byte. */
+/**
+ * A frame to send: its header was read into `header`. When `region` is set, the frame lies in
+ * one piece at `region.bytes[at, at + length)`; else the reader stands at its first byte.
+ */
 export interface NetTxFrame {
   kind: 'frame';
   header: NetHeader;
   /** Frame bytes (the chain's readable part after the virtio header). */
   length: number;
+  /** The region holding the whole frame, or null (read it through the reader). */
+  region: GuestRegion | null;
+  /** Where the frame starts in `region.bytes` (meaningful with `region`). */
+  at: number;
 }
 
 /** A transmit chain the device drops and counts (§5.1.6.2). */
@@ -213,9 +221,10 @@ const TX_UNSUPPORTED: { readonly [R in NetTxUnsupportedReason]: NetTxUnsupported
 };
 
 /**
- * Reads the virtio header of a transmit chain through `reader` (reset over the chain) and
- * checks it against what the driver negotiated (`allowed`). Returns `out`, filled in, with the
- * reader at the frame's first byte, or one of the shared unsupported values. Allocates
+ * Reads the virtio header of a transmit chain (in place when header and frame are the chain's
+ * one readable buffer, else through `reader`, reset over the chain) and checks it against what
+ * the driver negotiated (`allowed`). Returns `out`, filled in (the frame in one piece, or the
+ * reader at its first byte), or one of the shared unsupported values. Allocates
  * nothing. Flag bits other than NEEDS_CSUM are ignored (§5.1.6.2.2: the device MUST ignore
  * flag bits it does not recognise) and dropped from the header.
  */
@@ -225,15 +234,37 @@ export function parseTxRequest(
   allowed: NetOffloads,
   out: NetTxFrame,
 ): NetTxRequest {
-  reader.reset(chain);
-  if (reader.remaining < VIRTIO_NET_HDR_SIZE) return TX_UNSUPPORTED['header-too-short'];
   const h = out.header;
   let flags: number;
   let gsoType: number;
-  const at = reader.claim(VIRTIO_NET_HDR_SIZE);
+  let length: number;
+  let v: DataView;
+  let at: number;
+  const r = chain.regions[0];
+  if (
+    chain.writableStart > 0 &&
+    r !== null &&
+    r !== undefined &&
+    chain.readableLength === chain.lens[0] &&
+    chain.lens[0]! >= VIRTIO_NET_HDR_SIZE
+  ) {
+    // What Linux and DPDK send: header and frame in the first (and only readable) buffer, in
+    // one region, read in place from the chain's own arrays (no reader bound).
+    v = r.view;
+    at = chain.addrs[0]! - r.base;
+    length = chain.lens[0]! - VIRTIO_NET_HDR_SIZE;
+    out.region = r;
+    out.at = at + VIRTIO_NET_HDR_SIZE;
+  } else {
+    out.region = null;
+    reader.reset(chain);
+    if (reader.remaining < VIRTIO_NET_HDR_SIZE) return TX_UNSUPPORTED['header-too-short'];
+    at = reader.claim(VIRTIO_NET_HDR_SIZE);
+    v = reader.claimedView;
+    length = reader.remaining;
+  }
   if (at >= 0) {
-    // The usual case: the header in one piece, read in place (each field read once).
-    const v = reader.claimedView;
+    // The header in one piece, read in place (each field read once).
     flags = v.getUint8(at) & VIRTIO_NET_HDR_F_NEEDS_CSUM;
     gsoType = v.getUint8(at + 1);
     h.hdrLen = v.getUint16(at + 2, true);
@@ -248,10 +279,10 @@ export function parseTxRequest(
     h.csumStart = reader.readU16();
     h.csumOffset = reader.readU16();
     reader.skipExact(2); // num_buffers: unused on transmit (§5.1.6.2)
+    length = reader.remaining;
   }
   h.flags = flags;
   h.gsoType = gsoType;
-  const length = reader.remaining;
   if (length < ETH_HLEN) return TX_UNSUPPORTED['frame-too-short'];
   if (length > NET_MAX_FRAME) return TX_UNSUPPORTED['frame-too-long'];
   if (flags !== 0) {
@@ -277,7 +308,7 @@ export function parseTxRequest(
 
 /** A fresh, reusable {@link NetTxFrame} for {@link parseTxRequest}. */
 export function txFrameScratch(): NetTxFrame {
-  return { kind: 'frame', header: plainHeader(), length: 0 };
+  return { kind: 'frame', header: plainHeader(), length: 0, region: null, at: 0 };
 }
 
 // ---- receive buffers ----

@@ -13,6 +13,7 @@ import {
   NET_MAX_FRAME,
   NET_WARM_AHEAD,
   type NetOffloads,
+  type NetTxFrame,
   type NetTxUnsupportedReason,
   parseTxRequest,
   txFrameScratch,
@@ -75,7 +76,7 @@ export class NetTransmitter {
       } else if (!link) {
         this.stats.txLinkDown++;
       } else {
-        const frame = this.copyFrame(reader, req.length);
+        const frame = this.copyFrame(reader, req);
         const resumes = this.resumes;
         if (!this.backend.send(frame, req.length, req.header)) {
           // Back-pressure: the chain goes back to the ring and is sent after resumeTx.
@@ -98,17 +99,29 @@ export class NetTransmitter {
     turn.publish(index);
   }
 
-  /** Copies the frame the reader is at out of guest memory; returns the buffer it is in. */
-  private copyFrame(reader: ChainReader, len: number): Uint8Array {
-    const at = reader.claim(len);
-    if (at < 0) {
-      // Spread over several buffers.
-      reader.readExact(this.buf, 0, len);
-      return this.buf;
+  /** Copies the frame out of guest memory; returns the buffer it is in. */
+  private copyFrame(reader: ChainReader, req: NetTxFrame): Uint8Array {
+    const len = req.length;
+    const r = req.region;
+    let src: Uint8Array;
+    let view: DataView;
+    let at: number;
+    if (r !== null) {
+      src = r.bytes;
+      view = r.view;
+      at = req.at;
+    } else {
+      at = reader.claim(len);
+      if (at < 0) {
+        // Spread over several buffers.
+        reader.readExact(this.buf, 0, len);
+        return this.buf;
+      }
+      src = reader.claimed;
+      view = reader.claimedView;
     }
-    const src = reader.claimed;
     if (len < LARGE_COPY_BYTES) {
-      copyBytes(this.buf, this.view, 0, src, reader.claimedView, at, len);
+      copyBytes(this.buf, this.view, 0, src, view, at, len);
       return this.buf;
     }
     const dst = this.aligned[(src.byteOffset + at) & 7]!;
