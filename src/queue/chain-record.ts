@@ -19,8 +19,6 @@ export const MAX_CHAIN_BYTES = TWO_32;
 const joinAddr = joinU64;
 
 const IS_RECORD = Symbol('virtq.ChainRecord');
-/** The flags half of a split descriptor's last u32. */
-const F_LOW16 = 0xffff;
 
 /** A region guess that matches no address (base above every end). */
 const NO_REGION = { base: Number.POSITIVE_INFINITY, end: 0 } as GuestRegion;
@@ -326,15 +324,8 @@ export class ChainRecord implements DescriptorChain {
    * to 24 ns per chain (docs/PERFORMANCE.md).
    */
   walkSplit(table: Uint32Array, head: number, size: number): void {
-    // Literals for named constants (see walkSplitChecked).
-    const ADDR_LO = 0; // SPLIT_DESC_ADDR_LO_U32
-    const ADDR_HI = 1; // SPLIT_DESC_ADDR_HI_U32
-    const LEN = 2; // SPLIT_DESC_LEN_U32
-    const FLAGS_NEXT = 3; // SPLIT_DESC_FLAGS_NEXT_U32
-    const F_NEXT = 1; // VIRTQ_DESC_F_NEXT
-    const F_WRITE = 2; // VIRTQ_DESC_F_WRITE
-    const F_INDIRECT = 4; // VIRTQ_DESC_F_INDIRECT
-    const MAX_BYTES = 2 ** 32; // MAX_CHAIN_BYTES
+    // Named constants as literals in place, each with its name in a comment that
+    // test/queue/hot-literals.test.ts checks (see walkSplitChecked).
     const links = this.links;
     const addrs = this.addrs;
     const lens = this.lens;
@@ -351,25 +342,32 @@ export class ChainRecord implements DescriptorChain {
     let i = head;
     for (;;) {
       const w = i << 2;
-      const fn = table[w + FLAGS_NEXT]!;
-      const len = table[w + LEN]!;
-      const addr = joinU64(table[w + ADDR_LO]!, table[w + ADDR_HI]!);
-      if ((fn & F_INDIRECT) !== 0 || n >= room || !(len > 0 && addr >= rBase && len <= rEnd - addr))
+      const fn = table[w + /* SPLIT_DESC_FLAGS_NEXT_U32 */ 3]!;
+      const len = table[w + /* SPLIT_DESC_LEN_U32 */ 2]!;
+      const addr = joinU64(
+        table[w + /* SPLIT_DESC_ADDR_LO_U32 */ 0]!,
+        table[w + /* SPLIT_DESC_ADDR_HI_U32 */ 1]!,
+      );
+      if (
+        (fn & /* VIRTQ_DESC_F_INDIRECT */ 4) !== 0 ||
+        n >= room ||
+        !(len > 0 && addr >= rBase && len <= rEnd - addr)
+      )
         break;
-      if ((fn & F_WRITE) !== 0) {
+      if ((fn & /* VIRTQ_DESC_F_WRITE */ 2) !== 0) {
         if (wstart < 0) wstart = n;
         writable += len;
       } else if (wstart < 0) readable += len;
       else break;
-      if (readable + writable > MAX_BYTES) break;
+      if (readable + writable > /* MAX_CHAIN_BYTES */ 2 ** 32) break;
       // Compare-then-store: a reused chain usually holds this region there already.
       if (regions[n] !== hint) regions[n] = hint;
       links[n] = i | (fn & 0xffff0000);
       addrs[n] = addr;
       lens[n] = len;
-      flagsOf[n] = fn & F_LOW16;
+      flagsOf[n] = fn & 0xffff;
       n++;
-      if ((fn & F_NEXT) === 0) {
+      if ((fn & /* VIRTQ_DESC_F_NEXT */ 1) === 0) {
         this.commit(n, n, readable, writable, wstart);
         return;
       }
