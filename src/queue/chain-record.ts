@@ -3,13 +3,7 @@ import type { GuestMemory } from '../memory/guest-memory.js';
 import { joinU64 } from '../memory/guest-memory.js';
 import type { GuestRegion } from '../memory/region.js';
 import type { Descriptor, DescriptorChain } from './chain.js';
-import { followSplitIndirect } from './chain-walk.js';
 import { VIRTQ_DESC_F_WRITE } from './constants.js';
-import {
-  SPLIT_DESC_ADDR_HI_U32,
-  SPLIT_DESC_ADDR_LO_U32,
-  SPLIT_DESC_LEN_U32,
-} from './split/layout.js';
 
 const TWO_32 = 2 ** 32;
 /** VIRTIO 1.2 §2.7.5.2 / §2.8.5: a chain carries at most 2^32 bytes in total. */
@@ -25,7 +19,8 @@ const NO_REGION = { base: Number.POSITIVE_INFINITY, end: 0 } as GuestRegion;
 
 /**
  * The one implementation of {@link DescriptorChain}, and the only code that fills one: the
- * queues of `src/queue` build chains through `begin`, the walks of `chain-walk.ts` (or `push`)
+ * queues of `src/queue` build chains through `begin`, the walks of `split-walk.ts` and
+ * `chain-walk.ts` (or `push`)
  * and `end`, which check every rule as they go. Nothing outside
  * `src/queue` imports this module (test/api/chain-internal.test.ts checks it); device code sees
  * the read-only interface.
@@ -308,203 +303,6 @@ export class ChainRecord implements DescriptorChain {
     this.flagsOf[n] = fromIndirect ? flags | 0x10000 : flags;
     this.regions[n] = region;
     this.count = n + 1;
-  }
-
-  /**
-   * Copies the split-format chain that starts at descriptor `head` of a descriptor table
-   * (`table`: four u32 per descriptor, `size` entries) into this record, which {@link begin}
-   * just emptied: the per-chain hot path of the split ring.
-   *
-   * This is the fast path for what drivers send nearly always: direct descriptors, each buffer
-   * non-empty and in the region of the one before, the chain within its storage and limit.
-   * Anything else (an indirect table, an empty buffer, another region, a broken rule) starts
-   * the chain again in {@link walkSplitChecked}, which checks and reports everything. Only the
-   * checked walk's copy is kept then, so the device still sees the table as read once. The
-   * fast path is small enough for V8 to inline into the pop; that took W1 L=1 from about 31
-   * to 24 ns per chain (docs/PERFORMANCE.md).
-   */
-  walkSplit(table: Uint32Array, head: number, size: number): void {
-    // Named constants as literals in place, each with its name in a comment that
-    // test/queue/hot-literals.test.ts checks (see walkSplitChecked).
-    const links = this.links;
-    const addrs = this.addrs;
-    const lens = this.lens;
-    const flagsOf = this.flagsOf;
-    const regions = this.regions;
-    const room = links.length < this.limit ? links.length : this.limit;
-    const hint = this.hint;
-    const rBase = hint.base;
-    const rEnd = hint.end;
-    let n = 0;
-    let readable = 0;
-    let writable = 0;
-    let wstart = -1;
-    let i = head;
-    for (;;) {
-      const w = i << 2;
-      const fn = table[w + /* SPLIT_DESC_FLAGS_NEXT_U32 */ 3]!;
-      const len = table[w + /* SPLIT_DESC_LEN_U32 */ 2]!;
-      const addr = joinU64(
-        table[w + /* SPLIT_DESC_ADDR_LO_U32 */ 0]!,
-        table[w + /* SPLIT_DESC_ADDR_HI_U32 */ 1]!,
-      );
-      if (
-        (fn & /* VIRTQ_DESC_F_INDIRECT */ 4) !== 0 ||
-        n >= room ||
-        !(len > 0 && addr >= rBase && len <= rEnd - addr)
-      )
-        break;
-      if ((fn & /* VIRTQ_DESC_F_WRITE */ 2) !== 0) {
-        if (wstart < 0) wstart = n;
-        writable += len;
-      } else if (wstart < 0) readable += len;
-      else break;
-      if (readable + writable > /* MAX_CHAIN_BYTES */ 2 ** 32) break;
-      // Compare-then-store: a reused chain usually holds this region there already.
-      if (regions[n] !== hint) regions[n] = hint;
-      links[n] = i | (fn & 0xffff0000);
-      addrs[n] = addr;
-      lens[n] = len;
-      flagsOf[n] = fn & 0xffff;
-      n++;
-      if ((fn & /* VIRTQ_DESC_F_NEXT */ 1) === 0) {
-        this.commit(n, n, readable, writable, wstart);
-        return;
-      }
-      i = fn >>> 16;
-      if (i >= size) break;
-    }
-    this.walkSplitChecked(table, head, size);
-  }
-
-  /**
-   * The split walk that checks and reports everything ({@link walkSplit} starts the chain
-   * again here when it meets anything unusual): what {@link push} checks, in one loop that
-   * keeps the running totals in locals, with an indirect descriptor followed into its table
-   * ({@link followSplitIndirect}).
-   */
-  private walkSplitChecked(table: Uint32Array, head: number, size: number): void {
-    // Named constants as literals in locals: V8 (11.3, Node 20) loads an imported binding at
-    // every use with a check that it is initialised; here that cost about 15% per descriptor
-    // at L=16 and 4 ns per chain at L=1 (bench/run.ts w1-floor/). test/queue/hot-literals.test.ts
-    // checks each literal against the constant named beside it.
-    const ADDR_LO = 0; // SPLIT_DESC_ADDR_LO_U32
-    const ADDR_HI = 1; // SPLIT_DESC_ADDR_HI_U32
-    const LEN = 2; // SPLIT_DESC_LEN_U32
-    const FLAGS_NEXT = 3; // SPLIT_DESC_FLAGS_NEXT_U32
-    const F_NEXT = 1; // VIRTQ_DESC_F_NEXT
-    const F_WRITE = 2; // VIRTQ_DESC_F_WRITE
-    const F_INDIRECT = 4; // VIRTQ_DESC_F_INDIRECT
-    const MAX_BYTES = 2 ** 32; // MAX_CHAIN_BYTES
-    const join = joinU64; // the one u64 join, loaded once per call
-    const start = this.count;
-    const ringBase = this.ringCount - start;
-    let n = start;
-    let readable = this.readableLength;
-    let writable = this.writableLength;
-    let wstart = this.writableStart;
-    let links = this.links;
-    let addrs = this.addrs;
-    let lens = this.lens;
-    let flagsOf = this.flagsOf;
-    let regions = this.regions;
-    const limit = this.limit;
-    // The last buffer's region, in locals: most chains live in one region.
-    let hint = this.hint;
-    let rBase = hint.base;
-    let rEnd = hint.end;
-    let i = head;
-    let stop = -1;
-    let stopFlags = 0;
-    for (;;) {
-      const w = i << 2;
-      // flags (bits 0-15) and next (bits 16-31) are one little-endian u32.
-      const fn = table[w + FLAGS_NEXT]!;
-      if ((fn & F_INDIRECT) !== 0) {
-        stop = i;
-        stopFlags = fn & 0xffff;
-        break;
-      }
-      if (n >= limit) {
-        this.commit(n, ringBase + n, readable, writable, wstart);
-        this.fail('DESC_CHAIN_TOO_LONG', i, `chain is longer than ${limit} descriptors`);
-      }
-      if (n >= links.length) {
-        this.ensureCapacity(n + 1);
-        links = this.links;
-        addrs = this.addrs;
-        lens = this.lens;
-        flagsOf = this.flagsOf;
-        regions = this.regions;
-      }
-      const lo = table[w + ADDR_LO]!;
-      const hi = table[w + ADDR_HI]!;
-      const len = table[w + LEN]!;
-      const flags = fn & 0xffff;
-      if ((flags & F_WRITE) !== 0) {
-        if (wstart < 0) wstart = n;
-        writable += len;
-      } else {
-        // §2.7.4.2: device-readable descriptors MUST come before device-writable ones.
-        if (wstart >= 0) {
-          this.commit(n, ringBase + n, readable, writable, wstart);
-          this.fail(
-            'DESC_WRITABLE_BEFORE_READABLE',
-            i,
-            'device-readable descriptor after a device-writable one',
-          );
-        }
-        readable += len;
-      }
-      // §2.7.5.2: a chain MUST NOT describe more than 2^32 bytes in total.
-      if (readable + writable > MAX_BYTES) {
-        this.commit(n, ringBase + n, readable, writable, wstart);
-        this.fail('DESC_CHAIN_LENGTH_OVERFLOW', i, 'chain describes more than 2^32 bytes');
-      }
-      const addr = join(lo, hi);
-      if (len === 0) {
-        if (regions[n] !== null) regions[n] = null;
-      } else if (addr >= rBase && len <= rEnd - addr) {
-        // Compare-then-store: a reused chain usually holds this region there already.
-        if (regions[n] !== hint) regions[n] = hint;
-      } else {
-        // A miss: look the region up (the totals are stored first, in case it fails).
-        this.commit(n, ringBase + n, readable, writable, wstart);
-        const region = this.regionOf(addr, len, i);
-        if (region !== null) {
-          hint = region;
-          rBase = region.base;
-          rEnd = region.end;
-        }
-        regions[n] = region;
-      }
-      links[n] = i | (fn & 0xffff0000);
-      addrs[n] = addr;
-      lens[n] = len;
-      flagsOf[n] = flags;
-      n++;
-      if ((flags & F_NEXT) === 0) break;
-      const next = fn >>> 16;
-      // §2.7.5: `next` must index the descriptor table.
-      if (next >= size) {
-        this.commit(n, ringBase + n, readable, writable, wstart);
-        this.fail('DESC_NEXT_OUT_OF_RANGE', i, `next ${next} is outside a table of ${size}`);
-      }
-      i = next;
-    }
-    this.commit(n, ringBase + n, readable, writable, wstart);
-    if (stop >= 0) {
-      // The chain ends in an indirect table: follow it.
-      const w = stop << 2;
-      followSplitIndirect(
-        this,
-        stop,
-        table[w + SPLIT_DESC_ADDR_LO_U32]!,
-        table[w + SPLIT_DESC_ADDR_HI_U32]!,
-        table[w + SPLIT_DESC_LEN_U32]!,
-        stopFlags,
-      );
-    }
   }
 
   /**

@@ -31,7 +31,7 @@ const _PACKED_RING_BITS = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
  * Copies the packed-ring descriptor list that starts at ring slot `first` (`ring`: four u32
  * per slot, `size` slots; the first slot's flags already loaded as `firstFlags`) into `rec`,
  * which `begin` just emptied; returns the slot the list ended on. The per-buffer hot path of
- * the packed ring, and, like {@link ChainRecord.walkSplit}, a fast path small enough for V8 to
+ * the packed ring, and, like `walkSplit` (split-walk.ts), a fast path small enough for V8 to
  * inline: direct descriptors, each buffer non-empty and in the region of the one before, the
  * list within the record's storage, its limit and the `free` slots. Anything else starts the
  * list again in {@link walkPackedListChecked}, whose copy is then the only one kept.
@@ -116,7 +116,7 @@ function walkPackedListChecked(
   size: number,
   free: number,
 ): number {
-  // Named constants as literals in locals (see ChainRecord.walkSplitChecked).
+  // Named constants as literals in locals (see walkSplitChecked in split-walk.ts).
   const ADDR_LO = 0; // PACKED_DESC_ADDR_LO_U32
   const ADDR_HI = 1; // PACKED_DESC_ADDR_HI_U32
   const LEN = 2; // PACKED_DESC_LEN_U32

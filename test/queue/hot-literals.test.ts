@@ -21,7 +21,7 @@ const named: Record<string, number> = {
 } as unknown as Record<string, number>;
 
 describe('literals in the hot ring walks', () => {
-  for (const file of ['chain-record.ts', 'chain-walk.ts']) {
+  for (const file of ['split-walk.ts', 'chain-walk.ts']) {
     it(`${file}: each equals the constant named beside it`, () => {
       const text = readFileSync(join(import.meta.dirname, '../../src/queue', file), 'utf8');
       // Locals (`const X = <literal>; // NAME`) and literals in place (`/* NAME */ <literal>`).

@@ -9,6 +9,7 @@ import {
 } from '../constants.js';
 import type { Logger } from '../logger.js';
 import type { Queue } from '../queue.js';
+import { walkSplit } from '../split-walk.js';
 import { type SplitQueueState, StateReader } from '../state.js';
 
 import { SplitRing } from './ring.js';
@@ -132,7 +133,7 @@ export class SplitQueue extends SplitRing implements Queue {
     chain.begin(head, this.memory!, size, this.indirectDesc);
     // §2.7.13.2 (avail ring): the driver puts only valid head indices there.
     if (!(head >= 0 && head < size)) throw headOutOfRange(head, size);
-    chain.walkSplit(this.desc32, head, size);
+    walkSplit(chain, this.desc32, head, size);
     chain.end();
   }
 
