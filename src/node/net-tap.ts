@@ -265,11 +265,14 @@ export class TapNetBackend implements NetBackend {
       this.setEvents();
       this.port?.resumeTx();
     }
-    if ((ready & c.POLL_READABLE) !== 0) this.readFrames();
+    if ((ready & c.POLL_READABLE) !== 0) this.port?.burst(this.readFrames);
   }
 
-  /** Reads up to `framesPerTurn` frames and offers each to the device. */
-  private readFrames(): void {
+  /**
+   * Reads up to `framesPerTurn` frames and offers each to the device, in one burst (the
+   * device delivers them in one receive pass).
+   */
+  private readonly readFrames = (): void => {
     for (let i = 0; i < this.framesPerTurn; i++) {
       const port = this.port;
       if (this.fd < 0 || port === null || this.heldLength >= 0) return;
@@ -296,7 +299,7 @@ export class TapNetBackend implements NetBackend {
         return;
       }
     }
-  }
+  };
 }
 
 /** TUN_F_* flags for the receive offloads in `offloads` (what the kernel may hand us). */

@@ -129,11 +129,14 @@ export class UdpNetBackend implements NetBackend {
   resumeRx(): void {
     const port = this.port;
     if (port === null) return;
-    while (this.backlog.length > 0) {
-      const msg = this.backlog[0]!;
-      if (!port.receive(msg, msg.length, null)) return;
-      this.backlog.shift();
-    }
+    // The backlog in one burst: one receive pass for all of it.
+    port.burst(() => {
+      while (this.backlog.length > 0) {
+        const msg = this.backlog[0]!;
+        if (!port.receive(msg, msg.length, null)) return;
+        this.backlog.shift();
+      }
+    });
   }
 
   /** Closes the socket. */

@@ -30,6 +30,8 @@ export class RingPoller {
   private readonly polling: boolean[] = [];
   /** Per ring: when the ring last moved (performance.now() milliseconds). */
   private readonly movedAt: number[] = [];
+  /** Per ring: its avail cursor when the poller last looked. */
+  private readonly cursorAt: number[] = [];
   /** Per ring: bumped whenever polling stops, so a turn already scheduled does nothing. */
   private readonly epoch: number[] = [];
   private readonly idleMs: number;
@@ -64,6 +66,7 @@ export class RingPoller {
     if (q === undefined || !q.isActive) return;
     this.polling[index] = true;
     this.movedAt[index] = this.now();
+    this.cursorAt[index] = q.availCursor;
     this.host.count('polls');
     q.polled = true;
     q.setNotification(false);
@@ -97,13 +100,17 @@ export class RingPoller {
       this.stop(index);
       return;
     }
-    const before = q.availCursor;
     this.host.count('pollTurns');
     this.host.serve(index);
     if (this.polling[index] !== true) return; // the turn stopped the ring
     const now = this.now();
-    if (q.availCursor !== before) this.movedAt[index] = now;
-    else if (now - this.movedAt[index]! > this.idleMs) {
+    // Moved since the last look, in this turn or in between: a device whose backend offers
+    // it frames (a receive queue) takes chains outside the poller's turns too.
+    const cursor = q.availCursor;
+    if (cursor !== this.cursorAt[index]) {
+      this.cursorAt[index] = cursor;
+      this.movedAt[index] = now;
+    } else if (now - this.movedAt[index]! > this.idleMs) {
       this.stop(index);
       // Back to kicks. A chain made available before the driver saw notifications enabled
       // would get no kick: serve once more (with EVENT_IDX, setNotification says so itself).

@@ -170,6 +170,36 @@ describe('RingPoller', () => {
     });
   }
 
+  it('a ring that moves between its turns stays polled (a receive queue its backend feeds)', async () => {
+    const r = rig('split');
+    let clock = 0;
+    const poller = new RingPoller(
+      { queue: () => r.q, serve: () => r.serve(), count },
+      1_000,
+      () => clock,
+    );
+    r.add();
+    r.serve();
+    poller.served(0);
+    // Every chain is taken outside the poller's turns, as a device does when its backend
+    // offers frames; the clock passes the idle time many times over meanwhile.
+    for (let k = 0; k < 10; k++) {
+      r.add();
+      r.serve();
+      clock += 0.6;
+      await turn();
+    }
+    expect(poller.isPolling(0)).toBe(true);
+    // Still: nothing moves for longer than the idle time, and it lets go.
+    clock += 0.6;
+    await turn();
+    clock += 0.6;
+    await turn();
+    await turn();
+    expect(poller.isPolling(0)).toBe(false);
+    expect(r.served()).toBe(11);
+  });
+
   it('stop() ends polling at once: no turn runs after it', async () => {
     const r = rig('split');
     const poller = new RingPoller({ queue: () => r.q, serve: () => r.serve(), count }, 1_000_000);

@@ -12,6 +12,13 @@ export interface NetPort {
    * and offers it again after the device calls {@link NetBackend.resumeRx}. Nothing is lost.
    */
   receive(frame: Uint8Array, length: number, header: NetHeader | null): boolean;
+  /**
+   * Runs `run`, in which the backend offers several frames: the device takes each as
+   * {@link receive} says, and delivers them after `run` returns, in one receive pass per
+   * queue (one used-index publication, at most one interrupt) instead of one pass per frame.
+   * A backend that reads frames in batches offers each batch in a burst. Bursts may nest.
+   */
+  burst(run: () => void): void;
   /** True when {@link receive} would take a frame of `length` bytes now. */
   canReceive(length: number): boolean;
   /** The backend can take frames again after {@link NetBackend.send} returned false. */

@@ -104,12 +104,12 @@ export class NetDevice extends VirtioDeviceBase {
   /** Per pair: a transmit pass runs, and another was asked for meanwhile. */
   private readonly txBusy: Uint8Array;
   private readonly txAgain: Uint8Array;
-  /** Transmit passes under way (on any queue). */
-  private txRunning = 0;
+  /** Transmit passes and receive bursts under way: frames received meanwhile wait for them. */
+  private rxHeld = 0;
 
   /** The backend was refused a frame and waits for {@link NetBackend.resumeRx}. */
   private backendWaiting = false;
-  /** Pairs (bit k) whose receive queue got a frame during a transmit pass: served after it. */
+  /** Pairs (bit k) whose receive queue got a frame while {@link rxHeld}: served after. */
   private rxDeferred = 0;
 
   constructor(options: NetOptions) {
@@ -143,6 +143,7 @@ export class NetDevice extends VirtioDeviceBase {
     };
     this.port = {
       receive: (frame, length, header) => this.receiveFrame(frame, length, header),
+      burst: (run) => this.burst(run),
       canReceive: (length) => this.canReceive(length),
       resumeTx: () => {
         this.tx.resume();
@@ -330,7 +331,9 @@ export class NetDevice extends VirtioDeviceBase {
       return;
     }
     this.txBusy[pair] = 1;
-    this.txRunning++;
+    // Frames the backend hands back while the transmit side runs (a reflector, a loop) are
+    // delivered after it, as a burst.
+    this.rxHeld++;
     try {
       do {
         this.txAgain[pair] = 0;
@@ -338,19 +341,35 @@ export class NetDevice extends VirtioDeviceBase {
       } while (this.txAgain[pair] === 1);
     } finally {
       this.txBusy[pair] = 0;
-      this.txRunning--;
-    }
-    // Frames the backend handed back while the transmit side ran (a reflector, a loop) are
-    // delivered in one receive pass per queue: one publication, one interrupt decision.
-    if (this.txRunning === 0 && this.rxDeferred !== 0) {
-      const deferred = this.rxDeferred;
-      this.rxDeferred = 0;
-      for (let k = 0; k < this.rx.length; k++)
-        if ((deferred & (1 << k)) !== 0) this.queueNotify(2 * k);
+      this.endHold();
     }
   }
 
   // ---- receive ----
+
+  /** {@link NetPort.burst}: frames received inside `run` are delivered after it. */
+  private burst(run: () => void): void {
+    this.rxHeld++;
+    try {
+      run();
+    } finally {
+      this.endHold();
+    }
+  }
+
+  /**
+   * Ends a burst or a transmit pass. After the outermost, the frames received meanwhile are
+   * delivered in one receive pass per queue: one publication, one interrupt decision. (A
+   * pass per frame would publish the used index per frame; the driver polls that line, so
+   * each publication is a transfer between the two processors.)
+   */
+  private endHold(): void {
+    if (--this.rxHeld !== 0 || this.rxDeferred === 0) return;
+    const deferred = this.rxDeferred;
+    this.rxDeferred = 0;
+    for (let k = 0; k < this.rx.length; k++)
+      if ((deferred & (1 << k)) !== 0) this.queueNotify(2 * k);
+  }
 
   /** True when pair `k` (below {@link active}) may be given frames now. */
   private usable(k: number): boolean {
@@ -392,7 +411,7 @@ export class NetDevice extends VirtioDeviceBase {
       this.backendWaiting = true;
       return false;
     }
-    if (this.txRunning > 0) this.rxDeferred |= 1 << (rx.index >>> 1);
+    if (this.rxHeld > 0) this.rxDeferred |= 1 << (rx.index >>> 1);
     else this.queueNotify(rx.index);
     return true;
   }

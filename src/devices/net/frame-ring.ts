@@ -57,13 +57,22 @@ export class FrameRing {
     return this.data.length;
   }
 
+  /**
+   * The slot of the `i`-th oldest frame (`i` at most maxFrames): a compare, not `%`, which V8
+   * compiles to a division (the ring's size need not be a power of two), several per frame.
+   */
+  private slot(i: number): number {
+    const s = this.head + i;
+    return s < this.maxFrames ? s : s - this.maxFrames;
+  }
+
   /** Where a frame of `len` bytes would go, or -1 when it does not fit now. */
   private place(len: number): number {
     const cap = this.data.length;
     if (len > cap || this.n === this.maxFrames) return -1;
     if (this.n === 0) return 0;
     const rd = this.offs[this.head]!;
-    const newest = this.offs[(this.head + this.n - 1) % this.maxFrames]!;
+    const newest = this.offs[this.slot(this.n - 1)]!;
     if (newest >= rd) {
       // Not wrapped: free space is [wr, cap) and [0, rd).
       if (len <= cap - this.wr) return this.wr;
@@ -87,12 +96,12 @@ export class FrameRing {
     if (len < 1) throw new RangeError('a frame has at least one byte');
     const at = this.place(len);
     if (at < 0) return false;
-    const slot = (this.head + this.n) % this.maxFrames;
-    if (len === src.length) this.data.set(src, at);
-    else if (len < LARGE_COPY_BYTES) {
-      // A view of part of `src` would be an allocation per frame.
+    const slot = this.slot(this.n);
+    if (len < LARGE_COPY_BYTES) {
+      // Neither a view of part of `src` (an allocation per frame) nor a call into `set`.
       this.source.copy(this.data, this.view, at, src, len);
-    } else this.data.set(src.subarray(0, len), at);
+    } else if (len === src.length) this.data.set(src, at);
+    else this.data.set(src.subarray(0, len), at);
     this.offs[slot] = at;
     this.lens[slot] = len;
     const h = slot * HDR_FIELDS;
@@ -121,17 +130,17 @@ export class FrameRing {
 
   /** Offset in {@link data} of the `i`-th oldest frame (0: the oldest). */
   offsetAt(i: number): number {
-    return this.offs[(this.head + i) % this.maxFrames]!;
+    return this.offs[this.slot(i)]!;
   }
 
   /** Length of the `i`-th oldest frame. */
   lengthAt(i: number): number {
-    return this.lens[(this.head + i) % this.maxFrames]!;
+    return this.lens[this.slot(i)]!;
   }
 
   /** Copies the header of the `i`-th oldest frame into `out`. */
   headerAt(i: number, out: NetHeader): NetHeader {
-    const h = ((this.head + i) % this.maxFrames) * HDR_FIELDS;
+    const h = this.slot(i) * HDR_FIELDS;
     const hdrs = this.hdrs;
     out.flags = hdrs[h]!;
     out.gsoType = hdrs[h + 1]!;
@@ -151,7 +160,7 @@ export class FrameRing {
   shift(): void {
     if (this.n === 0) return;
     this.usedBytes -= this.lens[this.head]!;
-    this.head = (this.head + 1) % this.maxFrames;
+    this.head = this.slot(1);
     this.n--;
     if (this.n === 0) {
       this.head = 0;

@@ -33,7 +33,9 @@ export class HeldRxChains {
 
   /** The held chain at position `i` (0: oldest; `count`: where the next one goes). */
   at(i: number): DescriptorChain {
-    const slot = (this.first + i) % this.cap;
+    // A compare, not `%` (a division in V8: a packed ring's size need not be a power of two).
+    let slot = this.first + i;
+    if (slot >= this.cap) slot -= this.cap;
     let c = this.chains[slot];
     if (c === undefined) {
       c = new DescriptorChain();
@@ -57,8 +59,14 @@ export class HeldRxChains {
       this.bytes -= c.writableLength;
       this.slots -= c.ringCount;
     }
-    this.first = (this.first + k) % this.cap;
     this.count -= k;
+    // Empty, start again at slot 0: one frame per chain then reuses one chain object, whose
+    // arrays stay in the cache, instead of going round the whole ring of them.
+    if (this.count === 0) this.first = 0;
+    else {
+      this.first += k;
+      if (this.first >= this.cap) this.first -= this.cap;
+    }
   }
 
   /** The held chains as saved state: head, ring slots and [address, length] of each buffer. */

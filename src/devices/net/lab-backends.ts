@@ -86,10 +86,31 @@ export interface GenerateOptions {
   destination?: Uint8Array;
   /** Source MAC (default 02:00:00:00:00:01, locally administered). */
   source?: Uint8Array;
+  /**
+   * Runs the generator's continuation in a later task, after it offered
+   * {@link GENERATE_BURSTS_PER_TASK} bursts that the device all took (default: `setImmediate`
+   * where there is one, else `setTimeout(run, 0)`): a driver that keeps up must not keep the
+   * event loop from everything else.
+   */
+  schedule?: (run: () => void) => void;
 }
 
 /** The EtherType of generated frames: IEEE 802 local experimental 1. */
 export const GENERATE_ETHERTYPE = 0x88b5;
+
+/**
+ * Frames the generator offers per burst ({@link NetPort.burst}): the device delivers them in
+ * one receive pass. As many as a driver's receive burst (DPDK's is 32).
+ */
+const GENERATE_BURST = 32;
+/** Bursts the generator offers before it lets other work run ({@link GenerateOptions.schedule}). */
+const GENERATE_BURSTS_PER_TASK = 8;
+
+function nextTask(run: () => void): void {
+  const immediate = (globalThis as { setImmediate?: (f: () => void) => unknown }).setImmediate;
+  if (immediate !== undefined) immediate(run);
+  else setTimeout(run, 0);
+}
 
 /**
  * Offers `count` frames of `size` bytes to the device, as fast as the device takes them: while
@@ -109,7 +130,13 @@ export class GenerateBackend implements NetBackend {
   dropped = 0;
   private port: NetPort | null = null;
   private readonly frame: Uint8Array;
+  private readonly view: DataView;
   private generating = false;
+  /** Go round the generating loop once more. */
+  private again = false;
+  /** A continuation is scheduled. */
+  private continuing = false;
+  private readonly schedule: (run: () => void) => void;
 
   constructor(options: GenerateOptions) {
     const { count, size } = options;
@@ -128,6 +155,8 @@ export class GenerateBackend implements NetBackend {
     f[13] = GENERATE_ETHERTYPE & 0xff;
     for (let i = ETH_HLEN + 4; i < size; i++) f[i] = i & 0xff;
     this.frame = f;
+    this.view = new DataView(f.buffer, f.byteOffset, f.byteLength);
+    this.schedule = options.schedule ?? nextTask;
   }
 
   /** True once every frame was taken. */
@@ -154,20 +183,47 @@ export class GenerateBackend implements NetBackend {
   }
 
   private generate(): void {
-    // receive() may make the device ask for more from inside it: one loop at a time.
-    if (this.generating) return;
+    // The device may ask for more from inside a burst (it made room): one loop at a time,
+    // which goes round again.
+    if (this.generating) {
+      this.again = true;
+      return;
+    }
     this.generating = true;
     try {
-      const f = this.frame;
-      const view = new DataView(f.buffer, f.byteOffset, f.byteLength);
-      while (this.port !== null && this.frames < this.count) {
-        view.setUint32(ETH_HLEN, this.frames);
-        if (!this.port.receive(f, this.size, null)) break;
-        this.frames++;
-        this.bytes += this.size;
+      for (let b = 0; ; b++) {
+        if (b === GENERATE_BURSTS_PER_TASK) {
+          if (!this.continuing) {
+            this.continuing = true;
+            this.schedule(this.resume);
+          }
+          return;
+        }
+        this.again = false;
+        this.port?.burst(this.produce);
+        if (!this.again) return;
       }
     } finally {
       this.generating = false;
     }
   }
+
+  private readonly resume = (): void => {
+    this.continuing = false;
+    this.generate();
+  };
+
+  /** Offers up to {@link GENERATE_BURST} frames, in one burst (created once: no closure per burst). */
+  private readonly produce = (): void => {
+    const view = this.view;
+    for (let k = 0; k < GENERATE_BURST; k++) {
+      if (this.port === null || this.frames >= this.count) return;
+      view.setUint32(ETH_HLEN, this.frames);
+      if (!this.port.receive(this.frame, this.size, null)) return;
+      this.frames++;
+      this.bytes += this.size;
+    }
+    // A full burst: go round for the next one.
+    this.again = true;
+  };
 }

@@ -169,22 +169,15 @@ export class NetRxQueue {
       const need = VIRTIO_NET_HDR_SIZE + left;
       if (r !== null && r !== undefined && c.lens[d]! >= need) {
         const addr = c.addrs[d]!;
-        const b = r.bytes;
+        const v = r.view;
         const at = addr - r.base;
         r.markDirty(addr, need);
-        b[at] = h.flags;
-        b[at + 1] = h.gsoType;
-        b[at + 2] = h.hdrLen;
-        b[at + 3] = h.hdrLen >>> 8;
-        b[at + 4] = h.gsoSize;
-        b[at + 5] = h.gsoSize >>> 8;
-        b[at + 6] = h.csumStart;
-        b[at + 7] = h.csumStart >>> 8;
-        b[at + 8] = h.csumOffset;
-        b[at + 9] = h.csumOffset >>> 8;
-        b[at + 10] = 1; // num_buffers
-        b[at + 11] = 0;
-        copyBytes(b, r.view, at + VIRTIO_NET_HDR_SIZE, frames.buf, frames.view, src, left);
+        // The 12-byte header as three little-endian words: flags, gso_type, hdr_len;
+        // gso_size, csum_start; csum_offset, num_buffers = 1.
+        v.setInt32(at, (h.flags & 0xff) | ((h.gsoType & 0xff) << 8) | (h.hdrLen << 16), true);
+        v.setInt32(at + 4, h.gsoSize | (h.csumStart << 16), true);
+        v.setInt32(at + 8, h.csumOffset | (1 << 16), true);
+        copyBytes(r.bytes, v, at + VIRTIO_NET_HDR_SIZE, frames.buf, frames.view, src, left);
         q.addUsed(c.head, need);
         this.held.release(1);
         this.used = true;
