@@ -1,5 +1,6 @@
 import { DescriptorError, QueueConfigError, QueueStateError, SnapshotError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import type { GuestRegion } from '../memory/region.js';
 import type { DescriptorChain } from './chain.js';
 import { ChainRecord, recordOf } from './chain-record.js';
 import { reviveChain } from './chain-walk.js';
@@ -45,6 +46,7 @@ export abstract class QueueBase {
 
   // The region of the last buffer {@link touch} read, valid while `touchMemory` is `memory`.
   private touchMemory: GuestMemory | null = null;
+  private touchRegion: GuestRegion | null = null;
   private touchBase = 0;
   private touchBytes: Uint8Array = new Uint8Array(0);
   /** Offsets below this one have two cache lines of the region after them. */
@@ -82,13 +84,19 @@ export abstract class QueueBase {
    * guest memory holds them, and returns their first bytes summed (0 when it holds them not):
    * a hint for `Queue.warm`. One compare per buffer when it is in the same region as the
    * one before, as the buffers of a burst nearly always are.
+   *
+   * With `writable` > 0 the buffer is device-writable and that many bytes long: its lines are
+   * written instead (a zero into the first byte of each, the second one only when the buffer
+   * reaches it), so that they come over for writing. A read would bring them over shared,
+   * and the device's first store would then wait for them a second time.
    */
-  protected touch(addr: number): number {
+  protected touch(addr: number, writable: number): number {
     let off = addr - this.touchBase;
     if (!(off >= 0 && off < this.touchLimit) || this.touchMemory !== this.memory) {
       const r = this.memory!.findRegion(addr);
       if (r === undefined) return 0;
       this.touchMemory = this.memory;
+      this.touchRegion = r;
       this.touchBase = r.base;
       this.touchBytes = r.bytes;
       this.touchLimit = r.bytes.length - 64;
@@ -96,7 +104,11 @@ export abstract class QueueBase {
       if (!(off < this.touchLimit)) return 0;
     }
     const bytes = this.touchBytes;
-    return bytes[off]! + bytes[off + 64]!;
+    if (writable <= 0) return bytes[off]! + bytes[off + 64]!;
+    bytes[off] = 0;
+    if (writable > 64) bytes[off + 64] = 0;
+    this.touchRegion!.markDirty(addr, writable > 64 ? 65 : 1);
+    return 0;
   }
 
   /** The guest memory the queue was initialised over. */

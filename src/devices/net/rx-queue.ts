@@ -69,8 +69,8 @@ export class NetRxQueue {
     // prepare first: a turn that finds nothing pending schedules no continuation. Chains
     // count against the turn as holdNext takes them; bytes are checked between frames.
     while (frames.prepare()) {
-      // The receive buffers' descriptors and first lines, read ahead of the pops.
-      q.warm(NET_WARM_AHEAD);
+      // The receive buffers' descriptors, and their first lines for writing, ahead of the pops.
+      q.warm(NET_WARM_AHEAD, true);
       if (turn.bytesLeft() <= 0) {
         turn.continueLater(this.index);
         break;

@@ -6,6 +6,8 @@ import { walkPackedList } from '../chain-walk.js';
 import {
   MAX_QUEUE_SIZE,
   VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_USED,
   VIRTQ_DESC_F_WRITE,
 } from '../constants.js';
@@ -16,6 +18,7 @@ import {
   PACKED_DESC_FLAGS,
   PACKED_DESC_FLAGS_U16,
   PACKED_DESC_ID_U16,
+  PACKED_DESC_LEN_U32,
   RING_EVENT_FLAGS_DESC,
   RING_EVENT_FLAGS_DISABLE,
   RING_EVENT_FLAGS_ENABLE,
@@ -112,8 +115,14 @@ export class PackedQueue extends PackedRing implements Queue {
     return this.pop(into);
   }
 
-  /** See {@link Queue.warm}: the available slots' descriptors and buffers, up to `count`. */
-  warm(count: number): void {
+  /** The slot at `warmedTo` starts a chain (the descriptor before it has no NEXT). */
+  private warmedAtHead = true;
+
+  /**
+   * See {@link Queue.warm}: the available slots' descriptors and buffers, up to `count`
+   * (with `write`, the chains' first buffers).
+   */
+  warm(count: number, write = false): void {
     if (!this.active) return;
     const size = this.qsize;
     const from = this._nextAvail + (this._availWrap === 1 ? 0 : size);
@@ -132,16 +141,29 @@ export class PackedQueue extends PackedRing implements Queue {
     }
     let sum = 0;
     let k = ahead;
+    // Whether the slot holds a chain's first descriptor: at the ring position it does, further
+    // on as the last read left it; then each one after a descriptor without NEXT.
+    let head = ahead === 0 || this.warmedAtHead;
     for (; k < n; k++) {
       const flags = d16[(slot << 3) + PACKED_DESC_FLAGS_U16]!;
       if (((flags >>> 7) & 1) !== wrap || ((flags >>> 15) & 1) === wrap) break;
-      sum += this.touch(joinU64(d32[slot << 2]!, d32[(slot << 2) + 1]!));
+      const writable =
+        write &&
+        head &&
+        (flags & (VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) === VIRTQ_DESC_F_WRITE
+          ? d32[(slot << 2) + PACKED_DESC_LEN_U32]!
+          : 0;
+      head = (flags & VIRTQ_DESC_F_NEXT) === 0;
+      sum += this.touch(joinU64(d32[slot << 2]!, d32[(slot << 2) + 1]!), writable);
       if (++slot === size) {
         slot = 0;
         wrap ^= 1;
       }
     }
-    if (k > ahead) this.warmedTo = slot + (wrap === 1 ? 0 : size);
+    if (k > ahead) {
+      this.warmedTo = slot + (wrap === 1 ? 0 : size);
+      this.warmedAtHead = head;
+    }
     this.warmth = sum;
   }
 

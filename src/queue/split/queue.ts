@@ -5,12 +5,15 @@ import { ChainRecord, recordOf } from '../chain-record.js';
 import {
   MAX_QUEUE_SIZE,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_WRITE,
   VIRTQ_USED_F_NO_NOTIFY,
 } from '../constants.js';
 import type { Logger } from '../logger.js';
 import type { Queue } from '../queue.js';
 import { walkSplit } from '../split-walk.js';
 import { type SplitQueueState, StateReader } from '../state.js';
+import { SPLIT_DESC_FLAGS_NEXT_U32, SPLIT_DESC_LEN_U32 } from './layout.js';
 
 import { SplitRing } from './ring.js';
 
@@ -138,7 +141,7 @@ export class SplitQueue extends SplitRing implements Queue {
   }
 
   /** See {@link Queue.warm}: the heads' descriptors, and their buffers. */
-  warm(count: number): void {
+  warm(count: number, write = false): void {
     if (!this.active) return;
     const mask = this.qsize - 1;
     const from = this._nextAvail;
@@ -153,7 +156,12 @@ export class SplitQueue extends SplitRing implements Queue {
     let sum = 0;
     for (let k = ahead; k < n; k++) {
       const d = (avail[2 + ((from + k) & mask)]! & mask) << 2;
-      sum += this.touch(joinU64(desc[d]!, desc[d + 1]!));
+      const flags = desc[d + SPLIT_DESC_FLAGS_NEXT_U32]! & 0xffff;
+      const writable =
+        write && (flags & (VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) === VIRTQ_DESC_F_WRITE
+          ? desc[d + SPLIT_DESC_LEN_U32]!
+          : 0;
+      sum += this.touch(joinU64(desc[d]!, desc[d + 1]!), writable);
     }
     if (n > ahead) this.warmedTo = (from + n) & 0xffff;
     this.warmth = sum;
