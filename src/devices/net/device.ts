@@ -331,9 +331,7 @@ export class NetDevice extends VirtioDeviceBase {
       return;
     }
     this.txBusy[pair] = 1;
-    // Frames the backend hands back while the transmit side runs (a reflector, a loop) are
-    // delivered after it, as a burst.
-    this.rxHeld++;
+    this.rxHeld++; // frames handed back meanwhile (a reflector) wait, as in a burst
     try {
       do {
         this.txAgain[pair] = 0;
@@ -357,12 +355,7 @@ export class NetDevice extends VirtioDeviceBase {
     }
   }
 
-  /**
-   * Ends a burst or a transmit pass. After the outermost, the frames received meanwhile are
-   * delivered in one receive pass per queue: one publication, one interrupt decision. (A
-   * pass per frame would publish the used index per frame; the driver polls that line, so
-   * each publication is a transfer between the two processors.)
-   */
+  /** Ends a burst or transmit pass; after the outermost, one receive pass per queue that got frames. */
   private endHold(): void {
     if (--this.rxHeld !== 0 || this.rxDeferred === 0) return;
     const deferred = this.rxDeferred;

@@ -88,7 +88,7 @@ export interface GenerateOptions {
   source?: Uint8Array;
   /**
    * Runs the generator's continuation in a later task, after it offered
-   * {@link GENERATE_BURSTS_PER_TASK} bursts that the device all took (default: `setImmediate`
+   * 8 bursts of 32 frames that the device all took (default: `setImmediate`
    * where there is one, else `setTimeout(run, 0)`): a driver that keeps up must not keep the
    * event loop from everything else.
    */
@@ -213,7 +213,7 @@ export class GenerateBackend implements NetBackend {
     this.generate();
   };
 
-  /** Offers up to {@link GENERATE_BURST} frames, in one burst (created once: no closure per burst). */
+  /** Offers up to `GENERATE_BURST` frames, in one burst (created once: no closure per burst). */
   private readonly produce = (): void => {
     const view = this.view;
     for (let k = 0; k < GENERATE_BURST; k++) {
