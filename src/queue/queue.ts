@@ -84,7 +84,7 @@ export interface Queue {
    * into the first byte of each that lies in that buffer, logged when dirty pages are
    * tracked. The device may write such a buffer before it uses the chain, and write more
    * than it then reports (§2.7.8.2); the lines then come over ready for the device's stores
-   * (about 25% more received frames per second against testpmd, docs/PERFORMANCE.md).
+   * (up to a third more received frames per second against testpmd, docs/PERFORMANCE.md).
    */
   warm(count: number, write?: boolean): void;
   /** Gives back the chain popped last. */
