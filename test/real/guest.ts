@@ -925,3 +925,18 @@ export async function virtqCliArgs(): Promise<{ args: string[]; what: string }> 
   }
   return { args: ['--import', 'tsx', src], what: 'src/cli/main.ts (tsx)' };
 }
+
+/**
+ * The `FACT name=value` lines of a guest's console log. A kernel message can land in the
+ * middle of a line the guest's script prints (seen once: "FACT read1_bytes[    2.230909]
+ * reboot: Power down" and "=4000" on the next line): such messages are taken out first.
+ */
+export function parseFacts(stdout: string): Map<string, string> {
+  const facts = new Map<string, string>();
+  const text = stdout.replace(/\[ *\d+\.\d{6}\] [^\n]*\r?\n/g, '');
+  for (const line of text.split(/\r?\n/)) {
+    const m = /FACT ([a-z0-9_.]+)=(.*)$/.exec(line);
+    if (m !== null) facts.set(m[1]!, m[2]!.trim());
+  }
+  return facts;
+}

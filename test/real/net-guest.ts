@@ -109,15 +109,7 @@ export function waitForStatScript(name: string, count: number, tenths = 100): st
   ].join('\n');
 }
 
-/** The `FACT name=value` lines of a console log. */
-export function parseFacts(stdout: string): Map<string, string> {
-  const facts = new Map<string, string>();
-  for (const line of stdout.split(/\r?\n/)) {
-    const m = /FACT ([a-z0-9_.]+)=(.*)$/.exec(line);
-    if (m !== null) facts.set(m[1]!, m[2]!.trim());
-  }
-  return facts;
-}
+export { parseFacts } from './guest.js';
 
 /**
  * The feature bits QEMU 7.2's vhost-user net negotiates with the back-end (its

@@ -26,6 +26,7 @@ import {
   guestDepsFor,
   type LoggedProcess,
   type Machine,
+  parseFacts,
   type QemuResult,
   runQemu,
   sharedMemoryArgs,
@@ -300,15 +301,6 @@ function guestScript(c: Config): string {
     'echo VIRTQ-GUEST-SCRIPT-DONE',
   );
   return `${lines.join('\n')}\n`;
-}
-
-function parseFacts(stdout: string): Map<string, string> {
-  const facts = new Map<string, string>();
-  for (const line of stdout.split(/\r?\n/)) {
-    const m = /FACT ([a-z0-9_.]+)=(.*)$/.exec(line);
-    if (m !== null) facts.set(m[1]!, m[2]!);
-  }
-  return facts;
 }
 
 // ---------------------------------------------------------------------------------------------

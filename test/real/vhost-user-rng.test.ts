@@ -22,6 +22,7 @@ import {
   guestDepsFor,
   type LoggedProcess,
   type Machine,
+  parseFacts,
   type QemuResult,
   runQemu,
   sharedMemoryArgs,
@@ -93,15 +94,6 @@ function guestScript(o: { reads: number; killBetween?: boolean; timed?: boolean 
   }
   lines.push('echo VIRTQ-GUEST-SCRIPT-DONE');
   return `${lines.join('\n')}\n`;
-}
-
-function parseFacts(stdout: string): Map<string, string> {
-  const facts = new Map<string, string>();
-  for (const line of stdout.split(/\r?\n/)) {
-    const m = /FACT ([a-z0-9_.]+)=(.*)$/.exec(line);
-    if (m !== null) facts.set(m[1]!, m[2]!.trim());
-  }
-  return facts;
 }
 
 /** Where `bytes` sits in the source served in a loop, or -1 when it is not a window of it. */
