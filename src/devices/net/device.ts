@@ -74,10 +74,7 @@ export class NetDevice extends VirtioDeviceBase {
   readonly mtu: number | null;
   /** Receive/transmit pairs offered (max_virtqueue_pairs). */
   readonly queuePairs: number;
-  /**
-   * Index of the control queue when the driver negotiates MQ (the last queue), or -1 without
-   * one. §5.1.2: without MQ the control queue is queue 2.
-   */
+  /** The control queue with MQ (the last queue), or -1 if none; without MQ, 2 (§5.1.2). */
   readonly controlQueue: number;
   /** Commands answered on the control queue. */
   readonly control = new NetControl();
@@ -106,7 +103,6 @@ export class NetDevice extends VirtioDeviceBase {
   private readonly txAgain: Uint8Array;
   /** Transmit passes and receive bursts under way: frames received meanwhile wait for them. */
   private rxHeld = 0;
-
   /** The backend was refused a frame and waits for {@link NetBackend.resumeRx}. */
   private backendWaiting = false;
   /** Pairs (bit k) whose receive queue got a frame while {@link rxHeld}: served after. */
@@ -345,7 +341,7 @@ export class NetDevice extends VirtioDeviceBase {
 
   // ---- receive ----
 
-  /** {@link NetPort.burst}: frames received inside `run` are delivered after it. */
+  /** {@link NetPort.burst}: frames received in `run` are delivered after it. */
   private burst(run: () => void): void {
     this.rxHeld++;
     try {
@@ -355,7 +351,7 @@ export class NetDevice extends VirtioDeviceBase {
     }
   }
 
-  /** Ends a burst or transmit pass; after the outermost, one receive pass per queue that got frames. */
+  /** Ends a burst or transmit pass; after the outermost, a receive pass per queue with frames. */
   private endHold(): void {
     if (--this.rxHeld !== 0 || this.rxDeferred === 0) return;
     const deferred = this.rxDeferred;

@@ -6,6 +6,7 @@
  * sink sees `frames === N`). Browser-safe: no Node imports.
  */
 
+import { defaultScheduler } from '../budget.js';
 import type { NetBackend, NetPort } from './backend.js';
 import { ETH_HLEN, NET_MAX_FRAME, NET_OFFLOAD_FEATURES, type NetHeader } from './request.js';
 
@@ -87,10 +88,9 @@ export interface GenerateOptions {
   /** Source MAC (default 02:00:00:00:00:01, locally administered). */
   source?: Uint8Array;
   /**
-   * Runs the generator's continuation in a later task, after it offered
-   * 8 bursts of 32 frames that the device all took (default: `setImmediate`
-   * where there is one, else `setTimeout(run, 0)`): a driver that keeps up must not keep the
-   * event loop from everything else.
+   * Runs the generator's continuation in a later task, after it offered 8 bursts of 32
+   * frames that the device all took (default: the devices' `defaultScheduler`): a driver that
+   * keeps up must not keep the event loop from everything else.
    */
   schedule?: (run: () => void) => void;
 }
@@ -105,12 +105,6 @@ export const GENERATE_ETHERTYPE = 0x88b5;
 const GENERATE_BURST = 32;
 /** Bursts the generator offers before it lets other work run ({@link GenerateOptions.schedule}). */
 const GENERATE_BURSTS_PER_TASK = 8;
-
-function nextTask(run: () => void): void {
-  const immediate = (globalThis as { setImmediate?: (f: () => void) => unknown }).setImmediate;
-  if (immediate !== undefined) immediate(run);
-  else setTimeout(run, 0);
-}
 
 /**
  * Offers `count` frames of `size` bytes to the device, as fast as the device takes them: while
@@ -156,7 +150,7 @@ export class GenerateBackend implements NetBackend {
     for (let i = ETH_HLEN + 4; i < size; i++) f[i] = i & 0xff;
     this.frame = f;
     this.view = new DataView(f.buffer, f.byteOffset, f.byteLength);
-    this.schedule = options.schedule ?? nextTask;
+    this.schedule = options.schedule ?? ((run) => defaultScheduler(run, 0));
   }
 
   /** True once every frame was taken. */
