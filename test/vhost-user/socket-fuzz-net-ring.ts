@@ -57,6 +57,11 @@ export function writeChains(ram: DataView, k: number, chains: NetChain[], packed
   const desc = ramOffset(ring.desc)!;
   const avail = ramOffset(ring.avail)!;
   let slot = 0;
+  // Packed: slot 0's flags are written last, as a driver publishes a batch by its first head
+  // (§2.8.21.1). A device polling the ring meanwhile must not see a half-written list: a
+  // looping chain read before the slot after it was written ends there, a chain that was never
+  // on the ring.
+  let firstFlags: number | null = null;
   chains.forEach((ch, i) => {
     const area = DATA[k]! + 0x4000 * i;
     new Uint8Array(ram.buffer, area, ch.header.length).set(ch.header);
@@ -73,19 +78,26 @@ export function writeChains(ram: DataView, k: number, chains: NetChain[], packed
           putDesc(ram, table + 16 * j, { ...d, flags: i, next: dirFlag(d.p.writable) });
         });
         const flags = DESC_INDIRECT | avail1 | (ch.loop ? DESC_NEXT : 0);
+        if (slot === 0) firstFlags = flags;
         putDesc(ram, desc + 16 * (slot % QSIZE), {
           addr: table,
           len: 16 * parts.length,
           flags: i,
-          next: flags,
+          next: slot === 0 ? 0 : flags,
         });
         slot += 1;
       } else {
         parts.forEach((d, j) => {
           const last = j === parts.length - 1;
           const flags = (last && !ch.loop ? 0 : DESC_NEXT) | dirFlag(d.p.writable) | avail1;
+          const first = slot + j === 0;
+          if (first) firstFlags = flags;
           // id (u16 at 12) and flags (u16 at 14) of the packed layout.
-          putDesc(ram, desc + 16 * ((slot + j) % QSIZE), { ...d, flags: i, next: flags });
+          putDesc(ram, desc + 16 * ((slot + j) % QSIZE), {
+            ...d,
+            flags: i,
+            next: first ? 0 : flags,
+          });
         });
         slot += parts.length;
       }
@@ -110,6 +122,7 @@ export function writeChains(ram: DataView, k: number, chains: NetChain[], packed
     }
     ram.setUint16(avail + 4 + 2 * i, head, true);
   });
+  if (firstFlags !== null) ram.setUint16(desc + 14, firstFlags, true);
   return chains.length;
 }
 
