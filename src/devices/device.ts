@@ -266,10 +266,20 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
   queueNotify(index: number): void {
     // A notification supersedes a continuation a scheduler dropped.
     if (index >= 0 && index < this.continuing.length) this.continuing[index] = 0;
+    this.serveQueue(index, null);
+  }
+
+  /**
+   * Runs `work` on queue `index` as a notification runs {@link processQueue}: inside the turn
+   * under way, or in a new one with a fresh budget; a guest error it throws puts the device in
+   * DEVICE_NEEDS_RESET. For work that does not start with a notification (a network backend's
+   * burst of frames). Returns false, running nothing, when the queue cannot be served now.
+   */
+  protected serveQueue(index: number, work: ((q: Queue) => void) | null): boolean {
     const ctx = this.ctx;
-    if (ctx === null || this.needsReset) return;
+    if (ctx === null || this.needsReset) return false;
     const q = ctx.queues[index];
-    if (q === undefined || !q.isActive) return;
+    if (q === undefined || !q.isActive) return false;
     const outer = !this.inTurn;
     if (outer) {
       this.inTurn = true;
@@ -277,13 +287,15 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
       this.bytesLeft = this.byteLimit;
     }
     try {
-      this.processQueue(index, q);
+      if (work === null) this.processQueue(index, q);
+      else work(q);
     } catch (e) {
       if (!isVirtqError(e)) throw e;
       this.fail(e);
     } finally {
       if (outer) this.inTurn = false;
     }
+    return true;
   }
 
   reset(): void {

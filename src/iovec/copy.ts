@@ -55,14 +55,16 @@ const SMALL_OFFSET = 2 ** 31 - 1 - LARGE_COPY_BYTES;
  * when the buffer changes, so a copy under {@link LARGE_COPY_BYTES} allocates nothing.
  */
 export class SourceCopier {
-  /** The array copied from last: a view's buffer never changes, so it is looked at once. */
+  /** The array used last: a view's buffer never changes, so it is looked at once. */
   private src: Uint8Array | null = null;
   private buffer: ArrayBufferLike | null = null;
-  private bytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
-  private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+  /** After {@link use}: the whole buffer of the array, which starts at its `byteOffset`. */
+  bytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+  /** A DataView over {@link bytes}. */
+  view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
 
-  /** Copies `src[0, n)` to `dst[to, to + n)`; `dstView` is a DataView over exactly `dst`. */
-  copy(dst: Uint8Array, dstView: DataView, to: number, src: Uint8Array, n: number): void {
+  /** Points {@link bytes} and {@link view} at the buffer of `src`. */
+  use(src: Uint8Array): void {
     if (src !== this.src) {
       // `buffer` of a small array V8 made on its heap is a call into the runtime: once per
       // source array, not per copy.
@@ -73,6 +75,11 @@ export class SourceCopier {
         this.view = new DataView(src.buffer);
       }
     }
+  }
+
+  /** Copies `src[0, n)` to `dst[to, to + n)`; `dstView` is a DataView over exactly `dst`. */
+  copy(dst: Uint8Array, dstView: DataView, to: number, src: Uint8Array, n: number): void {
+    this.use(src);
     copyBytes(dst, dstView, to, this.bytes, this.view, src.byteOffset, n);
   }
 }

@@ -92,25 +92,29 @@ describe('GenerateBackend options', () => {
   });
 });
 
-describe.each(RINGS)('receive bursts over $name', (ring) => {
-  /** A backend that only hands its port to the test. */
-  function capture(): { backend: NetBackend; port: () => NetPort } {
-    let port: NetPort | null = null;
-    return {
-      backend: {
-        offloads: 0n,
-        attach: (p) => {
-          port = p;
-        },
-        detach: () => {},
-        send: () => true,
-        resumeRx: () => {},
+/** A backend that only hands its port to the test, and counts the device's calls to resume. */
+function capture(): { backend: NetBackend; port: () => NetPort; resumed: () => number } {
+  let port: NetPort | null = null;
+  let resumed = 0;
+  return {
+    backend: {
+      offloads: 0n,
+      attach: (p) => {
+        port = p;
       },
-      port: () => port!,
-    };
-  }
+      detach: () => {},
+      send: () => true,
+      resumeRx: () => {
+        resumed++;
+      },
+    },
+    port: () => port!,
+    resumed: () => resumed,
+  };
+}
 
-  it('frames offered in a burst are delivered after it: one used-index publication for all', () => {
+describe.each(RINGS)('receive bursts over $name', (ring) => {
+  it('frames offered in a burst are published after it: one used-index publication for all', () => {
     const c = capture();
     const a = netSide(new World(), c.backend, { device: { mac: MAC_A } });
     a.guest.init(ring.features | F);
@@ -125,9 +129,11 @@ describe.each(RINGS)('receive bursts over $name', (ring) => {
     const frames = Array.from({ length: 10 }, (_, i) => testFrame(MAC_A, MAC_B, i, 60 + 100 * i));
     port.burst(() => {
       for (const f of frames) expect(port.receive(f, f.length, null)).toBe(true);
-      // Taken, not delivered yet.
-      expect(a.device.stats.rxFrames).toBe(0);
-      expect(a.device.pendingFrames).toBe(10);
+      // Written straight into the driver's buffers (none waits in the device), not published.
+      expect(a.device.stats.rxFrames).toBe(10);
+      expect(a.device.pendingFrames).toBe(0);
+      expect(publications).toBe(0);
+      expect(a.guest.receiveAll()).toHaveLength(0);
     });
     expect(a.device.stats.rxFrames).toBe(10);
     expect(publications).toBe(1);
@@ -149,12 +155,94 @@ describe.each(RINGS)('receive bursts over $name', (ring) => {
       schedule: (run) => later.push(run),
     });
     // Room for far more than the bursts of one task: the device never refuses a frame here.
-    const a = netSide(new World(), gen, { device: { mac: MAC_A, pendingFrames: 4096 } });
-    a.guest.init(ring.features | F);
+    // Before activation the frames wait in the device; after it, each task finds 1024 receive
+    // buffers (the guest reads every frame and posts its buffer again).
+    const a = netSide(new World(), gen, {
+      device: { mac: MAC_A, pendingFrames: 4096, queueSize: 1024 },
+      driver: { queueSize: 1024 },
+      memoryBytes: 16 << 20,
+    });
     expect(gen.frames).toBe(8 * 32);
     expect(later).toHaveLength(1);
-    later.shift()!();
-    expect(gen.frames).toBe(2 * 8 * 32);
-    expect(later).toHaveLength(1);
+    a.guest.init(ring.features | F);
+    for (let task = 2; task <= 3; task++) {
+      expect(a.guest.receiveAll()).toHaveLength(8 * 32);
+      later.shift()!();
+      expect(gen.frames).toBe(task * 8 * 32);
+      expect(later).toHaveLength(1);
+      // These went straight into receive buffers: none waits in the device.
+      expect(a.device.pendingFrames).toBe(0);
+      expect(a.device.stats.rxFrames).toBe(task * 8 * 32);
+    }
+  });
+});
+
+describe('frames written straight into receive buffers during a burst', () => {
+  const SPLIT = RINGS.find((r) => r.name === 'split')!.features;
+  const offer = (port: NetPort, frames: Uint8Array[]): boolean[] => {
+    const taken: boolean[] = [];
+    port.burst(() => {
+      for (const f of frames) taken.push(port.receive(f, f.length, null));
+    });
+    return taken;
+  };
+
+  it('a frame the driver has no buffer for waits with the backend, which is resumed when buffers come', () => {
+    const c = capture();
+    const a = netSide(new World(), c.backend, {
+      device: { mac: MAC_A },
+      driver: { postRxBuffers: false },
+    });
+    a.guest.init(SPLIT | F);
+    const port = c.port();
+    const f = [0, 1, 2].map((i) => testFrame(MAC_A, MAC_B, i, 100));
+    expect(offer(port, [f[0]!])).toEqual([false]);
+    // Refused, not kept: the backend still holds it.
+    expect(a.device.pendingFrames).toBe(0);
+    expect(c.resumed()).toBe(0);
+    a.guest.postRx();
+    expect(c.resumed()).toBe(1);
+    expect(offer(port, f)).toEqual([true, true, true]);
+    expect(a.guest.receiveAll().map((g) => frameSeq(g.data))).toEqual([0, 1, 2]);
+  });
+
+  it('frames waiting in the device go first: a burst behind them waits', () => {
+    const c = capture();
+    const a = netSide(new World(), c.backend, {
+      device: { mac: MAC_A },
+      driver: { postRxBuffers: false },
+    });
+    a.guest.init(SPLIT | F);
+    const port = c.port();
+    const f = [0, 1, 2].map((i) => testFrame(MAC_A, MAC_B, i, 100));
+    // Outside a burst a frame with no buffer waits in the device.
+    expect(port.receive(f[0]!, f[0]!.length, null)).toBe(true);
+    expect(a.device.pendingFrames).toBe(1);
+    expect(offer(port, [f[1]!])).toEqual([false]);
+    a.guest.postRx();
+    expect(a.device.pendingFrames).toBe(0);
+    expect(c.resumed()).toBe(1);
+    expect(offer(port, [f[1]!, f[2]!])).toEqual([true, true]);
+    expect(a.guest.receiveAll().map((g) => frameSeq(g.data))).toEqual([0, 1, 2]);
+  });
+
+  it('a broken receive chain fails the device, not the backend: the frame waits in the device', () => {
+    const c = capture();
+    const a = netSide(new World(), c.backend, {
+      device: { mac: MAC_A },
+      driver: { postRxBuffers: false },
+    });
+    a.guest.init(SPLIT | F);
+    // A split ring's available entry naming a descriptor outside the table (§2.7.13.2).
+    const q = a.transport.queues[0]!;
+    const idx = a.memory.readU16(q.availRingAddress + 2);
+    a.memory.writeU16(q.availRingAddress + 4 + 2 * (idx % q.size), 0xffff);
+    a.memory.writeU16(q.availRingAddress + 2, (idx + 1) & 0xffff);
+    const f = testFrame(MAC_A, MAC_B, 7, 100);
+    expect(offer(c.port(), [f, f])).toEqual([true, true]);
+    expect(a.device.needsReset).toBe(true);
+    expect(a.device.lastError?.code).toBe('DESC_HEAD_OUT_OF_RANGE');
+    expect(a.device.pendingFrames).toBe(2);
+    expect(a.device.stats.rxFrames).toBe(0);
   });
 });

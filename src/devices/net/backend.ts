@@ -14,8 +14,11 @@ export interface NetPort {
   receive(frame: Uint8Array, length: number, header: NetHeader | null): boolean;
   /**
    * Runs `run`, in which the backend offers several frames: the device takes each as
-   * {@link receive} says, and delivers them after `run` returns, in one receive pass per
-   * queue (one used-index publication, at most one interrupt) instead of one pass per frame.
+   * {@link receive} says and publishes them after `run` returns, in one receive pass per
+   * queue (one used-index publication, at most one interrupt) instead of one per frame.
+   * Inside a burst the device may write a frame straight into the driver's receive buffer
+   * (no copy in between), and refuses one the driver has no buffer for yet: the backend keeps
+   * it until {@link NetBackend.resumeRx}, as it does when the device is full.
    * A backend that reads frames in batches offers each batch in a burst. Bursts may nest.
    */
   burst(run: () => void): void;

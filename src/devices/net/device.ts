@@ -1,4 +1,3 @@
-import { SnapshotError } from '../../errors.js';
 import { VIRTIO_F_IN_ORDER } from '../../queue/constants.js';
 import type { Queue } from '../../queue/queue.js';
 import {
@@ -31,7 +30,8 @@ import {
   VIRTIO_NET_S_LINK_UP,
 } from './request.js';
 import { NetRxQueue, type NetTurn } from './rx-queue.js';
-import { emptyNetStats, type NetState, type NetStats, readNetState } from './state.js';
+import { prepareNetRestore, saveNet } from './snapshot.js';
+import { emptyNetStats, type NetState, type NetStats } from './state.js';
 import { steerPair } from './steer.js';
 import { NetTransmitter } from './transmit.js';
 
@@ -51,12 +51,12 @@ export const NET_TX_QUEUE = 1;
  * transmit queue the driver set up is served.
  *
  * Receive: frames from the backend are steered to a receive queue in use by a hash of their
- * flow (see steer.ts), and wait in that queue's bounded ring inside the device until the
- * driver posts receive buffers; when the ring is full the backend is told to wait, so no frame
- * is lost. With VIRTIO_NET_F_MRG_RXBUF a frame fills as many receive chains as it needs
- * (`num_buffers`); the device holds the chains it popped until the frame fits. Offloads the
- * receiving driver did not negotiate are done in software: a partial checksum is completed,
- * a TCP segmentation offload frame is cut into segments.
+ * flow (see steer.ts). In a backend's burst with one pair in use, a plain frame goes straight
+ * into a receive buffer, or waits with the backend when there is none. Other frames wait in
+ * the queue's bounded ring inside the device until the driver posts buffers; when it is full
+ * the backend waits. No frame is lost. With VIRTIO_NET_F_MRG_RXBUF a frame fills as many
+ * chains as it needs (`num_buffers`); the device holds the chains it popped until the frame
+ * fits. Offloads the driver did not negotiate are done in software (checksum, TCP segments).
  *
  * Multiqueue (VIRTIO_NET_F_MQ, §5.1.6.5.5): after a reset only the first pair is used; the
  * driver sets the pairs in use with VQ_PAIRS_SET on the control queue (control.ts). Over
@@ -152,6 +152,7 @@ export class NetDevice extends VirtioDeviceBase {
       spend: (bytes) => this.spend(bytes),
       continueLater: (index) => this.continueLater(index),
       publish: (index) => this.publish(index),
+      fail: (error) => this.fail(error),
     };
     const self = this;
     this.controlTarget = {
@@ -327,13 +328,19 @@ export class NetDevice extends VirtioDeviceBase {
       return;
     }
     this.txBusy[pair] = 1;
-    this.rxHeld++; // frames handed back meanwhile (a reflector) wait, as in a burst
+    // Frames handed back meanwhile (a reflector) are published after it, as in a burst, and
+    // with one pair in use go straight into the receive queue (this turn's budget covers both).
+    this.rxHeld++;
+    const outer = this.direct;
+    const rxq = this.active === 1 ? this.ctx!.queues[NET_RX_QUEUE] : undefined;
+    if (rxq?.isActive === true) this.direct = rxq;
     try {
       do {
         this.txAgain[pair] = 0;
         this.tx.pass(2 * pair + 1, q, this.link, this.turn);
       } while (this.txAgain[pair] === 1);
     } finally {
+      this.direct = outer;
       this.txBusy[pair] = 0;
       this.endHold();
     }
@@ -341,15 +348,39 @@ export class NetDevice extends VirtioDeviceBase {
 
   // ---- receive ----
 
-  /** {@link NetPort.burst}: frames received in `run` are delivered after it. */
+  /**
+   * {@link NetPort.burst}: frames received in `run` are published after it. With one pair in
+   * use the burst is a turn of the receive queue, and frames go straight into its buffers.
+   */
   private burst(run: () => void): void {
     this.rxHeld++;
     try {
+      if (this.rxHeld === 1 && this.active === 1) {
+        this.burstRun = run;
+        if (this.serveQueue(NET_RX_QUEUE, this.directBurst)) return;
+        this.burstRun = null;
+      }
       run();
     } finally {
       this.endHold();
     }
   }
+
+  /** The burst to run as a turn of the receive queue (see {@link burst}). */
+  private burstRun: (() => void) | null = null;
+  /** The receive queue while a burst runs as its turn: frames may go straight to it. */
+  private direct: Queue | null = null;
+  private readonly directBurst = (q: Queue): void => {
+    const run = this.burstRun!;
+    this.burstRun = null;
+    const outer = this.direct;
+    this.direct = q;
+    try {
+      run();
+    } finally {
+      this.direct = outer;
+    }
+  };
 
   /** Ends a burst or transmit pass; after the outermost, a receive pass per queue with frames. */
   private endHold(): void {
@@ -396,6 +427,13 @@ export class NetDevice extends VirtioDeviceBase {
       return true;
     }
     const rx = this.steer(frame, length);
+    if (this.direct !== null && !this.needsReset && rx.index === NET_RX_QUEUE) {
+      const r = rx.deliverNow(this.direct, frame, length, header, this.turn);
+      // Delivered (published by the pass after the burst), or to be offered again.
+      if (r > 0) this.rxDeferred |= 1;
+      else if (r === 0) this.backendWaiting = true;
+      if (r >= 0) return r > 0;
+    }
     if (!rx.frames.pending.push(frame, length, header)) {
       this.backendWaiting = true;
       return false;
@@ -416,7 +454,7 @@ export class NetDevice extends VirtioDeviceBase {
     try {
       do {
         rx.again = false;
-        if (rx.pass(q, this.turn) && this.backendWaiting) {
+        if ((rx.pass(q, this.turn) || rx.frames.pending.length === 0) && this.backendWaiting) {
           this.backendWaiting = false;
           this.backend.resumeRx();
         }
@@ -429,56 +467,14 @@ export class NetDevice extends VirtioDeviceBase {
   // ---- snapshots ----
 
   protected override saveDevice(): NetState {
-    const [first, ...more] = this.rx.map((r) => ({ ...r.frames.save(), heldRx: r.held.save() }));
-    return {
-      mac: formatMac(this.config.subarray(NET_CONFIG_MAC, NET_CONFIG_MAC + 6)),
-      linkUp: this.link,
-      stats: { ...this.stats },
-      ...first!,
-      ...(this.queuePairs > 1 ? { activePairs: this.active, rxQueues: more } : {}),
-    };
+    const mac = formatMac(this.config.subarray(NET_CONFIG_MAC, NET_CONFIG_MAC + 6));
+    const link = { mac, linkUp: this.link, stats: { ...this.stats } };
+    return saveNet(this.rx, link, this.queuePairs > 1 ? this.active : null);
   }
 
-  /**
-   * Validates a saved state: frames waiting in the device, held receive chains (each buffer
-   * checked against guest memory again, and against the packed ring's buffers in flight),
-   * segmentation progress, per receive queue; the pairs in use, link state, MAC and counters;
-   * throws {@link SnapshotError} on anything inconsistent, changing nothing. The commit
-   * replaces what the device holds.
-   */
+  /** See `prepareNetRestore` (snapshot.ts); the commit also sets the MAC, link state and counters. */
   protected override prepareDevice(state: unknown, ctx: DeviceContext | null): () => void {
-    const s = readNetState(state, {
-      maxPending: this.rx[0]!.frames.pending.maxFrames,
-      maxHeld: this.rx.map((r) => ctx?.queues[r.index]?.size ?? 0),
-    });
-    if (s.activePairs > 1 && !(ctx !== null && hasFeature(ctx.features, VIRTIO_NET_F_MQ))) {
-      throw new SnapshotError('device.net.activePairs', 'several pairs without VIRTIO_NET_F_MQ');
-    }
-    const commits = s.rx.map((saved, k) => {
-      const at = k === 0 ? 'device.net' : `device.net.rxQueues.${k - 1}`;
-      const r = this.rx[k]!;
-      const rxq = ctx?.queues[r.index];
-      const commitFrames = r.frames.prepareRestore(saved.pending, saved.segmentsDone, at);
-      const commitHeld = r.held.prepareRestore(saved.heldRx, ctx === null ? undefined : rxq, at);
-      // A packed ring tracks the buffers in flight: they must be exactly the held chains.
-      if (rxq?.isActive && rxq.inFlight !== undefined && rxq.inFlight !== saved.heldRx.length) {
-        throw new SnapshotError(
-          `${at}.heldRx`,
-          `the receive queue has ${rxq.inFlight} buffers in flight`,
-        );
-      }
-      return () => {
-        commitFrames();
-        commitHeld();
-      };
-    });
-    ctx?.queues.forEach((q, i) => {
-      if ((i & 1) === 1 || i === this.ctrlIndex) {
-        if (q.isActive && (q.inFlight ?? 0) !== 0) {
-          throw new SnapshotError('device.net', `queue ${i} has buffers in flight`);
-        }
-      }
-    });
+    const { saved: s, commit } = prepareNetRestore(state, ctx, this.rx, this.ctrlIndex);
     return () => {
       this.config.set(s.mac, NET_CONFIG_MAC);
       this.link = s.linkUp;
@@ -490,7 +486,7 @@ export class NetDevice extends VirtioDeviceBase {
         );
       }
       Object.assign(this.stats, s.stats);
-      for (const commit of commits) commit();
+      commit();
       this.active = s.activePairs;
       this.backendWaiting = true;
     };

@@ -7,6 +7,7 @@
  */
 
 import { SnapshotError } from '../../errors.js';
+import { SourceCopier } from '../../iovec/copy.js';
 import { FrameRing } from './frame-ring.js';
 import { buildTcpSegment, completeChecksum, parseTcpGso, tcpGsoScratch } from './offload.js';
 import {
@@ -58,6 +59,8 @@ export class RxFrames {
   /** Scratch for one software segment. */
   private readonly segBuf = new Uint8Array(NET_MAX_FRAME);
   private readonly segView = new DataView(this.segBuf.buffer);
+  /** Views over the buffer of the frame {@link adopt} took last. */
+  private readonly source = new SourceCopier();
 
   constructor(maxFrames: number, maxBytes: number, stats: NetStats) {
     this.pending = new FrameRing(maxFrames, maxBytes);
@@ -134,6 +137,23 @@ export class RxFrames {
       return true;
     }
     return false;
+  }
+
+  /**
+   * Makes `frame[0, length)` the frame to deliver, where it lies (a backend's buffer), when it
+   * needs nothing {@link prepare} would do to it: no offload in its header, within the MTU.
+   * False otherwise: it goes through the pending ring.
+   */
+  adopt(frame: Uint8Array, length: number, header: NetHeader | null): boolean {
+    if (header !== null && (header.flags !== 0 || header.gsoType !== VIRTIO_NET_HDR_GSO_NONE)) {
+      return false;
+    }
+    if (this.overMtu(frame, 0, length)) return false;
+    const source = this.source;
+    source.use(frame);
+    setPlain(this.header);
+    this.set(source.bytes, source.view, frame.byteOffset, length);
+    return true;
   }
 
   /** Done with the frame to deliver (delivered or dropped): on to the next segment or frame. */

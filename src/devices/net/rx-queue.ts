@@ -6,13 +6,20 @@
  * holds up only the frames steered to it.
  */
 
+import { isVirtqError, SnapshotError, type VirtqError } from '../../errors.js';
 import { copyBytes } from '../../iovec/copy.js';
 import { ChainWriter } from '../../iovec/writer.js';
 import type { Queue } from '../../queue/queue.js';
 import { HeldRxChains } from './held-rx.js';
-import { NET_WARM_AHEAD, type NetRxBuffer, parseRxBuffer, VIRTIO_NET_HDR_SIZE } from './request.js';
+import {
+  NET_WARM_AHEAD,
+  type NetHeader,
+  type NetRxBuffer,
+  parseRxBuffer,
+  VIRTIO_NET_HDR_SIZE,
+} from './request.js';
 import { RxFrames } from './rx-frames.js';
-import type { NetStats } from './state.js';
+import type { NetRxQueueRead, NetSavedRxQueue, NetStats } from './state.js';
 
 /** What a queue pass uses of its device: the turn's budget and used-ring publication. */
 export interface NetTurn {
@@ -23,6 +30,8 @@ export interface NetTurn {
   spend(bytes: number): void;
   continueLater(index: number): void;
   publish(index: number): void;
+  /** The driver broke a rule: the device needs a reset (DEVICE_NEEDS_RESET). */
+  fail(error: VirtqError): void;
 }
 
 export class NetRxQueue {
@@ -30,6 +39,8 @@ export class NetRxQueue {
   readonly held = new HeldRxChains();
   /** A pass runs (a nested notification asks for another). */
   busy = false;
+  /** Inside {@link pass}'s loop: a frame offered now waits behind the one being delivered. */
+  private passing = false;
   again = false;
   /** With VIRTIO_NET_F_MRG_RXBUF (set at activation). */
   mergeable = false;
@@ -53,6 +64,32 @@ export class NetRxQueue {
     this.stats = stats;
   }
 
+  /** The frames waiting and the chains held, for a snapshot. */
+  save(): NetSavedRxQueue {
+    return { ...this.frames.save(), heldRx: this.held.save() };
+  }
+
+  /**
+   * Checks a saved receive queue against this one and its ring `q` (null: no driver session;
+   * undefined: no such queue now), and returns the commit that replaces what it holds.
+   * Throws {@link SnapshotError} at `at`; changes nothing.
+   */
+  prepareRestore(saved: NetRxQueueRead, q: Queue | null | undefined, at: string): () => void {
+    const commitFrames = this.frames.prepareRestore(saved.pending, saved.segmentsDone, at);
+    const commitHeld = this.held.prepareRestore(saved.heldRx, q === null ? undefined : q, at);
+    // A packed ring tracks the buffers in flight: they must be exactly the held chains.
+    if (q?.isActive && q.inFlight !== undefined && q.inFlight !== saved.heldRx.length) {
+      throw new SnapshotError(
+        `${at}.heldRx`,
+        `the receive queue has ${q.inFlight} buffers in flight`,
+      );
+    }
+    return () => {
+      commitFrames();
+      commitHeld();
+    };
+  }
+
   /** Forgets the chains of a driver session that ends. */
   resetChains(): void {
     this.held.reset(this.held.cap);
@@ -66,33 +103,78 @@ export class NetRxQueue {
   pass(q: Queue, turn: NetTurn): boolean {
     const frames = this.frames;
     frames.freed = false;
-    // prepare first: a turn that finds nothing pending schedules no continuation. Chains
-    // count against the turn as holdNext takes them; bytes are checked between frames.
-    while (frames.prepare()) {
-      // The receive buffers' descriptors, and their first lines for writing, ahead of the pops.
-      q.warm(NET_WARM_AHEAD, true);
-      if (turn.bytesLeft() <= 0) {
-        turn.continueLater(this.index);
-        break;
+    this.passing = true;
+    try {
+      // prepare first: a turn that finds nothing pending schedules no continuation. Chains
+      // count against the turn as holdNext takes them; bytes are checked between frames.
+      while (frames.prepare()) {
+        const done = this.step(q, turn);
+        if (done < 0) {
+          turn.continueLater(this.index);
+          break;
+        }
+        if (done === 0) break; // wait for the driver's next receive buffers
+        frames.advance();
       }
-      const need = VIRTIO_NET_HDR_SIZE + frames.len;
-      const k = this.gather(q, need, turn);
-      if (k === 0) break; // wait for the driver's next receive buffers
-      if (k < 0) {
-        this.stats.rxTooBig++;
-      } else {
-        this.writeOut(q, k);
-        this.stats.rxFrames++;
-        this.stats.rxBytes += frames.len;
-        turn.spend(frames.len);
-      }
-      frames.advance();
+    } finally {
+      this.passing = false;
     }
     if (this.used) {
       this.used = false;
       turn.publish(this.index);
     }
     return frames.freed;
+  }
+
+  /**
+   * Delivers a frame a backend offers straight from its buffer, with no stop in the pending
+   * ring; the used entries are published by the next {@link pass}. Returns 1 when the frame was
+   * taken (delivered, or dropped as never fitting); 0 when it should wait with the backend
+   * (frames wait before it, or the driver has no buffer for it); -1 when it goes through the
+   * pending ring (it needs adapting ({@link RxFrames.adopt}), or the turn is spent).
+   */
+  deliverNow(
+    q: Queue,
+    frame: Uint8Array,
+    length: number,
+    header: NetHeader | null,
+    turn: NetTurn,
+  ): number {
+    const frames = this.frames;
+    if (this.passing || !frames.adopt(frame, length, header)) return -1;
+    if (frames.pending.length !== 0) return 0;
+    try {
+      return this.step(q, turn);
+    } catch (e) {
+      // A broken receive chain fails the device, not the backend offering the frame, which
+      // then waits in the pending ring.
+      if (!isVirtqError(e)) throw e;
+      turn.fail(e);
+      return -1;
+    }
+  }
+
+  /**
+   * Delivers the frame {@link RxFrames} holds ready: 1 when it was delivered (or dropped as
+   * never fitting), 0 when it waits for the driver's buffers, -1 when the turn's bytes are
+   * spent.
+   */
+  private step(q: Queue, turn: NetTurn): number {
+    const frames = this.frames;
+    // The receive buffers' descriptors, and their first lines for writing, ahead of the pops.
+    q.warm(NET_WARM_AHEAD, true);
+    if (turn.bytesLeft() <= 0) return -1;
+    const k = this.gather(q, VIRTIO_NET_HDR_SIZE + frames.len, turn);
+    if (k === 0) return 0;
+    if (k < 0) {
+      this.stats.rxTooBig++;
+    } else {
+      this.writeOut(q, k);
+      this.stats.rxFrames++;
+      this.stats.rxBytes += frames.len;
+      turn.spend(frames.len);
+    }
+    return 1;
   }
 
   /**
