@@ -15,6 +15,17 @@ export function joinU64(lo: number, hi: number): number {
   return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
 }
 
+/**
+ * {@link joinU64} for a value that a bounds check against guest memory decides on at once (the
+ * ring walks' fast paths): the same below 2^53; from there some value of 2^53 or more, not
+ * exactly {@link U64_UNSAFE}, which fails every such check all the same. It has no branch, so
+ * V8 keeps the result a double; joinU64's two-way result made it test each one for an int,
+ * about 10% of W1 (docs/PERFORMANCE.md, "Pops without begin").
+ */
+export function joinU64Unclamped(lo: number, hi: number): number {
+  return hi * TWO_32 + lo;
+}
+
 const TWO_32 = 2 ** 32;
 
 /** A piece of a guest range that lies inside one region. */

@@ -6,7 +6,7 @@
  * hot path. Used only by the queues of `src/queue`.
  */
 
-import { type GuestMemory, joinU64 } from '../memory/guest-memory.js';
+import { type GuestMemory, joinU64, joinU64Unclamped } from '../memory/guest-memory.js';
 import type { GuestRegion } from '../memory/region.js';
 import type { ChainRecord } from './chain-record.js';
 import {
@@ -30,11 +30,13 @@ const _PACKED_RING_BITS = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
 /**
  * Copies the packed-ring descriptor list that starts at ring slot `first` (`ring`: four u32
  * per slot, `size` slots; the first slot's flags already loaded as `firstFlags`) into `rec`,
- * which `begin` just emptied; returns the slot the list ended on. The per-buffer hot path of
- * the packed ring, and, like `walkSplit` (split-walk.ts), a fast path small enough for V8 to
- * inline: direct descriptors, each buffer non-empty and in the region of the one before, the
- * list within the record's storage, its limit and the `free` slots. Anything else starts the
- * list again in {@link walkPackedListChecked}, whose copy is then the only one kept.
+ * whose memory is the queue's; returns the slot the list ended on, or -1 when the list is not
+ * one this fast path takes. The per-buffer hot path of the packed ring: direct descriptors,
+ * each buffer non-empty and in the region of the one before, the list within the record's
+ * storage and the `free` slots. It needs no `begin`: on success it sets every field a reader
+ * of the chain sees except `head` (the caller's, from the last slot). On -1 the queue starts
+ * the list again with `begin` and {@link walkPackedListChecked}, whose copy is then the only
+ * one kept.
  */
 export function walkPackedList(
   rec: ChainRecord,
@@ -51,7 +53,8 @@ export function walkPackedList(
   const lens = rec.lens;
   const flagsOf = rec.flagsOf;
   const regions = rec.regions;
-  const room = Math.min(links.length, rec.limit, free);
+  // free <= size, the longest list a packed ring holds (§2.8.17).
+  const room = links.length < free ? links.length : free;
   const hint = rec.hint;
   const rBase = hint.base;
   const rEnd = hint.end;
@@ -64,7 +67,7 @@ export function walkPackedList(
   for (;;) {
     const w = i << 2;
     const len = ring[w + /* PACKED_DESC_LEN_U32 */ 2]!;
-    const addr = joinU64(
+    const addr = joinU64Unclamped(
       ring[w + /* PACKED_DESC_ADDR_LO_U32 */ 0]!,
       ring[w + /* PACKED_DESC_ADDR_HI_U32 */ 1]!,
     );
@@ -90,25 +93,25 @@ export function walkPackedList(
     flagsOf[n] = flags & ~(/* PACKED_RING_BITS */ 0x8080);
     n++;
     if (more === 0) {
-      rec.slotsRead = n;
-      rec.commit(n, n, readable, writable, wstart);
+      rec.commit(n, n, readable, writable, wstart < 0 ? n : wstart);
+      rec.cursor = 0;
       return i;
     }
     i = nextSlot;
     flags = ring[(i << 2) + /* PACKED_DESC_ID_FLAGS_U32 */ 3]! >>> 16;
   }
-  return walkPackedListChecked(rec, ring, first, firstFlags, size, free);
+  return -1;
 }
 
 /**
- * The packed list walk that checks and reports everything ({@link walkPackedList} starts the
- * list again here when it meets anything unusual): what {@link ChainRecord.push} checks, in
+ * The packed list walk that checks and reports everything (the queue starts the list again
+ * here with `begin` when {@link walkPackedList} meets anything unusual): what {@link ChainRecord.push} checks, in
  * one loop with the running totals in locals. The list may take at most `free` slots
  * (§2.8.17); an indirect descriptor is followed into its table ({@link followPackedIndirect}).
  * Returns the slot the list ended on. {@link ChainRecord.slotsRead} counts the slots read,
  * also when it throws.
  */
-function walkPackedListChecked(
+export function walkPackedListChecked(
   rec: ChainRecord,
   ring: Uint32Array,
   first: number,

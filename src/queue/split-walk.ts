@@ -5,7 +5,7 @@
  * `src/queue`.
  */
 
-import { joinU64 } from '../memory/guest-memory.js';
+import { joinU64, joinU64Unclamped } from '../memory/guest-memory.js';
 import type { ChainRecord } from './chain-record.js';
 import { followSplitIndirect } from './chain-walk.js';
 import {
@@ -15,19 +15,26 @@ import {
 } from './split/layout.js';
 
 /**
- * Copies the split-format chain that starts at descriptor `head` of a descriptor table
- * (`table`: four u32 per descriptor, `size` entries) into rec record, which {@link begin}
- * just emptied: the per-chain hot path of the split ring.
+ * Copies the split-format chain that starts at descriptor `head` (below `size`) of a
+ * descriptor table (`table`: four u32 per descriptor, `size` entries) into `rec`, whose memory
+ * is the queue's: the per-chain hot path of the split ring. Returns false, having kept
+ * nothing, when the chain is not one this fast path takes.
  *
  * This is the fast path for what drivers send nearly always: direct descriptors, each buffer
- * non-empty and in the region of the one before, the chain within its storage and limit.
- * Anything else (an indirect table, an empty buffer, another region, a broken rule) starts
- * the chain again in {@link walkSplitChecked}, which checks and reports everything. Only the
- * checked walk's copy is kept then, so the device still sees the table as read once. The
- * fast path is small enough for V8 to inline into the pop; that took W1 L=1 from about 31
- * to 24 ns per chain (docs/PERFORMANCE.md).
+ * non-empty and in the region of the one before, the chain within its storage and the queue
+ * size. It needs no `begin`: on success it sets every field a reader of the chain sees except
+ * `head` (the caller's). Anything else (an indirect table, an empty buffer, another region, a
+ * broken rule) the queue starts again with `begin` and {@link walkSplitChecked}, which checks
+ * and reports everything. Only the checked walk's copy is kept then, so the device still sees
+ * the table as read once. The fast path is small enough for V8 to inline into the pop; that
+ * took W1 L=1 from about 31 to 24 ns per chain (docs/PERFORMANCE.md).
  */
-export function walkSplit(rec: ChainRecord, table: Uint32Array, head: number, size: number): void {
+export function walkSplit(
+  rec: ChainRecord,
+  table: Uint32Array,
+  head: number,
+  size: number,
+): boolean {
   // Named constants as literals in place, each with its name in a comment that
   // test/queue/hot-literals.test.ts checks (see walkSplitChecked).
   const links = rec.links;
@@ -35,7 +42,8 @@ export function walkSplit(rec: ChainRecord, table: Uint32Array, head: number, si
   const lens = rec.lens;
   const flagsOf = rec.flagsOf;
   const regions = rec.regions;
-  const room = links.length < rec.limit ? links.length : rec.limit;
+  // size is the longest chain a split ring holds (§2.7.5.2, the limit `begin` would set).
+  const room = links.length < size ? links.length : size;
   const hint = rec.hint;
   const rBase = hint.base;
   const rEnd = hint.end;
@@ -48,7 +56,7 @@ export function walkSplit(rec: ChainRecord, table: Uint32Array, head: number, si
     const w = i << 2;
     const fn = table[w + /* SPLIT_DESC_FLAGS_NEXT_U32 */ 3]!;
     const len = table[w + /* SPLIT_DESC_LEN_U32 */ 2]!;
-    const addr = joinU64(
+    const addr = joinU64Unclamped(
       table[w + /* SPLIT_DESC_ADDR_LO_U32 */ 0]!,
       table[w + /* SPLIT_DESC_ADDR_HI_U32 */ 1]!,
     );
@@ -72,22 +80,23 @@ export function walkSplit(rec: ChainRecord, table: Uint32Array, head: number, si
     flagsOf[n] = fn & 0xffff;
     n++;
     if ((fn & /* VIRTQ_DESC_F_NEXT */ 1) === 0) {
-      rec.commit(n, n, readable, writable, wstart);
-      return;
+      rec.commit(n, n, readable, writable, wstart < 0 ? n : wstart);
+      rec.cursor = 0;
+      return true;
     }
     i = fn >>> 16;
     if (i >= size) break;
   }
-  walkSplitChecked(rec, table, head, size);
+  return false;
 }
 
 /**
- * The split walk that checks and reports everything ({@link walkSplit} starts the chain
- * again here when it meets anything unusual): what {@link ChainRecord.push} checks, in one loop that
+ * The split walk that checks and reports everything (the queue starts the chain again here
+ * with `begin` when {@link walkSplit} meets anything unusual): what {@link ChainRecord.push} checks, in one loop that
  * keeps the running totals in locals, with an indirect descriptor followed into its table
  * ({@link followSplitIndirect}).
  */
-function walkSplitChecked(rec: ChainRecord, table: Uint32Array, head: number, size: number): void {
+export function walkSplitChecked(rec: ChainRecord, table: Uint32Array, head: number, size: number): void {
   // Named constants as literals in locals: V8 (11.3, Node 20) loads an imported binding at
   // every use with a check that it is initialised; here that cost about 15% per descriptor
   // at L=16 and 4 ns per chain at L=1 (bench/run.ts w1-floor/). test/queue/hot-literals.test.ts

@@ -2,7 +2,7 @@ import { DescriptorError, SnapshotError, UsedRingError } from '../../errors.js';
 import { type GuestMemory, joinU64 } from '../../memory/guest-memory.js';
 import type { DescriptorChain } from '../chain.js';
 import { ChainRecord, recordOf } from '../chain-record.js';
-import { walkPackedList } from '../chain-walk.js';
+import { walkPackedList, walkPackedListChecked } from '../chain-walk.js';
 import {
   MAX_QUEUE_SIZE,
   VIRTQ_DESC_F_AVAIL,
@@ -78,14 +78,55 @@ export class PackedQueue extends PackedRing implements Queue {
    * carries on does not see them again.
    */
   pop(into?: DescriptorChain): DescriptorChain | null {
-    this.requireActive();
+    if (!this.active) this.requireActive();
+    const first = this._nextAvail;
+    const wrap = this._availWrap;
     // §2.8.15: the device MUST NOT use a descriptor unless it observes its AVAIL bit changed.
-    const flags = Atomics.load(this.desc16, (this._nextAvail << 3) + PACKED_DESC_FLAGS_U16);
-    if (!this.isAvailFlags(flags)) return null;
+    // §2.8.1: available when AVAIL matches the driver wrap counter and USED does not.
+    const flags = Atomics.load(this.desc16, (first << 3) + PACKED_DESC_FLAGS_U16);
+    if (((flags >>> 7) & 1) !== wrap || ((flags >>> 15) & 1) === wrap) return null;
     const chain = into === undefined ? new ChainRecord(Math.min(this.qsize, 16)) : recordOf(into);
+    return this.take(first, flags, chain);
+  }
+
+  /**
+   * Takes the available list at {@link nextAvail}, whose head flags (`flags`) were just loaded
+   * with acquire: that load orders every later read of the list, since the driver writes the
+   * head's flags last (§2.8.21.3), so the rest are plain loads. The fast path is a plain list
+   * (walkPackedList) with a free buffer id; anything else goes to {@link popChecked}.
+   */
+  private take(first: number, flags: number, chain: ChainRecord): ChainRecord {
+    const wrap = this._availWrap;
+    const size = this.qsize;
+    const held = this.buffers;
+    const end =
+      chain.memory === this.memory
+        ? walkPackedList(chain, this.desc32, first, flags, size, size - held.slots)
+        : -1;
+    // §2.8.6: the buffer id is the one in the list's last descriptor; §2.8.21.1: the driver
+    // takes a free id, below the queue size (ids index per-buffer state).
+    const id = end < 0 ? size : this.desc16[(end << 3) + PACKED_DESC_ID_U16]!;
+    if (id >= size || held.slotsOf[id] !== 0) return this.popChecked(first, flags, chain);
+    const slots = chain.count;
+    chain.head = id;
+    held.add(id, slots);
+    this.walked = slots;
+    this.undoId = id;
+    this.undoNextAvail = first;
+    this.undoWrap = wrap;
+    this.skipAvail(slots);
+    return chain;
+  }
+
+  /**
+   * The available list at {@link nextAvail} (whose head flags are `headFlags`) read with every
+   * check and reported in full, for whatever {@link pop}'s fast path leaves: indirect tables,
+   * empty buffers, other regions, a broken rule or a bad id.
+   */
+  private popChecked(first: number, headFlags: number, chain: ChainRecord): ChainRecord {
     this.undoId = -1;
     try {
-      this.parseChain(flags, chain);
+      this.parseChain(first, headFlags, chain);
     } catch (e) {
       this.walked = chain.slotsRead;
       // At most one lap: a list longer than the ring stops on the slot it started from.
@@ -177,19 +218,16 @@ export class PackedQueue extends PackedRing implements Queue {
     this._nextAvail = next;
   }
 
-  private parseChain(headFlags: number, chain: ChainRecord): void {
+  private parseChain(first: number, headFlags: number, chain: ChainRecord): void {
     const size = this.qsize;
     const d16 = this.desc16;
     // Slots a new list may take: the ring minus the slots of buffers in flight, since the
     // driver MUST NOT reuse a slot before seeing it used (§2.8.16).
     const free = size - this.buffers.slots;
-    const first = this._nextAvail;
-    // The acquire load of the head's flags (in pop) orders every later read of the list: the
-    // driver writes the head's flags last (§2.8.21.3), so the rest are plain loads.
     // Until the list ends, errors name the id written in its first descriptor.
     chain.begin(d16[(first << 3) + PACKED_DESC_ID_U16]!, this.memory!, size, this.indirectDesc);
     chain.slotsRead = 0;
-    const i = walkPackedList(chain, this.desc32, first, headFlags, size, free);
+    const i = walkPackedListChecked(chain, this.desc32, first, headFlags, size, free);
     // §2.8.6: the buffer id is the one in the list's last descriptor.
     const id = d16[(i << 3) + PACKED_DESC_ID_U16]!;
     chain.head = id;
@@ -222,11 +260,21 @@ export class PackedQueue extends PackedRing implements Queue {
    * {@link advanceUsedRingIdx}, so the driver sees the batch all at once (§2.8.9).
    */
   addUsed(id: number, len: number): void {
+    // The checks in one test with their errors out of line, so this stays small enough to
+    // inline into a device's loop (as the split queue's addUsed).
+    const held = this.buffers.slotsOf;
+    // `!(held[id] > 0)` also refuses an id that is not an integer (its element is undefined).
+    if (!this.active || !(id >= 0 && id < held.length) || !(held[id]! > 0) || len >>> 0 !== len) {
+      this.addUsedFailed(id, len);
+    }
+    this.writeUsed(id, len, this.unlink(id));
+  }
+
+  /** Throws the error a bad {@link addUsed} call deserves. */
+  private addUsedFailed(id: number, len: number): never {
     this.requireActive();
-    const slots = this.inFlightSlotsOf(id);
-    if (len >>> 0 !== len) throw new RangeError(`used length ${len} is not a u32`);
-    this.unlink(id);
-    this.writeUsed(id, len, slots);
+    this.inFlightSlotsOf(id);
+    throw new RangeError(`used length ${len} is not a u32`);
   }
 
   /**
@@ -288,7 +336,8 @@ export class PackedQueue extends PackedRing implements Queue {
       // release store (Atomics.store, a ~5 ns builtin call in V8, per buffer before).
       this.desc16[(slot << 3) + PACKED_DESC_FLAGS_U16] = flags;
     }
-    this.descRegion!.markDirty(this.descAddr + 16 * slot + 8, 8);
+    const r = this.descRegion!;
+    if (r.tracking[0] !== 0) r.markDirty(this.descAddr + 16 * slot + 8, 8);
     this.pendingSpan += slots;
     let next = slot + slots;
     // §2.8.1: the device wrap counter flips each time the ring's last slot is used.

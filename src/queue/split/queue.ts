@@ -11,7 +11,7 @@ import {
 } from '../constants.js';
 import type { Logger } from '../logger.js';
 import type { Queue } from '../queue.js';
-import { walkSplit } from '../split-walk.js';
+import { walkSplit, walkSplitChecked } from '../split-walk.js';
 import { type SplitQueueState, StateReader } from '../state.js';
 import { SPLIT_DESC_FLAGS_NEXT_U32, SPLIT_DESC_LEN_U32 } from './layout.js';
 
@@ -133,10 +133,15 @@ export class SplitQueue extends SplitRing implements Queue {
 
   private parseChain(head: number, chain: ChainRecord): void {
     const size = this.qsize;
+    // The fast path (walkSplit) needs no `begin` for a record already over this memory.
+    if (chain.memory === this.memory && head < size && walkSplit(chain, this.desc32, head, size)) {
+      chain.head = head;
+      return;
+    }
     chain.begin(head, this.memory!, size, this.indirectDesc);
     // §2.7.13.2 (avail ring): the driver puts only valid head indices there.
     if (!(head >= 0 && head < size)) throw headOutOfRange(head, size);
-    walkSplit(chain, this.desc32, head, size);
+    walkSplitChecked(chain, this.desc32, head, size);
     chain.end();
   }
 
