@@ -186,14 +186,19 @@ describe('frames written straight into receive buffers during a burst', () => {
     });
     return taken;
   };
-
-  it('a frame the driver has no buffer for waits with the backend, which is resumed when buffers come', () => {
+  /** A split device whose driver has posted no receive buffer yet, and its capturing backend. */
+  const rig = () => {
     const c = capture();
     const a = netSide(new World(), c.backend, {
       device: { mac: MAC_A },
       driver: { postRxBuffers: false },
     });
     a.guest.init(SPLIT | F);
+    return { c, a };
+  };
+
+  it('a frame the driver has no buffer for waits with the backend, which is resumed when buffers come', () => {
+    const { c, a } = rig();
     const port = c.port();
     const f = [0, 1, 2].map((i) => testFrame(MAC_A, MAC_B, i, 100));
     expect(offer(port, [f[0]!])).toEqual([false]);
@@ -207,12 +212,7 @@ describe('frames written straight into receive buffers during a burst', () => {
   });
 
   it('frames waiting in the device go first: a burst behind them waits', () => {
-    const c = capture();
-    const a = netSide(new World(), c.backend, {
-      device: { mac: MAC_A },
-      driver: { postRxBuffers: false },
-    });
-    a.guest.init(SPLIT | F);
+    const { c, a } = rig();
     const port = c.port();
     const f = [0, 1, 2].map((i) => testFrame(MAC_A, MAC_B, i, 100));
     // Outside a burst a frame with no buffer waits in the device.
@@ -227,12 +227,7 @@ describe('frames written straight into receive buffers during a burst', () => {
   });
 
   it('a broken receive chain fails the device, not the backend: the frame waits in the device', () => {
-    const c = capture();
-    const a = netSide(new World(), c.backend, {
-      device: { mac: MAC_A },
-      driver: { postRxBuffers: false },
-    });
-    a.guest.init(SPLIT | F);
+    const { c, a } = rig();
     // A split ring's available entry naming a descriptor outside the table (§2.7.13.2).
     const q = a.transport.queues[0]!;
     const idx = a.memory.readU16(q.availRingAddress + 2);
