@@ -105,9 +105,10 @@ export function walkPackedList(
 
 /**
  * The packed list walk that checks and reports everything (the queue starts the list again
- * here with `begin` when {@link walkPackedList} meets anything unusual): what {@link ChainRecord.push} checks, in
- * one loop with the running totals in locals. The list may take at most `free` slots
- * (§2.8.17); an indirect descriptor is followed into its table ({@link followPackedIndirect}).
+ * here with `begin` when {@link walkPackedList} meets anything unusual): what
+ * {@link ChainRecord.push} checks, in one loop with the running totals in locals. The list
+ * may take at most `free` slots (§2.8.17); an indirect descriptor is followed into its table
+ * ({@link followPackedIndirect}).
  * Returns the slot the list ended on. {@link ChainRecord.slotsRead} counts the slots read,
  * also when it throws.
  */

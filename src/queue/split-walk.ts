@@ -92,11 +92,16 @@ export function walkSplit(
 
 /**
  * The split walk that checks and reports everything (the queue starts the chain again here
- * with `begin` when {@link walkSplit} meets anything unusual): what {@link ChainRecord.push} checks, in one loop that
- * keeps the running totals in locals, with an indirect descriptor followed into its table
- * ({@link followSplitIndirect}).
+ * with `begin` when {@link walkSplit} meets anything unusual): what {@link ChainRecord.push}
+ * checks, in one loop that keeps the running totals in locals, with an indirect descriptor
+ * followed into its table ({@link followSplitIndirect}).
  */
-export function walkSplitChecked(rec: ChainRecord, table: Uint32Array, head: number, size: number): void {
+export function walkSplitChecked(
+  rec: ChainRecord,
+  table: Uint32Array,
+  head: number,
+  size: number,
+): void {
   // Named constants as literals in locals: V8 (11.3, Node 20) loads an imported binding at
   // every use with a check that it is initialised; here that cost about 15% per descriptor
   // at L=16 and 4 ns per chain at L=1 (bench/run.ts w1-floor/). test/queue/hot-literals.test.ts
