@@ -2,11 +2,12 @@
  * The network device's receive path, device side only: what virtq itself spends per frame
  * when a backend offers frames and the driver keeps receive buffers posted.
  *
- * - 2 MiB of guest memory; a split receive queue of 256 entries (table at 0x0, available ring
- *   at 0x1000, used ring at 0x2000); descriptor i is one device-writable buffer of 2048 bytes
- *   at 0x10000 + i * 4096. VIRTIO_F_VERSION_1 and VIRTIO_NET_F_MRG_RXBUF.
- * - The frames come from the `generate` backend (bursts of 32), into the device's pending
- *   ring, then into the guest's buffers.
+ * - 2 MiB of guest memory; a receive queue of 256 entries, split (table at 0x0, available ring
+ *   at 0x1000, used ring at 0x2000) or packed (ring at 0x0); descriptor (or slot) i is one
+ *   device-writable buffer of 2048 bytes at 0x10000 + i * STRIDE (environment variable
+ *   `STRIDE`, 4096 by default). VIRTIO_F_VERSION_1 and VIRTIO_NET_F_MRG_RXBUF.
+ * - The frames come from the `generate` backend (bursts of 32) and go straight from its
+ *   buffer into the guest's (the device's pending ring only holds a frame no buffer took).
  * - A round: the driver (same thread) makes B = 32 buffers available again with plain stores
  *   and a release store of `avail.idx`, notifies, and checks that `used.idx` moved by B.
  *
@@ -14,7 +15,7 @@
  * (`npm run bench -- vhost-user-net`), the difference is what the two processors' caches
  * cost: the driver writes each line the device reads and reads each line the device writes.
  *
- * Output: `virtq net-rx frame=<bytes> ns_per_frame=<f> frames_per_s=<n>`, from the best of 5
+ * Output: `virtq net-rx ring=<split|packed> frame=<bytes> ns_per_frame=<f> frames_per_s=<n>`, from the best of 5
  * runs of at least 0.5 s (bench/lib/harness.ts).
  */
 
@@ -85,7 +86,7 @@ function splitRing(memory: GuestMemory): { queue: Queue; driver: RxDriver } {
 }
 
 /**
- * A packed receive ring: slot s carries buffer id s (its buffer at BUFFER_BASE + s * 4096).
+ * A packed receive ring: slot s carries buffer id s (its buffer at BUFFER_BASE + s * BUFFER_STRIDE).
  * The driver re-posts BATCH slots a round, length and id with plain stores, the batch's first
  * flags last with a release store (§2.8.21.3), and checks the device used all of them.
  */
