@@ -25,8 +25,10 @@ const NO_REGION = { base: Number.POSITIVE_INFINITY, end: 0 } as GuestRegion;
  * `src/queue` imports this module (test/api/chain-internal.test.ts checks it); device code sees
  * the read-only interface.
  *
- * Storage is struct-of-arrays, five stores per descriptor, grown on demand and reused from one
- * pop to the next, so a chain costs no allocation once its storage is big enough.
+ * Storage is struct-of-arrays, three stores per descriptor (flags and next, address, length;
+ * the index and the region are kept per chain, see {@link indexAt} and {@link uniform}), grown
+ * on demand and reused from one pop to the next, so a chain costs no allocation once its
+ * storage is big enough.
  */
 export class ChainRecord implements DescriptorChain {
   /** Marks a record for {@link recordOf}. */
@@ -48,14 +50,29 @@ export class ChainRecord implements DescriptorChain {
   /** Position of the current descriptor (0 = head). */
   cursor = 0;
 
-  /** Per descriptor, positions [0, count): table index (bits 0-15) and `next` (bits 16-31). */
-  links: Uint32Array;
+  /**
+   * Per descriptor, positions [0, count): flags (bits 0-15) and `next` (bits 16-31), as a
+   * split table entry holds them. A descriptor's table index is not stored: it is the `next`
+   * of the one before ({@link indexAt}).
+   */
+  flagsNext: Uint32Array;
   addrs: Float64Array;
   lens: Uint32Array;
-  /** Flags (bits 0-15) of each descriptor; bit 16 set when it came from an indirect table. */
-  flagsOf: Uint32Array;
-  /** The region holding the whole buffer, or null when it spans regions or is empty. */
-  regions: (GuestRegion | null)[];
+  /** Table index (split) or ring slot (packed) of the chain's first descriptor. */
+  firstIndex = 0;
+  /**
+   * Position of the first descriptor read from an indirect table (its index is 0, and it and
+   * every later one count as indirect); -1 when the chain has none.
+   */
+  indirectFrom = -1;
+  /**
+   * The region that holds every buffer of the chain, when the fast walk found them all in one
+   * (then `regionList` is not filled until `regions` is read); null when `regionList` holds
+   * each descriptor's region.
+   */
+  uniform: GuestRegion | null = null;
+  /** Per descriptor: the region holding the whole buffer, or null (see {@link uniform}). */
+  regionList: (GuestRegion | null)[];
 
   /** Ring slots the last {@link pushPackedList} read (consumed even when the list failed). */
   slotsRead = 0;
@@ -72,18 +89,43 @@ export class ChainRecord implements DescriptorChain {
 
   constructor(capacity = 16) {
     const cap = Math.max(1, capacity | 0);
-    this.links = new Uint32Array(cap);
+    this.flagsNext = new Uint32Array(cap);
     this.addrs = new Float64Array(cap);
     this.lens = new Uint32Array(cap);
-    this.flagsOf = new Uint32Array(cap);
-    this.regions = new Array<GuestRegion | null>(cap).fill(null);
+    this.regionList = new Array<GuestRegion | null>(cap).fill(null);
   }
 
   // ---- the current descriptor (seed-style cursor) ----
 
   /** Table index of the current descriptor. */
   get index(): number {
-    return this.links[this.cursor]! & 0xffff;
+    return this.indexAt(this.cursor);
+  }
+
+  /**
+   * Table index of descriptor `i`: the chain's first index, 0 for the first entry of an
+   * indirect table, and otherwise the `next` of the descriptor before (every walk follows it).
+   */
+  indexAt(i: number): number {
+    if (i === this.indirectFrom) return 0;
+    return i === 0 ? this.firstIndex : this.flagsNext[i - 1]! >>> 16;
+  }
+
+  /** The region holding each descriptor's whole buffer; null when it spans regions or is empty. */
+  get regions(): (GuestRegion | null)[] {
+    const u = this.uniform;
+    if (u !== null) {
+      const list = this.regionList;
+      for (let i = 0; i < this.count; i++) list[i] = u;
+      this.uniform = null;
+    }
+    return this.regionList;
+  }
+
+  /** The region holding descriptor `i`'s whole buffer, or null (no array filled). */
+  regionAt(i: number): GuestRegion | null {
+    const u = this.uniform;
+    return u !== null ? u : (this.regionList[i] ?? null);
   }
   /** Guest-physical address of the current descriptor's buffer. */
   get addr(): number {
@@ -95,11 +137,11 @@ export class ChainRecord implements DescriptorChain {
   }
   /** Flags of the current descriptor. */
   get flags(): number {
-    return this.flagsOf[this.cursor]! & 0xffff;
+    return this.flagsNext[this.cursor]! & 0xffff;
   }
   /** `next` field of the current descriptor (meaningful when it has NEXT). */
   get next(): number {
-    return this.links[this.cursor]! >>> 16;
+    return this.flagsNext[this.cursor]! >>> 16;
   }
 
   /** True when another descriptor follows the current one. */
@@ -109,7 +151,7 @@ export class ChainRecord implements DescriptorChain {
 
   /** True when the device may write the current descriptor's buffer (and not read it). */
   isWriteOnly(): boolean {
-    return (this.flagsOf[this.cursor]! & VIRTQ_DESC_F_WRITE) !== 0;
+    return (this.flagsNext[this.cursor]! & VIRTQ_DESC_F_WRITE) !== 0;
   }
 
   /** Moves to the next descriptor in place; false (and no move) at the end of the chain. */
@@ -139,13 +181,14 @@ export class ChainRecord implements DescriptorChain {
   descriptor(i: number): Descriptor {
     if (!(i >= 0 && i < this.count))
       throw new RangeError(`descriptor ${i} of a chain of ${this.count}`);
+    const fn = this.flagsNext[i]!;
     return {
-      index: this.links[i]! & 0xffff,
+      index: this.indexAt(i),
       addr: this.addrs[i]!,
       len: this.lens[i]!,
-      flags: this.flagsOf[i]! & 0xffff,
-      next: this.links[i]! >>> 16,
-      indirect: this.flagsOf[i]! >>> 16 === 1,
+      flags: fn & 0xffff,
+      next: fn >>> 16,
+      indirect: this.indirectFrom >= 0 && i >= this.indirectFrom,
     };
   }
 
@@ -169,13 +212,13 @@ export class ChainRecord implements DescriptorChain {
       throw new RangeError(`descriptor ${i} of a chain of ${this.count}`);
     const addr = this.addrs[i]!;
     const len = this.lens[i]!;
-    const r = this.regions[i];
-    if (r === null || r === undefined) {
+    const r = this.regionAt(i);
+    if (r === null) {
       if (len === 0) return new Uint8Array(0);
       throw new GuestMemoryError(addr, len, 'spans two regions: read it piece by piece');
     }
     const off = addr - r.base;
-    if ((this.flagsOf[i]! & VIRTQ_DESC_F_WRITE) !== 0) r.markDirty(addr, len);
+    if ((this.flagsNext[i]! & VIRTQ_DESC_F_WRITE) !== 0) r.markDirty(addr, len);
     return r.bytes.subarray(off, off + len);
   }
 
@@ -191,11 +234,15 @@ export class ChainRecord implements DescriptorChain {
     const other = recordOf(chain);
     this.ensureCapacity(other.count);
     const n = other.count;
-    this.links.set(other.links.subarray(0, n));
+    this.flagsNext.set(other.flagsNext.subarray(0, n));
     this.addrs.set(other.addrs.subarray(0, n));
     this.lens.set(other.lens.subarray(0, n));
-    this.flagsOf.set(other.flagsOf.subarray(0, n));
-    for (let i = 0; i < n; i++) this.regions[i] = other.regions[i] ?? null;
+    this.uniform = other.uniform;
+    if (other.uniform === null) {
+      for (let i = 0; i < n; i++) this.regionList[i] = other.regionList[i] ?? null;
+    }
+    this.firstIndex = other.firstIndex;
+    this.indirectFrom = other.indirectFrom;
     this.head = other.head;
     this.count = n;
     this.ringCount = other.ringCount;
@@ -222,6 +269,9 @@ export class ChainRecord implements DescriptorChain {
     if (this.memory !== memory) this.hint = NO_REGION;
     this.memory = memory;
     this.cursor = 0;
+    this.firstIndex = head;
+    this.indirectFrom = -1;
+    this.uniform = null;
     this.limit = limit;
     this.allowIndirect = allowIndirect;
     this.sawIndirect = false;
@@ -276,7 +326,7 @@ export class ChainRecord implements DescriptorChain {
     if (n >= this.limit) {
       this.fail('DESC_CHAIN_TOO_LONG', index, `chain is longer than ${this.limit} descriptors`);
     }
-    if (n >= this.links.length) this.ensureCapacity(n + 1);
+    if (n >= this.flagsNext.length) this.ensureCapacity(n + 1);
     const addr = joinAddr(addrLo, addrHi);
     if ((flags & VIRTQ_DESC_F_WRITE) !== 0) {
       if (this.writableStart < 0) this.writableStart = n;
@@ -297,11 +347,14 @@ export class ChainRecord implements DescriptorChain {
       this.fail('DESC_CHAIN_LENGTH_OVERFLOW', index, 'chain describes more than 2^32 bytes');
     }
     const region = this.regionOf(addr, len, index);
-    this.links[n] = index | (next << 16);
+    // The index is kept only as the chain's first and through the `next` before it (indexAt).
+    if (fromIndirect) {
+      if (this.indirectFrom < 0) this.indirectFrom = n;
+    } else if (n === 0) this.firstIndex = index;
+    this.flagsNext[n] = (flags & 0xffff) | (next << 16);
     this.addrs[n] = addr;
     this.lens[n] = len;
-    this.flagsOf[n] = fromIndirect ? flags | 0x10000 : flags;
-    this.regions[n] = region;
+    this.regionList[n] = region;
     this.count = n + 1;
   }
 
@@ -317,14 +370,30 @@ export class ChainRecord implements DescriptorChain {
     this.writableStart = wstart;
   }
 
+  /**
+   * Stores what a fast walk found: `n` direct descriptors, one ring slot each, starting at
+   * table index or ring slot `first`, every buffer in the region {@link hint}.
+   */
+  commitFast(n: number, readable: number, writable: number, wstart: number, first: number) {
+    this.count = n;
+    this.ringCount = n;
+    this.readableLength = readable;
+    this.writableLength = writable;
+    this.writableStart = wstart;
+    this.cursor = 0;
+    this.firstIndex = first;
+    this.indirectFrom = -1;
+    this.uniform = this.hint;
+  }
+
   /** Throws a {@link DescriptorError} about this chain. */
   fail(code: DescriptorErrorCode, index: number, message: string): never {
     throw new DescriptorError(code, this.head, index, `chain ${this.head}: ${message}`);
   }
 
   ensureCapacity(n: number): void {
-    if (n <= this.links.length) return;
-    let cap = this.links.length;
+    if (n <= this.flagsNext.length) return;
+    let cap = this.flagsNext.length;
     while (cap < n) cap *= 2;
     const grow = <T extends Uint16Array | Float64Array | Uint32Array | Uint8Array>(
       a: T,
@@ -334,11 +403,10 @@ export class ChainRecord implements DescriptorChain {
       b.set(a as never);
       return b;
     };
-    this.links = grow(this.links, (k) => new Uint32Array(k));
+    this.flagsNext = grow(this.flagsNext, (k) => new Uint32Array(k));
     this.addrs = grow(this.addrs, (k) => new Float64Array(k));
     this.lens = grow(this.lens, (k) => new Uint32Array(k));
-    this.flagsOf = grow(this.flagsOf, (k) => new Uint32Array(k));
-    while (this.regions.length < cap) this.regions.push(null);
+    while (this.regionList.length < cap) this.regionList.push(null);
   }
 }
 

@@ -48,13 +48,11 @@ export function walkPackedList(
 ): number {
   // Named constants as literals, each with its name in a comment that
   // test/queue/hot-literals.test.ts checks (locals would make the walk too big to inline).
-  const links = rec.links;
+  const flagsNext = rec.flagsNext;
   const addrs = rec.addrs;
   const lens = rec.lens;
-  const flagsOf = rec.flagsOf;
-  const regions = rec.regions;
   // free <= size, the longest list a packed ring holds (§2.8.17).
-  const room = links.length < free ? links.length : free;
+  const room = flagsNext.length < free ? flagsNext.length : free;
   const hint = rec.hint;
   const rBase = hint.base;
   const rEnd = hint.end;
@@ -83,18 +81,16 @@ export function walkPackedList(
     } else if (wstart < 0) readable += len;
     else break;
     if (readable + writable > /* MAX_CHAIN_BYTES */ 2 ** 32) break;
-    if (regions[n] !== hint) regions[n] = hint;
     // §2.8.6: a list continues in the next ring slot, wrapping at the end of the ring.
     const nextSlot = i + 1 === size ? 0 : i + 1;
     const more = flags & /* VIRTQ_DESC_F_NEXT */ 1;
-    links[n] = i | ((more * nextSlot) << 16);
+    // Three stores per descriptor, as in walkSplit; `next` is the following slot.
+    flagsNext[n] = (flags & ~(/* PACKED_RING_BITS */ 0x8080)) | ((more * nextSlot) << 16);
     addrs[n] = addr;
     lens[n] = len;
-    flagsOf[n] = flags & ~(/* PACKED_RING_BITS */ 0x8080);
     n++;
     if (more === 0) {
-      rec.commit(n, n, readable, writable, wstart < 0 ? n : wstart);
-      rec.cursor = 0;
+      rec.commitFast(n, readable, writable, wstart < 0 ? n : wstart, first);
       return i;
     }
     i = nextSlot;
@@ -137,12 +133,13 @@ export function walkPackedListChecked(
   let readable = rec.readableLength;
   let writable = rec.writableLength;
   let wstart = rec.writableStart;
-  let links = rec.links;
+  let flagsNext = rec.flagsNext;
   let addrs = rec.addrs;
   let lens = rec.lens;
-  let flagsOf = rec.flagsOf;
-  let regions = rec.regions;
+  let regions = rec.regionList;
   const limit = rec.limit;
+  // The first slot is the first descriptor's index (begin set the buffer id, the head).
+  if (start === 0) rec.firstIndex = first;
   // The last buffer's region, in locals: most lists live in one region.
   let hint = rec.hint;
   let rBase = hint.base;
@@ -175,13 +172,12 @@ export function walkPackedListChecked(
       rec.commit(n, ringBase + n, readable, writable, wstart);
       rec.fail('DESC_CHAIN_TOO_LONG', i, `chain is longer than ${limit} descriptors`);
     }
-    if (n >= links.length) {
+    if (n >= flagsNext.length) {
       rec.ensureCapacity(n + 1);
-      links = rec.links;
+      flagsNext = rec.flagsNext;
       addrs = rec.addrs;
       lens = rec.lens;
-      flagsOf = rec.flagsOf;
-      regions = rec.regions;
+      regions = rec.regionList;
     }
     const w = i << 2;
     const len = ring[w + LEN]!;
@@ -225,11 +221,10 @@ export function walkPackedListChecked(
     const more = (flags & F_NEXT) !== 0;
     // §2.8.6: a list continues in the next ring slot, wrapping at the end of the ring.
     const nextSlot = i + 1 === size ? 0 : i + 1;
-    links[n] = i | ((more ? nextSlot : 0) << 16);
+    // The AVAIL/USED bits describe the ring slot, not the buffer: they stay out of the chain.
+    flagsNext[n] = (flags & ~RING_BITS) | ((more ? nextSlot : 0) << 16);
     addrs[n] = addr;
     lens[n] = len;
-    // The AVAIL/USED bits describe the ring slot, not the buffer: they stay out of the chain.
-    flagsOf[n] = flags & ~RING_BITS;
     n++;
     if (!more) break;
     i = nextSlot;

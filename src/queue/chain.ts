@@ -53,6 +53,8 @@ export interface DescriptorChain {
   readonly lens: ArrayLike<number>;
   /** The region holding each descriptor's whole buffer; null when it spans regions or is empty. */
   readonly regions: ArrayLike<GuestRegion | null>;
+  /** `regions[i]`, read without building the list (a chain in one region keeps it once). */
+  regionAt(i: number): GuestRegion | null;
 
   /** Table index of the current descriptor. */
   readonly index: number;

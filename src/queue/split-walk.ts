@@ -37,13 +37,11 @@ export function walkSplit(
 ): boolean {
   // Named constants as literals in place, each with its name in a comment that
   // test/queue/hot-literals.test.ts checks (see walkSplitChecked).
-  const links = rec.links;
+  const flagsNext = rec.flagsNext;
   const addrs = rec.addrs;
   const lens = rec.lens;
-  const flagsOf = rec.flagsOf;
-  const regions = rec.regions;
   // size is the longest chain a split ring holds (§2.7.5.2, the limit `begin` would set).
-  const room = links.length < size ? links.length : size;
+  const room = flagsNext.length < size ? flagsNext.length : size;
   const hint = rec.hint;
   const rBase = hint.base;
   const rEnd = hint.end;
@@ -72,16 +70,14 @@ export function walkSplit(
     } else if (wstart < 0) readable += len;
     else break;
     if (readable + writable > /* MAX_CHAIN_BYTES */ 2 ** 32) break;
-    // Compare-then-store: a reused chain usually holds rec region there already.
-    if (regions[n] !== hint) regions[n] = hint;
-    links[n] = i | (fn & 0xffff0000);
+    // Three stores per descriptor: flags and next as the table holds them, address, length.
+    // The region is the chain's (every buffer is in `hint`), the index the `next` before.
+    flagsNext[n] = fn;
     addrs[n] = addr;
     lens[n] = len;
-    flagsOf[n] = fn & 0xffff;
     n++;
     if ((fn & /* VIRTQ_DESC_F_NEXT */ 1) === 0) {
-      rec.commit(n, n, readable, writable, wstart < 0 ? n : wstart);
-      rec.cursor = 0;
+      rec.commitFast(n, readable, writable, wstart < 0 ? n : wstart, head);
       return true;
     }
     i = fn >>> 16;
@@ -121,11 +117,10 @@ export function walkSplitChecked(
   let readable = rec.readableLength;
   let writable = rec.writableLength;
   let wstart = rec.writableStart;
-  let links = rec.links;
+  let flagsNext = rec.flagsNext;
   let addrs = rec.addrs;
   let lens = rec.lens;
-  let flagsOf = rec.flagsOf;
-  let regions = rec.regions;
+  let regions = rec.regionList;
   const limit = rec.limit;
   // The last buffer's region, in locals: most chains live in one region.
   let hint = rec.hint;
@@ -147,13 +142,12 @@ export function walkSplitChecked(
       rec.commit(n, ringBase + n, readable, writable, wstart);
       rec.fail('DESC_CHAIN_TOO_LONG', i, `chain is longer than ${limit} descriptors`);
     }
-    if (n >= links.length) {
+    if (n >= flagsNext.length) {
       rec.ensureCapacity(n + 1);
-      links = rec.links;
+      flagsNext = rec.flagsNext;
       addrs = rec.addrs;
       lens = rec.lens;
-      flagsOf = rec.flagsOf;
-      regions = rec.regions;
+      regions = rec.regionList;
     }
     const lo = table[w + ADDR_LO]!;
     const hi = table[w + ADDR_HI]!;
@@ -196,10 +190,9 @@ export function walkSplitChecked(
       }
       regions[n] = region;
     }
-    links[n] = i | (fn & 0xffff0000);
+    flagsNext[n] = fn;
     addrs[n] = addr;
     lens[n] = len;
-    flagsOf[n] = flags;
     n++;
     if ((flags & F_NEXT) === 0) break;
     const next = fn >>> 16;

@@ -32,8 +32,11 @@ function rig() {
   return { raw, queue: raw.createQueue({ logger: { warn: () => {} } }) };
 }
 
-/** Everything a chain holds, descriptor by descriptor, with the length of its one-piece view. */
-function fields(c: DescriptorChain): unknown {
+/**
+ * Everything a chain holds, descriptor by descriptor, with the length of its one-piece view and
+ * the region (by base) that holds its buffer; with `list`, also as the `regions` list says.
+ */
+function fields(c: DescriptorChain, list = true): unknown {
   const descriptors = [];
   for (let i = 0; i < c.count; i++) {
     let view: number | string;
@@ -42,7 +45,11 @@ function fields(c: DescriptorChain): unknown {
     } catch {
       view = 'spans regions';
     }
-    descriptors.push({ ...c.descriptor(i), view });
+    // regionAt (it reads a fast walk's one region without building the list), and with `list`
+    // the list itself: both must match what the checked walk stored per descriptor.
+    const region = c.regionAt(i)?.base ?? null;
+    const listed = list ? (c.regions[i]?.base ?? null) : 'unread';
+    descriptors.push({ ...c.descriptor(i), view, region, listed });
   }
   return {
     head: c.head,
@@ -63,7 +70,8 @@ function drain(q: Queue, next: () => DescriptorChain): unknown[] {
     try {
       const c = q.pop(into);
       if (c === null) break;
-      out.push(fields(c));
+      // Every other chain's region list is left unread (so unbuilt) before the next pop.
+      out.push(fields(c, i % 2 === 1));
     } catch (e) {
       out.push({ error: `${(e as Error).name}: ${(e as Error).message}`, kept: fields(into) });
     }

@@ -240,11 +240,10 @@ export function parseTxRequest(
   let length: number;
   let v: DataView;
   let at: number;
-  const r = chain.regions[0];
+  const r = chain.regionAt(0);
   if (
     chain.writableStart > 0 &&
     r !== null &&
-    r !== undefined &&
     chain.readableLength === chain.lens[0] &&
     chain.lens[0]! >= VIRTIO_NET_HDR_SIZE
   ) {

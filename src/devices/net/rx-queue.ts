@@ -247,9 +247,9 @@ export class NetRxQueue {
       // written in place (no cursor: the chain's own arrays say where).
       const c = this.held.at(0);
       const d = c.writableStart;
-      const r = c.regions[d];
+      const r = c.regionAt(d);
       const need = VIRTIO_NET_HDR_SIZE + left;
-      if (r !== null && r !== undefined && c.lens[d]! >= need) {
+      if (r !== null && c.lens[d]! >= need) {
         const addr = c.addrs[d]!;
         const v = r.view;
         const at = addr - r.base;
