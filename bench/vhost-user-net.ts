@@ -56,20 +56,36 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** A process whose output is collected, with a line-by-line stdin for testpmd. */
 class Proc {
   readonly child: ChildProcess;
+  /** Both streams, as they came (for error messages). */
   out = '';
+  /** Standard output alone: testpmd's prompt, which a line on stderr may otherwise split. */
+  stdout = '';
   exited = false;
   constructor(cmd: string, args: string[]) {
     this.child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], cwd: repoRoot });
     for (const s of [this.child.stdout!, this.child.stderr!]) {
       s.setEncoding('utf8');
+      const isStdout = s === this.child.stdout;
       s.on('data', (d: string) => {
         this.out += d;
+        if (isStdout) this.stdout += d;
       });
     }
     this.child.on('exit', () => {
       this.exited = true;
     });
   }
+  /** testpmd's first prompt, on standard output (a line on stderr may split it in `out`). */
+  async waitForPrompt(ms = 30_000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!this.stdout.includes('testpmd> ')) {
+      if (this.exited || Date.now() > end) {
+        throw new Error(`no "testpmd> " from ${this.child.spawnargs[0]}:\n${this.out}`);
+      }
+      await sleep(20);
+    }
+  }
+  /** Waits for `text` in the output after offset `from`; returns the offset after it. */
   async waitFor(text: string, from = 0, ms = 30_000): Promise<number> {
     const end = Date.now() + ms;
     for (;;) {
@@ -157,14 +173,14 @@ async function run(c: Config, kind: 'virtq' | 'native', dir: string): Promise<nu
   } else {
     const mode = c.dir === 'tx' ? 'rxonly' : c.dir === 'rx' ? 'txonly' : 'macswap';
     backend = testpmd(0, `net_vhost0,iface=${socket},queues=1`, mode, txpkts);
-    await backend.waitFor('testpmd> ');
+    await backend.waitForPrompt();
     backend.send('start');
   }
   const devargs = `net_virtio_user0,path=${socket},queues=1,packed_vq=${c.packed ? 1 : 0}`;
   const mode = c.dir === 'tx' ? 'txonly' : c.dir === 'rx' ? 'rxonly' : 'macswap';
   const driver = testpmd(1, devargs, mode, txpkts);
   try {
-    await driver.waitFor('testpmd> ');
+    await driver.waitForPrompt();
     const t0 = performance.now();
     driver.send(c.dir === 'reflect' ? 'start tx_first 4' : 'start');
     await sleep(SECONDS * 1000);
