@@ -74,7 +74,7 @@ export class ChainRecord implements DescriptorChain {
   /** Per descriptor: the region holding the whole buffer, or null (see {@link uniform}). */
   regionList: (GuestRegion | null)[];
 
-  /** Ring slots the last {@link pushPackedList} read (consumed even when the list failed). */
+  /** Ring slots the last checked packed walk (`walkPackedListChecked`) read, also when it failed. */
   slotsRead = 0;
 
   // Builder state (see begin/push; read and written by the walks of chain-walk.ts).
