@@ -4,7 +4,8 @@
  * `virtq vhost-user-net` and to testpmd's `net_vhost`, alternating, N rounds.
  *
  *   npm run bench -- vhost-user-net [--rounds=N] [--seconds=S] [--dist] [--poll=MICROS]
- *     [--dirs=tx,rx,reflect] [--rings=split,packed] [--sizes=64,1500]
+ *     [--dirs=tx,rx,reflect] [--rings=split,packed] [--sizes=64,1500] [--node-args=ARGS]
+ *     [--backends=virtq,native]
  *
  * Configurations: direction x ring (split, packed) x frame size (64, 1500 bytes):
  * - `tx`: the driver sends (`txonly`) into virtq's `sink`, or into native `rxonly`;
@@ -43,6 +44,15 @@ const POLL = Number(option('poll', '0'));
 const DIRS = option('dirs', 'tx,rx,reflect').split(',');
 const RINGS = option('rings', 'split,packed').split(',');
 const SIZES = option('sizes', '64,1500').split(',').map(Number);
+/** Which back-ends to run (say, `virtq` alone to compare two builds or flags of it). */
+const BACKENDS = option('backends', 'virtq,native').split(',');
+for (const b of BACKENDS) {
+  if (b !== 'virtq' && b !== 'native') throw new Error(`unknown back-end ${b} (virtq, native)`);
+}
+/** Extra node flags for virtq's back-end, space-separated (say, `--cpu-prof`). */
+const NODE_ARGS = option('node-args', '')
+  .split(' ')
+  .filter((a) => a !== '');
 
 type Direction = 'tx' | 'rx' | 'reflect';
 interface Config {
@@ -152,6 +162,7 @@ function virtqBackend(socket: string, c: Config): Proc {
     '-c',
     '0',
     process.execPath,
+    ...NODE_ARGS,
     ...cli,
     'vhost-user-net',
     '--socket-path',
@@ -221,7 +232,7 @@ async function main(): Promise<void> {
           const c: Config = { dir: d, packed, size };
           const best = { virtq: 0, native: 0 };
           for (let r = 0; r < ROUNDS; r++) {
-            for (const kind of ['virtq', 'native'] as const) {
+            for (const kind of (['virtq', 'native'] as const).filter((k) => BACKENDS.includes(k))) {
               const mpps = await run(c, kind, dir);
               console.error(
                 `# round ${r + 1} ${kind} dir=${d} ring=${packed ? 'packed' : 'split'} size=${size}: ${mpps.toFixed(3)} Mpps`,
@@ -230,7 +241,7 @@ async function main(): Promise<void> {
             }
           }
           console.log(
-            `virtq vhost-user-net dir=${d} ring=${packed ? 'packed' : 'split'} size=${size} virtq_mpps=${best.virtq.toFixed(3)} native_mpps=${best.native.toFixed(3)} ratio=${(best.virtq / best.native).toFixed(2)}`,
+            `virtq vhost-user-net dir=${d} ring=${packed ? 'packed' : 'split'} size=${size} virtq_mpps=${best.virtq.toFixed(3)} native_mpps=${best.native.toFixed(3)} ratio=${best.virtq > 0 && best.native > 0 ? (best.virtq / best.native).toFixed(2) : '-'}`,
           );
         }
       }

@@ -62,13 +62,16 @@ export class SourceCopier {
   bytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
   /** A DataView over {@link bytes}. */
   view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+  /** After {@link use}: where the array starts in {@link bytes} (its `byteOffset`). */
+  offset = 0;
 
-  /** Points {@link bytes} and {@link view} at the buffer of `src`. */
+  /** Points {@link bytes} and {@link view} at the buffer of `src`, and {@link offset} at its start. */
   use(src: Uint8Array): void {
     if (src !== this.src) {
-      // `buffer` of a small array V8 made on its heap is a call into the runtime: once per
-      // source array, not per copy.
+      // `buffer` and `byteOffset` of a small array V8 made on its heap are calls into the
+      // runtime: once per source array, not per copy.
       this.src = src;
+      this.offset = src.byteOffset;
       if (src.buffer !== this.buffer) {
         this.buffer = src.buffer;
         this.bytes = new Uint8Array(src.buffer);
@@ -80,6 +83,6 @@ export class SourceCopier {
   /** Copies `src[0, n)` to `dst[to, to + n)`; `dstView` is a DataView over exactly `dst`. */
   copy(dst: Uint8Array, dstView: DataView, to: number, src: Uint8Array, n: number): void {
     this.use(src);
-    copyBytes(dst, dstView, to, this.bytes, this.view, src.byteOffset, n);
+    copyBytes(dst, dstView, to, this.bytes, this.view, this.offset, n);
   }
 }

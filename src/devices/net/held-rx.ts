@@ -44,9 +44,8 @@ export class HeldRxChains {
     return c;
   }
 
-  /** Keeps the chain just popped into {@link at}(count). */
-  keepNext(): void {
-    const c = this.at(this.count);
+  /** Keeps `c`, the chain just popped into {@link at}(count). */
+  keepNext(c: DescriptorChain): void {
     this.count++;
     this.bytes += c.writableLength;
     this.slots += c.ringCount;
@@ -54,19 +53,24 @@ export class HeldRxChains {
 
   /** Lets go of the `k` oldest chains (marked used by the caller). */
   release(k: number): void {
+    if (k === this.count) {
+      // All of them (one frame per chain, the usual case): nothing to subtract. Start again
+      // at slot 0, so that one chain object, whose arrays stay in the cache, takes every frame
+      // instead of going round the whole ring of them.
+      this.count = 0;
+      this.bytes = 0;
+      this.slots = 0;
+      this.first = 0;
+      return;
+    }
     for (let j = 0; j < k; j++) {
       const c = this.at(j);
       this.bytes -= c.writableLength;
       this.slots -= c.ringCount;
     }
     this.count -= k;
-    // Empty, start again at slot 0: one frame per chain then reuses one chain object, whose
-    // arrays stay in the cache, instead of going round the whole ring of them.
-    if (this.count === 0) this.first = 0;
-    else {
-      this.first += k;
-      if (this.first >= this.cap) this.first -= this.cap;
-    }
+    this.first += k;
+    if (this.first >= this.cap) this.first -= this.cap;
   }
 
   /** The held chains as saved state: head, ring slots and [address, length] of each buffer. */

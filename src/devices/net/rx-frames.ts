@@ -148,11 +148,11 @@ export class RxFrames {
     if (header !== null && (header.flags !== 0 || header.gsoType !== VIRTIO_NET_HDR_GSO_NONE)) {
       return false;
     }
-    if (this.overMtu(frame, 0, length)) return false;
+    if (this.mtuLimit !== 0 && this.overMtu(frame, 0, length)) return false;
     const source = this.source;
     source.use(frame);
     setPlain(this.header);
-    this.set(source.bytes, source.view, frame.byteOffset, length);
+    this.set(source.bytes, source.view, source.offset, length);
     return true;
   }
 

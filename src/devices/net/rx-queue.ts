@@ -188,7 +188,9 @@ export class NetRxQueue {
       if (!turn.withinBudget(this.index)) return false;
       const c = q.popOrEnableNotification(this.held.at(this.held.count));
       if (c === null) return false;
-      if (parseRxBuffer(c, this.info).kind === 'unsupported') {
+      // parseRxBuffer returns `info` for a usable buffer (an identity test: no load of `kind`
+      // from one of two shapes).
+      if (parseRxBuffer(c, this.info) !== this.info) {
         this.stats.rxBadBuffers++;
         // §2.7.9/§2.8.8 (IN_ORDER): the chains held before this one are used first. They go
         // back unused (length 0: the driver drops a buffer shorter than the header).
@@ -197,7 +199,7 @@ export class NetRxQueue {
         this.used = true;
         continue;
       }
-      this.held.keepNext();
+      this.held.keepNext(c);
       return true;
     }
   }
@@ -227,6 +229,7 @@ export class NetRxQueue {
       if (held.slots >= q.size || held.count >= held.cap) return -1;
       if (!this.holdNext(q, turn)) return 0;
     }
+    if (held.count === 1) return 1;
     let k = 0;
     for (let sum = 0; sum < need; k++) sum += held.at(k).writableLength;
     return k;

@@ -1,5 +1,5 @@
 import { DescriptorError, SnapshotError, UsedRingError } from '../../errors.js';
-import { type GuestMemory, joinU64 } from '../../memory/guest-memory.js';
+import { type GuestMemory, joinU64Unclamped } from '../../memory/guest-memory.js';
 import type { DescriptorChain } from '../chain.js';
 import { ChainRecord, recordOf } from '../chain-record.js';
 import { walkPackedList, walkPackedListChecked } from '../chain-walk.js';
@@ -195,7 +195,7 @@ export class PackedQueue extends PackedRing implements Queue {
           ? d32[(slot << 2) + PACKED_DESC_LEN_U32]!
           : 0;
       head = (flags & VIRTQ_DESC_F_NEXT) === 0;
-      sum += this.touch(joinU64(d32[slot << 2]!, d32[(slot << 2) + 1]!), writable);
+      sum += this.touch(joinU64Unclamped(d32[slot << 2]!, d32[(slot << 2) + 1]!), writable);
       if (++slot === size) {
         slot = 0;
         wrap ^= 1;

@@ -1,5 +1,5 @@
 import { DescriptorError, SnapshotError, UsedRingError } from '../../errors.js';
-import { type GuestMemory, joinU64 } from '../../memory/guest-memory.js';
+import { type GuestMemory, joinU64Unclamped } from '../../memory/guest-memory.js';
 import type { DescriptorChain } from '../chain.js';
 import { ChainRecord, recordOf } from '../chain-record.js';
 import {
@@ -166,7 +166,7 @@ export class SplitQueue extends SplitRing implements Queue {
         write && (flags & (VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) === VIRTQ_DESC_F_WRITE
           ? desc[d + SPLIT_DESC_LEN_U32]!
           : 0;
-      sum += this.touch(joinU64(desc[d]!, desc[d + 1]!), writable);
+      sum += this.touch(joinU64Unclamped(desc[d]!, desc[d + 1]!), writable);
     }
     if (n > ahead) this.warmedTo = (from + n) & 0xffff;
     this.warmth = sum;
