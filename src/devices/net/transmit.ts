@@ -14,6 +14,7 @@ import {
   NET_WARM_AHEAD,
   type NetOffloads,
   type NetTxFrame,
+  type NetTxUnsupported,
   type NetTxUnsupportedReason,
   parseTxRequest,
   txFrameScratch,
@@ -68,14 +69,17 @@ export class NetTransmitter {
       q.warm(NET_WARM_AHEAD);
       const c = q.popOrEnableNotification(this.chain);
       if (c === null) break;
-      const req = parseTxRequest(c, reader, this.host, this.req);
-      if (req.kind === 'unsupported') {
+      const parsed = parseTxRequest(c, reader, this.host, this.req);
+      // parseTxRequest returns `this.req` for a frame to send (an identity test: no load of
+      // `kind` from one of two shapes).
+      if (parsed !== this.req) {
         // §5.1.6.2: a frame the device cannot send as described is dropped, and counted.
         this.stats.txUnsupported++;
-        this.lastUnsupported = req.reason;
+        this.lastUnsupported = (parsed as NetTxUnsupported).reason;
       } else if (!link) {
         this.stats.txLinkDown++;
       } else {
+        const req = this.req;
         const frame = this.copyFrame(reader, req);
         const resumes = this.resumes;
         if (!this.backend.send(frame, req.length, req.header)) {
@@ -110,6 +114,12 @@ export class NetTransmitter {
       src = r.bytes;
       view = r.view;
       at = req.at;
+      if (len >= LARGE_COPY_BYTES) {
+        // `r.offset` is `src.byteOffset`, known without a look at the array.
+        const dst = this.aligned[(r.offset + at) & 7]!;
+        dst.set(src.subarray(at, at + len));
+        return dst;
+      }
     } else {
       at = reader.claim(len);
       if (at < 0) {
