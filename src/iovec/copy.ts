@@ -8,7 +8,10 @@
  * the vhost-user-net benchmark (docs/PERFORMANCE.md).
  */
 
-/** From this many bytes on, a copy goes through `subarray` + `set`. */
+import { isSharedArrayBuffer } from '../memory/region.js';
+import { copyRange } from '../memory/shared-copy.js';
+
+/** From this many bytes on, a copy goes through `subarray` + `set` (see `copyRange`). */
 export const LARGE_COPY_BYTES = 256;
 
 /**
@@ -26,7 +29,7 @@ export function copyBytes(
   n: number,
 ): void {
   if (n >= LARGE_COPY_BYTES) {
-    dst.set(src.subarray(from, from + n), to);
+    copyRange(dst, to, src, from, n);
     return;
   }
   // Integers only: a float64 step could change the bits of a NaN on the way.
@@ -64,6 +67,8 @@ export class SourceCopier {
   view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
   /** After {@link use}: where the array starts in {@link bytes} (its `byteOffset`). */
   offset = 0;
+  /** After {@link use}: the buffer is a SharedArrayBuffer. */
+  shared = false;
 
   /** Points {@link bytes} and {@link view} at the buffer of `src`, and {@link offset} at its start. */
   use(src: Uint8Array): void {
@@ -76,6 +81,7 @@ export class SourceCopier {
         this.buffer = src.buffer;
         this.bytes = new Uint8Array(src.buffer);
         this.view = new DataView(src.buffer);
+        this.shared = isSharedArrayBuffer(src.buffer);
       }
     }
   }

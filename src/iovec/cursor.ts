@@ -1,6 +1,7 @@
 import { GuestMemoryError, IovecError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { GuestRegion } from '../memory/region.js';
+import { copyRangeAt } from '../memory/shared-copy.js';
 import type { DescriptorChain } from '../queue/chain.js';
 
 const EMPTY_ADDRS = new Float64Array(0);
@@ -290,7 +291,7 @@ export class ChainCursor {
         const d = dr.bytes;
         for (let j = 0; j < k; j++) d[dp + j] = s[sp + j]!;
       } else {
-        dr.bytes.set(sr.bytes.subarray(sp, sp + k), dp);
+        copyRangeAt(dr.bytes, dr.offset, dr.shared, dp, sr.bytes, sr.offset, sr.shared, sp, k);
       }
       dr.markDirty(dr.base + dp, k);
       this.advance(k);

@@ -1,5 +1,6 @@
 import { type DescriptorError, IovecError } from '../errors.js';
 import { joinU64 } from '../memory/guest-memory.js';
+import { copyRangeAt } from '../memory/shared-copy.js';
 import type { DescriptorChain } from '../queue/chain.js';
 import { ChainCursor, checkCount, checkSpan, SMALL_COPY_BYTES } from './cursor.js';
 import type { ChainWriter } from './writer.js';
@@ -102,7 +103,9 @@ export class ChainReader extends ChainCursor {
       if (k <= SMALL_COPY_BYTES) {
         for (let j = 0; j < k; j++) dst[at + j] = bytes[p + j]!;
       } else {
-        dst.set(bytes.subarray(p, p + k), at);
+        // `dst` is taken to be plain memory (a shared one is copied right, only slower).
+        const r = this.region!;
+        copyRangeAt(dst, r.shared ? dst.byteOffset : 0, false, at, bytes, r.offset, r.shared, p, k);
       }
       this.advance(k);
       at += k;

@@ -1,4 +1,5 @@
 import { IovecError } from '../errors.js';
+import { copyRangeAt } from '../memory/shared-copy.js';
 import type { DescriptorChain } from '../queue/chain.js';
 import { ChainCursor, checkCount, checkSpan, SMALL_COPY_BYTES } from './cursor.js';
 import type { ChainReader } from './reader.js';
@@ -86,10 +87,9 @@ export class ChainWriter extends ChainCursor {
       const p = this.pos;
       if (k <= SMALL_COPY_BYTES) {
         for (let j = 0; j < k; j++) bytes[p + j] = src[at + j]!;
-      } else if (at === 0 && k === src.length) {
-        bytes.set(src, p);
       } else {
-        bytes.set(src.subarray(at, at + k), p);
+        // `src` is taken to be plain memory (a shared one is copied right, only slower).
+        copyRangeAt(bytes, r.offset, r.shared, p, src, r.shared ? src.byteOffset : 0, false, at, k);
       }
       r.markDirty(r.base + p, k);
       this.advance(k);

@@ -1,5 +1,6 @@
 import { GuestMemoryError, requireSharedArrayBuffer } from '../errors.js';
 import { GuestRegion, isSharedArrayBuffer, type RegionSpec } from './region.js';
+import { copyRange } from './shared-copy.js';
 
 /**
  * What `readU64` returns for a stored value that is not a safe integer (>= 2^53). Every region
@@ -276,14 +277,12 @@ export class GuestMemory {
     }
     const r = this.regionFor(addr, dst.length);
     if (r !== undefined) {
-      const off = addr - r.base;
-      dst.set(r.bytes.subarray(off, off + dst.length));
+      copyRange(dst, 0, r.bytes, addr - r.base, dst.length);
       return;
     }
     let done = 0;
     this.forEachPiece(addr, dst.length, (region, a, len) => {
-      const off = a - region.base;
-      dst.set(region.bytes.subarray(off, off + len), done);
+      copyRange(dst, done, region.bytes, a - region.base, len);
       done += len;
     });
   }
@@ -296,13 +295,13 @@ export class GuestMemory {
     }
     const r = this.regionFor(addr, src.length);
     if (r !== undefined) {
-      r.bytes.set(src, addr - r.base);
+      copyRange(r.bytes, addr - r.base, src, 0, src.length);
       r.markDirty(addr, src.length);
       return;
     }
     let done = 0;
     this.forEachPiece(addr, src.length, (region, a, len) => {
-      region.bytes.set(src.subarray(done, done + len), a - region.base);
+      copyRange(region.bytes, a - region.base, src, done, len);
       region.markDirty(a, len);
       done += len;
     });

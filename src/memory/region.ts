@@ -31,6 +31,8 @@ export class GuestRegion {
   readonly end: number;
   readonly buffer: ArrayBufferLike;
   readonly offset: number;
+  /** {@link buffer} is a SharedArrayBuffer (see `copyRangeAt`). */
+  readonly shared: boolean;
   /** The region's bytes. Index 0 is guest address `base`. */
   readonly bytes: Uint8Array;
   /** Little-endian access to the region's bytes; offset 0 is guest address `base`. */
@@ -82,6 +84,7 @@ export class GuestRegion {
     this.offset = offset;
     this.bytes = new Uint8Array(buffer, offset, length);
     this.view = new DataView(buffer, offset, length);
+    this.shared = isSharedArrayBuffer(buffer);
     this.firstPage = Math.floor(base / PAGE_SHIFT_DIVISOR);
     const pages = Math.floor((this.end - 1) / PAGE_SHIFT_DIVISOR) - this.firstPage + 1;
     const words = Math.ceil(pages / 32);

@@ -43,6 +43,8 @@ export class RxFrames {
   buf: Uint8Array;
   /** A DataView over {@link buf}, same offsets. */
   view: DataView;
+  /** {@link buf}'s buffer is shared (`buf` is always all of its buffer: byteOffset 0). */
+  shared = false;
   off = 0;
   len = 0;
   /** A frame left the pending ring since the flag was last cleared (room for the backend). */
@@ -93,14 +95,14 @@ export class RxFrames {
           continue;
         }
         setPlain(out);
-        this.set(this.segBuf, this.segView, 0, n);
+        this.set(this.segBuf, this.segView, false, 0, n);
         return true;
       }
       const h = ring.headerAt(0, this.frameHdr);
       if (h.gsoType !== VIRTIO_NET_HDR_GSO_NONE) {
         if (this.guestTakesGso(h.gsoType) && h.flags !== 0) {
           copyHeader(h, out);
-          this.set(ring.data, ring.view, off, len);
+          this.set(ring.data, ring.view, false, off, len);
           return true;
         }
         // §5.1.6.4.1: no GSO type the driver did not negotiate: segment in software.
@@ -133,7 +135,7 @@ export class RxFrames {
       }
       copyHeader(h, out);
       out.gsoType = VIRTIO_NET_HDR_GSO_NONE;
-      this.set(ring.data, ring.view, off, len);
+      this.set(ring.data, ring.view, false, off, len);
       return true;
     }
     return false;
@@ -152,7 +154,7 @@ export class RxFrames {
     const source = this.source;
     source.use(frame);
     setPlain(this.header);
-    this.set(source.bytes, source.view, source.offset, length);
+    this.set(source.bytes, source.view, source.shared, source.offset, length);
     return true;
   }
 
@@ -260,9 +262,10 @@ export class RxFrames {
     };
   }
 
-  private set(buf: Uint8Array, view: DataView, off: number, len: number): void {
+  private set(buf: Uint8Array, view: DataView, shared: boolean, off: number, len: number): void {
     this.buf = buf;
     this.view = view;
+    this.shared = shared;
     this.off = off;
     this.len = len;
   }

@@ -7,8 +7,9 @@
  */
 
 import { isVirtqError, SnapshotError, type VirtqError } from '../../errors.js';
-import { copyBytes } from '../../iovec/copy.js';
+import { copyBytes, LARGE_COPY_BYTES } from '../../iovec/copy.js';
 import { ChainWriter } from '../../iovec/writer.js';
+import { copyRangeAt } from '../../memory/shared-copy.js';
 import type { Queue } from '../../queue/queue.js';
 import { HeldRxChains } from './held-rx.js';
 import {
@@ -262,7 +263,12 @@ export class NetRxQueue {
         v.setInt32(at, (h.flags & 0xff) | ((h.gsoType & 0xff) << 8) | (h.hdrLen << 16), true);
         v.setInt32(at + 4, h.gsoSize | (h.csumStart << 16), true);
         v.setInt32(at + 8, h.csumOffset | (1 << 16), true);
-        copyBytes(r.bytes, v, at + VIRTIO_NET_HDR_SIZE, frames.buf, frames.view, src, left);
+        if (left < LARGE_COPY_BYTES) {
+          copyBytes(r.bytes, v, at + VIRTIO_NET_HDR_SIZE, frames.buf, frames.view, src, left);
+        } else {
+          const to = at + VIRTIO_NET_HDR_SIZE;
+          copyRangeAt(r.bytes, r.offset, r.shared, to, frames.buf, 0, frames.shared, src, left);
+        }
         q.addUsed(c.head, need);
         this.held.release(1);
         this.used = true;

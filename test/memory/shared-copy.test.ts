@@ -1,0 +1,97 @@
+/**
+ * Large copies to and from shared memory (`copyRange`, `copyRangeAt`): the bytes asked and no
+ * others, for every mix of shared and plain, aligned and misaligned ends, views that do not
+ * start their buffer, and copies longer than one staging step.
+ */
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { copyRange, copyRangeAt } from '../../src/memory/shared-copy.js';
+
+/** A view of `length` bytes starting `offset` bytes into a plain or shared buffer. */
+function view(shared: boolean, offset: number, length: number): Uint8Array {
+  const buffer = shared ? new SharedArrayBuffer(offset + length) : new ArrayBuffer(offset + length);
+  return new Uint8Array(buffer, offset, length);
+}
+
+/** Runs one copy with `copy` and checks every byte of the destination. */
+function check(
+  copy: (dst: Uint8Array, to: number, src: Uint8Array, from: number, n: number) => void,
+  n: number,
+  shape: { to: number; from: number; dstOffset: number; srcOffset: number },
+  srcShared: boolean,
+  dstShared: boolean,
+): void {
+  const { to, from, dstOffset, srcOffset } = shape;
+  const src = view(srcShared, srcOffset, from + n + 3);
+  const dst = view(dstShared, dstOffset, to + n + 5);
+  for (let i = 0; i < src.length; i++) src[i] = (i * 131 + 7) & 0xff;
+  dst.fill(0xa5);
+  copy(dst, to, src, from, n);
+  for (let i = 0; i < dst.length; i++) {
+    const want = i >= to && i < to + n ? src[from + i - to] : 0xa5;
+    if (dst[i] !== want) expect.fail(`byte ${i}: ${dst[i]}, expected ${want}`);
+  }
+}
+
+const shapes = fc.record({
+  to: fc.integer({ min: 0, max: 17 }),
+  from: fc.integer({ min: 0, max: 17 }),
+  dstOffset: fc.integer({ min: 0, max: 15 }),
+  srcOffset: fc.integer({ min: 0, max: 15 }),
+});
+
+/** copyRangeAt as a device calls it: offsets and sharing given, not looked up. */
+function viaAt(dst: Uint8Array, to: number, src: Uint8Array, from: number, n: number): void {
+  copyRangeAt(
+    dst,
+    dst.byteOffset,
+    dst.buffer instanceof SharedArrayBuffer,
+    to,
+    src,
+    src.byteOffset,
+    src.buffer instanceof SharedArrayBuffer,
+    from,
+    n,
+  );
+}
+
+describe('copyRange and copyRangeAt', () => {
+  for (const [name, copy] of [
+    ['copyRange', copyRange],
+    ['copyRangeAt', viaAt],
+  ] as const) {
+    it(`${name}: exactly the bytes asked, shared or plain at either end, any alignment`, () => {
+      fc.assert(
+        fc.property(
+          fc.integer({ min: 0, max: 3000 }),
+          shapes,
+          fc.boolean(),
+          fc.boolean(),
+          (n, shape, srcShared, dstShared) => check(copy, n, shape, srcShared, dstShared),
+        ),
+        { numRuns: 300 },
+      );
+    });
+  }
+
+  it('copies more than one staging step (64 KiB) in pieces, every byte in place', () => {
+    for (const [srcShared, dstShared] of [
+      [true, false],
+      [false, true],
+      [true, true],
+    ] as const) {
+      const shape = { to: 3, from: 6, dstOffset: 8, srcOffset: 1 };
+      check(copyRange, 200_000 + 13, shape, srcShared, dstShared);
+    }
+  });
+
+  it('takes a destination the caller says is plain but is shared: still right', () => {
+    const src = view(true, 4, 2000);
+    const dst = view(true, 0, 2100);
+    for (let i = 0; i < src.length; i++) src[i] = i & 0xff;
+    copyRangeAt(dst, 0, false, 5, src, 4, true, 0, 1999);
+    for (let i = 0; i < 1999; i++) expect(dst[5 + i]).toBe(i & 0xff);
+    expect(dst[4]).toBe(0);
+    expect(dst[5 + 1999]).toBe(0);
+  });
+});
