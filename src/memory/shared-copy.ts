@@ -29,9 +29,10 @@ function stage(current: Uint8Array, bytes: number): Uint8Array {
 }
 
 /**
- * Copies `src[from, from + n)` to `dst[to, to + n)` (the ranges lie inside both arrays and do
- * not overlap) as `dst.set(src.subarray(...), to)` does, through aligned staging when either
- * buffer is shared and the two ends are not aligned alike.
+ * Copies `src[from, from + n)` to `dst[to, to + n)` (the ranges lie inside both arrays) as
+ * `dst.set(src.subarray(...), to)` does, through aligned staging when either buffer is shared
+ * and the two ends are not aligned alike. Two views of one buffer are copied by `set` alone,
+ * which allows the ranges to overlap.
  */
 export function copyRange(
   dst: Uint8Array,
@@ -40,9 +41,11 @@ export function copyRange(
   from: number,
   n: number,
 ): void {
-  const dstShared = isSharedArrayBuffer(dst.buffer);
+  const buffer = dst.buffer;
+  const dstShared = isSharedArrayBuffer(buffer);
   const srcShared = isSharedArrayBuffer(src.buffer);
-  if (!dstShared && !srcShared) {
+  // One buffer (the two ranges may overlap): `set` copies as memmove does.
+  if ((!dstShared && !srcShared) || buffer === src.buffer) {
     dst.set(src.subarray(from, from + n), to);
     return;
   }
@@ -52,7 +55,7 @@ export function copyRange(
 /**
  * {@link copyRange} for a caller that knows each array's `byteOffset` (`dstAt`, `srcAt`) and
  * whether its buffer is shared: V8 reads those two properties through calls, about 15 ns each,
- * which a per-frame copy should not pay.
+ * which a per-frame copy should not pay. The two ranges must not overlap.
  */
 export function copyRangeAt(
   dst: Uint8Array,

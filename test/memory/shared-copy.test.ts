@@ -85,6 +85,17 @@ describe('copyRange and copyRangeAt', () => {
     }
   });
 
+  it('copies between overlapping views of one shared buffer as memmove does', () => {
+    const buffer = new SharedArrayBuffer(300_000);
+    const all = new Uint8Array(buffer);
+    for (let i = 0; i < all.length; i++) all[i] = (i * 13) & 0xff;
+    const want = all.slice();
+    // 200,000 bytes moved 5 bytes up: the ranges overlap, misaligned, over several stage steps.
+    want.copyWithin(1005, 1000, 201_000);
+    copyRange(new Uint8Array(buffer, 5), 1000, new Uint8Array(buffer, 0), 1000, 200_000);
+    expect(Buffer.compare(Buffer.from(all), Buffer.from(want))).toBe(0);
+  });
+
   it('takes a destination the caller says is plain but is shared: still right', () => {
     const src = view(true, 4, 2000);
     const dst = view(true, 0, 2100);
