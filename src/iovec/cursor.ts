@@ -290,6 +290,10 @@ export class ChainCursor {
         const s = sr.bytes;
         const d = dr.bytes;
         for (let j = 0; j < k; j++) d[dp + j] = s[sp + j]!;
+      } else if (sr.buffer === dr.buffer) {
+        // Two regions over one buffer: the guest may make the two pieces overlap, and `set`
+        // copies within one buffer as memmove does (copyRangeAt's staging steps would not).
+        dr.bytes.set(sr.bytes.subarray(sp, sp + k), dp);
       } else {
         copyRangeAt(dr.bytes, dr.offset, dr.shared, dp, sr.bytes, sr.offset, sr.shared, sp, k);
       }

@@ -103,9 +103,22 @@ export class ChainReader extends ChainCursor {
       if (k <= SMALL_COPY_BYTES) {
         for (let j = 0; j < k; j++) dst[at + j] = bytes[p + j]!;
       } else {
-        // `dst` is taken to be plain memory (a shared one is copied right, only slower).
+        // `dst` is taken to be plain memory (a shared one is copied right, only slower), unless
+        // it is a view of this very buffer: `set` then copies as memmove does, overlap or not.
         const r = this.region!;
-        copyRangeAt(dst, r.shared ? dst.byteOffset : 0, false, at, bytes, r.offset, r.shared, p, k);
+        if (r.shared && dst.buffer === r.buffer) dst.set(bytes.subarray(p, p + k), at);
+        else
+          copyRangeAt(
+            dst,
+            r.shared ? dst.byteOffset : 0,
+            false,
+            at,
+            bytes,
+            r.offset,
+            r.shared,
+            p,
+            k,
+          );
       }
       this.advance(k);
       at += k;

@@ -87,6 +87,9 @@ export class ChainWriter extends ChainCursor {
       const p = this.pos;
       if (k <= SMALL_COPY_BYTES) {
         for (let j = 0; j < k; j++) bytes[p + j] = src[at + j]!;
+      } else if (r.shared && src.buffer === r.buffer) {
+        // A view of this very buffer: `set` copies as memmove does, overlap or not.
+        bytes.set(src.subarray(at, at + k), p);
       } else {
         // `src` is taken to be plain memory (a shared one is copied right, only slower).
         copyRangeAt(bytes, r.offset, r.shared, p, src, r.shared ? src.byteOffset : 0, false, at, k);

@@ -3,7 +3,7 @@ import {
   ChainReader,
   ChainWriter,
   DescriptorError,
-  type GuestMemory,
+  GuestMemory,
   IovecError,
   isVirtqError,
   U64_UNSAFE,
@@ -656,6 +656,27 @@ describe('copies between a reader and a writer', () => {
     new ChainReader(chain).copyTo(w);
     expect(guestBytes(memory, 0x4120, 64)).toEqual(original);
     expect(w.bytesWritten).toBe(64);
+  });
+
+  it('copies as memmove between two regions over one shared buffer, overlapping and misaligned, over 64 KiB', () => {
+    const sab = new SharedArrayBuffer(1 << 20);
+    const aliased = new GuestMemory([
+      { base: 0, length: 0x4000, buffer: new SharedArrayBuffer(0x4000) }, // the ring
+      { base: 0x100000, length: 1 << 20, buffer: sab },
+      { base: 0x200000, length: 1 << 20, buffer: sab }, // the same bytes at a second address
+    ]);
+    const n = 200_000;
+    const from = 0x100000 + 1000;
+    for (let i = 0; i < n; i++) aliased.writeU8(from + i, (i * 7 + 3) & 0xff);
+    const original = guestBytes(aliased, from, n);
+    // The destination's bytes are the source's bytes 5 on.
+    const chain = new Env(aliased).pop(
+      [{ addr: from, len: n }],
+      [{ addr: 0x200000 + 1005, len: n }],
+    );
+    const w = new ChainWriter(chain);
+    expect(new ChainReader(chain).copyTo(w)).toBe(n);
+    expect(guestBytes(aliased, 0x200000 + 1005, n)).toEqual(original);
   });
 
   it('an exact copy that does not fit moves nothing on either side', () => {
