@@ -13,7 +13,7 @@ export const U64_UNSAFE = 2 ** 53;
  * {@link U64_UNSAFE} from there on. The one place guest addresses and sectors are joined.
  */
 export function joinU64(lo: number, hi: number): number {
-  return hi >= 0x200000 ? U64_UNSAFE : hi * TWO_32 + lo;
+  return hi >= 0x200000 ? U64_UNSAFE : hi * 0x100000000 + lo;
 }
 
 /**
@@ -24,7 +24,9 @@ export function joinU64(lo: number, hi: number): number {
  * about 10% of W1 (docs/PERFORMANCE.md, "Pops without begin").
  */
 export function joinU64Unclamped(lo: number, hi: number): number {
-  return hi * TWO_32 + lo;
+  // The literal, not a module constant: V8 loads a module binding at every use with a check
+  // of its value (a heap number here), on the pop path once per descriptor.
+  return hi * 0x100000000 + lo;
 }
 
 const TWO_32 = 2 ** 32;

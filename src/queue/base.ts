@@ -224,7 +224,9 @@ export abstract class QueueBase {
   abstract initialize(memory: GuestMemory): void;
 
   protected requireActive(): void {
-    if (!this.active) throw new QueueStateError('QUEUE_NOT_ACTIVE', 'queue is not initialised');
+    // `!== true`: one comparison where `!` is V8's generic truthiness test (the pop path).
+    if (this.active !== true)
+      throw new QueueStateError('QUEUE_NOT_ACTIVE', 'queue is not initialised');
   }
 
   /**

@@ -78,7 +78,7 @@ export class PackedQueue extends PackedRing implements Queue {
    * carries on does not see them again.
    */
   pop(into?: DescriptorChain): DescriptorChain | null {
-    if (!this.active) this.requireActive();
+    if (this.active !== true) this.requireActive();
     const first = this._nextAvail;
     const wrap = this._availWrap;
     // §2.8.15: the device MUST NOT use a descriptor unless it observes its AVAIL bit changed.
@@ -264,7 +264,12 @@ export class PackedQueue extends PackedRing implements Queue {
     // inline into a device's loop (as the split queue's addUsed).
     const held = this.buffers.slotsOf;
     // `!(held[id] > 0)` also refuses an id that is not an integer (its element is undefined).
-    if (!this.active || !(id >= 0 && id < held.length) || !(held[id]! > 0) || len >>> 0 !== len) {
+    if (
+      this.active !== true ||
+      !(id >= 0 && id < held.length) ||
+      !(held[id]! > 0) ||
+      len >>> 0 !== len
+    ) {
       this.addUsedFailed(id, len);
     }
     this.writeUsed(id, len, this.unlink(id));

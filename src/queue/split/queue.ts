@@ -214,7 +214,9 @@ export class SplitQueue extends SplitRing implements Queue {
     // per-chain path, small enough to inline (docs/PERFORMANCE.md). It does not go through
     // writeUsedElement, so a subclass that hooks that (TrackedSplitQueue) hooks this too.
     const size = this.qsize;
-    if (!this.active || !(id >= 0 && id < size) || id !== (id | 0) || len >>> 0 !== len) {
+    // `active !== true` is one comparison; `!active` is V8's generic truthiness test (the field
+    // is not typed boolean). `id >>> 0 !== id` holds for all but an integer in [0, 2^32).
+    if (this.active !== true || id >>> 0 !== id || id >= size || len >>> 0 !== len) {
       this.writeUsedElement(0, id, len); // throws the right error
     }
     const slot = this._nextUsed & (size - 1);
