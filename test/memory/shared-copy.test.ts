@@ -1,17 +1,19 @@
 /**
- * Large copies to and from shared memory (`copyRange`, `copyRangeAt`): the bytes asked and no
- * others, for every mix of shared and plain, aligned and misaligned ends, views that do not
+ * Large copies to and from shared memory (`copyRange`, `copyRangeAt`, `copyArrayAt`): the
+ * bytes asked and no others, for every mix of shared and plain, aligned and misaligned ends, views that do not
  * start their buffer, and copies longer than one staging step.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { copyRange, copyRangeAt } from '../../src/memory/shared-copy.js';
+import { copyArrayAt, copyRange, copyRangeAt } from '../../src/memory/shared-copy.js';
 
 /** A view of `length` bytes starting `offset` bytes into a plain or shared buffer. */
 function view(shared: boolean, offset: number, length: number): Uint8Array {
   const buffer = shared ? new SharedArrayBuffer(offset + length) : new ArrayBuffer(offset + length);
   return new Uint8Array(buffer, offset, length);
 }
+
+let checks = 0;
 
 /** Runs one copy with `copy` and checks every byte of the destination. */
 function check(
@@ -24,7 +26,9 @@ function check(
   const { to, from, dstOffset, srcOffset } = shape;
   const src = view(srcShared, srcOffset, from + n + 3);
   const dst = view(dstShared, dstOffset, to + n + 5);
-  for (let i = 0; i < src.length; i++) src[i] = (i * 131 + 7) & 0xff;
+  // New bytes on every call, so a copy that served stale staging would show.
+  const salt = ++checks;
+  for (let i = 0; i < src.length; i++) src[i] = (i * 131 + 7 + salt) & 0xff;
   dst.fill(0xa5);
   copy(dst, to, src, from, n);
   for (let i = 0; i < dst.length; i++) {
@@ -55,10 +59,24 @@ function viaAt(dst: Uint8Array, to: number, src: Uint8Array, from: number, n: nu
   );
 }
 
-describe('copyRange and copyRangeAt', () => {
+/** copyArrayAt as the receive path calls it: the source range as its own array. */
+function viaArray(dst: Uint8Array, to: number, src: Uint8Array, from: number, n: number): void {
+  copyArrayAt(
+    dst,
+    dst.byteOffset,
+    dst.buffer instanceof SharedArrayBuffer,
+    to,
+    src.subarray(from, from + n),
+    src.byteOffset + from,
+    src.buffer instanceof SharedArrayBuffer,
+  );
+}
+
+describe('copyRange, copyRangeAt and copyArrayAt', () => {
   for (const [name, copy] of [
     ['copyRange', copyRange],
     ['copyRangeAt', viaAt],
+    ['copyArrayAt', viaArray],
   ] as const) {
     it(`${name}: exactly the bytes asked, shared or plain at either end, any alignment`, () => {
       fc.assert(
@@ -82,6 +100,17 @@ describe('copyRange and copyRangeAt', () => {
     ] as const) {
       const shape = { to: 3, from: 6, dstOffset: 8, srcOffset: 1 };
       check(copyRange, 200_000 + 13, shape, srcShared, dstShared);
+      check(viaArray, 200_000 + 13, shape, srcShared, dstShared);
+    }
+  });
+
+  it('stages one size again after the staging memory grew, with the new bytes', () => {
+    // The staged range kept from one copy must not serve the next once staging is replaced.
+    const shape = { to: 12, from: 0, dstOffset: 0, srcOffset: 0 };
+    for (const n of [1514, 1514, 40_000, 1514, 65_536, 1514, 1514]) {
+      check(viaArray, n, shape, false, true);
+      check(viaArray, n, { ...shape, srcOffset: 3 }, true, false);
+      check(copyRange, n, shape, true, true);
     }
   });
 

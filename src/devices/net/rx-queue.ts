@@ -9,7 +9,7 @@
 import { isVirtqError, SnapshotError, type VirtqError } from '../../errors.js';
 import { copyBytes, LARGE_COPY_BYTES } from '../../iovec/copy.js';
 import { ChainWriter } from '../../iovec/writer.js';
-import { copyRangeAt } from '../../memory/shared-copy.js';
+import { copyArrayAt } from '../../memory/shared-copy.js';
 import type { Queue } from '../../queue/queue.js';
 import { HeldRxChains } from './held-rx.js';
 import {
@@ -267,7 +267,8 @@ export class NetRxQueue {
           copyBytes(r.bytes, v, at + VIRTIO_NET_HDR_SIZE, frames.buf, frames.view, src, left);
         } else {
           const to = at + VIRTIO_NET_HDR_SIZE;
-          copyRangeAt(r.bytes, r.offset, r.shared, to, frames.buf, 0, frames.shared, src, left);
+          // `buf` starts at byte 0 of its buffer, so the frame starts at byte `src` of it.
+          copyArrayAt(r.bytes, r.offset, r.shared, to, frames.frameBytes(), src, frames.shared);
         }
         q.addUsed(c.head, need);
         this.held.release(1);
