@@ -29,20 +29,20 @@ function stage(current: Uint8Array, bytes: number): Uint8Array {
 }
 
 /**
- * A range of staging memory as its own array, the last one made for each staging array kept:
- * `subarray` allocates a typed array, about 30 ns in V8, and copies of one frame size stage
- * the same range again and again.
+ * `array[at, at + n)` as its own array, the last one made kept: `subarray` allocates a typed
+ * array (about 30 ns in V8), and a copy of one frame size takes the same range again and
+ * again (staging here; the received frame in `RxFrames.frameBytes`). Keeps one array alive.
  */
-class StagedRange {
+export class KeptRange {
   private of: Uint8Array | null = null;
   private at = -1;
   private n = -1;
   private range: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
 
-  get(stageArray: Uint8Array, at: number, n: number): Uint8Array {
-    if (stageArray !== this.of || at !== this.at || n !== this.n) {
-      this.range = stageArray.subarray(at, at + n);
-      this.of = stageArray;
+  get(array: Uint8Array, at: number, n: number): Uint8Array {
+    if (array !== this.of || at !== this.at || n !== this.n) {
+      this.range = array.subarray(at, at + n);
+      this.of = array;
       this.at = at;
       this.n = n;
     }
@@ -50,8 +50,9 @@ class StagedRange {
   }
 }
 
-const fromSharedRange = new StagedRange();
-const toSharedRange = new StagedRange();
+/** The staging ranges used last, one per staging array. */
+const fromSharedRange = new KeptRange();
+const toSharedRange = new KeptRange();
 
 /**
  * Copies `src[from, from + n)` to `dst[to, to + n)` (the ranges lie inside both arrays) as

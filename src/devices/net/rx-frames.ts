@@ -8,6 +8,7 @@
 
 import { SnapshotError } from '../../errors.js';
 import { SourceCopier } from '../../iovec/copy.js';
+import { KeptRange } from '../../memory/shared-copy.js';
 import { FrameRing } from './frame-ring.js';
 import { buildTcpSegment, completeChecksum, parseTcpGso, tcpGsoScratch } from './offload.js';
 import {
@@ -262,28 +263,16 @@ export class RxFrames {
     };
   }
 
-  /** The last {@link frameBytes} made, and the range it is of. */
-  private range: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
-  private rangeOf: Uint8Array | null = null;
-  private rangeOff = -1;
-  private rangeLen = -1;
+  /** The last {@link frameBytes} made. */
+  private readonly frameRange = new KeptRange();
 
   /**
-   * The frame to deliver, `buf[off, off + len)`, as its own array. The last one made is kept:
-   * `subarray` allocates (about 30 ns in V8), and a backend that offers every frame from one
-   * place (`generate`, a fixed-size frame buffer) gets it made once.
+   * The frame to deliver, `buf[off, off + len)`, as its own array; the same range gives the same
+   * array, so a backend that offers every frame from one place (`generate`, a fixed-size frame
+   * buffer) gets it made once.
    */
   frameBytes(): Uint8Array {
-    const buf = this.buf;
-    const off = this.off;
-    const len = this.len;
-    if (buf !== this.rangeOf || off !== this.rangeOff || len !== this.rangeLen) {
-      this.range = buf.subarray(off, off + len);
-      this.rangeOf = buf;
-      this.rangeOff = off;
-      this.rangeLen = len;
-    }
-    return this.range;
+    return this.frameRange.get(this.buf, this.off, this.len);
   }
 
   private set(buf: Uint8Array, view: DataView, shared: boolean, off: number, len: number): void {
