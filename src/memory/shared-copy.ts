@@ -15,6 +15,8 @@
 
 import { isSharedArrayBuffer } from './region.js';
 
+const EMPTY = new Uint8Array(0);
+
 /** Bytes staged per step: the staging memory never grows past this (plus alignment). */
 const STAGE_BYTES = 64 * 1024;
 
@@ -37,7 +39,7 @@ export class KeptRange {
   private of: Uint8Array | null = null;
   private at = -1;
   private n = -1;
-  private range: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+  private range: Uint8Array<ArrayBufferLike> = EMPTY;
 
   get(array: Uint8Array, at: number, n: number): Uint8Array {
     if (array !== this.of || at !== this.at || n !== this.n) {
@@ -47,6 +49,14 @@ export class KeptRange {
       this.n = n;
     }
     return this.range;
+  }
+
+  /** Drops the array kept (and so its buffer). */
+  clear(): void {
+    this.of = null;
+    this.at = -1;
+    this.n = -1;
+    this.range = EMPTY;
   }
 }
 

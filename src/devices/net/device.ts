@@ -280,6 +280,7 @@ export class NetDevice extends VirtioDeviceBase {
     // Chains belong to the driver session that ends; pending frames belong to the link.
     for (const r of this.rx) r.resetChains();
     this.tx.blocked = false;
+    this.tx.forgetViews();
     this.rxDeferred = 0;
     this.gatherPending();
     this.active = 1;
