@@ -104,16 +104,7 @@ export function copyRangeAt(
   from: number,
   n: number,
 ): void {
-  if ((!dstShared && !srcShared) || ((dstAt + to - (srcAt + from)) & 7) === 0) {
-    dst.set(src.subarray(from, from + n), to);
-    return;
-  }
-  for (let done = 0; done < n; ) {
-    const k = Math.min(n - done, STAGE_BYTES);
-    const f = from + done;
-    stagedCopy(dst, dstAt, dstShared, to + done, src.subarray(f, f + k), srcAt + f, srcShared);
-    done += k;
-  }
+  copyArrayAt(dst, dstAt, dstShared, to, src.subarray(from, from + n), srcAt + from, srcShared);
 }
 
 /**
@@ -135,11 +126,23 @@ export function copyArrayAt(
     dst.set(src, to);
     return;
   }
-  if (n > STAGE_BYTES) {
-    copyRangeAt(dst, dstAt, dstShared, to, src, srcAt, srcShared, 0, n);
+  if (n <= STAGE_BYTES) {
+    stagedCopy(dst, dstAt, dstShared, to, src, srcAt, srcShared);
     return;
   }
-  stagedCopy(dst, dstAt, dstShared, to, src, srcAt, srcShared);
+  for (let done = 0; done < n; ) {
+    const k = Math.min(n - done, STAGE_BYTES);
+    stagedCopy(
+      dst,
+      dstAt,
+      dstShared,
+      to + done,
+      src.subarray(done, done + k),
+      srcAt + done,
+      srcShared,
+    );
+    done += k;
+  }
 }
 
 /**
