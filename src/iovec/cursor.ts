@@ -77,10 +77,12 @@ export class ChainCursor {
 
   /**
    * The guest bytes of the piece a successful `claim` returned an offset into, and a DataView
-   * over them (same offsets); valid until the next operation on this cursor.
+   * and the words over them (same offsets); valid until the next operation on this cursor.
    */
   claimed: Uint8Array = new Uint8Array(0);
   claimedView: DataView = new DataView(new ArrayBuffer(0));
+  /** The region's words (`GuestRegion.words`), beside {@link claimed}. */
+  claimedWords: Int32Array = new Int32Array(0);
 
   /** Bytes left to read or write. */
   get remaining(): number {
@@ -97,6 +99,7 @@ export class ChainCursor {
     const p = this.pos;
     this.claimed = r.bytes;
     this.claimedView = r.view;
+    this.claimedWords = r.words;
     this.advance(n);
     return p;
   }

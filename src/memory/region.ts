@@ -37,6 +37,11 @@ export class GuestRegion {
   readonly bytes: Uint8Array;
   /** Little-endian access to the region's bytes; offset 0 is guest address `base`. */
   readonly view: DataView;
+  /**
+   * The region's whole 4-byte words, in the host's order (little-endian, checked at load):
+   * word `k` is bytes `[4k, 4k + 4)`. For word-at-a-time copies of aligned ranges.
+   */
+  readonly words: Int32Array;
   /** Guest-physical page number of the first page the region touches. */
   readonly firstPage: number;
   /**
@@ -84,6 +89,7 @@ export class GuestRegion {
     this.offset = offset;
     this.bytes = new Uint8Array(buffer, offset, length);
     this.view = new DataView(buffer, offset, length);
+    this.words = new Int32Array(buffer, offset, Math.floor(length / 4));
     this.shared = isSharedArrayBuffer(buffer);
     this.firstPage = Math.floor(base / PAGE_SHIFT_DIVISOR);
     const pages = Math.floor((this.end - 1) / PAGE_SHIFT_DIVISOR) - this.firstPage + 1;

@@ -4,12 +4,14 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { copyBytes, LARGE_COPY_BYTES } from '../../src/iovec/copy.js';
+import { copyBytes, LARGE_COPY_BYTES, wordsOver } from '../../src/iovec/copy.js';
 import { ChainReader, ChainWriter } from '../../src/iovec/index.js';
 import { contiguousMemory, Env } from './env.js';
 
 describe('copyBytes', () => {
-  it('copies exactly the bytes asked, for every size around the thresholds, between shared and unshared memory', () => {
+  it('copies exactly the bytes asked, for every size around the thresholds, aligned or not, between shared and unshared memory', () => {
+    const viewsOf = (a: Uint8Array) =>
+      [new DataView(a.buffer, a.byteOffset, a.byteLength), wordsOver(a)] as const;
     fc.assert(
       fc.property(
         fc.integer({ min: 0, max: LARGE_COPY_BYTES * 3 }),
@@ -17,14 +19,22 @@ describe('copyBytes', () => {
         fc.integer({ min: 0, max: 15 }),
         fc.boolean(),
         fc.boolean(),
-        (n, to, from, srcShared, dstShared) => {
+        fc.constantFrom(0, 8),
+        (n, to, from, srcShared, dstShared, start) => {
+          // Arrays from byte `start` of their buffer, and ending off a word (1021 bytes).
           const mk = (shared: boolean) =>
-            shared ? new SharedArrayBuffer(1024) : new ArrayBuffer(1024);
-          const src = new Uint8Array(mk(srcShared));
-          const dst = new Uint8Array(mk(dstShared));
+            new Uint8Array(
+              shared ? new SharedArrayBuffer(1040) : new ArrayBuffer(1040),
+              start,
+              1021,
+            );
+          const src = mk(srcShared);
+          const dst = mk(dstShared);
           for (let i = 0; i < src.length; i++) src[i] = (i * 7 + 3) & 0xff;
           dst.fill(0xee);
-          copyBytes(dst, new DataView(dst.buffer), to, src, new DataView(src.buffer), from, n);
+          const [dv, dw] = viewsOf(dst);
+          const [sv, sw] = viewsOf(src);
+          copyBytes(dst, dv, dw, to, src, sv, sw, from, n);
           for (let i = 0; i < dst.length; i++) {
             const inside = i >= to && i < to + n;
             expect(dst[i]).toBe(inside ? src[from + i - to] : 0xee);
@@ -45,8 +55,19 @@ describe('copyBytes', () => {
     v.setBigUint64(16, 0xfff8000000000001n, true);
     for (let i = 24; i < 64; i++) src[i] = 0xff - i;
     const dst = new Uint8Array(64);
-    for (let k = 0; k < 10_000; k++) copyBytes(dst, new DataView(dst.buffer), 0, src, v, 0, 64);
+    const dv = new DataView(dst.buffer);
+    const dw = wordsOver(dst);
+    const sw = wordsOver(src);
+    for (let k = 0; k < 10_000; k++) copyBytes(dst, dv, dw, 0, src, v, sw, 0, 64);
     expect(Array.from(dst)).toEqual(Array.from(src));
+  });
+
+  it('words start where their bytes start, and refuse a start off a word', () => {
+    const buf = new ArrayBuffer(64);
+    const w = wordsOver(new Uint8Array(buf, 8, 23));
+    expect(w.byteOffset).toBe(8);
+    expect(w.length).toBe(5);
+    expect(() => wordsOver(new Uint8Array(buf, 2, 8))).toThrow(RangeError);
   });
 });
 

@@ -1,4 +1,4 @@
-import { LARGE_COPY_BYTES, SourceCopier } from '../../iovec/copy.js';
+import { LARGE_COPY_BYTES, SourceCopier, wordsOver } from '../../iovec/copy.js';
 import type { NetHeader } from './request.js';
 
 /** Header fields stored per frame: flags, gsoType, hdrLen, gsoSize, csumStart, csumOffset. */
@@ -17,6 +17,8 @@ export class FrameRing {
   readonly data: Uint8Array;
   /** A DataView over {@link data}. */
   readonly view: DataView;
+  /** An Int32Array over {@link data} (`wordsOver`). */
+  readonly words: Int32Array;
   readonly maxFrames: number;
   private readonly offs: Uint32Array;
   private readonly lens: Uint32Array;
@@ -38,6 +40,7 @@ export class FrameRing {
     this.maxFrames = maxFrames;
     this.data = new Uint8Array(capacityBytes);
     this.view = new DataView(this.data.buffer);
+    this.words = wordsOver(this.data);
     this.offs = new Uint32Array(maxFrames);
     this.lens = new Uint32Array(maxFrames);
     this.hdrs = new Uint16Array(maxFrames * HDR_FIELDS);
@@ -99,7 +102,7 @@ export class FrameRing {
     const slot = this.slot(this.n);
     if (len < LARGE_COPY_BYTES) {
       // Neither a view of part of `src` (an allocation per frame) nor a call into `set`.
-      this.source.copy(this.data, this.view, at, src, len);
+      this.source.copy(this.data, this.view, this.words, at, src, len);
     } else if (len === src.length) this.data.set(src, at);
     else this.data.set(src.subarray(0, len), at);
     this.offs[slot] = at;

@@ -7,7 +7,7 @@
  */
 
 import { SnapshotError } from '../../errors.js';
-import { SourceCopier } from '../../iovec/copy.js';
+import { SourceCopier, wordsOver } from '../../iovec/copy.js';
 import { KeptRange } from '../../memory/shared-copy.js';
 import { FrameRing } from './frame-ring.js';
 import { buildTcpSegment, completeChecksum, parseTcpGso, tcpGsoScratch } from './offload.js';
@@ -44,6 +44,8 @@ export class RxFrames {
   buf: Uint8Array;
   /** A DataView over {@link buf}, same offsets. */
   view: DataView;
+  /** {@link buf}'s whole words (`wordsOver`), same first byte. */
+  words: Int32Array;
   /** {@link buf}'s buffer is shared (`buf` is always all of its buffer: byteOffset 0). */
   shared = false;
   off = 0;
@@ -62,6 +64,7 @@ export class RxFrames {
   /** Scratch for one software segment. */
   private readonly segBuf = new Uint8Array(NET_MAX_FRAME);
   private readonly segView = new DataView(this.segBuf.buffer);
+  private readonly segWords = wordsOver(this.segBuf);
   /** Views over the buffer of the frame {@link adopt} took last. */
   private readonly source = new SourceCopier();
 
@@ -69,6 +72,7 @@ export class RxFrames {
     this.pending = new FrameRing(maxFrames, maxBytes);
     this.buf = this.pending.data;
     this.view = this.pending.view;
+    this.words = this.pending.words;
     this.stats = stats;
   }
 
@@ -96,14 +100,14 @@ export class RxFrames {
           continue;
         }
         setPlain(out);
-        this.set(this.segBuf, this.segView, false, 0, n);
+        this.set(this.segBuf, this.segView, this.segWords, false, 0, n);
         return true;
       }
       const h = ring.headerAt(0, this.frameHdr);
       if (h.gsoType !== VIRTIO_NET_HDR_GSO_NONE) {
         if (this.guestTakesGso(h.gsoType) && h.flags !== 0) {
           copyHeader(h, out);
-          this.set(ring.data, ring.view, false, off, len);
+          this.set(ring.data, ring.view, ring.words, false, off, len);
           return true;
         }
         // §5.1.6.4.1: no GSO type the driver did not negotiate: segment in software.
@@ -136,7 +140,7 @@ export class RxFrames {
       }
       copyHeader(h, out);
       out.gsoType = VIRTIO_NET_HDR_GSO_NONE;
-      this.set(ring.data, ring.view, false, off, len);
+      this.set(ring.data, ring.view, ring.words, false, off, len);
       return true;
     }
     return false;
@@ -155,7 +159,7 @@ export class RxFrames {
     const source = this.source;
     source.use(frame);
     setPlain(this.header);
-    this.set(source.bytes, source.view, source.shared, source.offset, length);
+    this.set(source.bytes, source.view, source.words, source.shared, source.offset, length);
     return true;
   }
 
@@ -275,9 +279,17 @@ export class RxFrames {
     return this.frameRange.get(this.buf, this.off, this.len);
   }
 
-  private set(buf: Uint8Array, view: DataView, shared: boolean, off: number, len: number): void {
+  private set(
+    buf: Uint8Array,
+    view: DataView,
+    words: Int32Array,
+    shared: boolean,
+    off: number,
+    len: number,
+  ): void {
     this.buf = buf;
     this.view = view;
+    this.words = words;
     this.shared = shared;
     this.off = off;
     this.len = len;

@@ -4,7 +4,7 @@
  * buffer and handed to the backend, back-pressure when the backend cannot take it.
  */
 
-import { copyBytes, LARGE_COPY_BYTES } from '../../iovec/copy.js';
+import { copyBytes, LARGE_COPY_BYTES, wordsOver } from '../../iovec/copy.js';
 import { ChainReader } from '../../iovec/reader.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { KeptRange } from '../../memory/shared-copy.js';
@@ -44,6 +44,7 @@ export class NetTransmitter {
   /** The device's scratch buffer for one transmitted frame. */
   private readonly buf = new Uint8Array(NET_MAX_FRAME + 8);
   private readonly view = new DataView(this.buf.buffer);
+  private readonly words = wordsOver(this.buf);
   /**
    * `buf` from each of its first eight offsets: a large frame is copied to the one whose
    * address has the guest buffer's alignment, since V8 copies out of shared memory a byte at a
@@ -129,10 +130,12 @@ export class NetTransmitter {
     const r = req.region;
     let src: Uint8Array;
     let view: DataView;
+    let words: Int32Array;
     let at: number;
     if (r !== null) {
       src = r.bytes;
       view = r.view;
+      words = r.words;
       at = req.at;
       if (len >= LARGE_COPY_BYTES) {
         // `r.offset` is `src.byteOffset`, known without a look at the array.
@@ -151,9 +154,10 @@ export class NetTransmitter {
       }
       src = reader.claimed;
       view = reader.claimedView;
+      words = reader.claimedWords;
     }
     if (len < LARGE_COPY_BYTES) {
-      copyBytes(this.buf, this.view, 0, src, view, at, len);
+      copyBytes(this.buf, this.view, this.words, 0, src, view, words, at, len);
       return this.buf;
     }
     const dst = this.aligned[(src.byteOffset + at) & 7]!;
