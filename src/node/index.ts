@@ -17,3 +17,4 @@ export {
   tapNameProblem,
 } from './net-tap.js';
 export { UdpNetBackend, type UdpNetOptions } from './net-udp.js';
+export { INLINING_BUDGET, INLINING_BUDGET_FLAG, raiseInliningBudget } from './v8-tuning.js';

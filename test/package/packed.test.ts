@@ -159,6 +159,19 @@ describe('a fresh project that installs the tarball (no compiler on PATH)', () =
     expect(r.stdout.trim()).toBe('function true');
   }, 300_000);
 
+  it("virtq/node's raiseInliningBudget raises the budget, and leaves one given to node alone", async () => {
+    const { dir } = await freshProject();
+    const script = `const { raiseInliningBudget } = await import('virtq/node'); console.log(raiseInliningBudget())`;
+    const raised = await sh(`node --input-type=module -e "${script}"`, dir);
+    expect(raised.stderr).toBe('');
+    expect(raised.stdout.trim()).toBe('--max-inlined-bytecode-size-cumulative=3000');
+    const given = await sh(
+      `node --max-inlined-bytecode-size-cumulative=920 --input-type=module -e "${script}"`,
+      dir,
+    );
+    expect(given.stdout.trim()).toBe('null');
+  }, 300_000);
+
   it('npx virtq --help prints the help', async () => {
     const r = await sh('npx virtq --help', (await freshProject()).dir);
     expect(r.status).toBe(0);
