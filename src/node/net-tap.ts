@@ -108,6 +108,8 @@ const POLL_NONE = 0;
  */
 export class TapNetBackend implements NetBackend {
   readonly offloads: bigint;
+  /** A frame is written to the tap (the kernel copies it) before {@link send} returns. */
+  readonly readsFramesOnly = true;
   /** The interface's name, as the kernel has it. */
   readonly name: string;
   /** Frames written to and read from the tap; frames read while no device was attached. */
@@ -204,7 +206,8 @@ export class TapNetBackend implements NetBackend {
   send(frame: Uint8Array, length: number, header: NetHeader): boolean {
     if (this.fd < 0) return true;
     encodeNetHeader(header, this.txHeader, 0, 0);
-    this.txParts[1] = frame.subarray(0, length);
+    // A frame lent out of guest memory is exactly `length` bytes: no view to make.
+    this.txParts[1] = frame.length === length ? frame : frame.subarray(0, length);
     try {
       writevSync(this.fd, this.txParts);
       this.sent++;

@@ -29,6 +29,8 @@ export interface UdpNetOptions {
  */
 export class UdpNetBackend implements NetBackend {
   readonly offloads = 0n;
+  /** A frame is copied into a datagram buffer of the backend's own in {@link send}. */
+  readonly readsFramesOnly = true;
   /** Frames sent and received, received frames dropped, and socket send errors. */
   sent = 0;
   received = 0;
@@ -99,7 +101,7 @@ export class UdpNetBackend implements NetBackend {
     // A pooled buffer per datagram: the socket reads it until the send completes.
     let buf = this.pool.pop();
     if (buf === undefined || buf.length < length) buf = Buffer.allocUnsafe(Math.max(length, 2048));
-    buf.set(frame.subarray(0, length), 0);
+    buf.set(frame.length === length ? frame : frame.subarray(0, length), 0);
     this.inFlight++;
     const done = (err: Error | null): void => {
       this.inFlight--;

@@ -82,6 +82,55 @@ describe.each(RINGS)('lab frame backends over $name', (ring) => {
   });
 });
 
+describe.each(RINGS)('frames lent to a backend that only reads, over $name', (ring) => {
+  /** Records, per frame sent, whether it was the guest's own memory and its bytes. */
+  const recorder = (readsFramesOnly: boolean) => {
+    const seen: { guest: boolean; bytes: number[] }[] = [];
+    let guestBuffer: ArrayBufferLike | null = null;
+    const backend: NetBackend = {
+      offloads: 0n,
+      readsFramesOnly,
+      attach() {},
+      detach() {},
+      send(frame, length) {
+        seen.push({
+          guest: frame.buffer === guestBuffer,
+          bytes: Array.from(frame.subarray(0, length)),
+        });
+        // What a backend that changes frames in place does (reflect swaps MAC addresses).
+        if (!readsFramesOnly) frame.fill(0xee, 0, length);
+        return true;
+      },
+      resumeRx() {},
+    };
+    return { seen, backend, setGuest: (b: ArrayBufferLike) => (guestBuffer = b) };
+  };
+  const sizes = [60, 255, 256, 1000, 1514];
+
+  it.each([
+    {
+      readsOnly: true,
+      what: 'large frames reach it as views of the guest buffer, small ones copied',
+    },
+    { readsOnly: false, what: 'a backend that may change frames always gets the device scratch' },
+  ])('$what, bytes exact', async ({ readsOnly }) => {
+    const r = recorder(readsOnly);
+    const a = netSide(new World(), r.backend, { device: { mac: MAC_A } });
+    r.setGuest(a.memory.regions[0]!.buffer);
+    a.guest.init(ring.features | F);
+    const sent = sizes.map((n, i) => testFrame(MAC_B, MAC_A, i, n));
+    for (const f of sent) await a.guest.send(f);
+    expect(r.seen.map((s) => s.guest)).toEqual(sizes.map((n) => readsOnly && n >= 256));
+    expect(r.seen.map((s) => s.bytes)).toEqual(sent.map((f) => Array.from(f)));
+  });
+
+  it('reflect changes frames, so it does not borrow them; sink, generate and tap only read', () => {
+    expect((new ReflectBackend() as NetBackend).readsFramesOnly).not.toBe(true);
+    expect(new SinkBackend().readsFramesOnly).toBe(true);
+    expect(new GenerateBackend({ count: 0, size: 60 }).readsFramesOnly).toBe(true);
+  });
+});
+
 describe('GenerateBackend options', () => {
   it('refuses a size outside 60..NET_MAX_FRAME and a count that is not a non-negative integer', () => {
     expect(() => new GenerateBackend({ count: 1, size: 59 })).toThrow(RangeError);

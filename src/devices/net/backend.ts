@@ -40,6 +40,15 @@ export interface NetBackend {
    * receiving device intact. A device offers no offload its backend cannot carry.
    */
   readonly offloads: bigint;
+  /**
+   * True when {@link send} only reads the frame, and only until it returns: it neither changes
+   * it nor keeps it, nor hands it to anything that reads it later. The device may then pass a
+   * large frame that lies in one guest buffer as a view of that buffer, with no copy into its
+   * scratch. The guest may change those bytes at any moment, so such a backend must not check
+   * a frame and then rely on what it checked (one that delivers into another device does, and
+   * leaves this false). Absent or false: the frame is always the device's scratch.
+   */
+  readonly readsFramesOnly?: boolean;
   /** The device `port` is now this backend's device end. */
   attach(port: NetPort): void;
   /** The device goes away. */
@@ -48,7 +57,7 @@ export interface NetBackend {
    * Sends `frame[0, length)` with its header. The buffer is the device's scratch and is
    * reused as soon as this returns: copy what you keep. The backend may change it in place
    * before then (the device never reads it back: a refused frame is copied out of guest memory
-   * again). Returns false when the backend cannot take it now; the device keeps the frame and
+   * again), unless it declares {@link readsFramesOnly}: then it may be guest memory. Returns false when the backend cannot take it now; the device keeps the frame and
    * tries again after {@link NetPort.resumeTx}.
    */
   send(frame: Uint8Array, length: number, header: NetHeader): boolean;

@@ -62,6 +62,8 @@ export class ReflectBackend implements NetBackend {
 /** Takes every frame and counts it: frames, bytes, and the last frame's first bytes. */
 export class SinkBackend implements NetBackend {
   readonly offloads = NET_OFFLOAD_FEATURES;
+  /** It reads nothing of a frame but its length. */
+  readonly readsFramesOnly = true;
   frames = 0;
   bytes = 0;
 
@@ -115,6 +117,8 @@ const GENERATE_BURSTS_PER_TASK = 8;
 export class GenerateBackend implements NetBackend {
   /** Plain frames only: nothing to offload. */
   readonly offloads = 0n;
+  /** Frames sent to it are dropped unread. */
+  readonly readsFramesOnly = true;
   readonly count: number;
   readonly size: number;
   /** Frames the device has taken, and their bytes. */

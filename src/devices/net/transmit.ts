@@ -61,10 +61,18 @@ export class NetTransmitter {
   private readonly recent = Array.from({ length: RECENT_VIEWS }, () => new KeptRange());
   private recentMemory: GuestMemory | null = null;
 
+  /**
+   * The backend only reads what it is sent ({@link NetBackend.readsFramesOnly}): a large frame
+   * in one piece goes to it as a view of guest memory, not copied.
+   */
+  private readonly lends: boolean;
+
   constructor(
     private readonly backend: NetBackend,
     private readonly stats: NetStats,
-  ) {}
+  ) {
+    this.lends = backend.readsFramesOnly === true;
+  }
 
   /** The backend can take frames again. */
   resume(): void {
@@ -124,7 +132,10 @@ export class NetTransmitter {
     this.recentMemory = memory;
   }
 
-  /** Copies the frame out of guest memory; returns the buffer it is in. */
+  /**
+   * Copies the frame out of guest memory and returns the buffer it is in; for a backend that
+   * only reads, a large frame in one piece is returned where it lies instead.
+   */
   private copyFrame(reader: ChainReader, req: NetTxFrame, memory: GuestMemory | null): Uint8Array {
     const len = req.length;
     const r = req.region;
@@ -138,11 +149,14 @@ export class NetTransmitter {
       words = r.words;
       at = req.at;
       if (len >= LARGE_COPY_BYTES) {
-        // `r.offset` is `src.byteOffset`, known without a look at the array.
-        const dst = this.aligned[(r.offset + at) & 7]!;
         if (memory !== this.recentMemory) this.forgetViews(memory);
         const kept = this.recent[((at >>> 6) ^ (at >>> 16)) & (RECENT_VIEWS - 1)]!;
-        dst.set(kept.get(src, at, len));
+        const frame = kept.get(src, at, len);
+        // A backend that only reads gets the guest's own bytes (NetBackend.readsFramesOnly).
+        if (this.lends) return frame;
+        // `r.offset` is `src.byteOffset`, known without a look at the array.
+        const dst = this.aligned[(r.offset + at) & 7]!;
+        dst.set(frame);
         return dst;
       }
     } else {
@@ -160,6 +174,7 @@ export class NetTransmitter {
       copyBytes(this.buf, this.view, this.words, 0, src, view, words, at, len);
       return this.buf;
     }
+    if (this.lends) return src.subarray(at, at + len);
     const dst = this.aligned[(src.byteOffset + at) & 7]!;
     dst.set(src.subarray(at, at + len));
     return dst;
