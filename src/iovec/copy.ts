@@ -84,11 +84,16 @@ export class SourceCopier {
   /** The array used last: a view's buffer never changes, so it is looked at once. */
   private src: Uint8Array | null = null;
   private buffer: ArrayBufferLike | null = null;
+  /**
+   * The buffer can change its length (a growable SharedArrayBuffer or a resizable
+   * ArrayBuffer): {@link bytes} and {@link view} follow it, {@link words} is remade to match.
+   */
+  private resizable = false;
   /** After {@link use}: the whole buffer of the array, which starts at its `byteOffset`. */
   bytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
   /** A DataView over {@link bytes}. */
   view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
-  /** An Int32Array over {@link bytes} ({@link wordsOver}). */
+  /** An Int32Array over {@link bytes} ({@link wordsOver}), as many whole words as it holds now. */
   words: Int32Array<ArrayBufferLike> = new Int32Array(0);
   /** After {@link use}: where the array starts in {@link bytes} (its `byteOffset`). */
   offset = 0;
@@ -97,17 +102,22 @@ export class SourceCopier {
 
   /** Points {@link bytes} and {@link view} at the buffer of `src`, and {@link offset} at its start. */
   use(src: Uint8Array): void {
-    if (src !== this.src) {
+    if (src !== this.src || this.resizable) {
       // `buffer` and `byteOffset` of a small array V8 made on its heap are calls into the
-      // runtime: once per source array, not per copy.
+      // runtime: once per source array, not per copy (unless the buffer can change length).
       this.src = src;
       this.offset = src.byteOffset;
-      if (src.buffer !== this.buffer) {
-        this.buffer = src.buffer;
-        this.bytes = new Uint8Array(src.buffer);
-        this.view = new DataView(src.buffer);
+      const buffer = src.buffer;
+      if (buffer !== this.buffer) {
+        this.buffer = buffer;
+        this.bytes = new Uint8Array(buffer);
+        this.view = new DataView(buffer);
         this.words = wordsOver(this.bytes);
-        this.shared = isSharedArrayBuffer(src.buffer);
+        this.shared = isSharedArrayBuffer(buffer);
+        this.resizable = canChangeLength(buffer);
+      } else if (this.resizable && this.words.byteLength !== (buffer.byteLength & ~3)) {
+        // Words made over the earlier length would read zeros (and drop writes) past it.
+        this.words = wordsOver(this.bytes);
       }
     }
   }
@@ -127,4 +137,10 @@ export class SourceCopier {
     this.use(src);
     copyBytes(dst, dstView, dstWords, to, this.bytes, this.view, this.words, this.offset, n);
   }
+}
+
+/** Whether `buffer` can change its length: a growable SharedArrayBuffer or a resizable ArrayBuffer. */
+function canChangeLength(buffer: ArrayBufferLike): boolean {
+  const b = buffer as { growable?: boolean; resizable?: boolean };
+  return b.growable === true || b.resizable === true;
 }

@@ -71,6 +71,10 @@ export class GuestRegion {
     if (!(buffer instanceof ArrayBuffer || isSharedArrayBuffer(buffer))) {
       throw new TypeError('region buffer must be an ArrayBuffer or SharedArrayBuffer');
     }
+    if ((buffer as { resizable?: boolean }).resizable === true) {
+      // Shrinking it would take memory from under the device's views mid-chain.
+      throw new TypeError('region buffer must not be a resizable ArrayBuffer (it could shrink)');
+    }
     if (!Number.isSafeInteger(offset) || offset < 0) {
       throw new RangeError(`region offset ${offset} is not a non-negative integer`);
     }

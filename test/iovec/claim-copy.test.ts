@@ -4,7 +4,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { copyBytes, LARGE_COPY_BYTES, wordsOver } from '../../src/iovec/copy.js';
+import { copyBytes, LARGE_COPY_BYTES, SourceCopier, wordsOver } from '../../src/iovec/copy.js';
 import { ChainReader, ChainWriter } from '../../src/iovec/index.js';
 import { contiguousMemory, Env } from './env.js';
 
@@ -68,6 +68,63 @@ describe('copyBytes', () => {
     expect(w.byteOffset).toBe(8);
     expect(w.length).toBe(5);
     expect(() => wordsOver(new Uint8Array(buf, 2, 8))).toThrow(RangeError);
+  });
+});
+
+describe('SourceCopier', () => {
+  /** Buffers that can change length; the constructor options are ES2024, newer than our lib. */
+  const GrowableShared = SharedArrayBuffer as unknown as new (
+    n: number,
+    o: { maxByteLength: number },
+  ) => SharedArrayBuffer & { grow(n: number): void };
+  const Resizable = ArrayBuffer as unknown as new (
+    n: number,
+    o: { maxByteLength: number },
+  ) => ArrayBuffer & { resize(n: number): void };
+
+  function pattern(bytes: Uint8Array, seed: number): void {
+    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 7 + seed) & 0xff;
+  }
+  /** Copies `src[0, n)` through `copier` to a fresh array at an aligned offset; returns what landed. */
+  function through(copier: SourceCopier, src: Uint8Array, n: number): number[] {
+    const dst = new Uint8Array(256 + 8);
+    copier.copy(dst, new DataView(dst.buffer), wordsOver(dst), 8, src, n);
+    return Array.from(dst.subarray(8, 8 + n));
+  }
+
+  it('copies exactly from a growable SharedArrayBuffer after it grows, through new views and a length-tracking one', () => {
+    const sab = new GrowableShared(64, { maxByteLength: 4096 });
+    const copier = new SourceCopier();
+    const early = new Uint8Array(sab, 0, 64);
+    pattern(early, 1);
+    expect(through(copier, early, 64)).toEqual(Array.from(early));
+    sab.grow(1024);
+    const late = new Uint8Array(sab, 512, 200);
+    pattern(late, 2);
+    // The words made when the buffer held 64 bytes must not be the ones read here.
+    expect(through(copier, late, 200)).toEqual(Array.from(late));
+    const tracking = new Uint8Array(sab);
+    pattern(tracking, 3);
+    expect(through(copier, tracking, 64)).toEqual(Array.from(tracking.subarray(0, 64)));
+    sab.grow(2048);
+    pattern(tracking, 4);
+    expect(tracking.length).toBe(2048);
+    expect(through(copier, tracking, 248)).toEqual(Array.from(tracking.subarray(0, 248)));
+  });
+
+  it('copies exactly from a resizable ArrayBuffer as it shrinks and grows again', () => {
+    const ab = new Resizable(1024, { maxByteLength: 4096 });
+    const copier = new SourceCopier();
+    const whole = new Uint8Array(ab);
+    pattern(whole, 5);
+    expect(through(copier, whole, 200)).toEqual(Array.from(whole.subarray(0, 200)));
+    ab.resize(100);
+    pattern(whole, 6);
+    expect(through(copier, whole, 100)).toEqual(Array.from(whole.subarray(0, 100)));
+    ab.resize(3000);
+    const far = new Uint8Array(ab, 2048, 248);
+    pattern(far, 7);
+    expect(through(copier, far, 248)).toEqual(Array.from(far));
   });
 });
 

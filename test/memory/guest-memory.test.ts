@@ -60,6 +60,20 @@ describe('GuestMemory: region validation', () => {
     const bad: [string, () => unknown, typeof RangeError | typeof TypeError][] = [
       ['no regions', () => trackedMemory([]), RangeError],
       [
+        // It could shrink under the device; a growable SharedArrayBuffer only grows (below).
+        'a resizable ArrayBuffer',
+        () => {
+          const Resizable = ArrayBuffer as unknown as new (
+            n: number,
+            o: { maxByteLength: number },
+          ) => ArrayBuffer;
+          return trackedMemory([
+            { base: 0, length: 64, buffer: new Resizable(64, { maxByteLength: 128 }) },
+          ]);
+        },
+        TypeError,
+      ],
+      [
         'base not a multiple of 8',
         () => trackedMemory([{ base: 4, length: 8, buffer: buf() }]),
         RangeError,
@@ -154,6 +168,20 @@ describe('GuestMemory: region validation', () => {
       expect(e, what).toBeInstanceOf(type);
       expect(isVirtqError(e), what).toBe(false);
     }
+  });
+
+  it('accepts a growable SharedArrayBuffer, and its region reads and writes the same bytes after the buffer grows', () => {
+    const Growable = SharedArrayBuffer as unknown as new (
+      n: number,
+      o: { maxByteLength: number },
+    ) => SharedArrayBuffer & { grow(n: number): void };
+    const sab = new Growable(64, { maxByteLength: 4096 });
+    const m = new GuestMemory([{ base: 0x1000, length: 64, buffer: sab }]);
+    m.writeU32(0x1000 + 60, 0xdeadbeef);
+    sab.grow(4096);
+    expect(m.readU32(0x1000 + 60)).toBe(0xdeadbeef);
+    expect(new DataView(sab).getUint32(60, true)).toBe(0xdeadbeef);
+    expect(() => m.readU32(0x1000 + 64)).toThrow(GuestMemoryError);
   });
 
   it('accepts adjacent regions in any order and sorts them', () => {
