@@ -42,6 +42,39 @@ describe.each(RINGS)('lab frame backends over $name', (ring) => {
     expect(a.device.stats.rxFrames).toBe(n);
   });
 
+  it.each([
+    { skew: 0, separate: true },
+    { skew: 1, separate: false },
+    { skew: 2, separate: true },
+    { skew: 3, separate: false },
+  ])(
+    'reflect, buffers $skew bytes off a 16-byte boundary, header in its own descriptor: $separate; every size comes back exact',
+    async ({ skew, separate }) => {
+      // Off a word boundary, copies and the receive header take the byte-wise steps; a header
+      // in its own descriptor makes the frame start a transmit buffer of its own.
+      const reflect = new ReflectBackend();
+      const a = netSide(new World(), reflect, {
+        device: { mac: MAC_A },
+        driver: { bufferMisalign: skew, txSeparateHeader: separate },
+      });
+      a.guest.init(ring.features | F);
+      const sizes = [
+        14, 15, 17, 18, 19, 60, 61, 63, 64, 65, 127, 128, 255, 256, 257, 600, 1513, 1514,
+      ];
+      for (const [i, n] of sizes.entries()) {
+        const sent = testFrame(MAC_B, MAC_A, i, n);
+        const got = a.guest.receive();
+        await a.guest.send(sent);
+        const f = (await got).data;
+        expect(f.length).toBe(n);
+        expect(Array.from(f.subarray(0, 6))).toEqual(Array.from(MAC_A));
+        expect(Array.from(f.subarray(6, 12))).toEqual(Array.from(MAC_B));
+        expect(Array.from(f.subarray(12))).toEqual(Array.from(sent.subarray(12)));
+      }
+      expect(reflect.frames).toBe(sizes.length);
+    },
+  );
+
   it('sink: counts exactly the frames and bytes the guest sent', async () => {
     const sink = new SinkBackend();
     const a = netSide(new World(), sink, { device: { mac: MAC_A } });

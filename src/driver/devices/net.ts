@@ -48,6 +48,11 @@ export interface NetDriverOptions {
   txSlotSize?: number;
   /** Put the virtio header and the frame in two descriptors (default false: one). */
   txSeparateHeader?: boolean;
+  /**
+   * Start every receive and transmit buffer this many bytes (0 to 15) past a 16-byte boundary
+   * (default 0), to reach a device's paths for buffers off a word boundary.
+   */
+  bufferMisalign?: number;
   /** Waits before {@link NetGuestDriver.receive} / {@link NetGuestDriver.send} give up (default 10000). */
   maxWaits?: number;
 }
@@ -179,7 +184,13 @@ export class NetGuestDriver {
     const key = prev === this.rxAddr ? 0 : 1;
     if (prev.length === count && sizes[key]! >= size) return prev;
     sizes[key] = size;
-    return Float64Array.from({ length: count }, () => this.mmio.alloc.alloc(size, 16));
+    const skew = this.options.bufferMisalign ?? 0;
+    if (!(Number.isInteger(skew) && skew >= 0 && skew < 16))
+      throw new RangeError(`bufferMisalign ${skew} is not an integer in 0..15`);
+    return Float64Array.from(
+      { length: count },
+      () => this.mmio.alloc.alloc(size + skew, 16) + skew,
+    );
   }
 
   /** Reads MAC, status and MTU from the configuration space (§5.1.4). */
