@@ -57,8 +57,9 @@ export interface NetBackend {
    * Sends `frame[0, length)` with its header. The buffer is the device's scratch and is
    * reused as soon as this returns: copy what you keep. The backend may change it in place
    * before then (the device never reads it back: a refused frame is copied out of guest memory
-   * again), unless it declares {@link readsFramesOnly}: then it may be guest memory. Returns false when the backend cannot take it now; the device keeps the frame and
-   * tries again after {@link NetPort.resumeTx}.
+   * again), unless it declares {@link readsFramesOnly}: then it may be guest memory. Returns
+   * false when the backend cannot take it now; the device keeps the frame and tries again after
+   * {@link NetPort.resumeTx}.
    */
   send(frame: Uint8Array, length: number, header: NetHeader): boolean;
   /** The device has room for received frames again (after a `receive` that returned false). */
