@@ -115,7 +115,10 @@ export class SourceCopier {
         this.words = wordsOver(this.bytes);
         this.shared = isSharedArrayBuffer(buffer);
         this.resizable = canChangeLength(buffer);
-      } else if (this.resizable && this.words.byteLength !== (buffer.byteLength & ~3)) {
+      } else if (
+        this.resizable &&
+        this.words.byteLength !== buffer.byteLength - (buffer.byteLength % 4)
+      ) {
         // Words made over the earlier length would read zeros (and drop writes) past it.
         this.words = wordsOver(this.bytes);
       }

@@ -155,7 +155,14 @@ export class CountingNet implements NetBackend {
   /** The last frame sent, copied. */
   last: Uint8Array | null = null;
   refuse = false;
-  constructor(private readonly meter: WorkMeter) {}
+  /**
+   * `readsFramesOnly`: large frames in one guest buffer then arrive as views of guest memory
+   * (the lending path), else always in the device's scratch.
+   */
+  constructor(
+    private readonly meter: WorkMeter,
+    readonly readsFramesOnly = false,
+  ) {}
   attach(port: NetPort): void {
     this.port = port;
   }
@@ -280,7 +287,7 @@ export function makeDevice(
       };
     }
     case 'net': {
-      const net = new CountingNet(meter);
+      const net = new CountingNet(meter, rand.chance(0.5));
       const device = new NetDevice({
         ...budget,
         backend: net,
