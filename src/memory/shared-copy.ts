@@ -40,6 +40,10 @@ export class KeptRange {
   private at = -1;
   private n = -1;
   private range: Uint8Array<ArrayBufferLike> = EMPTY;
+  /** The range {@link repeated} saw last without making it (`at` -1: none). */
+  private seenOf: Uint8Array | null = null;
+  private seenAt = -1;
+  private seenN = -1;
 
   get(array: Uint8Array, at: number, n: number): Uint8Array {
     if (array !== this.of || at !== this.at || n !== this.n) {
@@ -51,12 +55,32 @@ export class KeptRange {
     return this.range;
   }
 
+  /**
+   * Like {@link get}, for ranges too small to be worth a new array each time: null (nothing
+   * allocated) the first time a range is asked for, the array from its second time in a row on.
+   * A source that reuses its buffers (DPDK's mbufs) then gets arrays, and one that does not
+   * costs two compares.
+   */
+  repeated(array: Uint8Array, at: number, n: number): Uint8Array | null {
+    if (array === this.of && at === this.at && n === this.n) return this.range;
+    if (array === this.seenOf && at === this.seenAt && n === this.seenN) {
+      return this.get(array, at, n);
+    }
+    this.seenOf = array;
+    this.seenAt = at;
+    this.seenN = n;
+    return null;
+  }
+
   /** Drops the array kept (and so its buffer). */
   clear(): void {
     this.of = null;
     this.at = -1;
     this.n = -1;
     this.range = EMPTY;
+    this.seenOf = null;
+    this.seenAt = -1;
+    this.seenN = -1;
   }
 }
 

@@ -52,9 +52,10 @@ export class NetTransmitter {
    */
   private readonly aligned = Array.from({ length: 8 }, (_, k) => this.buf.subarray(k));
   /**
-   * The arrays of guest memory that large frames were copied out of lately, one slot per
-   * address: `set` copies a whole array, and `subarray` allocates one (about 30 ns). A driver
-   * that recycles its buffers (DPDK's mbufs) sends from the same addresses again and again.
+   * The arrays of guest memory that frames were copied out of or lent from lately, one slot
+   * per address: `set` copies a whole array, and `subarray` allocates one (about 30 ns). A
+   * driver that recycles its buffers (DPDK's mbufs) sends from the same addresses again and
+   * again.
    * Views of one guest memory only: forgotten when a frame comes from another (a new memory
    * table) and on reset, so no memory the device stopped using is kept alive through them.
    */
@@ -63,7 +64,8 @@ export class NetTransmitter {
 
   /**
    * The backend only reads what it is sent ({@link NetBackend.readsFramesOnly}): a large frame
-   * in one piece goes to it as a view of guest memory, not copied.
+   * in one piece goes to it as a view of guest memory, not copied, and so does a small one
+   * whose buffer brought a frame of that length the time before.
    */
   private readonly lends: boolean;
 
@@ -134,7 +136,8 @@ export class NetTransmitter {
 
   /**
    * Copies the frame out of guest memory and returns the buffer it is in; for a backend that
-   * only reads, a large frame in one piece is returned where it lies instead.
+   * only reads, a frame in one piece is returned where it lies instead (a small one from the
+   * second time its buffer brings that length).
    */
   private copyFrame(reader: ChainReader, req: NetTxFrame, memory: GuestMemory | null): Uint8Array {
     const len = req.length;
@@ -158,6 +161,15 @@ export class NetTransmitter {
         const dst = this.aligned[(r.offset + at) & 7]!;
         dst.set(frame);
         return dst;
+      }
+      if (this.lends) {
+        // A small frame: a new array would cost more than the copy, so it is lent only when
+        // the same buffer brings a frame of the same length again (a driver that recycles
+        // its buffers), from the array made then.
+        if (memory !== this.recentMemory) this.forgetViews(memory);
+        const kept = this.recent[((at >>> 6) ^ (at >>> 16)) & (RECENT_VIEWS - 1)]!;
+        const frame = kept.repeated(src, at, len);
+        if (frame !== null) return frame;
       }
     } else {
       at = reader.claim(len);
