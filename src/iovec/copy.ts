@@ -142,7 +142,7 @@ export class SourceCopier {
   }
 }
 
-/** Whether `buffer` can change its length: a growable SharedArrayBuffer or a resizable ArrayBuffer. */
+/** Whether `buffer` can change length: a growable SharedArrayBuffer or resizable ArrayBuffer. */
 function canChangeLength(buffer: ArrayBufferLike): boolean {
   const b = buffer as { growable?: boolean; resizable?: boolean };
   return b.growable === true || b.resizable === true;

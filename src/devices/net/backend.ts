@@ -44,9 +44,10 @@ export interface NetBackend {
    * True when {@link send} only reads the frame, and only until it returns: it neither changes
    * it nor keeps it, nor hands it to anything that reads it later. The device may then pass a
    * frame that lies in one guest buffer as a view of that buffer, with no copy into its
-   * scratch (a small frame when its buffer brings one of the same length again). The guest may change those bytes at any moment, so such a backend must not check
-   * a frame and then rely on what it checked (one that delivers into another device does, and
-   * leaves this false). Absent or false: the frame is always the device's scratch.
+   * scratch (a small frame when its buffer brings one of the same length again). The guest may
+   * change those bytes at any moment, so such a backend must not check a frame and then rely on
+   * what it checked (one that delivers into another device does, and leaves this false).
+   * Absent or false: the frame is always the device's scratch.
    */
   readonly readsFramesOnly?: boolean;
   /** The device `port` is now this backend's device end. */

@@ -135,6 +135,15 @@ export class NetTransmitter {
   }
 
   /**
+   * The slot of {@link recent} for offset `at` in a region of `memory`; the views kept for
+   * another memory are forgotten first.
+   */
+  private keptAt(memory: GuestMemory | null, at: number): KeptRange {
+    if (memory !== this.recentMemory) this.forgetViews(memory);
+    return this.recent[((at >>> 6) ^ (at >>> 16)) & (RECENT_VIEWS - 1)]!;
+  }
+
+  /**
    * Copies the frame out of guest memory and returns the buffer it is in; for a backend that
    * only reads, a frame in one piece is returned where it lies instead (a small one from the
    * second time its buffer brings that length).
@@ -152,9 +161,7 @@ export class NetTransmitter {
       words = r.words;
       at = req.at;
       if (len >= LARGE_COPY_BYTES) {
-        if (memory !== this.recentMemory) this.forgetViews(memory);
-        const kept = this.recent[((at >>> 6) ^ (at >>> 16)) & (RECENT_VIEWS - 1)]!;
-        const frame = kept.get(src, at, len);
+        const frame = this.keptAt(memory, at).get(src, at, len);
         // A backend that only reads gets the guest's own bytes (NetBackend.readsFramesOnly).
         if (this.lends) return frame;
         // `r.offset` is `src.byteOffset`, known without a look at the array.
@@ -166,9 +173,7 @@ export class NetTransmitter {
         // A small frame: a new array would cost more than the copy, so it is lent only when
         // the same buffer brings a frame of the same length again (a driver that recycles
         // its buffers), from the array made then.
-        if (memory !== this.recentMemory) this.forgetViews(memory);
-        const kept = this.recent[((at >>> 6) ^ (at >>> 16)) & (RECENT_VIEWS - 1)]!;
-        const frame = kept.repeated(src, at, len);
+        const frame = this.keptAt(memory, at).repeated(src, at, len);
         if (frame !== null) return frame;
       }
     } else {
