@@ -16,6 +16,21 @@ import { copyRange } from '../memory/shared-copy.js';
 export const LARGE_COPY_BYTES = 256;
 
 /**
+ * A byte array with a DataView and its whole 4-byte words over the same bytes (same offsets),
+ * made once, so that a copy through them allocates nothing. A `GuestRegion` is one; so is a
+ * frame buffer ({@link spanOver}).
+ */
+export interface ByteSpan {
+  readonly bytes: Uint8Array;
+  /** Little-endian access to {@link bytes}; offset 0 is `bytes[0]`. */
+  readonly view: DataView;
+  /** {@link wordsOver} {@link bytes}: word `k` is bytes `[4k, 4k + 4)`. */
+  readonly words: Int32Array;
+  /** The bytes' buffer is a SharedArrayBuffer. */
+  readonly shared: boolean;
+}
+
+/**
  * An Int32Array over the same bytes as `bytes`, from the same first byte (which must be 4-byte
  * aligned in its buffer), as many whole words as fit.
  */
@@ -24,25 +39,25 @@ export function wordsOver(bytes: Uint8Array): Int32Array {
   return new Int32Array(bytes.buffer, bytes.byteOffset, Math.floor(bytes.byteLength / 4));
 }
 
+/** The {@link ByteSpan} over `bytes`, whose first byte must be 4-byte aligned in its buffer. */
+export function spanOver(bytes: Uint8Array): ByteSpan {
+  return {
+    bytes,
+    view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+    words: wordsOver(bytes),
+    shared: isSharedArrayBuffer(bytes.buffer),
+  };
+}
+
 /**
- * Copies `src[from, from + n)` to `dst[to, to + n)`. `srcView` and `dstView` are DataViews,
- * and `srcWords` and `dstWords` Int32Arrays made by {@link wordsOver}, over exactly the bytes
- * of `src` and `dst` (same first byte). The ranges must not overlap and must lie inside both
- * arrays (the caller has checked them).
+ * Copies `src.bytes[from, from + n)` to `dst.bytes[to, to + n)`. The ranges must not overlap
+ * and must lie inside both spans (the caller has checked them).
  */
-export function copyBytes(
-  dst: Uint8Array,
-  dstView: DataView,
-  dstWords: Int32Array,
-  to: number,
-  src: Uint8Array,
-  srcView: DataView,
-  srcWords: Int32Array,
-  from: number,
-  n: number,
-): void {
+export function copyBytes(dst: ByteSpan, to: number, src: ByteSpan, from: number, n: number): void {
+  const dstBytes = dst.bytes;
+  const srcBytes = src.bytes;
   if (n >= LARGE_COPY_BYTES) {
-    copyRange(dst, to, src, from, n);
+    copyRange(dstBytes, to, srcBytes, from, n);
     return;
   }
   // Integers only: a float64 step could change the bits of a NaN on the way.
@@ -56,20 +71,26 @@ export function copyBytes(
     if (((t | f) & 3) === 0) {
       // Both ends aligned (the usual case: a guest's buffers are): whole words, about twice
       // as fast as DataView steps. The last whole word ends within `n`, so within both arrays.
+      const dstWords = dst.words;
+      const srcWords = src.words;
       const tw = t >> 2;
       const fw = f >> 2;
       const w = n >> 2;
       for (let k = 0; k < w; k++) dstWords[tw + k] = srcWords[fw + k]!;
       i = w << 2;
     } else {
+      const dstView = dst.view;
+      const srcView = src.view;
       for (; i + 4 <= n; i += 4) dstView.setInt32(t + i, srcView.getInt32(f + i, true), true);
     }
-    for (; i < n; i++) dst[t + i] = src[f + i]!;
+    for (; i < n; i++) dstBytes[t + i] = srcBytes[f + i]!;
     return;
   }
+  const dstView = dst.view;
+  const srcView = src.view;
   let i = 0;
   for (; i + 4 <= n; i += 4) dstView.setInt32(to + i, srcView.getInt32(from + i, true), true);
-  for (; i < n; i++) dst[to + i] = src[from + i]!;
+  for (; i < n; i++) dstBytes[to + i] = srcBytes[from + i]!;
 }
 
 /** Offsets up to this (2^31 - 1 less a small copy) keep `offset + i` a 32-bit integer. */
@@ -77,8 +98,8 @@ const SMALL_OFFSET = 2 ** 31 - 1 - LARGE_COPY_BYTES;
 
 /**
  * Copies out of arrays that are views of one buffer, called again and again with new views
- * (a backend's frame buffer): {@link copyBytes} through views over the whole buffer, made
- * when the buffer changes, so a copy under {@link LARGE_COPY_BYTES} allocates nothing.
+ * (a backend's frame buffer): {@link copyBytes} from a span over the whole buffer, made when
+ * the buffer changes, so a copy under {@link LARGE_COPY_BYTES} allocates nothing.
  */
 export class SourceCopier {
   /** The array used last: a view's buffer never changes, so it is looked at once. */
@@ -86,21 +107,16 @@ export class SourceCopier {
   private buffer: ArrayBufferLike | null = null;
   /**
    * The buffer can change its length (a growable SharedArrayBuffer or a resizable
-   * ArrayBuffer): {@link bytes} and {@link view} follow it, {@link words} is remade to match.
+   * ArrayBuffer): the span's bytes and view follow it, and the span is remade when its words
+   * no longer cover it.
    */
   private resizable = false;
-  /** After {@link use}: the whole buffer of the array, which starts at its `byteOffset`. */
-  bytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
-  /** A DataView over {@link bytes}. */
-  view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
-  /** An Int32Array over {@link bytes} ({@link wordsOver}), as many whole words as it holds now. */
-  words: Int32Array<ArrayBufferLike> = new Int32Array(0);
-  /** After {@link use}: where the array starts in {@link bytes} (its `byteOffset`). */
+  /** After {@link use}: the whole buffer of the array, which starts at {@link offset}. */
+  span: ByteSpan = wholeBuffer(new ArrayBuffer(0));
+  /** After {@link use}: where the array starts in {@link span} (its `byteOffset`). */
   offset = 0;
-  /** After {@link use}: the buffer is a SharedArrayBuffer. */
-  shared = false;
 
-  /** Points {@link bytes} and {@link view} at the buffer of `src`, and {@link offset} at its start. */
+  /** Points {@link span} at the buffer of `src`, and {@link offset} at its start. */
   use(src: Uint8Array): void {
     if (src !== this.src || this.resizable) {
       // `buffer` and `byteOffset` of a small array V8 made on its heap are calls into the
@@ -110,36 +126,37 @@ export class SourceCopier {
       const buffer = src.buffer;
       if (buffer !== this.buffer) {
         this.buffer = buffer;
-        this.bytes = new Uint8Array(buffer);
-        this.view = new DataView(buffer);
-        this.words = wordsOver(this.bytes);
-        this.shared = isSharedArrayBuffer(buffer);
+        this.span = wholeBuffer(buffer);
         this.resizable = canChangeLength(buffer);
       } else if (
         this.resizable &&
-        this.words.byteLength !== buffer.byteLength - (buffer.byteLength % 4)
+        this.span.words.byteLength !== buffer.byteLength - (buffer.byteLength % 4)
       ) {
         // Words made over the earlier length would read zeros (and drop writes) past it.
-        this.words = wordsOver(this.bytes);
+        this.span = wholeBuffer(buffer);
       }
     }
   }
 
-  /**
-   * Copies `src[0, n)` to `dst[to, to + n)`; `dstView` and `dstWords` are a DataView and
-   * {@link wordsOver} over exactly `dst`.
-   */
-  copy(
-    dst: Uint8Array,
-    dstView: DataView,
-    dstWords: Int32Array,
-    to: number,
-    src: Uint8Array,
-    n: number,
-  ): void {
+  /** Copies `src[0, n)` to `dst.bytes[to, to + n)`. */
+  copy(dst: ByteSpan, to: number, src: Uint8Array, n: number): void {
     this.use(src);
-    copyBytes(dst, dstView, dstWords, to, this.bytes, this.view, this.words, this.offset, n);
+    copyBytes(dst, to, this.span, this.offset, n);
   }
+}
+
+/**
+ * The span over all of `buffer`: bytes and view that follow a buffer that changes length, and
+ * the whole words it holds now.
+ */
+function wholeBuffer(buffer: ArrayBufferLike): ByteSpan {
+  const bytes = new Uint8Array(buffer);
+  return {
+    bytes,
+    view: new DataView(buffer),
+    words: wordsOver(bytes),
+    shared: isSharedArrayBuffer(buffer),
+  };
 }
 
 /** Whether `buffer` can change length: a growable SharedArrayBuffer or resizable ArrayBuffer. */

@@ -76,13 +76,10 @@ export class ChainCursor {
   protected pLeft = 0;
 
   /**
-   * The guest bytes of the piece a successful `claim` returned an offset into, and a DataView
-   * and the words over them (same offsets); valid until the next operation on this cursor.
+   * The region holding the piece a successful `claim` returned an offset into: its `bytes`,
+   * `view` and `words` take that offset. Valid until the next operation on this cursor.
    */
-  claimed: Uint8Array = new Uint8Array(0);
-  claimedView: DataView = new DataView(new ArrayBuffer(0));
-  /** The region's words (`GuestRegion.words`), beside {@link claimed}. */
-  claimedWords: Int32Array = new Int32Array(0);
+  claimedRegion: GuestRegion | null = null;
 
   /** Bytes left to read or write. */
   get remaining(): number {
@@ -90,16 +87,14 @@ export class ChainCursor {
   }
 
   /**
-   * When the next `n` bytes (n > 0) lie in one piece: points {@link claimed} at its region,
-   * moves past them and returns their offset there. Else -1, moving nothing.
+   * When the next `n` bytes (n > 0) lie in one piece: points {@link claimedRegion} at its
+   * region, moves past them and returns their offset there. Else -1, moving nothing.
    */
   protected claimPiece(n: number): number {
     if (!(n > 0 && n <= this.pLeft)) return -1;
     const r = this.region!;
     const p = this.pos;
-    this.claimed = r.bytes;
-    this.claimedView = r.view;
-    this.claimedWords = r.words;
+    this.claimedRegion = r;
     this.advance(n);
     return p;
   }

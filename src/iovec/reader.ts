@@ -85,9 +85,9 @@ export class ChainReader extends ChainCursor {
   /**
    * Direct access for a device that reads a frame or a structure in place: when the next `n`
    * bytes (n > 0) lie in one piece, moves past them and returns their offset in
-   * {@link claimed}, where the caller reads them; otherwise returns -1 and moves nothing (use
-   * the streaming reads then). The bytes are guest memory: a driver may change them at any
-   * time, so copy before you check.
+   * {@link claimedRegion}, where the caller reads them; otherwise returns -1 and moves nothing
+   * (use the streaming reads then). The bytes are guest memory: a driver may change them at
+   * any time, so copy before you check.
    */
   claim(n: number): number {
     return this.claimPiece(n);

@@ -145,8 +145,8 @@ export class ChainWriter extends ChainCursor {
   /**
    * Direct access for a device that writes a frame or a structure in place: when the next `n`
    * bytes (n > 0) lie in one piece, marks them dirty, moves past them (they count in
-   * {@link bytesWritten}) and returns their offset in {@link claimed}, where the caller writes
-   * them at once; otherwise returns -1 and moves nothing (use the streaming writes then).
+   * {@link bytesWritten}) and returns their offset in {@link claimedRegion}, where the caller
+   * writes them at once; otherwise returns -1 and moves nothing (use the streaming writes then).
    */
   claim(n: number): number {
     const p = this.claimPiece(n);

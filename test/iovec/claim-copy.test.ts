@@ -4,14 +4,18 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { copyBytes, LARGE_COPY_BYTES, SourceCopier, wordsOver } from '../../src/iovec/copy.js';
+import {
+  copyBytes,
+  LARGE_COPY_BYTES,
+  SourceCopier,
+  spanOver,
+  wordsOver,
+} from '../../src/iovec/copy.js';
 import { ChainReader, ChainWriter } from '../../src/iovec/index.js';
 import { contiguousMemory, Env } from './env.js';
 
 describe('copyBytes', () => {
   it('copies exactly the bytes asked, for every size around the thresholds, aligned or not, between shared and unshared memory', () => {
-    const viewsOf = (a: Uint8Array) =>
-      [new DataView(a.buffer, a.byteOffset, a.byteLength), wordsOver(a)] as const;
     fc.assert(
       fc.property(
         fc.integer({ min: 0, max: LARGE_COPY_BYTES * 3 }),
@@ -32,9 +36,7 @@ describe('copyBytes', () => {
           const dst = mk(dstShared);
           for (let i = 0; i < src.length; i++) src[i] = (i * 7 + 3) & 0xff;
           dst.fill(0xee);
-          const [dv, dw] = viewsOf(dst);
-          const [sv, sw] = viewsOf(src);
-          copyBytes(dst, dv, dw, to, src, sv, sw, from, n);
+          copyBytes(spanOver(dst), to, spanOver(src), from, n);
           for (let i = 0; i < dst.length; i++) {
             const inside = i >= to && i < to + n;
             expect(dst[i]).toBe(inside ? src[from + i - to] : 0xee);
@@ -55,10 +57,9 @@ describe('copyBytes', () => {
     v.setBigUint64(16, 0xfff8000000000001n, true);
     for (let i = 24; i < 64; i++) src[i] = 0xff - i;
     const dst = new Uint8Array(64);
-    const dv = new DataView(dst.buffer);
-    const dw = wordsOver(dst);
-    const sw = wordsOver(src);
-    for (let k = 0; k < 10_000; k++) copyBytes(dst, dv, dw, 0, src, v, sw, 0, 64);
+    const dstSpan = spanOver(dst);
+    const srcSpan = spanOver(src);
+    for (let k = 0; k < 10_000; k++) copyBytes(dstSpan, 0, srcSpan, 0, 64);
     expect(Array.from(dst)).toEqual(Array.from(src));
   });
 
@@ -68,6 +69,19 @@ describe('copyBytes', () => {
     expect(w.byteOffset).toBe(8);
     expect(w.length).toBe(5);
     expect(() => wordsOver(new Uint8Array(buf, 2, 8))).toThrow(RangeError);
+  });
+
+  it("a span's view and words cover exactly its bytes, from the same first byte", () => {
+    const buf = new SharedArrayBuffer(64);
+    const bytes = new Uint8Array(buf, 8, 23);
+    const s = spanOver(bytes);
+    expect([s.view.byteOffset, s.view.byteLength]).toEqual([8, 23]);
+    expect([s.words.byteOffset, s.words.length]).toEqual([8, 5]);
+    expect(s.shared).toBe(true);
+    expect(spanOver(new Uint8Array(8)).shared).toBe(false);
+    s.view.setUint16(1, 0xbeef, true);
+    expect([bytes[1], bytes[2]]).toEqual([0xef, 0xbe]);
+    expect(() => spanOver(new Uint8Array(buf, 2, 8))).toThrow(RangeError);
   });
 });
 
@@ -88,7 +102,7 @@ describe('SourceCopier', () => {
   /** Copies `src[0, n)` through `copier` to a fresh array at an aligned offset; returns what landed. */
   function through(copier: SourceCopier, src: Uint8Array, n: number): number[] {
     const dst = new Uint8Array(256 + 8);
-    copier.copy(dst, new DataView(dst.buffer), wordsOver(dst), 8, src, n);
+    copier.copy(spanOver(dst), 8, src, n);
     return Array.from(dst.subarray(8, 8 + n));
   }
 
@@ -138,8 +152,9 @@ describe('claim', () => {
     const w = new ChainWriter(chain);
     const at = w.claim(40);
     expect(at).toBeGreaterThanOrEqual(0);
-    w.claimed[at] = 0xab;
-    w.claimedView.setUint16(at + 1, 0x1234, true);
+    expect(w.claimedRegion).toBe(memory.findRegion(0x5000));
+    w.claimedRegion!.bytes[at] = 0xab;
+    w.claimedRegion!.view.setUint16(at + 1, 0x1234, true);
     expect(w.bytesWritten).toBe(40);
     expect(w.remaining).toBe(60);
     expect([memory.readU8(0x5000), memory.readU16(0x5001)]).toEqual([0xab, 0x1234]);
@@ -164,7 +179,8 @@ describe('claim', () => {
     expect(r.claim(0)).toBe(-1);
     expect(r.remaining).toBe(16);
     const at = r.claim(8);
-    expect(Array.from(r.claimed.subarray(at, at + 8))).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    const bytes = r.claimedRegion!.bytes;
+    expect(Array.from(bytes.subarray(at, at + 8))).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
     expect(r.remaining).toBe(8);
     expect(r.bytesRead).toBe(8);
   });

@@ -1,4 +1,4 @@
-import { LARGE_COPY_BYTES, SourceCopier, wordsOver } from '../../iovec/copy.js';
+import { type ByteSpan, LARGE_COPY_BYTES, SourceCopier, spanOver } from '../../iovec/copy.js';
 import type { NetHeader } from './request.js';
 
 /** Header fields stored per frame: flags, gsoType, hdrLen, gsoSize, csumStart, csumOffset. */
@@ -15,10 +15,8 @@ const HDR_FIELDS = 6;
 export class FrameRing {
   /** Frame bytes. A frame's bytes are `data[offsetAt(i), offsetAt(i) + lengthAt(i))`. */
   readonly data: Uint8Array;
-  /** A DataView over {@link data}. */
-  readonly view: DataView;
-  /** An Int32Array over {@link data} (`wordsOver`). */
-  readonly words: Int32Array;
+  /** The span over {@link data}. */
+  readonly span: ByteSpan;
   readonly maxFrames: number;
   private readonly offs: Uint32Array;
   private readonly lens: Uint32Array;
@@ -38,9 +36,8 @@ export class FrameRing {
       throw new RangeError(`capacity ${capacityBytes} must be a positive integer`);
     }
     this.maxFrames = maxFrames;
-    this.data = new Uint8Array(capacityBytes);
-    this.view = new DataView(this.data.buffer);
-    this.words = wordsOver(this.data);
+    this.span = spanOver(new Uint8Array(capacityBytes));
+    this.data = this.span.bytes;
     this.offs = new Uint32Array(maxFrames);
     this.lens = new Uint32Array(maxFrames);
     this.hdrs = new Uint16Array(maxFrames * HDR_FIELDS);
@@ -102,7 +99,7 @@ export class FrameRing {
     const slot = this.slot(this.n);
     if (len < LARGE_COPY_BYTES) {
       // Neither a view of part of `src` (an allocation per frame) nor a call into `set`.
-      this.source.copy(this.data, this.view, this.words, at, src, len);
+      this.source.copy(this.span, at, src, len);
     } else if (len === src.length) this.data.set(src, at);
     else this.data.set(src.subarray(0, len), at);
     this.offs[slot] = at;

@@ -238,7 +238,8 @@ export function parseTxRequest(
   let flags: number;
   let gsoType: number;
   let length: number;
-  let v: DataView;
+  /** The header's bytes when they lie in one piece, from `at`; null: read through `reader`. */
+  let v: DataView | null;
   let at: number;
   const r = chain.regionAt(0);
   if (
@@ -259,10 +260,10 @@ export function parseTxRequest(
     reader.reset(chain);
     if (reader.remaining < VIRTIO_NET_HDR_SIZE) return TX_UNSUPPORTED['header-too-short'];
     at = reader.claim(VIRTIO_NET_HDR_SIZE);
-    v = reader.claimedView;
+    v = at >= 0 ? reader.claimedRegion!.view : null;
     length = reader.remaining;
   }
-  if (at >= 0) {
+  if (v !== null) {
     // The header in one piece, read in place (each field read once).
     flags = v.getUint8(at) & VIRTIO_NET_HDR_F_NEEDS_CSUM;
     gsoType = v.getUint8(at + 1);

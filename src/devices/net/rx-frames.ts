@@ -7,7 +7,7 @@
  */
 
 import { SnapshotError } from '../../errors.js';
-import { SourceCopier, wordsOver } from '../../iovec/copy.js';
+import { type ByteSpan, SourceCopier, spanOver } from '../../iovec/copy.js';
 import { KeptRange } from '../../memory/shared-copy.js';
 import { FrameRing } from './frame-ring.js';
 import { buildTcpSegment, completeChecksum, parseTcpGso, tcpGsoScratch } from './offload.js';
@@ -41,13 +41,8 @@ export class RxFrames {
   readonly pending: FrameRing;
   /** The frame to deliver, once {@link prepare} returned true: its header and bytes. */
   readonly header = plainHeader();
-  buf: Uint8Array;
-  /** A DataView over {@link buf}, same offsets. */
-  view: DataView;
-  /** {@link buf}'s whole words (`wordsOver`), same first byte. */
-  words: Int32Array;
-  /** {@link buf}'s buffer is shared (`buf` is always all of its buffer: byteOffset 0). */
-  shared = false;
+  /** Where the frame lies: `span.bytes[off, off + len)`; `span.bytes` is all of its buffer. */
+  span: ByteSpan;
   off = 0;
   len = 0;
   /** A frame left the pending ring since the flag was last cleared (room for the backend). */
@@ -62,17 +57,13 @@ export class RxFrames {
   private segActive = false;
   private segIndex = 0;
   /** Scratch for one software segment. */
-  private readonly segBuf = new Uint8Array(NET_MAX_FRAME);
-  private readonly segView = new DataView(this.segBuf.buffer);
-  private readonly segWords = wordsOver(this.segBuf);
+  private readonly segSpan = spanOver(new Uint8Array(NET_MAX_FRAME));
   /** Views over the buffer of the frame {@link adopt} took last. */
   private readonly source = new SourceCopier();
 
   constructor(maxFrames: number, maxBytes: number, stats: NetStats) {
     this.pending = new FrameRing(maxFrames, maxBytes);
-    this.buf = this.pending.data;
-    this.view = this.pending.view;
-    this.words = this.pending.words;
+    this.span = this.pending.span;
     this.stats = stats;
   }
 
@@ -93,21 +84,21 @@ export class RxFrames {
       const off = ring.offsetAt(0);
       const len = ring.lengthAt(0);
       if (this.segActive) {
-        const n = buildTcpSegment(ring.data, off, this.seg, this.segIndex, this.segBuf);
-        if (this.overMtu(this.segBuf, 0, n)) {
+        const n = buildTcpSegment(ring.data, off, this.seg, this.segIndex, this.segSpan.bytes);
+        if (this.overMtu(this.segSpan.bytes, 0, n)) {
           this.stats.rxOverMtu++;
           this.advance();
           continue;
         }
         setPlain(out);
-        this.set(this.segBuf, this.segView, this.segWords, false, 0, n);
+        this.set(this.segSpan, 0, n);
         return true;
       }
       const h = ring.headerAt(0, this.frameHdr);
       if (h.gsoType !== VIRTIO_NET_HDR_GSO_NONE) {
         if (this.guestTakesGso(h.gsoType) && h.flags !== 0) {
           copyHeader(h, out);
-          this.set(ring.data, ring.view, ring.words, false, off, len);
+          this.set(ring.span, off, len);
           return true;
         }
         // §5.1.6.4.1: no GSO type the driver did not negotiate: segment in software.
@@ -140,7 +131,7 @@ export class RxFrames {
       }
       copyHeader(h, out);
       out.gsoType = VIRTIO_NET_HDR_GSO_NONE;
-      this.set(ring.data, ring.view, ring.words, false, off, len);
+      this.set(ring.span, off, len);
       return true;
     }
     return false;
@@ -159,7 +150,7 @@ export class RxFrames {
     const source = this.source;
     source.use(frame);
     setPlain(this.header);
-    this.set(source.bytes, source.view, source.words, source.shared, source.offset, length);
+    this.set(source.span, source.offset, length);
     return true;
   }
 
@@ -271,26 +262,16 @@ export class RxFrames {
   private readonly frameRange = new KeptRange();
 
   /**
-   * The frame to deliver, `buf[off, off + len)`, as its own array; the same range gives the same
+   * The frame to deliver, `span.bytes[off, off + len)`, as its own array; the same range gives the same
    * array, so a backend that offers every frame from one place (`generate`, a fixed-size frame
    * buffer) gets it made once.
    */
   frameBytes(): Uint8Array {
-    return this.frameRange.get(this.buf, this.off, this.len);
+    return this.frameRange.get(this.span.bytes, this.off, this.len);
   }
 
-  private set(
-    buf: Uint8Array,
-    view: DataView,
-    words: Int32Array,
-    shared: boolean,
-    off: number,
-    len: number,
-  ): void {
-    this.buf = buf;
-    this.view = view;
-    this.words = words;
-    this.shared = shared;
+  private set(span: ByteSpan, off: number, len: number): void {
+    this.span = span;
     this.off = off;
     this.len = len;
   }

@@ -278,13 +278,20 @@ export class NetRxQueue {
           v.setInt32(at + 4, w1, true);
           v.setInt32(at + 8, w2, true);
         }
+        const to = at + VIRTIO_NET_HDR_SIZE;
         if (left < LARGE_COPY_BYTES) {
-          const to = at + VIRTIO_NET_HDR_SIZE;
-          copyBytes(r.bytes, v, r.words, to, frames.buf, frames.view, frames.words, src, left);
+          copyBytes(r, to, frames.span, src, left);
         } else {
-          const to = at + VIRTIO_NET_HDR_SIZE;
-          // `buf` starts at byte 0 of its buffer, so the frame starts at byte `src` of it.
-          copyArrayAt(r.bytes, r.offset, r.shared, to, frames.frameBytes(), src, frames.shared);
+          // The span starts at byte 0 of its buffer, so the frame starts at byte `src` of it.
+          copyArrayAt(
+            r.bytes,
+            r.offset,
+            r.shared,
+            to,
+            frames.frameBytes(),
+            src,
+            frames.span.shared,
+          );
         }
         q.addUsed(c.head, need);
         this.held.release(1);
@@ -306,7 +313,7 @@ export class NetRxQueue {
         w.writeU16(k);
       }
       const n = Math.min(left, w.remaining);
-      w.write(frames.buf, src, n);
+      w.write(frames.span.bytes, src, n);
       src += n;
       left -= n;
       q.addUsed(c.head, w.bytesWritten);

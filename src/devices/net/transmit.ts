@@ -4,7 +4,7 @@
  * buffer and handed to the backend, back-pressure when the backend cannot take it.
  */
 
-import { copyBytes, LARGE_COPY_BYTES, wordsOver } from '../../iovec/copy.js';
+import { type ByteSpan, copyBytes, LARGE_COPY_BYTES, spanOver } from '../../iovec/copy.js';
 import { ChainReader } from '../../iovec/reader.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { KeptRange } from '../../memory/shared-copy.js';
@@ -42,9 +42,8 @@ export class NetTransmitter {
   private readonly reader = new ChainReader();
   private readonly req = txFrameScratch();
   /** The device's scratch buffer for one transmitted frame. */
-  private readonly buf = new Uint8Array(NET_MAX_FRAME + 8);
-  private readonly view = new DataView(this.buf.buffer);
-  private readonly words = wordsOver(this.buf);
+  private readonly span = spanOver(new Uint8Array(NET_MAX_FRAME + 8));
+  private readonly buf = this.span.bytes;
   /**
    * `buf` from each of its first eight offsets: a large frame is copied to the one whose
    * address has the guest buffer's alignment, since V8 copies out of shared memory a byte at a
@@ -151,14 +150,12 @@ export class NetTransmitter {
   private copyFrame(reader: ChainReader, req: NetTxFrame, memory: GuestMemory | null): Uint8Array {
     const len = req.length;
     const r = req.region;
+    let from: ByteSpan;
     let src: Uint8Array;
-    let view: DataView;
-    let words: Int32Array;
     let at: number;
     if (r !== null) {
+      from = r;
       src = r.bytes;
-      view = r.view;
-      words = r.words;
       at = req.at;
       if (len >= LARGE_COPY_BYTES) {
         const frame = this.keptAt(memory, at).get(src, at, len);
@@ -183,12 +180,11 @@ export class NetTransmitter {
         reader.readExact(this.buf, 0, len);
         return this.buf;
       }
-      src = reader.claimed;
-      view = reader.claimedView;
-      words = reader.claimedWords;
+      from = reader.claimedRegion!;
+      src = from.bytes;
     }
     if (len < LARGE_COPY_BYTES) {
-      copyBytes(this.buf, this.view, this.words, 0, src, view, words, at, len);
+      copyBytes(this.span, 0, from, at, len);
       return this.buf;
     }
     if (this.lends) return src.subarray(at, at + len);
