@@ -92,4 +92,26 @@ describe('parseTxRequest', () => {
       { numRuns: 100 },
     );
   });
+
+  it('reads a header split over two buffers with a reader that has never claimed anything', () => {
+    const memory = contiguousMemory([0x10000], { shared: true });
+    const env = new Env(memory);
+    memory.write(0x8000, Uint8Array.of(0, 0, 54, 0, 0));
+    memory.write(0x9000, new Uint8Array(7));
+    memory.write(0xa000, new Uint8Array(60).fill(0x5a));
+    const chain = env.pop([
+      { addr: 0x8000, len: 5 },
+      { addr: 0x9000, len: 7 },
+      { addr: 0xa000, len: 60 },
+    ]);
+    const reader = new ChainReader();
+    expect(reader.claimedRegion).toBeNull();
+    const out = parseTxRequest(chain, reader, ALL, txFrameScratch());
+    expect(out.kind).toBe('frame');
+    if (out.kind !== 'frame') return;
+    expect([out.region, out.length, out.header.hdrLen]).toEqual([null, 60, 54]);
+    const rest = new Uint8Array(60);
+    reader.readExact(rest);
+    expect(rest.every((b) => b === 0x5a)).toBe(true);
+  });
 });
