@@ -39,7 +39,11 @@ export function wordsOver(bytes: Uint8Array): Int32Array {
   return new Int32Array(bytes.buffer, bytes.byteOffset, Math.floor(bytes.byteLength / 4));
 }
 
-/** The {@link ByteSpan} over `bytes`, whose first byte must be 4-byte aligned in its buffer. */
+/**
+ * The {@link ByteSpan} over `bytes`, whose first byte must be 4-byte aligned in its buffer. Its
+ * view and words have the length `bytes` has now: for the device's own fixed-size buffers (a
+ * buffer that changes length goes through {@link SourceCopier}).
+ */
 export function spanOver(bytes: Uint8Array): ByteSpan {
   return {
     bytes,
