@@ -4,9 +4,10 @@
  * buffer and handed to the backend, back-pressure when the backend cannot take it.
  */
 
-import { type ByteSpan, copyBytes, LARGE_COPY_BYTES, spanOver } from '../../iovec/copy.js';
+import { copyBytes, LARGE_COPY_BYTES, spanOver } from '../../iovec/copy.js';
 import { ChainReader } from '../../iovec/reader.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { GuestRegion } from '../../memory/region.js';
 import { KeptRange } from '../../memory/shared-copy.js';
 import { DescriptorChain } from '../../queue/chain.js';
 import type { Queue } from '../../queue/queue.js';
@@ -150,15 +151,14 @@ export class NetTransmitter {
   private copyFrame(reader: ChainReader, req: NetTxFrame, memory: GuestMemory | null): Uint8Array {
     const len = req.length;
     const r = req.region;
-    let from: ByteSpan;
-    let src: Uint8Array;
+    /** The region the frame lies in, in one piece from `at`. */
+    let from: GuestRegion;
     let at: number;
     if (r !== null) {
       from = r;
-      src = r.bytes;
       at = req.at;
       if (len >= LARGE_COPY_BYTES) {
-        const frame = this.keptAt(memory, at).get(src, at, len);
+        const frame = this.keptAt(memory, at).get(r.bytes, at, len);
         // A backend that only reads gets the guest's own bytes (NetBackend.readsFramesOnly).
         if (this.lends) return frame;
         // `r.offset` is `src.byteOffset`, known without a look at the array.
@@ -170,7 +170,7 @@ export class NetTransmitter {
         // A small frame: a new array would cost more than the copy, so it is lent only when
         // the same buffer brings a frame of the same length again (a driver that recycles
         // its buffers), from the array made then.
-        const frame = this.keptAt(memory, at).repeated(src, at, len);
+        const frame = this.keptAt(memory, at).repeated(r.bytes, at, len);
         if (frame !== null) return frame;
       }
     } else {
@@ -181,14 +181,15 @@ export class NetTransmitter {
         return this.buf;
       }
       from = reader.claimedRegion!;
-      src = from.bytes;
     }
     if (len < LARGE_COPY_BYTES) {
       copyBytes(this.span, 0, from, at, len);
       return this.buf;
     }
+    const src = from.bytes;
     if (this.lends) return src.subarray(at, at + len);
-    const dst = this.aligned[(src.byteOffset + at) & 7]!;
+    // `from.offset` is `src.byteOffset`, known without a look at the array.
+    const dst = this.aligned[(from.offset + at) & 7]!;
     dst.set(src.subarray(at, at + len));
     return dst;
   }
