@@ -32,8 +32,10 @@ export class RingPoller {
   private readonly movedAt: number[] = [];
   /** Per ring: its avail cursor when the poller last looked. */
   private readonly cursorAt: number[] = [];
-  /** Per ring: bumped whenever polling stops, so a turn already scheduled does nothing. */
-  private readonly epoch: number[] = [];
+  /** Per ring: a turn is scheduled (at most one at a time). */
+  private readonly pending: boolean[] = [];
+  /** Per ring: the callback that runs its turn, made once (no closure per turn). */
+  private readonly turns: (() => void)[] = [];
   private readonly idleMs: number;
 
   /**
@@ -76,8 +78,8 @@ export class RingPoller {
   /** Stops polling ring `index` (it stops, or the device resets); notifications stay as they are. */
   stop(index: number): void {
     if (this.polling[index] !== true) return;
+    // A turn already scheduled finds the ring not polled and does nothing.
     this.polling[index] = false;
-    this.epoch[index] = (this.epoch[index] ?? 0) + 1;
     const q = this.host.queue(index);
     if (q !== undefined) q.polled = false;
   }
@@ -87,11 +89,22 @@ export class RingPoller {
     for (let i = 0; i < this.polling.length; i++) this.stop(i);
   }
 
+  /**
+   * Runs a turn of ring `index` at the next turn of the event loop. A ring whose polling stops
+   * and starts again before its scheduled turn runs keeps that one turn: never two in flight.
+   */
   private schedule(index: number): void {
-    const epoch = this.epoch[index] ?? 0;
-    setImmediate(() => {
-      if ((this.epoch[index] ?? 0) === epoch) this.turn(index);
-    });
+    if (this.pending[index] === true) return;
+    this.pending[index] = true;
+    let run = this.turns[index];
+    if (run === undefined) {
+      run = () => {
+        this.pending[index] = false;
+        if (this.polling[index] === true) this.turn(index);
+      };
+      this.turns[index] = run;
+    }
+    setImmediate(run);
   }
 
   private turn(index: number): void {

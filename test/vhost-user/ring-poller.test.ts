@@ -213,6 +213,22 @@ describe('RingPoller', () => {
     expect(r.q.polled).toBe(false);
   });
 
+  it('polling stopped and started again before its turn runs keeps one turn per loop turn', async () => {
+    const r = rig('split');
+    const poller = new RingPoller({ queue: () => r.q, serve: () => r.serve(), count }, 1_000_000);
+    r.serve();
+    poller.served(0); // a turn is scheduled
+    poller.stop(0);
+    poller.served(0); // polled again, before that turn ran
+    const t = r.turns();
+    const loops = 8;
+    for (let k = 0; k < loops; k++) await turn();
+    // One turn of the ring per turn of the event loop, never two chains of turns at once.
+    expect(r.turns() - t).toBeGreaterThanOrEqual(loops - 1);
+    expect(r.turns() - t).toBeLessThanOrEqual(loops + 1);
+    poller.stop(0);
+  });
+
   it('refuses an idle time that is not a positive number', () => {
     const host = { queue: () => undefined, serve: () => {}, count };
     expect(() => new RingPoller(host, 0)).toThrow(RangeError);
