@@ -1,7 +1,7 @@
 import { GuestMemoryError, IovecError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { GuestRegion } from '../memory/region.js';
-import { copyRangeAt } from '../memory/shared-copy.js';
+import { ArrayEnd, copyRangeAt } from '../memory/shared-copy.js';
 import type { DescriptorChain } from '../queue/chain.js';
 
 const EMPTY_ADDRS = new Float64Array(0);
@@ -80,6 +80,8 @@ export class ChainCursor {
    * `view` and `words` take that offset. Valid until the next operation on this cursor.
    */
   claimedRegion: GuestRegion | null = null;
+  /** @internal The caller's array as one end of a large copy into or out of guest memory. */
+  protected readonly user = new ArrayEnd();
 
   /** Bytes left to read or write. */
   get remaining(): number {
@@ -293,7 +295,7 @@ export class ChainCursor {
         // copies within one buffer as memmove does (copyRangeAt's staging steps would not).
         dr.bytes.set(sr.bytes.subarray(sp, sp + k), dp);
       } else {
-        copyRangeAt(dr.bytes, dr.offset, dr.shared, dp, sr.bytes, sr.offset, sr.shared, sp, k);
+        copyRangeAt(dr, dp, sr, sp, k);
       }
       dr.markDirty(dr.base + dp, k);
       this.advance(k);

@@ -107,18 +107,10 @@ export class ChainReader extends ChainCursor {
         // it is a view of this very buffer: `set` then copies as memmove does, overlap or not.
         const r = this.region!;
         if (r.shared && dst.buffer === r.buffer) dst.set(bytes.subarray(p, p + k), at);
-        else
-          copyRangeAt(
-            dst,
-            r.shared ? dst.byteOffset : 0,
-            false,
-            at,
-            bytes,
-            r.offset,
-            r.shared,
-            p,
-            k,
-          );
+        else {
+          copyRangeAt(this.user.of(dst, r.shared ? dst.byteOffset : 0, false), at, r, p, k);
+          this.user.clear();
+        }
       }
       this.advance(k);
       at += k;

@@ -92,7 +92,8 @@ export class ChainWriter extends ChainCursor {
         bytes.set(src.subarray(at, at + k), p);
       } else {
         // `src` is taken to be plain memory (a shared one is copied right, only slower).
-        copyRangeAt(bytes, r.offset, r.shared, p, src, r.shared ? src.byteOffset : 0, false, at, k);
+        copyRangeAt(r, p, this.user.of(src, r.shared ? src.byteOffset : 0, false), at, k);
+        this.user.clear();
       }
       r.markDirty(r.base + p, k);
       this.advance(k);

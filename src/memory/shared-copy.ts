@@ -109,34 +109,67 @@ export function copyRange(
     dst.set(src.subarray(from, from + n), to);
     return;
   }
-  copyRangeAt(dst, dst.byteOffset, dstShared, to, src, src.byteOffset, srcShared, from, n);
+  const srcAt = src.byteOffset + from;
+  copyArrayTo(dst, dst.byteOffset, dstShared, to, src.subarray(from, from + n), srcAt, srcShared);
 }
 
 /**
- * {@link copyRange} for a caller that knows each array's `byteOffset` (`dstAt`, `srcAt`) and
- * whether its buffer is shared: V8 reads those two properties through calls, about 15 ns each,
- * which a per-frame copy should not pay. The two ranges must not overlap.
+ * One end of a copy as {@link copyRangeAt} and {@link copyArrayAt} take it: the array, where
+ * it starts in its buffer (its `byteOffset`) and whether that buffer is a SharedArrayBuffer.
+ * V8 reads `byteOffset` and `buffer` through calls, about 15 ns each, which a per-frame copy
+ * should not pay: a `GuestRegion` is a copy end with both known, and {@link ArrayEnd} makes
+ * one for any other array.
  */
-export function copyRangeAt(
-  dst: Uint8Array,
-  dstAt: number,
-  dstShared: boolean,
-  to: number,
-  src: Uint8Array,
-  srcAt: number,
-  srcShared: boolean,
-  from: number,
-  n: number,
-): void {
-  copyArrayAt(dst, dstAt, dstShared, to, src.subarray(from, from + n), srcAt + from, srcShared);
+export interface CopyEnd {
+  readonly bytes: Uint8Array;
+  /** `bytes.byteOffset`. Only its value mod 8 matters, and only when the copy is shared. */
+  readonly offset: number;
+  readonly shared: boolean;
+}
+
+/** A {@link CopyEnd} that a caller points at its arrays in turn: nothing allocated per copy. */
+export class ArrayEnd implements CopyEnd {
+  bytes: Uint8Array = EMPTY;
+  offset = 0;
+  shared = false;
+
+  /** This end, over `bytes`, which starts at byte `offset` of its buffer (shared or not). */
+  of(bytes: Uint8Array, offset: number, shared: boolean): this {
+    this.bytes = bytes;
+    this.offset = offset;
+    this.shared = shared;
+    return this;
+  }
+
+  /** Lets go of the array, so that this end keeps no buffer alive once its copy is done. */
+  clear(): void {
+    this.bytes = EMPTY;
+  }
 }
 
 /**
- * {@link copyRangeAt} for a source that is exactly the bytes to copy (`src`, whose
- * `byteOffset` in its buffer is `srcAt`): all of it goes to `dst[to, ...)`. A caller that copies
- * the same source range again and again keeps that array, which saves making it per copy.
+ * {@link copyRange} between two {@link CopyEnd}s: `src.bytes[from, from + n)` to
+ * `dst.bytes[to, to + n)`. The two ranges must not overlap.
  */
-export function copyArrayAt(
+export function copyRangeAt(dst: CopyEnd, to: number, src: CopyEnd, from: number, n: number): void {
+  const piece = src.bytes.subarray(from, from + n);
+  copyArrayTo(dst.bytes, dst.offset, dst.shared, to, piece, src.offset + from, src.shared);
+}
+
+/**
+ * {@link copyRangeAt} for a source that is exactly the bytes to copy: all of `src.bytes` goes
+ * to `dst.bytes[to, ...)`. A caller that copies the same source range again and again keeps
+ * that array (and its end), which saves making it per copy.
+ */
+export function copyArrayAt(dst: CopyEnd, to: number, src: CopyEnd): void {
+  copyArrayTo(dst.bytes, dst.offset, dst.shared, to, src.bytes, src.offset, src.shared);
+}
+
+/**
+ * All of `src` (at byte `srcAt` of its buffer) to `dst[to, ...)` (`dst` at byte `dstAt` of
+ * its buffer): the two ends of {@link copyArrayAt} taken apart, for the module's own callers.
+ */
+function copyArrayTo(
   dst: Uint8Array,
   dstAt: number,
   dstShared: boolean,
@@ -150,21 +183,10 @@ export function copyArrayAt(
     dst.set(src, to);
     return;
   }
-  if (n <= STAGE_BYTES) {
-    stagedCopy(dst, dstAt, dstShared, to, src, srcAt, srcShared);
-    return;
-  }
   for (let done = 0; done < n; ) {
     const k = Math.min(n - done, STAGE_BYTES);
-    stagedCopy(
-      dst,
-      dstAt,
-      dstShared,
-      to + done,
-      src.subarray(done, done + k),
-      srcAt + done,
-      srcShared,
-    );
+    const piece = k === n ? src : src.subarray(done, done + k);
+    stagedCopy(dst, dstAt, dstShared, to + done, piece, srcAt + done, srcShared);
     done += k;
   }
 }

@@ -5,7 +5,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { copyArrayAt, copyRange, copyRangeAt } from '../../src/memory/shared-copy.js';
+import { ArrayEnd, copyArrayAt, copyRange, copyRangeAt } from '../../src/memory/shared-copy.js';
 
 /** A view of `length` bytes starting `offset` bytes into a plain or shared buffer. */
 function view(shared: boolean, offset: number, length: number): Uint8Array {
@@ -44,32 +44,19 @@ const shapes = fc.record({
   srcOffset: fc.integer({ min: 0, max: 15 }),
 });
 
+/** `array` as a copy end: its offset and sharing given, not looked up by the copy. */
+function end(array: Uint8Array): ArrayEnd {
+  return new ArrayEnd().of(array, array.byteOffset, array.buffer instanceof SharedArrayBuffer);
+}
+
 /** copyRangeAt as a device calls it: offsets and sharing given, not looked up. */
 function viaAt(dst: Uint8Array, to: number, src: Uint8Array, from: number, n: number): void {
-  copyRangeAt(
-    dst,
-    dst.byteOffset,
-    dst.buffer instanceof SharedArrayBuffer,
-    to,
-    src,
-    src.byteOffset,
-    src.buffer instanceof SharedArrayBuffer,
-    from,
-    n,
-  );
+  copyRangeAt(end(dst), to, end(src), from, n);
 }
 
 /** copyArrayAt as the receive path calls it: the source range as its own array. */
 function viaArray(dst: Uint8Array, to: number, src: Uint8Array, from: number, n: number): void {
-  copyArrayAt(
-    dst,
-    dst.byteOffset,
-    dst.buffer instanceof SharedArrayBuffer,
-    to,
-    src.subarray(from, from + n),
-    src.byteOffset + from,
-    src.buffer instanceof SharedArrayBuffer,
-  );
+  copyArrayAt(end(dst), to, end(src.subarray(from, from + n)));
 }
 
 describe('copyRange, copyRangeAt and copyArrayAt', () => {
@@ -129,7 +116,7 @@ describe('copyRange, copyRangeAt and copyArrayAt', () => {
     const src = view(true, 4, 2000);
     const dst = view(true, 0, 2100);
     for (let i = 0; i < src.length; i++) src[i] = i & 0xff;
-    copyRangeAt(dst, 0, false, 5, src, 4, true, 0, 1999);
+    copyRangeAt(new ArrayEnd().of(dst, 0, false), 5, new ArrayEnd().of(src, 4, true), 0, 1999);
     for (let i = 0; i < 1999; i++) expect(dst[5 + i]).toBe(i & 0xff);
     expect(dst[4]).toBe(0);
     expect(dst[5 + 1999]).toBe(0);

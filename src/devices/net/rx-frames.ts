@@ -8,7 +8,7 @@
 
 import { SnapshotError } from '../../errors.js';
 import { type ByteSpan, SourceCopier, spanOver } from '../../iovec/copy.js';
-import { KeptRange } from '../../memory/shared-copy.js';
+import { ArrayEnd, type CopyEnd, KeptRange } from '../../memory/shared-copy.js';
 import { FrameRing } from './frame-ring.js';
 import { buildTcpSegment, completeChecksum, parseTcpGso, tcpGsoScratch } from './offload.js';
 import {
@@ -258,16 +258,19 @@ export class RxFrames {
     };
   }
 
-  /** The last {@link frameBytes} made. */
+  /** The array of the last {@link frameEnd}. */
   private readonly frameRange = new KeptRange();
+  private readonly frameCopyEnd = new ArrayEnd();
 
   /**
-   * The frame to deliver, `span.bytes[off, off + len)`, as its own array; the same range gives the same
-   * array, so a backend that offers every frame from one place (`generate`, a fixed-size frame
-   * buffer) gets it made once.
+   * The frame to deliver, `span.bytes[off, off + len)`, as its own array and the source end of
+   * a copy (`copyArrayAt`). The same range gives the same array, so a backend that offers
+   * every frame from one place (`generate`, a fixed-size frame buffer) gets it made once.
    */
-  frameBytes(): Uint8Array {
-    return this.frameRange.get(this.span.bytes, this.off, this.len);
+  frameEnd(): CopyEnd {
+    const bytes = this.frameRange.get(this.span.bytes, this.off, this.len);
+    // Every span here starts at byte 0 of its buffer, so the frame starts at byte `off` of it.
+    return this.frameCopyEnd.of(bytes, this.off, this.span.shared);
   }
 
   private set(span: ByteSpan, off: number, len: number): void {

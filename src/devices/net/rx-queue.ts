@@ -282,16 +282,7 @@ export class NetRxQueue {
         if (left < LARGE_COPY_BYTES) {
           copyBytes(r, to, frames.span, src, left);
         } else {
-          // The span starts at byte 0 of its buffer, so the frame starts at byte `src` of it.
-          copyArrayAt(
-            r.bytes,
-            r.offset,
-            r.shared,
-            to,
-            frames.frameBytes(),
-            src,
-            frames.span.shared,
-          );
+          copyArrayAt(r, to, frames.frameEnd());
         }
         q.addUsed(c.head, need);
         this.held.release(1);
