@@ -78,7 +78,8 @@ export class RingPoller {
   /** Stops polling ring `index` (it stops, or the device resets); notifications stay as they are. */
   stop(index: number): void {
     if (this.polling[index] !== true) return;
-    // A turn already scheduled finds the ring not polled and does nothing.
+    // A turn already scheduled finds the ring not polled and does nothing (or, when polling
+    // starts again before it runs, is that ring's one turn: see schedule).
     this.polling[index] = false;
     const q = this.host.queue(index);
     if (q !== undefined) q.polled = false;

@@ -229,6 +229,37 @@ describe('RingPoller', () => {
     poller.stop(0);
   });
 
+  it('a turn that stops and restarts its own ring keeps one chain of turns', async () => {
+    const r = rig('split');
+    let restarts = 3;
+    const poller: RingPoller = new RingPoller(
+      {
+        queue: () => r.q,
+        serve: () => {
+          r.serve();
+          // What a device may do inside its turn: stop the ring and start polling it again
+          // (a reset and re-activation, say). The turn in flight must not leave a second one.
+          if (restarts > 0 && poller.isPolling(0)) {
+            restarts--;
+            poller.stop(0);
+            poller.served(0);
+          }
+        },
+        count,
+      },
+      1_000_000,
+    );
+    r.serve();
+    poller.served(0);
+    const t = r.turns();
+    const loops = 10;
+    for (let k = 0; k < loops; k++) await turn();
+    expect(restarts).toBe(0);
+    expect(r.turns() - t).toBeGreaterThanOrEqual(loops - 1);
+    expect(r.turns() - t).toBeLessThanOrEqual(loops + 1);
+    poller.stop(0);
+  });
+
   it('refuses an idle time that is not a positive number', () => {
     const host = { queue: () => undefined, serve: () => {}, count };
     expect(() => new RingPoller(host, 0)).toThrow(RangeError);

@@ -8,7 +8,7 @@ import { copyBytes, LARGE_COPY_BYTES, spanOver } from '../../iovec/copy.js';
 import { ChainReader } from '../../iovec/reader.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
-import { KeptRange } from '../../memory/shared-copy.js';
+import { KeptRanges } from '../../memory/shared-copy.js';
 import { DescriptorChain } from '../../queue/chain.js';
 import type { Queue } from '../../queue/queue.js';
 import type { NetBackend } from './backend.js';
@@ -24,14 +24,6 @@ import {
 } from './request.js';
 import type { NetTurn } from './rx-queue.js';
 import type { NetStats } from './state.js';
-
-/**
- * `NetTransmitter.recent` has 2^RECENT_BITS slots. DPDK's testpmd keeps about 900 mbufs
- * cycling through a reflecting pair of rings, 4 KiB apart: with 1024 slots about 1 frame in
- * 11 found its slot taken by another buffer, with 2048 none did.
- */
-const RECENT_BITS = 11;
-const RECENT_VIEWS = 1 << RECENT_BITS;
 
 export class NetTransmitter {
   /** The reason of the last transmit chain dropped as unsupported. */
@@ -57,15 +49,13 @@ export class NetTransmitter {
    */
   private readonly aligned = Array.from({ length: 8 }, (_, k) => this.buf.subarray(k));
   /**
-   * The arrays of guest memory that frames were copied out of or lent from lately, one slot
-   * per address: `set` copies a whole array, and `subarray` allocates one (about 30 ns). A
-   * driver that recycles its buffers (DPDK's mbufs) sends from the same addresses again and
-   * again.
+   * The arrays of guest memory that frames were copied out of or lent from lately, by address:
+   * `set` copies a whole array, and `subarray` allocates one (about 30 ns). A driver that
+   * recycles its buffers (DPDK's mbufs) sends from the same addresses again and again.
    * Views of one guest memory only: forgotten when a frame comes from another (a new memory
    * table) and on reset, so no memory the device stopped using is kept alive through them.
    */
-  private readonly recent = Array.from({ length: RECENT_VIEWS }, () => new KeptRange());
-  private recentMemory: GuestMemory | null = null;
+  private readonly recent = new KeptRanges();
 
   /**
    * The backend only reads what it is sent ({@link NetBackend.readsFramesOnly}): a large frame
@@ -135,20 +125,7 @@ export class NetTransmitter {
 
   /** Drops every view of guest memory kept (`recent`); `memory` is the one to keep them for. */
   forgetViews(memory: GuestMemory | null = null): void {
-    for (const k of this.recent) k.clear();
-    this.recentMemory = memory;
-  }
-
-  /**
-   * The slot of {@link recent} for offset `at` in a region of `memory`; the views kept for
-   * another memory are forgotten first.
-   */
-  private keptAt(memory: GuestMemory | null, at: number): KeptRange {
-    if (memory !== this.recentMemory) this.forgetViews(memory);
-    // A multiplicative (Fibonacci) hash of the cache line: buffers a page or a power of two
-    // apart spread over every slot. The earlier `(at >>> 6) ^ (at >>> 16)` put buffers 4 KiB
-    // apart into 1 slot in 64, and DPDK's reflected frames missed 2 times in 3.
-    return this.recent[Math.imul(at >>> 6, 0x9e3779b1) >>> (32 - RECENT_BITS)]!;
+    this.recent.clear(memory);
   }
 
   /**
@@ -166,7 +143,7 @@ export class NetTransmitter {
       from = r;
       at = req.at;
       if (len >= LARGE_COPY_BYTES) {
-        const frame = this.keptAt(memory, at).get(r.bytes, at, len);
+        const frame = this.recent.of(memory, r.bytes, at).get(r.bytes, at, len);
         // A backend that only reads gets the guest's own bytes (NetBackend.readsFramesOnly).
         if (this.lends) return frame;
         // `r.offset` is `src.byteOffset`, known without a look at the array.
@@ -178,7 +155,7 @@ export class NetTransmitter {
         // A small frame: a new array would cost more than the copy, so it is lent only when
         // the same buffer brings a frame of the same length again (a driver that recycles
         // its buffers), from the array made then.
-        const frame = this.keptAt(memory, at).repeated(r.bytes, at, len);
+        const frame = this.recent.of(memory, r.bytes, at).repeated(r.bytes, at, len);
         if (frame !== null) return frame;
       }
     } else {
