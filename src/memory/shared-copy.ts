@@ -94,7 +94,7 @@ export class KeptRange {
  * pool; DPDK's mbufs lie 2368 or 4096 bytes apart) fall into distinct sets for as many
  * buffers as there are sets.
  */
-const KEPT_SETS = 509;
+export const KEPT_SETS = 509;
 /** Ranges per set: the ways of the cache, for pools that lie in several runs. */
 const KEPT_WAYS = 4;
 

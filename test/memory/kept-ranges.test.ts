@@ -6,7 +6,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { KeptRanges } from '../../src/memory/shared-copy.js';
+import { KEPT_SETS, KeptRanges } from '../../src/memory/shared-copy.js';
 
 /** Buffer offsets of a pool: `runs` runs of `perRun` buffers `stride` bytes apart. */
 function pool(runs: readonly number[], perRun: number, stride: number): number[] {
@@ -51,7 +51,8 @@ describe('KeptRanges', () => {
         fc.array(
           fc.record({
             array: fc.integer({ min: 0, max: 1 }),
-            // Offsets that share sets often: a few lines times multiples of the set count.
+            // Starts that share sets often (more of them than a set has ways): a few cache lines,
+            // each plus multiples of the set count, anywhere in the line.
             line: fc.integer({ min: 0, max: 3 }),
             lap: fc.integer({ min: 0, max: 5 }),
             inLine: fc.integer({ min: 0, max: 63 }),
@@ -64,7 +65,7 @@ describe('KeptRanges', () => {
           const kept = new KeptRanges();
           for (const s of steps) {
             const array = arrays[s.array]!;
-            const at = (s.line + s.lap * 1021) * 64 + s.inLine;
+            const at = (s.line + s.lap * KEPT_SETS) * 64 + s.inLine;
             if (at + s.n > array.length) continue;
             const range = kept.of(owner, array, at);
             const view = s.repeated ? range.repeated(array, at, s.n) : range.get(array, at, s.n);
