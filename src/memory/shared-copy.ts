@@ -33,7 +33,7 @@ function stage(current: Uint8Array, bytes: number): Uint8Array {
 /**
  * `array[at, at + n)` as its own array, the last one made kept: `subarray` allocates a typed
  * array (about 30 ns in V8), and a copy of one frame size takes the same range again and
- * again (staging here; the received frame in `RxFrames.frameBytes`). Keeps one array alive.
+ * again (staging here; the received frame in `RxFrames.frameEnd`). Keeps one array alive.
  */
 export class KeptRange {
   private of: Uint8Array | null = null;
