@@ -142,16 +142,7 @@ export class NetTransmitter {
     if (r !== null) {
       from = r;
       at = req.at;
-      if (len >= LARGE_COPY_BYTES) {
-        const frame = this.recent.of(memory, r.bytes, at).get(r.bytes, at, len);
-        // A backend that only reads gets the guest's own bytes (NetBackend.readsFramesOnly).
-        if (this.lends) return frame;
-        // `r.offset` is `src.byteOffset`, known without a look at the array.
-        const dst = this.aligned[(r.offset + at) & 7]!;
-        dst.set(frame);
-        return dst;
-      }
-      if (this.lends) {
+      if (len < LARGE_COPY_BYTES && this.lends) {
         // A small frame: a new array would cost more than the copy, so it is lent only when
         // the same buffer brings a frame of the same length again (a driver that recycles
         // its buffers), from the array made then.
@@ -171,11 +162,12 @@ export class NetTransmitter {
       copyBytes(this.span, 0, from, at, len);
       return this.buf;
     }
-    const src = from.bytes;
-    if (this.lends) return src.subarray(at, at + len);
-    // `from.offset` is `src.byteOffset`, known without a look at the array.
+    const frame = this.recent.of(memory, from.bytes, at).get(from.bytes, at, len);
+    // A backend that only reads gets the guest's own bytes (NetBackend.readsFramesOnly).
+    if (this.lends) return frame;
+    // `from.offset` is the array's `byteOffset`, known without a look at the array.
     const dst = this.aligned[(from.offset + at) & 7]!;
-    dst.set(src.subarray(at, at + len));
+    dst.set(frame);
     return dst;
   }
 }
