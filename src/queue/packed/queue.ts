@@ -96,7 +96,6 @@ export class PackedQueue extends PackedRing implements Queue {
    * (walkPackedList) with a free buffer id; anything else goes to {@link popChecked}.
    */
   private take(first: number, flags: number, chain: ChainRecord): ChainRecord {
-    const wrap = this._availWrap;
     const size = this.qsize;
     const held = this.buffers;
     const end =
@@ -110,10 +109,7 @@ export class PackedQueue extends PackedRing implements Queue {
     const slots = chain.count;
     chain.head = id;
     held.add(id, slots);
-    this.walked = slots;
     this.undoId = id;
-    this.undoNextAvail = first;
-    this.undoWrap = wrap;
     this.skipAvail(slots);
     return chain;
   }
@@ -128,18 +124,15 @@ export class PackedQueue extends PackedRing implements Queue {
     try {
       this.parseChain(first, headFlags, chain);
     } catch (e) {
-      this.walked = chain.slotsRead;
       // At most one lap: a list longer than the ring stops on the slot it started from.
-      this.skipAvail(Math.min(this.walked, this.qsize));
+      this.skipAvail(Math.min(chain.slotsRead, this.qsize));
       throw e;
     }
-    this.walked = chain.slotsRead;
+    const slots = chain.slotsRead;
     const id = chain.head;
-    this.buffers.add(id, this.walked);
+    this.buffers.add(id, slots);
     this.undoId = id;
-    this.undoNextAvail = this._nextAvail;
-    this.undoWrap = this._availWrap;
-    this.skipAvail(this.walked);
+    this.skipAvail(slots);
     return chain;
   }
 
@@ -246,9 +239,13 @@ export class PackedQueue extends PackedRing implements Queue {
     if (!this.buffers.has(id)) {
       throw new RangeError('undoPop: no popped buffer to give back');
     }
-    this.unlink(id);
-    this._nextAvail = this.undoNextAvail;
-    this._availWrap = this.undoWrap;
+    // The pop moved the position past the buffer's slots and nothing has moved it since.
+    let back = this._nextAvail - this.unlink(id);
+    if (back < 0) {
+      back += this.qsize;
+      this._availWrap ^= 1;
+    }
+    this._nextAvail = back;
   }
 
   // ---- used side ----

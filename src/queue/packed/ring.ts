@@ -53,13 +53,11 @@ export abstract class PackedRing extends QueueBase {
   /** Ring slots the unpublished batch covers so far. */
   protected pendingSpan = 0;
 
-  /** What undoPop restores: the id popped last (-1: nothing to undo) and the position before. */
+  /**
+   * The id popped last, which undoPop gives back (-1: nothing to undo). The position before
+   * the pop is not kept: it is the buffer's ring slots back from the position now.
+   */
   protected undoId = -1;
-  protected undoNextAvail = 0;
-  protected undoWrap = 1;
-
-  /** Ring slots read by the chain being parsed (consumed even when it turns out malformed). */
-  protected walked = 0;
   /** The flags value last written to the device event suppression structure. */
   protected deviceEventFlags = RING_EVENT_FLAGS_ENABLE;
 

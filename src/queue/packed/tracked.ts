@@ -135,7 +135,9 @@ export class TrackedPackedQueue extends PackedQueue {
     this.lastRedelivered = -1;
     const first = this._nextAvail;
     const c = super.pop(into);
-    if (c !== null) this.tracker?.popped(c.head, this.desc32, first, this.walked, this.qsize);
+    if (c !== null) {
+      this.tracker?.popped(c.head, this.desc32, first, this.buffers.slotsOf[c.head]!, this.qsize);
+    }
     return c;
   }
 
@@ -221,7 +223,7 @@ export class TrackedPackedQueue extends PackedQueue {
     let walked: number;
     try {
       c = super.pop(into);
-      walked = this.walked;
+      walked = c === null ? 0 : this.buffers.slotsOf[c.head]!;
     } finally {
       this.desc16 = ring16;
       this.desc32 = ring32;
