@@ -727,12 +727,17 @@ describe('event suppression (§2.8.10, §2.8.14)', () => {
     expect(raw.deviceEvent().flags).toBe(RING_EVENT_FLAGS_DISABLE);
   });
 
-  it('popOrEnableNotification pops when a buffer is there', () => {
-    const { q, driver } = rig(4, { eventIdx: true });
+  it('popOrEnableNotification pops when a buffer is there, and writes no event then', () => {
+    const { raw, q, driver } = rig(4, { eventIdx: true });
+    q.setNotification(false);
     const id = driver.add([buf(0)]);
     driver.kick();
     expect(q.popOrEnableNotification()?.head).toBe(id);
+    // A buffer was there: the device area still says what it said.
+    expect(raw.deviceEvent()).toEqual({ flags: RING_EVENT_FLAGS_DISABLE, offWrap: 0 });
     expect(q.popOrEnableNotification()).toBeNull();
+    // None left: a descriptor-specific event at the next slot (1, first lap).
+    expect(raw.deviceEvent()).toEqual({ flags: RING_EVENT_FLAGS_DESC, offWrap: 0x8001 });
   });
 
   it('prepareKick follows the driver area flags', () => {
