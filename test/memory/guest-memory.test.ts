@@ -6,6 +6,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { RawPackedRing } from '../../src/driver/raw-packed.js';
 import { RawSplitRing } from '../../src/driver/raw-split.js';
 import { GuestMemoryError, isVirtqError } from '../../src/errors.js';
 import {
@@ -529,6 +530,34 @@ describe('GuestMemory: dirty tracking on request', () => {
       // The buffer's page (8) and the used ring's.
       expect(m.dirtyPages()).toEqual(on ? [used, 8] : []);
     }
+  });
+
+  it('switched on while queues run: their next used entries are marked (split and packed)', () => {
+    const m = GuestMemory.create(0x10000);
+    const split = new RawSplitRing(m, 0x1000, 8);
+    const sq = split.createQueue();
+    const packed = new RawPackedRing(m, 0x4000, 8);
+    const pq = packed.createQueue();
+    split.setDesc(0, 0x8000, 64, 0, 0);
+    split.setDesc(1, 0x8000, 64, 0, 0);
+    split.setAvailRing(0, 0);
+    split.setAvailRing(1, 1);
+    split.setAvailIdx(2);
+    packed.setAvail(0, 0x9000, 64, 5, 0, true);
+    packed.setAvail(1, 0x9000, 64, 6, 0, true);
+    const chain = new DescriptorChain();
+    // Off: a used entry of each marks nothing.
+    sq.addUsed(sq.pop(chain)!.head, 0);
+    pq.addUsed(pq.pop(chain)!.head, 0);
+    expect(m.dirtyPages()).toEqual([]);
+    // On, with the queues as they are: the next used entry of each marks its ring's page.
+    m.setDirtyTracking(true);
+    sq.addUsed(sq.pop(chain)!.head, 0);
+    pq.addUsed(pq.pop(chain)!.head, 0);
+    expect(m.dirtyPages()).toEqual([
+      Math.floor(split.usedStart() / PAGE),
+      Math.floor(packed.descStart() / PAGE),
+    ]);
   });
 
   it('threads that share the memory share the switch', () => {

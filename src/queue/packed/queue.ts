@@ -85,8 +85,13 @@ export class PackedQueue extends PackedRing implements Queue {
     // §2.8.1: available when AVAIL matches the driver wrap counter and USED does not.
     const flags = Atomics.load(this.desc16, (first << 3) + PACKED_DESC_FLAGS_U16);
     if (((flags >>> 7) & 1) !== wrap || ((flags >>> 15) & 1) === wrap) return null;
-    const chain = into === undefined ? new ChainRecord(Math.min(this.qsize, 16)) : recordOf(into);
+    const chain = into === undefined ? this.freshChain() : recordOf(into);
     return this.take(first, flags, chain);
+  }
+
+  /** A new chain for a pop that was given none, out of line (see `SplitQueue.freshChain`). */
+  private freshChain(): ChainRecord {
+    return new ChainRecord(Math.min(this.qsize, 16));
   }
 
   /**
@@ -341,8 +346,7 @@ export class PackedQueue extends PackedRing implements Queue {
       // release store (Atomics.store, a ~5 ns builtin call in V8, per buffer before).
       this.desc16[(slot << 3) + PACKED_DESC_FLAGS_U16] = flags;
     }
-    const r = this.descRegion!;
-    if (r.tracking[0] !== 0) r.markDirty(this.descAddr + 16 * slot + 8, 8);
+    if (this.descTracking[0] !== 0) this.markUsedDirty(slot);
     this.pendingSpan += slots;
     let next = slot + slots;
     // §2.8.1: the device wrap counter flips each time the ring's last slot is used.
@@ -353,6 +357,11 @@ export class PackedQueue extends PackedRing implements Queue {
     this._nextUsed = next;
     const added = this._numAdded + slots;
     this._numAdded = Math.min(added, 2 * size);
+  }
+
+  /** Marks the length and id of the used descriptor in `slot` dirty (dirty tracking is on). */
+  private markUsedDirty(slot: number): void {
+    this.descRegion!.markDirty(this.descAddr + 16 * slot + 8, 8);
   }
 
   /**

@@ -28,6 +28,8 @@ import {
 
 const EMPTY16 = new Uint16Array(0);
 const EMPTY32 = new Uint32Array(0);
+/** A tracking switch that is off, for a queue with no ring yet. */
+const NOT_TRACKING = new Int32Array(1);
 /** Both ring-state bits of a descriptor's flags. */
 const _AVAIL_USED = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
 
@@ -67,6 +69,8 @@ export abstract class PackedRing extends QueueBase {
   protected driver32: Uint32Array = EMPTY32;
   protected device32: Uint32Array = EMPTY32;
   protected descRegion: GuestRegion | null = null;
+  /** The descriptor ring region's dirty-tracking switch, held here (see `SplitRing.usedTracking`). */
+  protected descTracking: Int32Array = NOT_TRACKING;
   protected deviceRegion: GuestRegion | null = null;
   protected descAddr = 0;
   protected deviceAddr = 0;
@@ -167,6 +171,7 @@ export abstract class PackedRing extends QueueBase {
     this.driver32 = memory.typedView(Uint32Array, this.availRingAddress, 1);
     this.device32 = memory.typedView(Uint32Array, this.usedRingAddress, 1);
     this.descRegion = desc;
+    this.descTracking = desc.tracking;
     this.deviceRegion = device;
     this.descAddr = this.descTableAddress;
     this.deviceAddr = this.usedRingAddress;
@@ -288,6 +293,7 @@ export abstract class PackedRing extends QueueBase {
     this.driver32 = EMPTY32;
     this.device32 = EMPTY32;
     this.descRegion = null;
+    this.descTracking = NOT_TRACKING;
     this.deviceRegion = null;
     this.descAddr = 0;
     this.deviceAddr = 0;

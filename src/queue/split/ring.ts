@@ -21,6 +21,8 @@ import {
 
 const EMPTY16 = new Uint16Array(0);
 const EMPTY32 = new Uint32Array(0);
+/** A tracking switch that is off, for a queue with no used ring yet. */
+const NOT_TRACKING = new Int32Array(1);
 
 /** The ring, its positions and views; {@link SplitQueue} moves chains through it. */
 export abstract class SplitRing extends QueueBase {
@@ -43,6 +45,11 @@ export abstract class SplitRing extends QueueBase {
   protected used16: Uint16Array = EMPTY16;
   protected used32: Uint32Array = EMPTY32;
   protected usedRegion: GuestRegion | null = null;
+  /**
+   * The used ring region's dirty-tracking switch (`GuestRegion.tracking`), held here so that
+   * `addUsed` tests it with one load fewer and a smaller body (see `SplitQueue.addUsed`).
+   */
+  protected usedTracking: Int32Array = NOT_TRACKING;
   /**
    * Used ring address captured by initialize(). Dirty tracking uses it, never the register
    * field, which the guest may rewrite while the queue is live.
@@ -116,6 +123,7 @@ export abstract class SplitRing extends QueueBase {
     // The u32 view stops before avail_event (2 bytes past the last whole word).
     this.used32 = memory.typedView(Uint32Array, this.usedRingAddress, 1 + 2 * size);
     this.usedRegion = used;
+    this.usedTracking = used.tracking;
     this.usedAddr = this.usedRingAddress;
     this.usedEventIndex = 2 + size;
     this.availEventIndex = 2 + 4 * size;
@@ -224,6 +232,7 @@ export abstract class SplitRing extends QueueBase {
     this.used16 = EMPTY16;
     this.used32 = EMPTY32;
     this.usedRegion = null;
+    this.usedTracking = NOT_TRACKING;
     this.usedAddr = 0;
   }
 }
