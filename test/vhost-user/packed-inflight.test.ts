@@ -312,6 +312,53 @@ describe('packed inflight tracking', () => {
     );
   });
 
+  it('undoPop gives back a redelivered buffer after pops that found nothing, split and packed', () => {
+    // A device that pops a redelivered buffer, then finds the ring empty (pop or
+    // popOrEnableNotification, EVENT_IDX on or off), may still give that buffer back.
+    for (const eventIdx of [false, true]) {
+      for (const how of ['pop', 'popOrEnableNotification'] as const) {
+        const chain = new DescriptorChain();
+        // Packed.
+        const r = rig(8);
+        let d = r.device();
+        const id = r.driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
+        r.driver.publish();
+        expect(d.q.pop(chain)?.head).toBe(id);
+        d = r.device();
+        d.q.usesNotifSuppression = eventIdx;
+        expect(d.q[how](chain)?.head).toBe(id);
+        expect(d.q[how](chain)).toBeNull();
+        d.q.undoPop();
+        expect(d.q[how](chain)?.head).toBe(id);
+        expect(d.q[how](chain)).toBeNull();
+
+        // Split: chain a redelivered; chain b, the ring entry just before the position, taken.
+        const memory = GuestMemory.create(1 << 20);
+        const driver = new SplitDriver(memory, { size: 8, base: 0 });
+        const q = new TrackedSplitQueue(8);
+        q.size = 8;
+        q.descTableAddress = driver.layout.desc;
+        q.availRingAddress = driver.layout.avail;
+        q.usedRingAddress = driver.layout.used;
+        q.usesNotifSuppression = eventIdx;
+        q.ready = true;
+        q.initialize(memory);
+        const a = driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
+        driver.add([{ addr: 0x11000, len: 16 }], [{ addr: 0x21000, len: 16 }]);
+        driver.publish();
+        q.nextAvail = 2; // both were taken by a previous incarnation; a was still in flight
+        q.redeliver([a]);
+        expect(q[how](chain)?.head).toBe(a);
+        expect(q[how](chain)).toBeNull();
+        q.undoPop();
+        // a again, not b (the entry before the position, which an undo of the position would
+        // hand out a second time).
+        expect(q[how](chain)?.head).toBe(a);
+        expect(q[how](chain)).toBeNull();
+      }
+    }
+  });
+
   it('undoPop of a redelivered buffer gives it back to the redelivery list, split and packed alike', () => {
     // Packed: a buffer in flight at a crash, redelivered, popped, given back, popped again.
     const r = rig(8);

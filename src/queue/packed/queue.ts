@@ -26,8 +26,6 @@ import {
 
 import { PackedRing } from './ring.js';
 
-const _EMPTY16 = new Uint16Array(0);
-const _EMPTY32 = new Uint32Array(0);
 /** Both ring-state bits of a descriptor's flags. */
 const AVAIL_USED = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
 

@@ -11,7 +11,6 @@ import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { GuestRegion } from '../../memory/region.js';
 import { ringArea } from '../area.js';
 import { QueueBase } from '../base.js';
-import { VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED } from '../constants.js';
 import { eventWanted } from './event.js';
 import { InFlightBuffers } from './in-flight.js';
 import {
@@ -30,9 +29,6 @@ const EMPTY16 = new Uint16Array(0);
 const EMPTY32 = new Uint32Array(0);
 /** A tracking switch that is off, for a queue with no ring yet. */
 const NOT_TRACKING = new Int32Array(1);
-/** Both ring-state bits of a descriptor's flags. */
-const _AVAIL_USED = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
-
 /** The ring, its state and its event suppression; {@link PackedQueue} moves buffers through it. */
 export abstract class PackedRing extends QueueBase {
   readonly format = 'packed' as const;

@@ -132,10 +132,14 @@ export class TrackedPackedQueue extends PackedQueue {
 
   override pop(into?: DescriptorChain): DescriptorChain | null {
     if (this.redeliveryPending > 0) return this.popRedelivered(into);
+    // A pop that finds nothing leaves undoPop's buffer as it was; one that reads a list (even
+    // a malformed one, which throws) ends what undoPop could give back.
+    const redelivered = this.lastRedelivered;
     this.lastRedelivered = -1;
     const first = this._nextAvail;
     const c = super.pop(into);
-    if (c !== null) {
+    if (c === null) this.lastRedelivered = redelivered;
+    else {
       this.tracker?.popped(c.head, this.desc32, first, this.buffers.slotsOf[c.head]!, this.qsize);
     }
     return c;

@@ -208,7 +208,7 @@ export class SplitQueue extends SplitRing implements Queue {
     const w = 1 + 2 * slot;
     this.used32[w] = id;
     this.used32[w + 1] = len;
-    this.usedRegion!.markDirty(this.usedAddr + 4 + 8 * slot, 8);
+    this.markUsedDirty(slot);
   }
 
   /** Marks used element `slot` dirty (dirty tracking is on). */

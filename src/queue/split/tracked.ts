@@ -57,9 +57,13 @@ export class TrackedSplitQueue extends SplitQueue {
 
   override pop(into?: DescriptorChain): DescriptorChain | null {
     if (this.redeliveryPending > 0) return this.popRedelivered(into);
+    // A pop that finds nothing leaves undoPop's chain as it was; one that reads a chain (even
+    // a malformed one, which throws) makes that chain the one undoPop gives back.
+    const redelivered = this.lastRedelivered;
     this.lastRedelivered = false;
     const c = super.pop(into);
-    if (c !== null) this.tracker?.popped(c.head);
+    if (c === null) this.lastRedelivered = redelivered;
+    else this.tracker?.popped(c.head);
     return c;
   }
 
@@ -67,9 +71,11 @@ export class TrackedSplitQueue extends SplitQueue {
     // Without notification suppression the base class pops through pop(), tracked above.
     if (!this.usesNotifSuppression) return this.pop(into);
     if (this.redeliveryPending > 0) return this.popRedelivered(into);
+    const redelivered = this.lastRedelivered;
     this.lastRedelivered = false;
     const c = super.popOrEnableNotification(into);
-    if (c !== null) this.tracker?.popped(c.head);
+    if (c === null) this.lastRedelivered = redelivered;
+    else this.tracker?.popped(c.head);
     return c;
   }
 
