@@ -312,6 +312,52 @@ describe('packed inflight tracking', () => {
     );
   });
 
+  it('a tracked queue reports each pop once, polled or not, with EVENT_IDX on or off', () => {
+    for (const eventIdx of [false, true]) {
+      for (const polled of [false, true]) {
+        const popped: number[] = [];
+        const tracker = { popped: (h: number) => popped.push(h), used() {}, published() {} };
+        const chain = new DescriptorChain();
+        // Split.
+        const memory = GuestMemory.create(1 << 20);
+        const driver = new SplitDriver(memory, { size: 8, base: 0 });
+        const q = new TrackedSplitQueue(8);
+        q.size = 8;
+        q.descTableAddress = driver.layout.desc;
+        q.availRingAddress = driver.layout.avail;
+        q.usedRingAddress = driver.layout.used;
+        q.usesNotifSuppression = eventIdx;
+        q.ready = true;
+        q.initialize(memory);
+        q.polled = polled;
+        q.tracker = tracker;
+        const a = driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
+        driver.publish();
+        expect(q.popOrEnableNotification(chain)?.head).toBe(a);
+        expect(q.popOrEnableNotification(chain)).toBeNull();
+        expect(popped).toEqual([a]);
+        // Packed.
+        popped.length = 0;
+        const r = rig(8);
+        const d = r.device();
+        d.q.usesNotifSuppression = eventIdx;
+        d.q.polled = polled;
+        const counted: number[] = [];
+        const region = d.q.tracker!;
+        const popAt = region.popped.bind(region);
+        region.popped = (id, ...rest) => {
+          counted.push(id);
+          popAt(id, ...rest);
+        };
+        const id = r.driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
+        r.driver.publish();
+        expect(d.q.popOrEnableNotification(chain)?.head).toBe(id);
+        expect(d.q.popOrEnableNotification(chain)).toBeNull();
+        expect(counted).toEqual([id]);
+      }
+    }
+  });
+
   it('undoPop gives back a redelivered buffer after pops that found nothing, split and packed', () => {
     // A device that pops a redelivered buffer, then finds the ring empty (pop or
     // popOrEnableNotification, EVENT_IDX on or off), may still give that buffer back.

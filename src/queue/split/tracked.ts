@@ -68,8 +68,9 @@ export class TrackedSplitQueue extends SplitQueue {
   }
 
   override popOrEnableNotification(into?: DescriptorChain): DescriptorChain | null {
-    // Without notification suppression the base class pops through pop(), tracked above.
-    if (!this.usesNotifSuppression) return this.pop(into);
+    // Without notification suppression, or polled, the base class pops through pop(), tracked
+    // above: going through it here as well would report the chain twice.
+    if (!this.usesNotifSuppression || this.polled) return this.pop(into);
     if (this.redeliveryPending > 0) return this.popRedelivered(into);
     const redelivered = this.lastRedelivered;
     this.lastRedelivered = false;
