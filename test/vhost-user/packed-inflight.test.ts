@@ -8,8 +8,10 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { PackedDriver } from '../../src/driver/packed.js';
 import { SplitDriver } from '../../src/driver/split.js';
+import { DescriptorError } from '../../src/errors.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { DescriptorChain } from '../../src/queue/chain.js';
+import { VIRTQ_DESC_F_WRITE } from '../../src/queue/constants.js';
 import { TrackedPackedQueue } from '../../src/queue/packed/tracked.js';
 import { TrackedSplitQueue } from '../../src/queue/split/tracked.js';
 import { PackedInflight, packedInflightRegionBytes } from '../../src/vhost-user/packed-inflight.js';
@@ -403,6 +405,60 @@ describe('packed inflight tracking', () => {
         expect(q[how](chain)).toBeNull();
       }
     }
+  });
+
+  it('a redelivered chain that fails to parse: undoPop gives that one back (split)', () => {
+    const memory = GuestMemory.create(1 << 20);
+    const driver = new SplitDriver(memory, { size: 8, base: 0 });
+    const q = new TrackedSplitQueue(8);
+    q.size = 8;
+    q.descTableAddress = driver.layout.desc;
+    q.availRingAddress = driver.layout.avail;
+    q.usedRingAddress = driver.layout.used;
+    q.ready = true;
+    q.initialize(memory);
+    const a = driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
+    driver.add([{ addr: 0x11000, len: 16 }], [{ addr: 0x21000, len: 16 }]);
+    driver.publish();
+    q.nextAvail = 2; // both taken by a previous incarnation; a still in flight
+    // Since then the guest pointed a's first buffer outside its memory.
+    memory.writeU32(driver.layout.desc + 16 * a, 0xfff00000);
+    q.redeliver([a]);
+    const chain = new DescriptorChain();
+    expect(() => q.pop(chain)).toThrow(DescriptorError);
+    q.undoPop();
+    // a is read again (and fails again); the ring entry before the position (b) is not
+    // handed out a second time.
+    expect(() => q.pop(chain)).toThrow(DescriptorError);
+    expect(q.nextAvail).toBe(2);
+    expect(q.pop(chain)).toBeNull();
+  });
+
+  it('a redelivered buffer that fails to parse ends the undo and does not go in flight (packed)', () => {
+    const memory = GuestMemory.create(1 << 20);
+    const q = new TrackedPackedQueue(8);
+    q.size = 8;
+    q.descTableAddress = 0x1000;
+    q.availRingAddress = 0x2000;
+    q.usedRingAddress = 0x2100;
+    q.ready = true;
+    q.initialize(memory);
+    // Descriptor copies as the region keeps them: address lo, hi, length, flags, id.
+    q.redeliver([
+      { id: 0, descriptors: [0x10000, 0, 64, VIRTQ_DESC_F_WRITE, 0] },
+      { id: 1, descriptors: [0xfff00000, 0, 64, VIRTQ_DESC_F_WRITE, 1] }, // outside memory
+      { id: 2, descriptors: [0x11000, 0, 64, VIRTQ_DESC_F_WRITE, 3] }, // names another id
+    ]);
+    expect(q.pop(new DescriptorChain())?.head).toBe(0);
+    expect(() => q.pop(new DescriptorChain())).toThrow(DescriptorError);
+    // That pop read a list: buffer 0 can no longer be given back, and stays the device's.
+    expect(() => q.undoPop()).toThrow(RangeError);
+    expect(q.isInFlight(0)).toBe(true);
+    q.addUsed(0, 64);
+    // A copy whose list names an id other than its own: refused, and nothing left in flight.
+    expect(() => q.pop(new DescriptorChain())).toThrow(DescriptorError);
+    expect(q.inFlightIds()).toEqual([]);
+    expect(q.inFlightSlots).toBe(0);
   });
 
   it('undoPop of a redelivered buffer gives it back to the redelivery list, split and packed alike', () => {

@@ -201,6 +201,9 @@ export class TrackedPackedQueue extends PackedQueue {
    */
   private popRedelivered(into: DescriptorChain | undefined): DescriptorChain {
     const b = this.redeliverList[this.redeliverNext++]!;
+    // This pop reads a list: whatever it finds, the buffer popped before is no longer the one
+    // undoPop gives back (PackedQueue.undoPop).
+    this.lastRedelivered = -1;
     const d = b.descriptors;
     const n = d.length / 5;
     const s16 = this.scratch16;
@@ -235,8 +238,9 @@ export class TrackedPackedQueue extends PackedQueue {
       this._availWrap = availWrap;
       this.undoId = -1;
     }
-    if (c !== null) this.lastRedelivered = c.head;
     if (c === null || walked !== n || c.head !== b.id) {
+      // Malformed: as for any malformed list, its id does not stay in flight.
+      if (c !== null) this.unlink(c.head);
       throw new DescriptorError(
         'DESC_PACKED_BAD_ID',
         b.id,
@@ -244,6 +248,7 @@ export class TrackedPackedQueue extends PackedQueue {
         `redelivered buffer ${b.id} does not parse back to its ${n} recorded descriptors`,
       );
     }
+    this.lastRedelivered = c.head;
     return c;
   }
 }

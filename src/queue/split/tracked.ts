@@ -115,8 +115,9 @@ export class TrackedSplitQueue extends SplitQueue {
 
   private popRedelivered(into: DescriptorChain | undefined): DescriptorChain {
     const head = this.redeliverHeads[this.redeliverNext++]!;
-    const c = this.chainAt(head, into);
+    // Set before the parse: a malformed chain (chainAt throws) is still the one undoPop gives
+    // back, to this list, never a step back of the ring position.
     this.lastRedelivered = true;
-    return c;
+    return this.chainAt(head, into);
   }
 }
