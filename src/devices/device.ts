@@ -141,6 +141,14 @@ export interface VirtioDevice {
   /** Drain capability: calls `callback` once no request is under way (at once when none is). */
   whenIdle?(callback: () => void): void;
   /**
+   * Ring-restart capability, for a device that keeps chains it popped from a queue and has not
+   * used yet across turns (virtio-net's receive buffers waiting for a frame): queue `index`
+   * stopped while the device stays active, and will resume at its used position, so those
+   * chains will be read from the ring again; the device forgets the ones it holds. The
+   * vhost-user back-end calls it when it stops a packed ring without resetting the device.
+   */
+  queueStopped?(index: number): void;
+  /**
    * vhost-user capability, for a device whose trailing queues a vhost-user front-end serves
    * itself (virtio-net's control queue: QEMU and DPDK's virtio-user answer it). Absent: every
    * queue is a back-end ring and GET_QUEUE_NUM counts them.

@@ -225,6 +225,11 @@ export class InProcessPlane implements DataPlane {
     // from its backend for that receive queue). The ring starts again over a new queue.
     const idle = createQueue(q.format, q.maxSize, { logger: this.host.logger });
     this.queues[index] = idle;
+    // A packed ring starts again at its used position (Rings.placePacked): the chains taken
+    // and not used will be read from the ring again, so the device must not keep its own. A
+    // split ring starts again at its available position, and the device completes what it
+    // holds into it.
+    if (q.format === 'packed') this.host.device.queueStopped?.(index);
     return base;
   }
 

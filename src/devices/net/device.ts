@@ -276,6 +276,11 @@ export class NetDevice extends VirtioDeviceBase {
     this.active = this.frontEndControl && this.multiqueue ? this.queuePairs : 1;
   }
 
+  /** See `VirtioDevice.queueStopped`: forgets the receive buffers held from queue `index`. */
+  queueStopped(index: number): void {
+    for (const r of this.rx) if (r.index === index) r.resetChains();
+  }
+
   protected override onReset(): void {
     // Chains belong to the driver session that ends; pending frames belong to the link.
     for (const r of this.rx) r.resetChains();
