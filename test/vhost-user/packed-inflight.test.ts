@@ -314,6 +314,38 @@ describe('packed inflight tracking', () => {
     );
   });
 
+  it('a tracked split queue refuses in-order batches while a tracker watches it', () => {
+    const memory = GuestMemory.create(1 << 20);
+    const driver = new SplitDriver(memory, { size: 8, base: 0 });
+    const q = new TrackedSplitQueue(8);
+    q.size = 8;
+    q.descTableAddress = driver.layout.desc;
+    q.availRingAddress = driver.layout.avail;
+    q.usedRingAddress = driver.layout.used;
+    q.ready = true;
+    q.initialize(memory);
+    const a = driver.add([{ addr: 0x10000, len: 16 }]);
+    const b = driver.add([{ addr: 0x11000, len: 16 }]);
+    const c = driver.add([{ addr: 0x12000, len: 16 }]);
+    driver.publish();
+    const chain = new DescriptorChain();
+    for (let k = 0; k < 3; k++) q.pop(chain);
+    const seen: number[] = [];
+    q.tracker = { popped() {}, used: (id) => seen.push(id), published() {} };
+    // One used element for a and b would tell the tracker of b only.
+    expect(() => q.addUsedBatch(2, b, 0)).toThrow(RangeError);
+    q.addUsed(a, 0);
+    q.addUsed(b, 0);
+    expect(seen).toEqual([a, b]);
+    // Without a tracker the batch is taken as usual.
+    q.tracker = null;
+    q.addUsedBatch(1, c, 0);
+    q.advanceUsedRingIdx();
+    const used: number[] = [];
+    while (driver.hasUsed()) used.push(driver.popUsed());
+    expect(used).toEqual([a, b, c]);
+  });
+
   it('a tracked queue reports each pop once, polled or not, with EVENT_IDX on or off', () => {
     for (const eventIdx of [false, true]) {
       for (const polled of [false, true]) {
