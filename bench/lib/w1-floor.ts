@@ -17,6 +17,7 @@
  * multiple regions, snapshots, dirty tracking, the packed format.
  */
 
+import type { GuestMemory } from '../../src/memory/index.js';
 import {
   W1_AVAIL,
   W1_BATCH,
@@ -29,6 +30,26 @@ import {
 
 const NEXT = 1;
 const INDIRECT = 4;
+
+/**
+ * The views a floor loop reads guest memory through: its one region, at guest address 0, as
+ * u16 and u32 words, and its length in bytes.
+ */
+export function floorViews(memory: GuestMemory): {
+  u16: Uint16Array;
+  u32: Uint32Array;
+  bytes: number;
+} {
+  const region = memory.regions[0]!;
+  if (memory.regions.length !== 1 || region.base !== 0) {
+    throw new RangeError('the floor loop serves one region at guest address 0');
+  }
+  return {
+    u16: new Uint16Array(region.buffer, region.offset, region.length >>> 1),
+    u32: new Uint32Array(region.buffer, region.offset, region.length >>> 2),
+    bytes: region.length,
+  };
+}
 
 export class FloorW1Device implements W1Device {
   readonly ring: W1Ring;
@@ -47,13 +68,7 @@ export class FloorW1Device implements W1Device {
 
   constructor(ring: W1Ring) {
     this.ring = ring;
-    const region = ring.memory.regions[0]!;
-    if (ring.memory.regions.length !== 1 || region.base !== 0) {
-      throw new RangeError('the floor loop serves one region at guest address 0');
-    }
-    this.u16 = new Uint16Array(region.buffer, region.offset, region.length >>> 1);
-    this.u32 = new Uint32Array(region.buffer, region.offset, region.length >>> 2);
-    this.memBytes = region.length;
+    ({ u16: this.u16, u32: this.u32, bytes: this.memBytes } = floorViews(ring.memory));
     this.eventIdx = ring.eventIdx;
   }
 

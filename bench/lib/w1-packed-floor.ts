@@ -24,6 +24,7 @@
  */
 
 import { W1_BATCH, W1_QUEUE_SIZE } from './w1.js';
+import { floorViews } from './w1-floor.js';
 import { type PackedW1Ring, W1_PACKED_LAYOUT } from './w1-variants.js';
 
 const NEXT = 1;
@@ -63,16 +64,10 @@ export class PackedFloorW1Device {
 
   constructor(ring: PackedW1Ring) {
     this.ring = ring;
-    const region = ring.memory.regions[0]!;
-    if (ring.memory.regions.length !== 1 || region.base !== 0) {
-      throw new RangeError('the floor loop serves one region at guest address 0');
-    }
     if (ring.indirect || ring.collapsed) {
       throw new RangeError('the packed floor loop serves direct lists, completed one by one');
     }
-    this.u16 = new Uint16Array(region.buffer, region.offset, region.length >>> 1);
-    this.u32 = new Uint32Array(region.buffer, region.offset, region.length >>> 2);
-    this.memBytes = region.length;
+    ({ u16: this.u16, u32: this.u32, bytes: this.memBytes } = floorViews(ring.memory));
     this.eventIdx = ring.eventIdx;
   }
 

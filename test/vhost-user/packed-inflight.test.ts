@@ -67,6 +67,21 @@ function rig(size: number) {
   return { memory, driver, device, regionBuffer };
 }
 
+/** A tracked split queue of 8 over its own memory, with the driver side (EVENT_IDX optional). */
+function splitRig(eventIdx = false) {
+  const memory = GuestMemory.create(1 << 20);
+  const driver = new SplitDriver(memory, { size: 8, base: 0 });
+  const q = new TrackedSplitQueue(8);
+  q.size = 8;
+  q.descTableAddress = driver.layout.desc;
+  q.availRingAddress = driver.layout.avail;
+  q.usedRingAddress = driver.layout.used;
+  q.usesNotifSuppression = eventIdx;
+  q.ready = true;
+  q.initialize(memory);
+  return { memory, driver, q };
+}
+
 describe('packed inflight tracking', () => {
   it('a fresh region records at the front-end position and resumes nothing', () => {
     const r = rig(8);
@@ -315,15 +330,7 @@ describe('packed inflight tracking', () => {
   });
 
   it('a tracked split queue refuses in-order batches while a tracker watches it', () => {
-    const memory = GuestMemory.create(1 << 20);
-    const driver = new SplitDriver(memory, { size: 8, base: 0 });
-    const q = new TrackedSplitQueue(8);
-    q.size = 8;
-    q.descTableAddress = driver.layout.desc;
-    q.availRingAddress = driver.layout.avail;
-    q.usedRingAddress = driver.layout.used;
-    q.ready = true;
-    q.initialize(memory);
+    const { driver, q } = splitRig();
     const a = driver.add([{ addr: 0x10000, len: 16 }]);
     const b = driver.add([{ addr: 0x11000, len: 16 }]);
     const c = driver.add([{ addr: 0x12000, len: 16 }]);
@@ -353,16 +360,7 @@ describe('packed inflight tracking', () => {
         const tracker = { popped: (h: number) => popped.push(h), used() {}, published() {} };
         const chain = new DescriptorChain();
         // Split.
-        const memory = GuestMemory.create(1 << 20);
-        const driver = new SplitDriver(memory, { size: 8, base: 0 });
-        const q = new TrackedSplitQueue(8);
-        q.size = 8;
-        q.descTableAddress = driver.layout.desc;
-        q.availRingAddress = driver.layout.avail;
-        q.usedRingAddress = driver.layout.used;
-        q.usesNotifSuppression = eventIdx;
-        q.ready = true;
-        q.initialize(memory);
+        const { driver, q } = splitRig(eventIdx);
         q.polled = polled;
         q.tracker = tracker;
         const a = driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
@@ -413,16 +411,7 @@ describe('packed inflight tracking', () => {
         expect(d.q[how](chain)).toBeNull();
 
         // Split: chain a redelivered; chain b, the ring entry just before the position, taken.
-        const memory = GuestMemory.create(1 << 20);
-        const driver = new SplitDriver(memory, { size: 8, base: 0 });
-        const q = new TrackedSplitQueue(8);
-        q.size = 8;
-        q.descTableAddress = driver.layout.desc;
-        q.availRingAddress = driver.layout.avail;
-        q.usedRingAddress = driver.layout.used;
-        q.usesNotifSuppression = eventIdx;
-        q.ready = true;
-        q.initialize(memory);
+        const { driver, q } = splitRig(eventIdx);
         const a = driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
         driver.add([{ addr: 0x11000, len: 16 }], [{ addr: 0x21000, len: 16 }]);
         driver.publish();
@@ -440,15 +429,7 @@ describe('packed inflight tracking', () => {
   });
 
   it('a redelivered chain that fails to parse: undoPop gives that one back (split)', () => {
-    const memory = GuestMemory.create(1 << 20);
-    const driver = new SplitDriver(memory, { size: 8, base: 0 });
-    const q = new TrackedSplitQueue(8);
-    q.size = 8;
-    q.descTableAddress = driver.layout.desc;
-    q.availRingAddress = driver.layout.avail;
-    q.usedRingAddress = driver.layout.used;
-    q.ready = true;
-    q.initialize(memory);
+    const { memory, driver, q } = splitRig();
     const a = driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
     driver.add([{ addr: 0x11000, len: 16 }], [{ addr: 0x21000, len: 16 }]);
     driver.publish();
@@ -509,15 +490,7 @@ describe('packed inflight tracking', () => {
     expect(d.q.pop(chain)).toBeNull();
 
     // Split: the same through TrackedSplitQueue.redeliver.
-    const memory = GuestMemory.create(1 << 20);
-    const driver = new SplitDriver(memory, { size: 8, base: 0 });
-    const q = new TrackedSplitQueue(8);
-    q.size = 8;
-    q.descTableAddress = driver.layout.desc;
-    q.availRingAddress = driver.layout.avail;
-    q.usedRingAddress = driver.layout.used;
-    q.ready = true;
-    q.initialize(memory);
+    const { driver, q } = splitRig();
     const a = driver.add([{ addr: 0x10000, len: 16 }], [{ addr: 0x20000, len: 16 }]);
     const b = driver.add([{ addr: 0x11000, len: 16 }], [{ addr: 0x21000, len: 16 }]);
     driver.publish();
