@@ -145,7 +145,9 @@ export interface VirtioDevice {
    * used yet across turns (virtio-net's receive buffers waiting for a frame): queue `index`
    * stopped while the device stays active, and will resume at its used position, so those
    * chains will be read from the ring again; the device forgets the ones it holds. The
-   * vhost-user back-end calls it when it stops a packed ring without resetting the device.
+   * vhost-user back-end calls it when it stops a packed ring without resetting the device. The
+   * MMIO transport calls it when the driver stops using a queue (QueueReady 0 after DRIVER_OK),
+   * before it resets the queue; a device in a worker then stops its copy of the queue too.
    */
   queueStopped?(index: number): void;
   /**
@@ -343,15 +345,20 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
    * DEVICE_NEEDS_RESET.
    */
   protected continueLater(index: number): void {
+    if (this.schedulePass(index)) this.yields++;
+  }
+
+  /** {@link continueLater} without counting a yield; false when none was scheduled. */
+  private schedulePass(index: number): boolean {
     const ctx = this.ctx;
-    if (ctx === null || this.continuing[index] === 1) return;
+    if (ctx === null || this.continuing[index] === 1) return false;
     this.continuing[index] = 1;
-    this.yields++;
     const generation = this.generation;
     const schedule = this.ownSchedule ?? ctx.schedule ?? defaultScheduler;
     schedule(() => {
       if (generation === this.generation) this.queueNotify(index);
     }, index);
+    return true;
   }
 
   /**
@@ -423,6 +430,15 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
       this.configGeneration = common.configGeneration;
       this.needsReset = common.needsReset;
       commitDevice();
+      // Work the saved device had scheduled for itself (a continuation after a spent budget, a
+      // rate limit's or a failed backend's timer) is not part of the state. A restored live
+      // device therefore looks at each of its rings once, as a notification would make it
+      // (one more notification than the driver sent is always allowed): nothing the driver
+      // made available waits for a kick it already gave.
+      if (ctx === null || this.needsReset) return;
+      for (let i = 0; i < ctx.queues.length; i++) {
+        if (ctx.queues[i]!.isActive) this.schedulePass(i);
+      }
     };
   }
 }

@@ -213,6 +213,23 @@ export class MmioTransport {
     }
   }
 
+  /**
+   * §4.2.2.2: the driver stops using the selected queue by writing 0 to QueueReady (at any
+   * step), and reads 0 back. A queue in use (after DRIVER_OK) is left alone by the device from
+   * then on: it forgets the chains it holds from it (`queueStopped`; a device in a worker
+   * resets its copy of the queue there), and the queue is reset, so notifications of it and
+   * the device's own work find it inactive. Without VIRTIO_F_RING_RESET (not offered) it stays
+   * stopped until the device is reset. Before DRIVER_OK only the ready bit clears.
+   */
+  private stopQueue(q: Queue): void {
+    if (!q.isActive) {
+      q.ready = false;
+      return;
+    }
+    this.device.queueStopped?.(this.queueSel);
+    q.reset();
+  }
+
   private writeDriverFeatures(v: number): void {
     // §3.1.1: features are written after DRIVER and before FEATURES_OK.
     if (!this.has(STATUS_DRIVER) || this.has(STATUS_FEATURES_OK)) {
@@ -226,6 +243,10 @@ export class MmioTransport {
 
   private writeQueueRegister(offset: number, v: number): void {
     const q = this.selectedQueue;
+    if (offset === MMIO.QUEUE_READY && (v & 1) === 0 && q?.ready === true) {
+      this.stopQueue(q);
+      return;
+    }
     if (q === undefined || !this.queueWritable()) {
       this.ignored('write', offset, 4);
       return;

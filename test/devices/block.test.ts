@@ -37,7 +37,6 @@ import {
   type BlockTicket,
 } from '../../src/driver/devices/block-request.js';
 import { FeaturesRefusedError } from '../../src/driver/mmio.js';
-import { isVirtqError, SnapshotError } from '../../src/errors.js';
 import { GuestMemory } from '../../src/memory/index.js';
 import { FileBackend } from '../../src/node/index.js';
 import {
@@ -766,45 +765,6 @@ describe('virtio-blk: hostile chains', () => {
       ),
       { numRuns: 300 },
     );
-  });
-});
-
-describe('virtio-blk: device snapshots', () => {
-  it('a corrupted block state is refused, naming the field', () => {
-    const r = blockRig();
-    r.blk.init(0n);
-    const bad = JSON.parse(JSON.stringify(r.transport.save()));
-    bad.device.device.stats.bytesRead = -1;
-    const fresh = new MmioTransport(
-      new BlockDevice({ backend: new MemoryBackend(DISK), queueSize: 64, logger: silentLogger }),
-      GuestMemory.create(2 << 20),
-      { logger: silentLogger },
-    );
-    expect(() => fresh.restore(bad)).toThrow(SnapshotError);
-    expect(() => fresh.restore(bad)).toThrow(/device\.block\.stats\.bytesRead/);
-    bad.device.device = null;
-    try {
-      fresh.restore(bad);
-      expect.unreachable();
-    } catch (e) {
-      expect(isVirtqError(e, 'SNAPSHOT_INVALID')).toBe(true);
-    }
-    expect(fresh.status).toBe(0);
-  });
-
-  it('restoring over a disk that changed size tells the driver about the new capacity', async () => {
-    const r = blockRig();
-    r.blk.init(0n);
-    await r.blk.write(0, pattern(512, 1));
-    const state = JSON.parse(JSON.stringify(r.transport.save()));
-    const memory = GuestMemory.create(r.memory.size);
-    memory.write(0, r.memory.slice(0, r.memory.size));
-    const device = new BlockDevice({ ...r.deviceOptions, backend: new MemoryBackend(DISK * 2) });
-    const t = new MmioTransport(device, memory, { logger: silentLogger });
-    t.restore(state);
-    expect(t.interruptStatus & INT_CONFIG_CHANGE).not.toBe(0);
-    expect(device.capacity).toBe(2 * SECTORS);
-    expect(device.stats.requests).toBe(1);
   });
 });
 

@@ -571,6 +571,45 @@ describe('reset of a device in a worker thread', () => {
   }, 30_000);
 });
 
+describe('a queue the driver stops using, with the device in a worker thread', () => {
+  for (const ring of ['split', 'packed'] as const) {
+    it(`QueueReady 0 stops the worker's ${ring} ring until a reset`, async () => {
+      const r = await rig({ kind: 'rng' });
+      const q = start(r, VERSION_1 | (ring === 'packed' ? PACKED : 0n));
+      const waiter = r.proxy.waiter(50);
+      q.add([], [{ addr: DATA, len: 16 }]);
+      r.guest.kick(0);
+      while (!q.hasUsed()) await waiter.wait();
+      expect(q.popUsed()).toBeGreaterThanOrEqual(0);
+      r.t.write(MMIO.QUEUE_SEL, 4, 0);
+      r.t.write(MMIO.QUEUE_READY, 4, 0);
+      expect(r.t.read(MMIO.QUEUE_READY, 4)).toBe(0);
+      // The worker no longer touches the ring: a request made available and notified stays.
+      r.memory.fill(DATA + 256, 16, 0xee);
+      q.add([], [{ addr: DATA + 256, len: 16 }]);
+      r.guest.kick(0);
+      await new Promise((res) => setTimeout(res, 100));
+      expect(q.hasUsed()).toBe(false);
+      expect(Array.from(r.memory.slice(DATA + 256, 16))).toEqual(new Array(16).fill(0xee));
+      const state = (await r.worker.query(0)) as {
+        device: { requestsServed: number };
+        queues: { active: boolean }[];
+      };
+      expect(state.device.requestsServed).toBe(1);
+      expect(state.queues[0]!.active).toBe(false);
+      // The saved state (read from the worker) round-trips through the transport.
+      r.t.restore(JSON.parse(JSON.stringify(r.t.save())));
+      expect(r.t.read(MMIO.QUEUE_READY, 4)).toBe(0);
+      // After a reset the ring works again.
+      const q2 = start(r, VERSION_1 | (ring === 'packed' ? PACKED : 0n));
+      q2.add([], [{ addr: DATA, len: 16 }]);
+      r.guest.kick(0);
+      while (!q2.hasUsed()) await waiter.wait();
+      expect(q2.popUsed()).toBeGreaterThanOrEqual(0);
+    }, 30_000);
+  }
+});
+
 describe('failures of a device in a worker thread surface', () => {
   it('an exception in the device: DEVICE_NEEDS_RESET, a configuration interrupt, waiters reject', async () => {
     const seen: DeviceWorkerError[] = [];

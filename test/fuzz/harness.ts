@@ -118,6 +118,8 @@ export interface Harness {
   cleanQueues(format: RingFormat): Promise<{ queues: DriverQueue[]; kick: (q: number) => void }>;
   /** Errors the transport reported that are not the guest's. */
   internalErrors(): string[];
+  /** The driver stops using queue `q` while the device runs (MMIO: QueueReady 0). */
+  stopQueue?(q: number): Promise<void>;
 }
 
 export const MAX_TURNS_PER_ROUND = 48;
@@ -128,6 +130,7 @@ function emptyStats() {
     chains: 0,
     turns: 0,
     recoveries: 0,
+    stoppedQueues: 0,
     floodTurns: 0,
     floodChains: 0,
     maxTimerLateMs: 0,
@@ -199,6 +202,16 @@ export async function hostileRounds(run: Run, rounds: number): Promise<HostileGu
       if (!made.net.refuse) made.net.port?.resumeTx();
     }
     await h.notify(rand.int(rings.length));
+    if (h.stopQueue !== undefined && rand.chance(0.05)) {
+      // A queue stopped in the middle of traffic stays stopped until the next reset; the
+      // device must leave it alone and keep serving the others.
+      await h.stopQueue(rand.int(rings.length));
+      stats.stoppedQueues++;
+      if (rand.chance(0.5)) {
+        guest.restart();
+        await h.recover();
+      }
+    }
     await settle(meter, MAX_TURNS_PER_ROUND);
     if (made.device.needsReset) {
       // As a driver does after DEVICE_NEEDS_RESET: reset, fresh rings, carry on.
@@ -313,7 +326,7 @@ export async function hostileRun(
 export function report(what: string): void {
   console.log(
     `device fuzz, ${what}: ${stats.cases} cases, ${stats.turns} turns, ${stats.chains} chains, ` +
-      `${stats.recoveries} resets after DEVICE_NEEDS_RESET, ${stats.floodTurns} turns and ${stats.floodChains} chains flooded (timer late by ${stats.maxTimerLateMs.toFixed(1)} ms at most); largest turn ${stats.maxTurnChains} chains, ${stats.maxTurnBytes} bytes`,
+      `${stats.recoveries} resets after DEVICE_NEEDS_RESET, ${stats.stoppedQueues} queues stopped, ${stats.floodTurns} turns and ${stats.floodChains} chains flooded (timer late by ${stats.maxTimerLateMs.toFixed(1)} ms at most); largest turn ${stats.maxTurnChains} chains, ${stats.maxTurnBytes} bytes`,
   );
   // A fuzzer whose guest never gets a chain through tests nothing.
   expect(stats.chains, 'chains the devices served').toBeGreaterThan(0);

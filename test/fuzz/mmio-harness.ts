@@ -113,6 +113,11 @@ export async function mmioCase(c: Case, breakBudget = false): Promise<WorkMeter>
       return { queues, kick: (q) => g.notify(q) };
     },
     internalErrors: () => [],
+    stopQueue: async (q) => {
+      t.write(MMIO.QUEUE_SEL, 4, q);
+      t.write(MMIO.QUEUE_READY, 4, 0);
+      expect(t.read(MMIO.QUEUE_READY, 4)).toBe(0);
+    },
   };
   if (breakBudget) {
     // Only the meter may notice: the rounds run to their end.

@@ -264,3 +264,57 @@ function guestKick(r: ReturnType<typeof rig>): void {
   r.guest.kick(0);
   r.guest.ackInterrupt();
 }
+
+describe('virtio-mmio transport: the driver stops using a queue (§4.2.2.2)', () => {
+  for (const packed of [false, true]) {
+    it(`QueueReady 0 after DRIVER_OK reads back 0 and the device leaves the ${packed ? 'packed' : 'split'} ring alone`, () => {
+      const { t, guest, memory, device } = rig();
+      guest.negotiate(
+        featureBit(VIRTIO_F_VERSION_1) | (packed ? featureBit(VIRTIO_F_RING_PACKED) : 0n),
+      );
+      const q = guest.setupQueue(0, 16);
+      guest.start();
+      q.add([], [{ addr: 0x200000, len: 8 }]);
+      guest.kick(0);
+      expect(q.popUsed()).toBeGreaterThanOrEqual(0);
+      t.write(MMIO.QUEUE_SEL, 4, 0);
+      t.write(MMIO.QUEUE_READY, 4, 0);
+      expect(t.read(MMIO.QUEUE_READY, 4)).toBe(0);
+      // A buffer made available and notified now is not touched.
+      memory.fill(0x200100, 8, 0xee);
+      q.add([], [{ addr: 0x200100, len: 8 }]);
+      guest.kick(0);
+      expect(q.popUsed()).toBe(-1);
+      expect(Array.from(memory.slice(0x200100, 8))).toEqual(new Array(8).fill(0xee));
+      expect(device.requestsServed).toBe(1);
+      expect(t.read(MMIO.STATUS, 4) & STATUS_DEVICE_NEEDS_RESET).toBe(0);
+      // Without VIRTIO_F_RING_RESET the queue cannot be enabled again before a reset.
+      t.write(MMIO.QUEUE_READY, 4, 1);
+      expect(t.read(MMIO.QUEUE_READY, 4)).toBe(0);
+      // The state round-trips, and the restored device leaves the ring alone too.
+      const b = rig();
+      b.memory.write(0, memory.slice(0, 4 << 20));
+      b.t.restore(JSON.parse(JSON.stringify(t.save())));
+      b.t.write(MMIO.QUEUE_NOTIFY, 4, 0);
+      expect(b.device.requestsServed).toBe(1);
+      // A reset brings the queue back.
+      guest.negotiate(featureBit(VIRTIO_F_VERSION_1));
+      const q2 = guest.setupQueue(0, 16);
+      guest.start();
+      q2.add([], [{ addr: 0x200200, len: 8 }]);
+      guest.kick(0);
+      expect(q2.popUsed()).toBeGreaterThanOrEqual(0);
+    });
+  }
+
+  it('a write of 0 before DRIVER_OK only clears the ready bit, as before', () => {
+    const { t, guest } = rig();
+    guest.negotiate(featureBit(VIRTIO_F_VERSION_1));
+    t.write(MMIO.QUEUE_SEL, 4, 0);
+    t.write(MMIO.QUEUE_READY, 4, 1);
+    t.write(MMIO.QUEUE_READY, 4, 0);
+    expect(t.read(MMIO.QUEUE_READY, 4)).toBe(0);
+    t.write(MMIO.QUEUE_NUM, 4, 8);
+    expect(t.queues[0]!.size).toBe(8);
+  });
+});

@@ -12,6 +12,7 @@ import type { Logger } from '../../queue/logger.js';
 import type { Queue } from '../../queue/queue.js';
 import type { AsyncBlockIo, BlockIoDone } from './backend.js';
 import { VIRTIO_BLK_S_OK } from './request.js';
+import type { BlockSavedRequest } from './state.js';
 
 /** One asynchronous request under way. */
 export interface AsyncOp {
@@ -28,6 +29,8 @@ export interface AsyncOp {
   readonly generation: number;
   /** The guest memory the views are of. */
   readonly memory: GuestMemory;
+  /** The request's chain as a snapshot holds it (served again by a restored device). */
+  readonly saved: BlockSavedRequest;
 }
 
 /** What the engine needs of the device. */
@@ -52,6 +55,8 @@ export interface AsyncHost {
 export class AsyncTransfers {
   /** Transfers under way. */
   pending = 0;
+  /** The requests of those transfers (a reset leaves them here until they end). */
+  private readonly ops = new Set<AsyncOp>();
   private idleWaiters: (() => void)[] = [];
   /**
    * Queues with used elements written by completions and not yet published: the completions
@@ -70,6 +75,7 @@ export class AsyncTransfers {
   start(op: AsyncOp, io: AsyncBlockIo, offset: number): void {
     const done: BlockIoDone = (error) => this.complete(op, error);
     this.pending++;
+    this.ops.add(op);
     try {
       if (op.kind === 'in') io.readv(offset, op.bufs, done);
       else if (op.kind === 'out') io.writev(offset, op.bufs, done);
@@ -77,6 +83,21 @@ export class AsyncTransfers {
     } catch (e) {
       queueMicrotask(() => done(e as Error));
     }
+  }
+
+  /**
+   * The requests under way that the device still owes the driver (of the current generation,
+   * on a device that does not need a reset, on a queue still in use), as a snapshot saves
+   * them.
+   */
+  underWay(): BlockSavedRequest[] {
+    const host = this.host;
+    if (!host.accepting()) return [];
+    const out: BlockSavedRequest[] = [];
+    for (const op of this.ops) {
+      if (op.generation === host.current() && op.queue.isActive) out.push(op.saved);
+    }
+    return out;
   }
 
   /** Calls `callback` once no transfer is under way (at once if none is). */
@@ -101,6 +122,7 @@ export class AsyncTransfers {
   /** Writes the status of an asynchronous request and publishes it (unless reset since). */
   private complete(op: AsyncOp, error: Error | null): void {
     this.pending--;
+    this.ops.delete(op);
     if (op.kind === 'in') {
       // The transfer wrote guest memory behind the queue's back, even one that failed part
       // way or that a reset made moot: record the pages now (the dirty log must see them).
@@ -109,7 +131,8 @@ export class AsyncTransfers {
       }
     }
     const host = this.host;
-    if (op.generation === host.current() && host.accepting()) {
+    // A queue the driver stopped using (MMIO QueueReady 0) takes no completion either.
+    if (op.generation === host.current() && host.accepting() && op.queue.isActive) {
       let status = VIRTIO_BLK_S_OK;
       if (error !== null) {
         status = host.failed(

@@ -7,6 +7,7 @@ import { consoleLogger, type Logger } from '../../queue/logger.js';
 import type { Queue } from '../../queue/queue.js';
 import { defaultScheduler } from '../budget.js';
 import { type DeviceContext, hasFeature, VIRTIO_ID_BLOCK, VirtioDeviceBase } from '../device.js';
+import { chainBuffers } from '../saved-chain.js';
 import { type AsyncOp, AsyncTransfers } from './async-io.js';
 import type { BlockBackend } from './backend.js';
 import {
@@ -42,7 +43,13 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from './request.js';
-import { type BlockState, type BlockStats, emptyBlockStats, readBlockState } from './state.js';
+import {
+  type BlockState,
+  type BlockStats,
+  emptyBlockStats,
+  readBlockState,
+  reviveBlockRequests,
+} from './state.js';
 
 /**
  * virtio-blk (device id 2, VIRTIO 1.2 §5.2) over a pluggable {@link BlockBackend}.
@@ -104,6 +111,12 @@ export class BlockDevice extends VirtioDeviceBase {
   private readonly asyncMinBytes: number;
   /** Asynchronous transfers under way and their completions (`asyncIo`). */
   private readonly transfers: AsyncTransfers;
+  /**
+   * Requests a restored state had under way, per queue, to be served again before the ring's
+   * next ones; `revivedLeft` counts them all (0 keeps the pop loop on its one test).
+   */
+  private revived: DescriptorChain[][] = [];
+  private revivedLeft = 0;
 
   constructor(options: BlockOptions) {
     const plan = planBlockDevice(options);
@@ -178,6 +191,8 @@ export class BlockDevice extends VirtioDeviceBase {
   protected override onReset(): void {
     // The base class moved to a new generation: a transfer that ends now completes nothing.
     this.transfers.reset();
+    this.revived = [];
+    this.revivedLeft = 0;
     this.served = 0;
     this.writeThrough = false;
     this.reader.reset();
@@ -193,7 +208,10 @@ export class BlockDevice extends VirtioDeviceBase {
       // in a later turn the device schedules itself.
       while (this.withinBudget(index)) {
         // popOrEnableNotification keeps avail_event current with EVENT_IDX (§2.7.10, §2.8.10).
-        const c = queue.popOrEnableNotification(chain);
+        const c =
+          this.revivedLeft === 0
+            ? queue.popOrEnableNotification(chain)
+            : this.nextRevived(index, queue, chain);
         if (c === null) break;
         if (this.asyncIo && this.startAsync(index, queue, c)) continue;
         const len = this.serve(c);
@@ -206,6 +224,17 @@ export class BlockDevice extends VirtioDeviceBase {
         this.publish(index);
       }
     }
+  }
+
+  /**
+   * The next request of queue `index` when a restore left some to serve again: those first,
+   * then the ring's.
+   */
+  private nextRevived(index: number, queue: Queue, into: DescriptorChain): DescriptorChain | null {
+    const list = this.revived[index];
+    if (list === undefined || list.length === 0) return queue.popOrEnableNotification(into);
+    this.revivedLeft--;
+    return list.shift()!;
   }
 
   /** Reads, writes and flushes go asynchronous (`asyncIo` with a backend that can). */
@@ -269,6 +298,13 @@ export class BlockDevice extends VirtioDeviceBase {
       statusAddr: statusAddrs[0]!,
       generation: this.generation,
       memory: this.ctx!.memory,
+      saved: {
+        queue: index,
+        head: c.head,
+        slots: c.ringCount,
+        buffers: chainBuffers(c),
+        writableFrom: c.writableStart,
+      },
     };
     this.transfers.start(op, io, offset);
     return true;
@@ -429,15 +465,26 @@ export class BlockDevice extends VirtioDeviceBase {
   }
 
   protected override saveDevice(): BlockState {
-    return { capacity: this.capacitySectors, stats: { ...this.stats } };
+    return {
+      capacity: this.capacitySectors,
+      stats: { ...this.stats },
+      inFlight: this.transfers.underWay(),
+    };
   }
 
   protected override prepareDevice(state: unknown, ctx: DeviceContext | null): () => void {
-    const s = readBlockState(state);
+    const s = readBlockState(state, this.queueMaxSizes.length, Math.max(...this.queueMaxSizes));
+    const revived = reviveBlockRequests(s.inFlight ?? [], ctx);
     return () => {
       Object.assign(this.stats, s.stats);
-      // The backend may have changed size while the snapshot was stored: tell the driver.
-      if (ctx !== null && s.capacity !== this.capacitySectors)
+      // Served by the pass over every ring that follows a restore (before new requests).
+      this.revived = revived;
+      this.revivedLeft = revived.reduce((n, r) => n + r.length, 0);
+      // The backend may have changed size while the snapshot was stored: tell the driver (a
+      // new configuration generation, §2.5.1, even before DRIVER_OK: a driver between
+      // reading the configuration and DRIVER_OK may have read the old capacity; and an
+      // interrupt once it is live).
+      if (s.capacity !== this.capacitySectors)
         this.updateConfig(BLK_CONFIG.CAPACITY, capacityBytes(this.capacitySectors));
     };
   }

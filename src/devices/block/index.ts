@@ -45,4 +45,4 @@ export {
   VIRTIO_BLK_T_WRITE_ZEROES,
   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from './request.js';
-export type { BlockState, BlockStats } from './state.js';
+export type { BlockSavedRequest, BlockState, BlockStats } from './state.js';

@@ -4,9 +4,10 @@
  * created on first use and reused, so holding a chain allocates nothing in steady state.
  */
 
-import { DescriptorError, SnapshotError } from '../../errors.js';
+import { SnapshotError } from '../../errors.js';
 import { DescriptorChain } from '../../queue/chain.js';
 import type { Queue } from '../../queue/queue.js';
+import { chainBuffers, reviveSaved } from '../saved-chain.js';
 import { type NetRxBuffer, parseRxBuffer } from './request.js';
 import type { NetSavedChain } from './state.js';
 
@@ -78,9 +79,7 @@ export class HeldRxChains {
     const out: NetSavedChain[] = [];
     for (let i = 0; i < this.count; i++) {
       const c = this.at(i);
-      const buffers: [number, number][] = [];
-      for (let d = 0; d < c.count; d++) buffers.push([c.addrs[d]!, c.lens[d]!]);
-      out.push({ head: c.head, slots: c.ringCount, buffers });
+      out.push({ head: c.head, slots: c.ringCount, buffers: chainBuffers(c) });
     }
     return out;
   }
@@ -125,15 +124,8 @@ function reviveAll(
     slotsTotal += s.slots;
     if (slotsTotal > rxq.size)
       throw new SnapshotError(`${path}.slots`, `held chains take over ${rxq.size} ring slots`);
-    let c: DescriptorChain;
-    try {
-      // Receive buffers are device-writable from the first one on.
-      c = rxq.reviveChain(s.head, s.slots, s.buffers, 0);
-    } catch (e) {
-      if (!(e instanceof DescriptorError)) throw e;
-      const badHead = e.code === 'DESC_HEAD_OUT_OF_RANGE' || e.code === 'DESC_PACKED_BAD_ID';
-      throw new SnapshotError(`${path}.${badHead ? 'head' : 'buffers'}`, e.message);
-    }
+    // Receive buffers are device-writable from the first one on.
+    const c = reviveSaved(rxq, s, 0, path);
     if (parseRxBuffer(c, info).kind === 'unsupported') {
       throw new SnapshotError(`${path}.buffers`, 'smaller than the virtio header');
     }

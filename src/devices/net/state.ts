@@ -1,5 +1,6 @@
 import { SnapshotError } from '../../errors.js';
 import { StateReader } from '../../queue/state.js';
+import { readSavedChain, type SavedChain } from '../saved-chain.js';
 import { ETH_HLEN, NET_MAX_FRAME } from './request.js';
 
 /** Counters of a network device (JSON-safe). */
@@ -67,15 +68,11 @@ export interface NetSavedFrame {
   header: [number, number, number, number, number, number];
 }
 
-/** A receive chain the device popped and holds, not yet used (mergeable buffers). */
-export interface NetSavedChain {
-  /** Head index (split) or buffer id (packed): what goes in the used ring. */
-  head: number;
-  /** Ring slots it takes (descriptors in the ring; an indirect table counts as one). */
-  slots: number;
-  /** Its device-writable buffers: [guest address, length]. */
-  buffers: [number, number][];
-}
+/**
+ * A receive chain the device popped and holds, not yet used (mergeable buffers); its buffers
+ * are all device-writable.
+ */
+export type NetSavedChain = SavedChain;
 
 /**
  * Device-specific saved state of a network device. Frames queued inside the device (received
@@ -177,8 +174,6 @@ export interface NetStateRead {
   rx: NetRxQueueRead[];
 }
 
-const MAX_U32 = 0xffffffff;
-
 export function readNetState(value: unknown, limits: NetStateLimits): NetStateRead {
   const r = StateReader.root(value, 'device.net');
   const v = value as Record<string, unknown>;
@@ -244,21 +239,11 @@ function readRxQueue(
   const seen = new Set<number>();
   const heldRx = rawHeld.map((c, i) => {
     const path = `${at}.heldRx.${i}`;
-    const cr = StateReader.root(c, path);
-    const head = cr.int('head', 0, 0xffff);
-    if (seen.has(head)) throw new SnapshotError(`${path}.head`, `head ${head} appears twice`);
-    seen.add(head);
-    const slots = cr.int('slots', 1, Math.max(1, maxHeld));
-    const bufs = cr.array('buffers', 65536);
-    if (bufs.length === 0)
-      throw new SnapshotError(`${path}.buffers`, 'a chain has at least one buffer');
-    const buffers = bufs.map((b, k): [number, number] => {
-      if (!Array.isArray(b) || b.length !== 2)
-        throw new SnapshotError(`${path}.buffers.${k}`, 'expected [address, length]');
-      const br = StateReader.root({ ...b }, `${path}.buffers.${k}`);
-      return [br.int('0', 0, Number.MAX_SAFE_INTEGER), br.int('1', 0, MAX_U32)];
-    });
-    return { head, slots, buffers };
+    const held = readSavedChain(c, path, maxHeld);
+    if (seen.has(held.head))
+      throw new SnapshotError(`${path}.head`, `head ${held.head} appears twice`);
+    seen.add(held.head);
+    return held;
   });
   return { pending, segmentsDone, heldRx };
 }

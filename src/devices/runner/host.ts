@@ -12,6 +12,7 @@ import {
   CMD_RESET,
   CMD_SAVE,
   CMD_STAGE,
+  CMD_STOP_QUEUE,
   CMD_WRITE_CONFIG,
   CONFIG_MIRROR_BYTES,
   D_CMD_ARG0,
@@ -279,6 +280,16 @@ class HostedDevice {
         case CMD_COMMIT_RESTORE:
           result = this.commitRestore();
           break;
+        case CMD_STOP_QUEUE: {
+          const index = Atomics.load(w, D_CMD_ARG0);
+          const q = this.ctx?.queues[index];
+          if (q?.isActive === true) {
+            this.device.queueStopped?.(index);
+            q.reset();
+          }
+          Atomics.store(w, D_NOTIFY + index, 0);
+          break;
+        }
         case CMD_RESET:
           this.device.reset();
           this.ctx = null;

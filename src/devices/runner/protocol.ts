@@ -135,6 +135,13 @@ export const CMD_CHECK_RESTORE = 7;
 /** Restores the staged {@link RestorePayload} into the device as activated now. Result 0. */
 export const CMD_COMMIT_RESTORE = 8;
 
+/**
+ * arg0: a queue index the driver stopped using (`VirtioDevice.queueStopped`): the device forgets
+ * what it holds from it and the worker resets its queue; after completion the worker no longer
+ * touches that ring. Result 0.
+ */
+export const CMD_STOP_QUEUE = 9;
+
 /** What CMD_CHECK_RESTORE and CMD_COMMIT_RESTORE carry (staged with CMD_STAGE). */
 export interface RestorePayload {
   /** The saved device state (a `DeviceState`, unchecked). */

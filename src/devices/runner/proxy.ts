@@ -10,6 +10,7 @@ import {
   CMD_RESET,
   CMD_SAVE,
   CMD_STAGE,
+  CMD_STOP_QUEUE,
   CMD_WRITE_CONFIG,
   CONFIG_MIRROR_BYTES,
   D_CMD_ARG0,
@@ -204,6 +205,12 @@ export class WorkerDeviceProxy implements VirtioDevice {
     const h = this.header;
     Atomics.add(h, H_DOORBELL, 1);
     if (Atomics.load(h, H_SLEEPING) !== 0) Atomics.notify(h, H_DOORBELL);
+  }
+
+  /** See `VirtioDevice.queueStopped`: the worker's device and its copy of the queue stop. */
+  queueStopped(index: number): void {
+    if (!this.active || index < 0 || index >= this.queueMaxSizes.length) return;
+    this.command(CMD_STOP_QUEUE, index, 0);
   }
 
   reset(): void {
