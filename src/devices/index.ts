@@ -40,6 +40,6 @@ export {
 } from './device.js';
 export * from './net/index.js';
 export * from './rng/index.js';
-
 // Devices served from a worker thread
 export * from './runner/index.js';
+export type { SavedChain } from './saved-chain.js';
