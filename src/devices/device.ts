@@ -437,7 +437,13 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
       // made available waits for a kick it already gave.
       if (ctx === null || this.needsReset) return;
       for (let i = 0; i < ctx.queues.length; i++) {
-        if (ctx.queues[i]!.isActive) this.schedulePass(i);
+        const q = ctx.queues[i]!;
+        if (!q.isActive) continue;
+        // Used elements written before the save and not yet published (a block transfer's
+        // completion waits a loop turn for its batch) are published now: the restored device
+        // has no record of them, and the driver would wait for them forever.
+        if (q.numAdded !== 0) this.publish(i);
+        this.schedulePass(i);
       }
     };
   }

@@ -97,6 +97,11 @@ export interface Queue {
    * used entry for the last of them (`lastId`, `lastLen`).
    */
   addUsedBatch(count: number, lastId: number, lastLen: number): void;
+  /**
+   * Used entries (split) or ring slots (packed) added since the last {@link prepareKick}: not
+   * 0 at rest only when something added is not yet published (or not yet notified).
+   */
+  readonly numAdded: number;
   /** Makes every used entry added so far visible to the driver, in one publication. */
   advanceUsedRingIdx(): void;
   /** Whether the driver wants a used-buffer notification for what was published. */

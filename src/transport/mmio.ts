@@ -228,6 +228,8 @@ export class MmioTransport {
     }
     this.device.queueStopped?.(this.queueSel);
     q.reset();
+    // The reset cleared the ring features too; they are still the negotiated ones.
+    this.applyFeatures(q);
   }
 
   private writeDriverFeatures(v: number): void {
@@ -349,11 +351,15 @@ export class MmioTransport {
     const f = this.driverFeatures;
     this.packed = hasFeature(f, VIRTIO_F_RING_PACKED);
     this.queues = this.makeQueues(this.packed);
-    for (const q of this.queues) {
-      q.usesNotifSuppression = hasFeature(f, VIRTIO_F_EVENT_IDX);
-      q.indirectDesc = hasFeature(f, VIRTIO_F_INDIRECT_DESC);
-    }
+    for (const q of this.queues) this.applyFeatures(q);
     this.deviceStatus = v;
+  }
+
+  /** The ring features the driver negotiated, as queue `q`'s settings. */
+  private applyFeatures(q: Queue): void {
+    const f = this.driverFeatures;
+    q.usesNotifSuppression = hasFeature(f, VIRTIO_F_EVENT_IDX);
+    q.indirectDesc = hasFeature(f, VIRTIO_F_INDIRECT_DESC);
   }
 
   private driverOk(v: number): void {

@@ -575,7 +575,7 @@ describe('a queue the driver stops using, with the device in a worker thread', (
   for (const ring of ['split', 'packed'] as const) {
     it(`QueueReady 0 stops the worker's ${ring} ring until a reset`, async () => {
       const r = await rig({ kind: 'rng' });
-      const q = start(r, VERSION_1 | (ring === 'packed' ? PACKED : 0n));
+      const q = start(r, VERSION_1 | EVENT_IDX | INDIRECT | (ring === 'packed' ? PACKED : 0n));
       const waiter = r.proxy.waiter(50);
       q.add([], [{ addr: DATA, len: 16 }]);
       r.guest.kick(0);

@@ -269,9 +269,9 @@ describe('virtio-mmio transport: the driver stops using a queue (§4.2.2.2)', ()
   for (const packed of [false, true]) {
     it(`QueueReady 0 after DRIVER_OK reads back 0 and the device leaves the ${packed ? 'packed' : 'split'} ring alone`, () => {
       const { t, guest, memory, device } = rig();
-      guest.negotiate(
-        featureBit(VIRTIO_F_VERSION_1) | (packed ? featureBit(VIRTIO_F_RING_PACKED) : 0n),
-      );
+      // EVENT_IDX and INDIRECT_DESC: the stopped queue keeps the negotiated ring features (a
+      // saved state with the queue's flags reset would not restore).
+      guest.negotiate(ALL & ~(packed ? 0n : featureBit(VIRTIO_F_RING_PACKED)));
       const q = guest.setupQueue(0, 16);
       guest.start();
       q.add([], [{ addr: 0x200000, len: 8 }]);

@@ -7,7 +7,6 @@ import { consoleLogger, type Logger } from '../../queue/logger.js';
 import type { Queue } from '../../queue/queue.js';
 import { defaultScheduler } from '../budget.js';
 import { type DeviceContext, hasFeature, VIRTIO_ID_BLOCK, VirtioDeviceBase } from '../device.js';
-import { chainBuffers } from '../saved-chain.js';
 import { type AsyncOp, AsyncTransfers } from './async-io.js';
 import type { BlockBackend } from './backend.js';
 import {
@@ -44,11 +43,13 @@ import {
   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from './request.js';
 import {
+  type BlockSavedRequest,
   type BlockState,
   type BlockStats,
   emptyBlockStats,
   readBlockState,
   reviveBlockRequests,
+  savedRequest,
 } from './state.js';
 
 /**
@@ -298,13 +299,7 @@ export class BlockDevice extends VirtioDeviceBase {
       statusAddr: statusAddrs[0]!,
       generation: this.generation,
       memory: this.ctx!.memory,
-      saved: {
-        queue: index,
-        head: c.head,
-        slots: c.ringCount,
-        buffers: chainBuffers(c),
-        writableFrom: c.writableStart,
-      },
+      saved: savedRequest(index, c),
     };
     this.transfers.start(op, io, offset);
     return true;
@@ -468,8 +463,15 @@ export class BlockDevice extends VirtioDeviceBase {
     return {
       capacity: this.capacitySectors,
       stats: { ...this.stats },
-      inFlight: this.transfers.underWay(),
+      // Under way on the backend, and revived by a restore but not yet served again.
+      inFlight: [...this.transfers.underWay(), ...this.savedRevived()],
     };
+  }
+
+  /** The revived requests not yet served, as saved state. */
+  private savedRevived(): BlockSavedRequest[] {
+    if (this.revivedLeft === 0) return [];
+    return this.revived.flatMap((list, queue) => list.map((c) => savedRequest(queue, c)));
   }
 
   protected override prepareDevice(state: unknown, ctx: DeviceContext | null): () => void {

@@ -2,7 +2,7 @@ import { SnapshotError } from '../../errors.js';
 import type { DescriptorChain } from '../../queue/chain.js';
 import { StateReader } from '../../queue/state.js';
 import type { DeviceContext } from '../device.js';
-import { readSavedChain, reviveSaved, type SavedChain } from '../saved-chain.js';
+import { chainBuffers, readSavedChain, reviveSaved, type SavedChain } from '../saved-chain.js';
 
 /** What a block device has done since it was created (not reset by a device reset). */
 export interface BlockStats {
@@ -56,6 +56,17 @@ export function emptyBlockStats(): BlockStats {
     bytesRead: 0,
     bytesWritten: 0,
     flushes: 0,
+  };
+}
+
+/** Request chain `c` of queue `queue` as a snapshot holds it. */
+export function savedRequest(queue: number, c: DescriptorChain): BlockSavedRequest {
+  return {
+    queue,
+    head: c.head,
+    slots: c.ringCount,
+    buffers: chainBuffers(c),
+    writableFrom: c.writableStart,
   };
 }
 

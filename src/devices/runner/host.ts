@@ -284,8 +284,12 @@ class HostedDevice {
           const index = Atomics.load(w, D_CMD_ARG0);
           const q = this.ctx?.queues[index];
           if (q?.isActive === true) {
+            const { usesNotifSuppression, indirectDesc } = q;
             this.device.queueStopped?.(index);
             q.reset();
+            // As the transport's copy: stopped, with the negotiated ring features.
+            q.usesNotifSuppression = usesNotifSuppression;
+            q.indirectDesc = indirectDesc;
           }
           Atomics.store(w, D_NOTIFY + index, 0);
           break;
