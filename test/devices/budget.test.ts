@@ -20,6 +20,7 @@ import {
   VIRTQ_DESC_F_WRITE,
 } from '../../src/queue/index.js';
 import {
+  activate,
   type DeviceRig,
   deviceRig,
   FORMATS,
@@ -508,6 +509,26 @@ describe('rng rate limit (max bytes per period)', () => {
     expect(vi.getTimerCount()).toBe(1);
     device.reset();
     expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('a re-activation without a reset in between does not leave the new session without its wake-up', () => {
+    vi.useFakeTimers();
+    let now = 0;
+    const device = new RngDevice({ rateLimit: { maxBytes: 64, periodMs: 1000, now: () => now } });
+    const rig = deviceRig(device, { format: 'split' }, features('split'));
+    const ring = rig.rings[0]!;
+    ring.setChain(indirect(TABLE, writeTable(rig.memory, 'split', TABLE, [[BUF, 64, true]])));
+    ring.offer(2);
+    device.queueNotify(0);
+    expect(rig.used[0]).toBe(1);
+    expect(vi.getTimerCount()).toBe(1);
+    // Activated again over the same rings (the old timer belongs to the old generation).
+    activate(rig, features('split'));
+    device.queueNotify(0);
+    now = 1000;
+    vi.advanceTimersByTime(1000);
+    expect(rig.used[0]).toBe(2);
+    device.reset();
   });
 
   it('by default serves whole requests only, at most maxBytes per period; waiting requests are served from the next period on, none dropped', () => {

@@ -99,6 +99,8 @@ export class RngDevice extends VirtioDeviceBase {
   private quota = 0;
   private periodStart = Number.NEGATIVE_INFINITY;
   private wakeTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The generation {@link wakeTimer} was set in. */
+  private wakeGeneration = -1;
 
   constructor(options: RngOptions = {}) {
     // Both ring formats, notification suppression and indirect tables (the transport serves them).
@@ -138,10 +140,18 @@ export class RngDevice extends VirtioDeviceBase {
     return false;
   }
 
-  /** Serves queue `index` again after `ms` milliseconds (one timer at a time). */
+  /**
+   * Serves queue `index` again after `ms` milliseconds (one timer at a time). A timer of an
+   * earlier generation (a re-activation without a reset in between) is replaced: it would wake
+   * nothing, and must not keep this generation's from being set.
+   */
   private wakeAfter(index: number, ms: number): void {
-    if (this.wakeTimer !== null) return;
+    if (this.wakeTimer !== null) {
+      if (this.wakeGeneration === this.generation) return;
+      clearTimeout(this.wakeTimer);
+    }
     const generation = this.generation;
+    this.wakeGeneration = generation;
     this.wakeTimer = setTimeout(() => {
       this.wakeTimer = null;
       if (generation === this.generation) this.queueNotify(index);
