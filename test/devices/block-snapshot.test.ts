@@ -233,6 +233,38 @@ describe('virtio-blk: requests under way at a snapshot', () => {
     expect(r.transport.read(MMIO.QUEUE_READY, 4)).toBe(0);
   });
 
+  it('a completion written but not yet published when the driver stops the queue breaks nothing', () => {
+    const deferred: (() => void)[] = [];
+    const { r, backend } = heldRig(0n, (cb) => deferred.push(cb));
+    r.blk.enqueue({ type: 'out', sector: 0, data: pattern(4096, 6) });
+    r.blk.notify();
+    // The transfer ends: its used element is written, its publication waits a loop turn.
+    backend.held.shift()!();
+    expect(deferred).toHaveLength(1);
+    r.transport.write(MMIO.QUEUE_SEL, 4, 0);
+    r.transport.write(MMIO.QUEUE_READY, 4, 0);
+    const ring = r.transport.queues[0]!.save();
+    deferred.shift()!();
+    expect(r.device.lastError).toBeNull();
+    expect(r.device.needsReset).toBe(false);
+    expect(r.transport.queues[0]!.save()).toEqual(ring);
+  });
+
+  it('requests revived on a queue the driver stops before they are served are dropped with it', () => {
+    const { r } = heldRig(0n);
+    r.blk.enqueue({ type: 'out', sector: 0, data: pattern(4096, 5) });
+    r.blk.notify();
+    restart(r);
+    // Before the pass the restore scheduled runs, the driver stops using queue 0.
+    r.transport.write(MMIO.QUEUE_SEL, 4, 0);
+    r.transport.write(MMIO.QUEUE_READY, 4, 0);
+    const again = JSON.parse(JSON.stringify(r.transport.save()));
+    expect(again.device.device.inFlight).toEqual([]);
+    restart(r);
+    expect(r.transport.read(MMIO.QUEUE_READY, 4)).toBe(0);
+    expect(r.device.needsReset).toBe(false);
+  });
+
   it('a saved request under way is checked against its queue, and refused naming the field', () => {
     const { r } = heldRig(0n);
     const write = r.blk.enqueue({ type: 'out', sector: 0, data: pattern(4096, 3) });

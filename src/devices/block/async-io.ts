@@ -114,6 +114,14 @@ export class AsyncTransfers {
     return this.unpublished.delete(index);
   }
 
+  /**
+   * Queue `index` was stopped (the driver no longer uses it): completions written to it and not
+   * yet published are dropped, and the transfers still under way on it will complete nothing.
+   */
+  queueStopped(index: number): void {
+    this.unpublished.delete(index);
+  }
+
   /** The device was reset: completions not yet published are dropped with it. */
   reset(): void {
     this.unpublished.clear();

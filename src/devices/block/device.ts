@@ -42,8 +42,8 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from './request.js';
+import { RevivedRequests } from './revived.js';
 import {
-  type BlockSavedRequest,
   type BlockState,
   type BlockStats,
   emptyBlockStats,
@@ -112,12 +112,8 @@ export class BlockDevice extends VirtioDeviceBase {
   private readonly asyncMinBytes: number;
   /** Asynchronous transfers under way and their completions (`asyncIo`). */
   private readonly transfers: AsyncTransfers;
-  /**
-   * Requests a restored state had under way, per queue, to be served again before the ring's
-   * next ones; `revivedLeft` counts them all (0 keeps the pop loop on its one test).
-   */
-  private revived: DescriptorChain[][] = [];
-  private revivedLeft = 0;
+  /** Requests a restored state had under way, served again before the ring's next ones. */
+  private readonly revived = new RevivedRequests();
 
   constructor(options: BlockOptions) {
     const plan = planBlockDevice(options);
@@ -192,8 +188,7 @@ export class BlockDevice extends VirtioDeviceBase {
   protected override onReset(): void {
     // The base class moved to a new generation: a transfer that ends now completes nothing.
     this.transfers.reset();
-    this.revived = [];
-    this.revivedLeft = 0;
+    this.revived.clear();
     this.served = 0;
     this.writeThrough = false;
     this.reader.reset();
@@ -210,9 +205,9 @@ export class BlockDevice extends VirtioDeviceBase {
       while (this.withinBudget(index)) {
         // popOrEnableNotification keeps avail_event current with EVENT_IDX (§2.7.10, §2.8.10).
         const c =
-          this.revivedLeft === 0
+          this.revived.left === 0
             ? queue.popOrEnableNotification(chain)
-            : this.nextRevived(index, queue, chain);
+            : (this.revived.take(index) ?? queue.popOrEnableNotification(chain));
         if (c === null) break;
         if (this.asyncIo && this.startAsync(index, queue, c)) continue;
         const len = this.serve(c);
@@ -225,17 +220,6 @@ export class BlockDevice extends VirtioDeviceBase {
         this.publish(index);
       }
     }
-  }
-
-  /**
-   * The next request of queue `index` when a restore left some to serve again: those first,
-   * then the ring's.
-   */
-  private nextRevived(index: number, queue: Queue, into: DescriptorChain): DescriptorChain | null {
-    const list = this.revived[index];
-    if (list === undefined || list.length === 0) return queue.popOrEnableNotification(into);
-    this.revivedLeft--;
-    return list.shift()!;
   }
 
   /** Reads, writes and flushes go asynchronous (`asyncIo` with a backend that can). */
@@ -464,14 +448,18 @@ export class BlockDevice extends VirtioDeviceBase {
       capacity: this.capacitySectors,
       stats: { ...this.stats },
       // Under way on the backend, and revived by a restore but not yet served again.
-      inFlight: [...this.transfers.underWay(), ...this.savedRevived()],
+      inFlight: [...this.transfers.underWay(), ...this.revived.save()],
     };
   }
 
-  /** The revived requests not yet served, as saved state. */
-  private savedRevived(): BlockSavedRequest[] {
-    if (this.revivedLeft === 0) return [];
-    return this.revived.flatMap((list, queue) => list.map((c) => savedRequest(queue, c)));
+  /**
+   * See `VirtioDevice.queueStopped`: the driver stopped using queue `index` (MMIO QueueReady
+   * 0). Requests revived from it are dropped, and so are completions written to it and not yet
+   * published (publishing would touch a ring the device must leave alone).
+   */
+  queueStopped(index: number): void {
+    this.transfers.queueStopped(index);
+    this.revived.drop(index);
   }
 
   protected override prepareDevice(state: unknown, ctx: DeviceContext | null): () => void {
@@ -480,8 +468,7 @@ export class BlockDevice extends VirtioDeviceBase {
     return () => {
       Object.assign(this.stats, s.stats);
       // Served by the pass over every ring that follows a restore (before new requests).
-      this.revived = revived;
-      this.revivedLeft = revived.reduce((n, r) => n + r.length, 0);
+      this.revived.set(revived);
       // The backend may have changed size while the snapshot was stored: tell the driver (a
       // new configuration generation, §2.5.1, even before DRIVER_OK: a driver between
       // reading the configuration and DRIVER_OK may have read the old capacity; and an

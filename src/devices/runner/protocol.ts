@@ -142,7 +142,15 @@ export const CMD_COMMIT_RESTORE = 8;
  */
 export const CMD_STOP_QUEUE = 9;
 
-/** What CMD_CHECK_RESTORE and CMD_COMMIT_RESTORE carry (staged with CMD_STAGE). */
+/**
+ * The whole restore in one step, as a transport's `restore` does it in process: resets the
+ * device, activates it with the staged {@link RestorePayload}'s context (when not null) and
+ * commits its state, with nothing of the worker's other devices run in between (a sibling's
+ * frame cannot land in a ring between the activation and the commit). Result 0.
+ */
+export const CMD_RESTORE = 10;
+
+/** What CMD_CHECK_RESTORE, CMD_COMMIT_RESTORE and CMD_RESTORE carry (staged with CMD_STAGE). */
 export interface RestorePayload {
   /** The saved device state (a `DeviceState`, unchecked). */
   state: unknown;

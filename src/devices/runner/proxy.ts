@@ -8,6 +8,7 @@ import {
   CMD_CHECK_RESTORE,
   CMD_COMMIT_RESTORE,
   CMD_RESET,
+  CMD_RESTORE,
   CMD_SAVE,
   CMD_STAGE,
   CMD_STOP_QUEUE,
@@ -60,6 +61,11 @@ export interface WorkerDeviceProxyOptions {
 }
 
 const encoder = new TextEncoder();
+
+/** What the worker needs to activate its device as the transport activates `ctx`. */
+function activationOf(ctx: DeviceContext): ActivatePayload {
+  return { features: ctx.features.toString(16), queues: ctx.queues.map((q) => q.save()) };
+}
 const decoder = new TextDecoder();
 
 /** How long one blocking wait slice lasts before the proxy looks at the failure word again. */
@@ -117,6 +123,10 @@ export class WorkerDeviceProxy implements VirtioDevice {
   private active = false;
   /** The transport failed the device at DRIVER_OK (a badly configured queue). */
   private localFailure = false;
+  /** A restore checked by `prepareRestore`, for the reset that follows it (CMD_RESTORE). */
+  private restoring: Uint8Array | null = null;
+  /** The restore the last reset carried out in the worker, for the commit that follows it. */
+  private restored: Uint8Array | null = null;
   private listenToken = 0;
 
   constructor(
@@ -182,18 +192,17 @@ export class WorkerDeviceProxy implements VirtioDevice {
     if (ctx.memory !== this.memory) {
       throw new TypeError('the transport and the device worker must share one GuestMemory');
     }
-    const payload: ActivatePayload = {
-      features: ctx.features.toString(16),
-      queues: ctx.queues.map((q) => q.save()),
-    };
     this.sink = ctx.interrupt;
     this.active = true;
-    const bytes = encoder.encode(JSON.stringify(payload));
-    // A payload larger than the mailbox (many or large queue states) is staged in pieces.
-    if (bytes.length <= this.mailbox.length) this.command(CMD_ACTIVATE, 0, 0, bytes);
-    else {
-      this.stage(bytes);
-      this.command(CMD_ACTIVATE, 1, 0);
+    // A restore under way activated the worker's device already (CMD_RESTORE, at the reset).
+    if (this.restored === null) {
+      const bytes = encoder.encode(JSON.stringify(activationOf(ctx)));
+      // A payload larger than the mailbox (many or large queue states) is staged in pieces.
+      if (bytes.length <= this.mailbox.length) this.command(CMD_ACTIVATE, 0, 0, bytes);
+      else {
+        this.stage(bytes);
+        this.command(CMD_ACTIVATE, 1, 0);
+      }
     }
     if (this.listenEnabled) this.listen();
     this.poll();
@@ -215,9 +224,19 @@ export class WorkerDeviceProxy implements VirtioDevice {
 
   reset(): void {
     this.stopListening();
-    this.command(CMD_RESET, 0, 0);
-    // The worker no longer raises interrupts for this session; drop what it raised before.
-    Atomics.store(this.words, D_ISR, 0);
+    const restore = this.restoring;
+    this.restoring = null;
+    if (restore === null) {
+      this.command(CMD_RESET, 0, 0);
+      // The worker no longer raises interrupts for this session; drop what it raised before.
+      Atomics.store(this.words, D_ISR, 0);
+    } else {
+      // The transport's restore: reset, activation and commit happen in the worker now, in one
+      // step (CMD_RESTORE); `activate` and the commit only follow on this side.
+      this.stage(restore);
+      this.command(CMD_RESTORE, 0, 0);
+      this.restored = restore;
+    }
     this.active = false;
     this.sink = null;
     this.localFailure = false;
@@ -253,13 +272,7 @@ export class WorkerDeviceProxy implements VirtioDevice {
    * after the transport reset and (with a context) activated the device.
    */
   prepareRestore(state: unknown, ctx: DeviceContext | null): () => void {
-    const context: ActivatePayload | null =
-      ctx === null
-        ? null
-        : {
-            features: ctx.features.toString(16),
-            queues: ctx.queues.map((q) => q.save()),
-          };
+    const context: ActivatePayload | null = ctx === null ? null : activationOf(ctx);
     let stateText: string | undefined;
     try {
       stateText = JSON.stringify(state);
@@ -276,11 +289,23 @@ export class WorkerDeviceProxy implements VirtioDevice {
       const r = JSON.parse(this.readOutgoing(true)) as { field: string; message: string };
       throw new SnapshotError(r.field, r.message);
     }
+    // The transport resets the device next, in this same task: the reset sends the whole
+    // restore (CMD_RESTORE) so that the worker runs nothing else between its steps. A restore
+    // checked and not carried out expires at the end of the task.
+    const whole = encoder.encode(JSON.stringify(check));
+    this.restoring = whole;
+    queueMicrotask(() => {
+      if (this.restoring === whole) this.restoring = null;
+    });
     const commit: RestorePayload = { state: check.state, context: null };
-    const payload = encoder.encode(JSON.stringify(commit));
     return () => {
-      this.stage(payload);
-      this.command(CMD_COMMIT_RESTORE, 0, 0);
+      if (this.restored === whole) {
+        this.restored = null;
+      } else {
+        // Committed without the reset (not what a transport does): the state alone.
+        this.stage(encoder.encode(JSON.stringify(commit)));
+        this.command(CMD_COMMIT_RESTORE, 0, 0);
+      }
       this.poll();
     };
   }
