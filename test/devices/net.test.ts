@@ -101,6 +101,39 @@ describe.each(RINGS)('virtio-net over $name', (ring) => {
     for (const w of want) expect((await b.guest.receive()).data).toEqual(w);
   });
 
+  it('an unusable receive buffer taken during a burst is given back when the burst ends', () => {
+    let port: NetPort | null = null;
+    const source: NetBackend = {
+      offloads: 0n,
+      attach: (p) => {
+        port = p;
+      },
+      detach: () => {
+        port = null;
+      },
+      send: () => true,
+      resumeRx: () => {},
+    };
+    const world = new World();
+    const b = netSide(world, source, {
+      device: { mac: MAC_B },
+      driver: { postRxBuffers: false },
+    });
+    b.guest.init(F);
+    const rx = b.guest.mmio.queues[0]!;
+    // The driver's only receive buffer is device-readable: the device must return it unused.
+    const bad = rx.add([{ addr: 0x3f0000, len: 64 }], []);
+    rx.kick(); // published, not notified
+    const frame = testFrame(MAC_B, MAC_A, 1, 200);
+    world.run(() => {
+      port!.burst(() => expect(port!.receive(frame, frame.length, null)).toBe(false));
+    });
+    expect(b.device.stats.rxBadBuffers).toBe(1);
+    // Published when the burst ended, with no notification from the driver.
+    expect(rx.popUsed()).toBe(bad);
+    expect(rx.lastUsedLen).toBe(0);
+  });
+
   it('two devices exchange frames both ways, contents intact and in order', async () => {
     const { a, b } = pair();
     a.guest.init(F);

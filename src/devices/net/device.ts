@@ -434,10 +434,12 @@ export class NetDevice extends VirtioDeviceBase {
     }
     const rx = this.steer(frame, length);
     if (this.direct !== null && !this.needsReset && rx.index === NET_RX_QUEUE) {
+      const before = rx.hasUnpublished;
       const r = rx.deliverNow(this.direct, frame, length, header, this.turn);
-      // Delivered (published by the pass after the burst), or to be offered again.
-      if (r > 0) this.rxDeferred |= 1;
-      else if (r === 0) this.backendWaiting = true;
+      // Delivered (published by the pass after the burst), or to be offered again; buffers
+      // this offer gave back unused while looking for room are published by that pass too.
+      if (r > 0 || (!before && rx.hasUnpublished)) this.rxDeferred |= 1;
+      if (r === 0) this.backendWaiting = true;
       if (r >= 0) return r > 0;
     }
     if (!rx.frames.pending.push(frame, length, header)) {

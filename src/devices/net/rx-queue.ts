@@ -94,6 +94,11 @@ export class NetRxQueue {
     };
   }
 
+  /** Used entries added (unusable buffers given back, frames written) and not yet published. */
+  get hasUnpublished(): boolean {
+    return this.used;
+  }
+
   /** Forgets the chains of a driver session that ends. */
   resetChains(): void {
     this.held.reset(this.held.cap);
