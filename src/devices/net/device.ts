@@ -269,11 +269,16 @@ export class NetDevice extends VirtioDeviceBase {
     this.frontEndControl = this.controlQueue >= 0 && ctx.queues.length <= this.controlQueue;
     // §5.1.2: receiveq1..N, transmitq1..N, then controlq at 2N, N being 1 without MQ.
     this.dataQueues = this.multiqueue ? 2 * this.queuePairs : 2;
-    this.ctrlIndex =
-      this.controlQueue >= 0 && hasFeature(f, VIRTIO_NET_F_CTRL_VQ) ? this.dataQueues : -1;
+    this.ctrlIndex = this.controlIndexFor(f);
     // §5.1.6.5.5: multiqueue starts disabled; a front-end that serves the control queue
     // enables pairs by starting their rings instead.
     this.active = this.frontEndControl && this.multiqueue ? this.queuePairs : 1;
+  }
+
+  /** The control queue's index under negotiated features `f` (-1: none). */
+  private controlIndexFor(f: bigint): number {
+    const dataQueues = hasFeature(f, VIRTIO_NET_F_MQ) ? 2 * this.queuePairs : 2;
+    return this.controlQueue >= 0 && hasFeature(f, VIRTIO_NET_F_CTRL_VQ) ? dataQueues : -1;
   }
 
   /** See `VirtioDevice.queueStopped`: forgets the receive buffers held from queue `index`. */
@@ -482,7 +487,9 @@ export class NetDevice extends VirtioDeviceBase {
 
   /** See `prepareNetRestore` (snapshot.ts); the commit also sets the MAC, link state and counters. */
   protected override prepareDevice(state: unknown, ctx: DeviceContext | null): () => void {
-    const { saved: s, commit } = prepareNetRestore(state, ctx, this.rx, this.ctrlIndex);
+    // The control queue of the session restored, not of the one now (none, on a new device).
+    const ctrl = ctx === null ? -1 : this.controlIndexFor(ctx.features);
+    const { saved: s, commit } = prepareNetRestore(state, ctx, this.rx, ctrl);
     return () => {
       this.config.set(s.mac, NET_CONFIG_MAC);
       this.link = s.linkUp;
