@@ -151,6 +151,14 @@ export interface VirtioDevice {
    */
   queueStopped?(index: number): void;
   /**
+   * Ring-stop capability, for the same kind of device: queue `index` (a split ring) is about to
+   * stop, and the position it reports counts every chain popped as taken, so the device gives
+   * back the chains it holds from it now (used with length 0, published) rather than keep
+   * chains the next back-end or session will not know of. The vhost-user back-end calls it
+   * before it stops a split ring (GET_VRING_BASE, SET_VRING_ENABLE 0).
+   */
+  giveBackHeld?(index: number): void;
+  /**
    * vhost-user capability, for a device whose trailing queues a vhost-user front-end serves
    * itself (virtio-net's control queue: QEMU and DPDK's virtio-user answer it). Absent: every
    * queue is a back-end ring and GET_QUEUE_NUM counts them.

@@ -219,6 +219,10 @@ export class InProcessPlane implements DataPlane {
     this.poller?.stop(index);
     const q = this.queues[index];
     if (q === undefined || !q.isActive) return this.host.ring(index)?.base ?? 0;
+    // A split ring reports its available position: what the device holds from it is counted
+    // as taken, so it goes back to the driver now (a device reset after the last ring stops,
+    // or the next back-end, would not know of it).
+    if (q.format === 'split') this.host.device.giveBackHeld?.(index);
     const base = ringBase(q);
     // A stopped ring (disabled with SET_VRING_ENABLE 0, or asked for its base) must not move:
     // the device finds an inactive queue in its place, even when it notifies itself (a frame
@@ -226,9 +230,7 @@ export class InProcessPlane implements DataPlane {
     const idle = createQueue(q.format, q.maxSize, { logger: this.host.logger });
     this.queues[index] = idle;
     // A packed ring starts again at its used position (Rings.placePacked): the chains taken
-    // and not used will be read from the ring again, so the device must not keep its own. A
-    // split ring starts again at its available position, and the device completes what it
-    // holds into it.
+    // and not used will be read from the ring again, so the device must not keep its own.
     if (q.format === 'packed') this.host.device.queueStopped?.(index);
     return base;
   }

@@ -281,6 +281,18 @@ export class NetDevice extends VirtioDeviceBase {
     return this.controlQueue >= 0 && hasFeature(f, VIRTIO_NET_F_CTRL_VQ) ? dataQueues : -1;
   }
 
+  /**
+   * See `VirtioDevice.giveBackHeld`: the receive buffers held from queue `index` go back to the
+   * driver, used with length 0, and are published.
+   */
+  giveBackHeld(index: number): void {
+    const q = this.ctx?.queues[index];
+    if (q === undefined || !q.isActive) return;
+    for (const r of this.rx) {
+      if (r.index === index && r.giveBackHeld(q) > 0) this.publish(index);
+    }
+  }
+
   /** See `VirtioDevice.queueStopped`: forgets the receive buffers held from queue `index`. */
   queueStopped(index: number): void {
     for (const r of this.rx) if (r.index === index) r.resetChains();

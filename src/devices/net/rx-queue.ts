@@ -99,6 +99,18 @@ export class NetRxQueue {
     return this.used;
   }
 
+  /**
+   * Gives back every held chain, used with length 0 (the driver drops a buffer shorter than the
+   * header), oldest first, for the caller to publish; returns how many.
+   */
+  giveBackHeld(q: Queue): number {
+    const held = this.held;
+    const n = held.count;
+    for (let j = 0; j < n; j++) q.addUsed(held.at(j).head, 0);
+    held.release(n);
+    return n;
+  }
+
   /** Forgets the chains of a driver session that ends. */
   resetChains(): void {
     this.held.reset(this.held.cap);
@@ -213,13 +225,9 @@ export class NetRxQueue {
     }
   }
 
-  /** Gives back every held chain unused, oldest first. */
+  /** Gives back every held chain unused, oldest first (IN_ORDER). */
   private returnHeld(q: Queue): void {
-    const held = this.held;
-    const n = held.count;
-    for (let j = 0; j < n; j++) q.addUsed(held.at(j).head, 0);
-    held.release(n);
-    this.stats.rxInOrderReturned += n;
+    this.stats.rxInOrderReturned += this.giveBackHeld(q);
   }
 
   /**
