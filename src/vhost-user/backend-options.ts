@@ -72,6 +72,11 @@ export interface VhostUserBackendStats {
   calls: number;
   /** Guest pages written into the dirty log (LOG_SHMFD). */
   loggedPages: number;
+  /**
+   * Guest pages the device wrote that lay beyond the end of the dirty log the front-end gave
+   * (logged by this thread; ring workers warn about theirs): not logged.
+   */
+  droppedLogPages: number;
   /** Chains a restarted ring found in its inflight buffer and served again (INFLIGHT_SHMFD). */
   resubmitted: number;
   /** Polling mode ({@link VhostUserBackendOptions.pollIdleMicros}): kicks to polling. */

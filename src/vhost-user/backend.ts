@@ -76,6 +76,7 @@ export class VhostUserBackend {
     kicks: 0,
     calls: 0,
     loggedPages: 0,
+    droppedLogPages: 0,
     resubmitted: 0,
     polls: 0,
     pollTurns: 0,
@@ -470,6 +471,7 @@ export class VhostUserBackend {
       this.table.memory,
       this.packed ? undefined : () => this.rings.usedRingsLoggedElsewhere(),
     );
+    this.counters.droppedLogPages = this.mlog.dropped;
   }
 
   private setTable(table: MemoryTable): void {

@@ -52,7 +52,8 @@ export class DirtyLog {
 
   /**
    * Moves every page `memory` has recorded as written into the log and clears the record.
-   * Returns the number of pages moved.
+   * Returns the number of pages logged (a page beyond the log's end counts in
+   * {@link droppedPages} instead).
    */
   absorb(memory: GuestMemory): number {
     let moved = 0;
@@ -65,9 +66,8 @@ export class DirtyLog {
         const base = r.firstPage + w * 32;
         while (bits !== 0) {
           const low = bits & -bits;
-          this.markPage(base + 31 - Math.clz32(low));
+          if (this.markPage(base + 31 - Math.clz32(low))) moved++;
           bits ^= low;
-          moved++;
         }
       }
     }
@@ -96,6 +96,10 @@ export class MigrationLog {
   private log: DirtyLog | null = null;
   private logArea: LogArea | null = null;
   private logFd: number | null = null;
+  /** Pages of earlier logs that lay beyond their end (see {@link dropped}). */
+  private droppedBefore = 0;
+  /** The current log already warned that it is too short. */
+  private warnedShort = false;
 
   constructor(
     private readonly signal: LogSignal,
@@ -112,6 +116,15 @@ export class MigrationLog {
     return this.logFd;
   }
 
+  /**
+   * Pages the device wrote that no log could hold, since this was made: they lay beyond the
+   * end of the log the front-end gave (SET_LOG_BASE smaller than the memory table). The first
+   * of each log is also warned about.
+   */
+  get dropped(): number {
+    return this.droppedBefore + (this.log?.droppedPages ?? 0);
+  }
+
   /** True when there is a log to write into. */
   get present(): boolean {
     return this.log !== null;
@@ -126,7 +139,9 @@ export class MigrationLog {
     const old = this.logFd;
     this.logArea = area;
     this.logFd = fd;
+    this.droppedBefore += this.log?.droppedPages ?? 0;
     this.log = area === null ? null : new DirtyLog(area.buffer, area.offset, area.size);
+    this.warnedShort = false;
     return old !== null && old !== fd ? old : null;
   }
 
@@ -138,7 +153,17 @@ export class MigrationLog {
   flush(memory: GuestMemory | null, extra?: () => Iterable<readonly [number, number]>): number {
     const log = this.log;
     if (log === null || memory === null) return 0;
+    const droppedBefore = log.droppedPages;
     const moved = log.absorb(memory);
+    if (log.droppedPages !== droppedBefore && !this.warnedShort) {
+      // QEMU may send a memory table larger than the log for a moment while it grows the log,
+      // so this is not refused; a page the device wrote there is not in the log, though.
+      this.warnedShort = true;
+      this.warn('dirty log too short for guest memory: written pages beyond it are not logged', {
+        logPages: log.pages,
+        dropped: log.droppedPages,
+      });
+    }
     if (moved === 0) return 0;
     if (extra !== undefined) for (const [addr, bytes] of extra()) log.markRange(addr, bytes);
     if (this.logFd !== null) {
