@@ -1,6 +1,6 @@
 /** Command-line argument parsers (commander `argParser`s): each throws InvalidArgumentError. */
 import { accessSync, constants, statSync } from 'node:fs';
-import { InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 
 /** A commander parser for an integer within [min, max]. */
 export function intIn(min: number, max: number, what: string): (v: string) => number {
@@ -121,4 +121,23 @@ export function imageFile(v: string): string {
     );
   }
   return v;
+}
+
+/**
+ * Refuses options with defaults that the user gave on the command line although the mode they
+ * belong to is not the one chosen (a default would otherwise hide what was typed): each
+ * `[option, flag]` given, with `mode` false, throws InvalidArgumentError saying `needs`.
+ */
+export function onlyWith(
+  command: Command,
+  mode: boolean,
+  needs: string,
+  options: readonly (readonly [key: string, flag: string])[],
+): void {
+  if (mode) return;
+  for (const [key, flag] of options) {
+    if (command.getOptionValueSource(key) === 'cli') {
+      throw new InvalidArgumentError(`${flag} is for ${needs}; it has no effect here.`);
+    }
+  }
 }

@@ -9,6 +9,7 @@ import {
   intIn,
   listOf,
   oneOrBoth,
+  onlyWith,
   powerOfTwo,
   readableFile,
   seconds,
@@ -212,7 +213,12 @@ export function buildProgram(): Command {
       '--source <file>',
       'read entropy from this file (a device such as /dev/urandom or /dev/hwrng; a regular file is served in a loop, for tests) instead of the platform generator',
     )
-    .action((opts: VhostUserRngOptions) => vhostUserRng(opts));
+    .action((opts: VhostUserRngOptions, command: Command) => {
+      onlyWith(command, opts.maxBytes !== undefined, '--max-bytes (a rate limit)', [
+        ['period', '--period'],
+      ]);
+      vhostUserRng(opts);
+    });
 
   withSocket(program.command('vhost-user-net'))
     .description(
@@ -271,7 +277,13 @@ export function buildProgram(): Command {
         `tap: the interface to create or attach to (default ${DEFAULT_TAP}; "%d" in the name: the first free number)`,
       ).argParser(tapName),
     )
-    .action((opts: VhostUserNetOptions) => vhostUserNet(opts));
+    .action((opts: VhostUserNetOptions, command: Command) => {
+      onlyWith(command, opts.backend === 'generate', '--backend generate', [
+        ['count', '--count'],
+        ['frameSize', '--frame-size'],
+      ]);
+      vhostUserNet(opts);
+    });
 
   return program;
 }

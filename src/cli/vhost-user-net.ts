@@ -49,15 +49,25 @@ export function tapName(v: string): string {
   return v;
 }
 
-/** A MAC address argument, as "52:54:00:12:34:56". */
+/**
+ * A MAC address argument, as "52:54:00:12:34:56": a unicast one (a guest's driver refuses a
+ * multicast or all-zero address, and its interface does not come up).
+ */
 export function macAddress(v: string): string {
+  let mac: Uint8Array;
   try {
-    return formatMac(parseMac(v));
+    mac = parseMac(v);
   } catch {
     throw new InvalidArgumentError(
       `${v} is not a MAC address (six hex bytes, e.g. 52:54:00:12:34:56).`,
     );
   }
+  if ((mac[0]! & 1) !== 0 || mac.every((b) => b === 0)) {
+    throw new InvalidArgumentError(
+      `${v} is a ${mac[0]! & 1 ? 'multicast' : 'zero'} address; a device needs a unicast one (e.g. 52:54:00:12:34:56).`,
+    );
+  }
+  return formatMac(mac);
 }
 
 export function vhostUserNet(opts: VhostUserNetOptions): void {

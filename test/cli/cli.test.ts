@@ -344,6 +344,7 @@ describe('virtq vhost-user-rng', () => {
     [['--period', '65537'], /--period must be between 1 and 65536/],
     [['--max-bytes', 'lots'], /--max-bytes must be a whole number/],
     [['--max-bytes', '0'], /--max-bytes must be between 1 and/],
+    [['--period', '5'], /--period is for --max-bytes \(a rate limit\); it has no effect here/],
     [
       ['--source', '/nonexistent/entropy'],
       /--source \/nonexistent\/entropy cannot be used: ENOENT/,
@@ -393,6 +394,11 @@ describe('virtq vhost-user-net', () => {
   it.each([
     [['--backend', 'tunnel'], /--backend.*tunnel.*Allowed choices are reflect, sink, generate/],
     [['--mac', '52:54:00:12:34'], /52:54:00:12:34 is not a MAC address/],
+    [['--mac', '01:00:5e:00:00:01'], /01:00:5e:00:00:01 is a multicast address; .*unicast/],
+    [['--mac', 'ff:ff:ff:ff:ff:ff'], /is a multicast address/],
+    [['--mac', '00:00:00:00:00:00'], /00:00:00:00:00:00 is a zero address/],
+    [['--count', '5'], /--count is for --backend generate; it has no effect here/],
+    [['--backend', 'sink', '--frame-size', '100'], /--frame-size is for --backend generate/],
     [['--backend', 'tap', '--tap', 'virtq-much-too-long'], /--tap .*has at most 15 bytes/],
     [['--backend', 'tap', '--tap', 'eth 0'], /--tap "eth 0": .*only letters, digits/],
     [['--backend', 'sink', '--tap', 'virtq0'], /--tap is for --backend tap/],
@@ -416,6 +422,10 @@ describe('virtq vhost-user-net', () => {
     [['--backend', 'sink', '--peer-mac', '52:54:00:0a:0b:0d'], /--peer-mac is for --backend pair/],
     [['--backend', 'pair', '--peer-socket-path', sock], /--peer-socket-path must differ/],
     [['--backend', 'pair', '--peer-socket-path', peer, '--peer-mac', 'x'], /x is not a MAC/],
+    [
+      ['--backend', 'pair', '--peer-socket-path', peer, '--peer-mac', '03:00:00:00:00:01'],
+      /03:00:00:00:00:01 is a multicast address/,
+    ],
     [
       [
         '--backend',
