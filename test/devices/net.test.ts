@@ -44,6 +44,29 @@ const MRG = featureBit(VIRTIO_NET_F_MRG_RXBUF);
 const BASIC =
   featureBit(VIRTIO_NET_F_MAC) | featureBit(VIRTIO_NET_F_STATUS) | featureBit(VIRTIO_NET_F_MTU);
 
+/** A frame source the test drives by hand through the device's port (sends are taken). */
+function handSource(): { source: NetBackend; port: () => NetPort } {
+  let attached: NetPort | null = null;
+  const source: NetBackend = {
+    offloads: 0n,
+    attach: (p) => {
+      attached = p;
+    },
+    detach: () => {
+      attached = null;
+    },
+    send: () => true,
+    resumeRx: () => {},
+  };
+  return {
+    source,
+    port: () => {
+      if (attached === null) throw new Error('no device attached');
+      return attached;
+    },
+  };
+}
+
 /** Two guests on one in-process cable. */
 function pair(o: Parameters<typeof netSide>[2] = {}, ob: Parameters<typeof netSide>[2] = o) {
   const world = new World();
@@ -60,18 +83,7 @@ describe.each(RINGS)('virtio-net over $name', (ring) => {
     // The device keeps the array of the last large frame it copied (rx-frames.ts, frameBytes):
     // a frame of the same length from another offset, or from the same offset with another
     // length, or from another buffer, must not be served from it.
-    let port: NetPort | null = null;
-    const source: NetBackend = {
-      offloads: 0n,
-      attach: (p) => {
-        port = p;
-      },
-      detach: () => {
-        port = null;
-      },
-      send: () => true,
-      resumeRx: () => {},
-    };
+    const { source, port } = handSource();
     const world = new World();
     const b = netSide(world, source, { device: { mac: MAC_B } });
     b.guest.init(F);
@@ -94,7 +106,7 @@ describe.each(RINGS)('virtio-net over $name', (ring) => {
       for (const [buf, off, len] of offers) {
         // A view longer than the frame: only `length` bytes are the frame.
         const frame = buf.subarray(off, off + len + 16);
-        port!.burst(() => expect(port!.receive(frame, len, null)).toBe(true));
+        port().burst(() => expect(port().receive(frame, len, null)).toBe(true));
         want.push(buf.slice(off, off + len));
       }
     });
@@ -102,18 +114,7 @@ describe.each(RINGS)('virtio-net over $name', (ring) => {
   });
 
   it('an unusable receive buffer taken during a burst is given back when the burst ends', () => {
-    let port: NetPort | null = null;
-    const source: NetBackend = {
-      offloads: 0n,
-      attach: (p) => {
-        port = p;
-      },
-      detach: () => {
-        port = null;
-      },
-      send: () => true,
-      resumeRx: () => {},
-    };
+    const { source, port } = handSource();
     const world = new World();
     const b = netSide(world, source, {
       device: { mac: MAC_B },
@@ -126,7 +127,7 @@ describe.each(RINGS)('virtio-net over $name', (ring) => {
     rx.kick(); // published, not notified
     const frame = testFrame(MAC_B, MAC_A, 1, 200);
     world.run(() => {
-      port!.burst(() => expect(port!.receive(frame, frame.length, null)).toBe(false));
+      port().burst(() => expect(port().receive(frame, frame.length, null)).toBe(false));
     });
     expect(b.device.stats.rxBadBuffers).toBe(1);
     // Published when the burst ended, with no notification from the driver.

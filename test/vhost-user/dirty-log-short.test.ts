@@ -23,11 +23,11 @@ import {
   PROTOCOL_BIT,
   R,
   RING_GPA,
+  setupSplitRing,
   u32s,
   u64,
   until,
   VERSION_1,
-  vringAddr,
 } from './frontend.js';
 
 const nativeOk = isNativeAvailable();
@@ -70,17 +70,8 @@ describe.runIf(nativeOk)('vhost-user: a dirty log shorter than guest memory', ()
     expect(await fe.acked(R.SET_MEM_TABLE, memTable(), [memfd, memfd])).toBe(0n);
 
     const driver = new SplitDriver(guest, { size: QSIZE, base: RING_GPA });
-    const { desc, avail, used } = driver.layout;
     const kick = eventfd();
-    const call = eventfd();
-    expect(await fe.acked(R.SET_VRING_NUM, u32s(0, QSIZE))).toBe(0n);
-    expect(await fe.acked(R.SET_VRING_BASE, u32s(0, 0))).toBe(0n);
-    const addr = vringAddr(0, desc, avail, used);
-    new DataView(addr.buffer).setUint32(4, 1, true); // VHOST_VRING_F_LOG
-    new DataView(addr.buffer).setBigUint64(32, BigInt(used), true);
-    expect(await fe.acked(R.SET_VRING_ADDR, addr)).toBe(0n);
-    expect(await fe.acked(R.SET_VRING_CALL, u64(0), [call])).toBe(0n);
-    expect(await fe.acked(R.SET_VRING_KICK, u64(0), [kick])).toBe(0n);
+    await setupSplitRing(fe, 0, driver.layout, kick, { call: eventfd(), logUsed: true });
     expect(await fe.acked(R.SET_VRING_ENABLE, u32s(0, 1))).toBe(0n);
 
     // Migration starts. The log is 8 bytes: 64 pages, guest [0, 256 KiB); the table reaches

@@ -87,6 +87,34 @@ export function vringAddr(index: number, gpaDesc: number, gpaAvail: number, gpaU
 }
 
 /**
+ * Sets up split ring `index` as a front-end does (SET_VRING_NUM, _BASE 0, _ADDR, _CALL when
+ * `call` is given, _KICK), each acknowledged with 0. `logUsed`: the address carries
+ * VHOST_VRING_F_LOG and the used ring's address for the dirty log.
+ */
+export async function setupSplitRing(
+  fe: Frontend,
+  index: number,
+  layout: { desc: number; avail: number; used: number },
+  kick: number,
+  o: { call?: number; logUsed?: boolean } = {},
+): Promise<void> {
+  const ack = async (request: number, payload: Uint8Array, fds?: number[]) => {
+    const r = await fe.acked(request, payload, fds);
+    if (r !== 0n) throw new Error(`request ${request} for ring ${index} answered ${r}`);
+  };
+  await ack(R.SET_VRING_NUM, u32s(index, QSIZE));
+  await ack(R.SET_VRING_BASE, u32s(index, 0));
+  const addr = vringAddr(index, layout.desc, layout.avail, layout.used);
+  if (o.logUsed === true) {
+    new DataView(addr.buffer).setUint32(4, 1, true); // VHOST_VRING_F_LOG
+    new DataView(addr.buffer).setBigUint64(32, BigInt(layout.used), true);
+  }
+  await ack(R.SET_VRING_ADDR, addr);
+  if (o.call !== undefined) await ack(R.SET_VRING_CALL, u64(index), [o.call]);
+  await ack(R.SET_VRING_KICK, u64(index), [kick]);
+}
+
+/**
  * Guest RAM for the back-end tests: a memfd of {@link RAM} bytes (sent twice with
  * {@link memTable}), mapped here as the two regions the table describes. `cleanups` gets the
  * close of the memfd.

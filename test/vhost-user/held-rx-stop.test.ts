@@ -25,11 +25,11 @@ import {
   QSIZE,
   R,
   RING_GPA,
+  setupSplitRing,
   silent,
   u32s,
   u64,
   VERSION_1,
-  vringAddr,
 } from './frontend.js';
 
 const nativeOk = isNativeAvailable();
@@ -60,13 +60,10 @@ describe.runIf(nativeOk)('held receive chains across GET_VRING_BASE (split ring)
     expect(await fe.acked(R.SET_MEM_TABLE, memTable(), [memfd, memfd])).toBe(0n);
 
     const driver = new SplitDriver(guest, { size: QSIZE, base: RING_GPA });
-    const { desc, avail, used } = driver.layout;
+    const { used } = driver.layout;
     const kick = n.eventfd(0, n.constants.EFD_NONBLOCK);
     cleanups.push(() => n.close(kick));
-    expect(await fe.acked(R.SET_VRING_NUM, u32s(0, QSIZE))).toBe(0n);
-    expect(await fe.acked(R.SET_VRING_BASE, u32s(0, 0))).toBe(0n);
-    expect(await fe.acked(R.SET_VRING_ADDR, vringAddr(0, desc, avail, used))).toBe(0n);
-    expect(await fe.acked(R.SET_VRING_KICK, u64(0), [kick])).toBe(0n);
+    await setupSplitRing(fe, 0, driver.layout, kick);
     // One small receive buffer: a 1000-byte frame needs more (MRG_RXBUF), so the device holds it.
     driver.add([], [{ addr: 0x1000, len: 256 }]);
     driver.kick();
