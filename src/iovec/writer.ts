@@ -151,7 +151,9 @@ export class ChainWriter extends ChainCursor {
    */
   claim(n: number): number {
     const p = this.claimPiece(n);
-    if (p >= 0) this.region!.markDirty(this.region!.base + p, n);
+    // The claimed region: `claimPiece` moved past the bytes, so the cursor's region is already
+    // the next piece's when they ended the current one.
+    if (p >= 0) this.claimedRegion!.markDirty(this.claimedRegion!.base + p, n);
     return p;
   }
 

@@ -277,6 +277,10 @@ export class Rings {
     if (memory === null || ring.userAddr === null || ring.num === 0) {
       throw new RequestFailure(`ring ${index} started before its memory, size or addresses`);
     }
+    // Through the table of now: it may have changed since SET_VRING_ADDR while the ring waited
+    // (SET_MEM_TABLE, ADD/REM_MEM_REG), and the same front-end addresses then name other guest
+    // memory, or none (refused here, when the ring starts).
+    this.translate(ring, ring.userAddr);
     const packed = this.packed;
     const f = this.negotiatedFeatures;
     // The queue is built and checked here in both modes: a ring the front-end got wrong is
@@ -431,7 +435,10 @@ export class Rings {
     if (!this.plane.kicked(index, ring.kickFd)) this.stopKick(ring);
   }
 
-  /** The memory table changed: running rings move to the new mappings (stopped and started). */
+  /**
+   * The memory table changed: running rings move to the new mappings (stopped and started; a
+   * ring starts over its front-end addresses as the table of the moment translates them).
+   */
   tableChanged(): void {
     const memory = this.table.memory;
     // QEMU updates the table on memory hot-plug.
@@ -441,7 +448,6 @@ export class Rings {
       if (!ring.running) continue;
       this.stopRing(i);
       try {
-        if (ring.userAddr !== null) this.translate(ring, ring.userAddr);
         this.tryStart(i);
       } catch (e) {
         this.logger.warn('vhost-user: ring stopped by a memory table change', {

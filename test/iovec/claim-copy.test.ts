@@ -143,6 +143,28 @@ describe('SourceCopier', () => {
 });
 
 describe('claim', () => {
+  it("a writer whose claim ends its piece marks the claimed page dirty, not the next piece's", () => {
+    // Regions: [0,0x4000) rings, [0x4000,0x8000) A, [0x8000,0xc000) B.
+    const memory = contiguousMemory([0x4000, 0x4000], { shared: true });
+    memory.setDirtyTracking(true);
+    const env = new Env(memory);
+    const chain = env.pop(
+      [],
+      [
+        { addr: 0x5000, len: 64 }, // page 5, region A
+        { addr: 0x9000, len: 64 }, // page 9, region B
+      ],
+    );
+    memory.clearDirty();
+    const w = new ChainWriter(chain);
+    const at = w.claim(64);
+    expect(at).toBeGreaterThanOrEqual(0);
+    expect(w.claimedRegion).toBe(memory.findRegion(0x5000));
+    w.claimedRegion!.bytes.fill(0xab, at, at + 64);
+    // The device wrote page 5 (and nothing else so far): the dirty log must show it.
+    expect(memory.dirtyPages()).toEqual([5]);
+  });
+
   it('a writer claims bytes that lie in one piece, marks their page dirty and counts them', () => {
     const memory = contiguousMemory([0x4000], { shared: true });
     memory.setDirtyTracking(true);
