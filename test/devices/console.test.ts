@@ -142,6 +142,15 @@ describe.each(RINGS)('virtio-console over $name', (ring) => {
     r.guest.emergencyWrite(0x3f);
     expect(text(pipe.takeOutput())).toBe('!?');
     expect(r.device.stats.emergencyBytes).toBe(2);
+    // A write of the whole configuration space (vhost-user SET_CONFIG) covers emerg_wr too;
+    // one that ends before it or starts after its first byte writes nothing.
+    const whole = new Uint8Array(12);
+    whole[CONSOLE_CONFIG_EMERG_WR] = 0x2a; // '*'
+    r.device.writeConfig(0, whole);
+    r.device.writeConfig(0, whole.subarray(0, CONSOLE_CONFIG_EMERG_WR));
+    r.device.writeConfig(CONSOLE_CONFIG_EMERG_WR + 1, Uint8Array.of(0x41));
+    expect(text(pipe.takeOutput())).toBe('*');
+    expect(r.device.stats.emergencyBytes).toBe(3);
     const off = consoleRig(new World(), { emergencyWrite: false });
     off.transport.write(MMIO.CONFIG + CONSOLE_CONFIG_EMERG_WR, 4, 0x41);
     expect((off.backend as ConsolePipe).takeOutput().length).toBe(0);

@@ -178,11 +178,13 @@ export class ConsoleDevice extends VirtioDeviceBase {
 
   override writeConfig(offset: number, data: Uint8Array): void {
     // §5.3.5.1: emerg_wr may be written at any time, even on an unconfigured device; the
-    // lower byte goes to the output.
-    if (offset !== CONSOLE_CONFIG_EMERG_WR || data.length === 0) return;
+    // lower byte goes to the output. A write that covers it from an earlier offset (a
+    // vhost-user SET_CONFIG of the whole space) writes it too; the other fields are read-only.
+    const at = CONSOLE_CONFIG_EMERG_WR - offset;
+    if (at < 0 || at >= data.length) return;
     if (!hasFeature(this.offeredFeatures, VIRTIO_CONSOLE_F_EMERG_WRITE)) return;
     this.stats.emergencyBytes++;
-    this.backend.output(data.subarray(0, 1));
+    this.backend.output(data.subarray(at, at + 1));
   }
 
   protected processQueue(index: number, queue: Queue): void {
