@@ -8,11 +8,20 @@ import {
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED } from '../queue/constants.js';
 import { splitLayout } from '../queue/split/layout.js';
-import { MMIO, MMIO_MAGIC, MMIO_VERSION } from '../transport/mmio.js';
+import {
+  INT_CONFIG_CHANGE,
+  INT_USED_BUFFER,
+  MMIO,
+  MMIO_MAGIC,
+  MMIO_VERSION,
+} from '../transport/mmio.js';
 import type { GuestAllocator } from './allocator.js';
 import { PackedDriver } from './packed.js';
 import type { DriverQueue } from './queue.js';
-import { SplitDriver } from './split.js';
+import { DeviceBehaviourError, SplitDriver } from './split.js';
+
+/** Reads of a 64-bit configuration field before the driver gives up on a changing generation. */
+const CONFIG_READ_ATTEMPTS = 1000;
 
 /** Anything with virtio-mmio registers: an MmioTransport, or a bridge to one. */
 export interface MmioBus {
@@ -163,9 +172,12 @@ export class MmioGuestDriver {
     if (q.kick()) this.notify(index);
   }
 
-  /** Reads and acknowledges the interrupt status (§4.2.3.4); returns the bits. */
+  /**
+   * Reads and acknowledges the interrupt status (§4.2.3.4); returns the bits. Bits the spec
+   * does not define are ignored, and never written back (§4.2.2.2).
+   */
   ackInterrupt(): number {
-    const bits = this.bus.read(MMIO.INTERRUPT_STATUS, 4);
+    const bits = this.bus.read(MMIO.INTERRUPT_STATUS, 4) & (INT_USED_BUFFER | INT_CONFIG_CHANGE);
     if (bits !== 0) this.bus.write(MMIO.INTERRUPT_ACK, 4, bits);
     return bits;
   }
@@ -175,14 +187,21 @@ export class MmioGuestDriver {
     return this.bus.read(MMIO.CONFIG + offset, size);
   }
 
-  /** Reads a consistent 64-bit configuration field (§2.5.1: retry while the generation changes). */
+  /**
+   * Reads a consistent 64-bit configuration field (§2.5.1: retry while the generation changes).
+   * A device whose generation never settles gets `CONFIG_READ_ATTEMPTS` (1000) tries, then a
+   * `DeviceBehaviourError`, not an endless loop.
+   */
   readConfigU64(offset: number): bigint {
-    for (;;) {
+    for (let attempt = 0; attempt < CONFIG_READ_ATTEMPTS; attempt++) {
       const gen = this.bus.read(MMIO.CONFIG_GENERATION, 4);
       const lo = this.readConfig(offset, 4);
       const hi = this.readConfig(offset + 4, 4);
       if (this.bus.read(MMIO.CONFIG_GENERATION, 4) === gen) return (BigInt(hi) << 32n) | BigInt(lo);
     }
+    throw new DeviceBehaviourError(
+      `the configuration generation changed on each of ${CONFIG_READ_ATTEMPTS} reads`,
+    );
   }
 
   writeConfig(offset: number, size: 1 | 2 | 4, value: number): void {

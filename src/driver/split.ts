@@ -187,6 +187,10 @@ export class SplitDriver {
   ): number {
     const n = readable.length + writable.length;
     if (n === 0) throw new RangeError('a chain needs at least one buffer');
+    // §2.7.5.3.1: no chain (an indirect table's entries included) longer than the queue size.
+    if (n > this.size) {
+      throw new RangeError(`an indirect table of ${n} entries exceeds the queue size ${this.size}`);
+    }
     if (this.numFree < 1) throw new RangeError('no free descriptors');
     let writableBytes = 0;
     for (let k = 0; k < n; k++) {

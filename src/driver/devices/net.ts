@@ -12,6 +12,8 @@ import {
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_F_MTU,
   VIRTIO_NET_F_STATUS,
+  VIRTIO_NET_HDR_GSO_ECN,
+  VIRTIO_NET_HDR_GSO_NONE,
   VIRTIO_NET_HDR_SIZE,
   VIRTIO_NET_S_LINK_UP,
 } from '../../devices/net/request.js';
@@ -268,6 +270,14 @@ export class NetGuestDriver {
     if (VIRTIO_NET_HDR_SIZE + frame.length > this.txSize) {
       throw new RangeError(
         `a frame of ${frame.length} bytes does not fit a ${this.txSize}-byte transmit buffer`,
+      );
+    }
+    // §5.1.4.1: with VIRTIO_NET_F_MTU, no frame above mtu (plus the Ethernet header) unless it
+    // is to be segmented.
+    const gso = (header.gsoType ?? VIRTIO_NET_HDR_GSO_NONE) & ~VIRTIO_NET_HDR_GSO_ECN;
+    if (this.mtu !== null && gso === VIRTIO_NET_HDR_GSO_NONE && frame.length > this.mtu + 14) {
+      throw new RangeError(
+        `a frame of ${frame.length} bytes exceeds the negotiated MTU ${this.mtu} (plus 14)`,
       );
     }
     const descs = this.options.txSeparateHeader === true ? 2 : 1;
