@@ -273,13 +273,16 @@ export class SplitDriver {
     if (id >= this.size || this.chainDescs[id] === 0) {
       throw new DeviceBehaviourError(`device returned id ${id}, which is not in flight`);
     }
-    if (len > this.chainWritable[id]!) {
-      throw new DeviceBehaviourError(
-        `device wrote ${len} bytes into a chain of ${this.chainWritable[id]} writable`,
-      );
-    }
+    const writable = this.chainWritable[id]!;
+    // The chain came back either way: its descriptors are free again before a bad length is
+    // reported (the caller may carry on with the ring).
     this.release(id);
     if (this.eventIdx) Atomics.store(this.avail16, 2 + this.size, this.lastUsed);
+    if (len > writable) {
+      throw new DeviceBehaviourError(
+        `device wrote ${len} bytes into chain ${id} of ${writable} writable`,
+      );
+    }
     this.lastUsedLen = len;
     return id;
   }
@@ -351,8 +354,14 @@ export class SplitDriver {
     Atomics.store(this.avail16, 2 + this.size, v & 0xffff);
   }
 
-  /** Without EVENT_IDX: ask for (true) or suppress (false) used-buffer notifications. */
+  /**
+   * Asks for (true) or suppresses (false) used-buffer notifications. Without EVENT_IDX through
+   * VIRTQ_AVAIL_F_NO_INTERRUPT. With it the flags must stay 0 (§2.7.7.1): `used_event` is set
+   * to the next used index (true) or half the index space away (false); `popUsed` sets it to
+   * the next used index again.
+   */
   setInterrupts(enabled: boolean): void {
-    Atomics.store(this.avail16, 0, enabled ? 0 : VIRTQ_AVAIL_F_NO_INTERRUPT);
+    if (this.eventIdx) this.setUsedEvent(enabled ? this.lastUsed : this.lastUsed + 0x8000);
+    else Atomics.store(this.avail16, 0, enabled ? 0 : VIRTQ_AVAIL_F_NO_INTERRUPT);
   }
 }

@@ -2,8 +2,10 @@
  * The guest drivers (src/driver) keep the driver's side of the spec, and a hostile device
  * cannot hang them: an indirect table no longer than the queue size (§2.7.5.3.1), no frame
  * above the negotiated MTU (§5.1.4.1), a bounded retry of a configuration read whose
- * generation never settles (§2.5.1), and only the defined InterruptStatus bits acknowledged
- * (§4.2.2.2). Each failed before the fixes of the change that added this file.
+ * generation never settles (§2.5.1), only the defined InterruptStatus bits acknowledged
+ * (§4.2.2.2), avail flags left 0 under EVENT_IDX (§2.7.7.1), a chain freed even when the
+ * device reports too many bytes for it, and VIRTIO_F_VERSION_1 accepted when offered (§6.1).
+ * Each failed before the fixes that came with it.
  */
 import { describe, expect, it } from 'vitest';
 import { featureBit } from '../../src/devices/device.js';
@@ -98,5 +100,56 @@ describe('MmioGuestDriver.ackInterrupt against a buggy device', () => {
     drv.ackInterrupt();
     // Only bits 0 (used buffer) and 1 (configuration change) are defined.
     expect(acks.map((v) => (v >>> 0).toString(16))).toEqual(['1']);
+  });
+});
+
+describe('SplitDriver.setInterrupts with VIRTIO_F_EVENT_IDX', () => {
+  it('keeps the avail flags 0 (§2.7.7.1) and moves used_event instead', () => {
+    const memory = GuestMemory.create(1 << 16);
+    const d = new SplitDriver(memory, { size: 8, base: 0x1000, eventIdx: true });
+    const { avail } = d.layout as { avail: number };
+    const usedEvent = avail + 4 + 2 * 8;
+    d.setInterrupts(false);
+    expect(memory.readU16(avail)).toBe(0);
+    expect(memory.readU16(usedEvent)).toBe(0x8000);
+    d.setInterrupts(true);
+    expect(memory.readU16(avail)).toBe(0);
+    expect(memory.readU16(usedEvent)).toBe(0);
+    // Without EVENT_IDX the flag does it.
+    const plain = new SplitDriver(memory, { size: 8, base: 0x4000 });
+    plain.setInterrupts(false);
+    expect(memory.readU16((plain.layout as { avail: number }).avail)).toBe(1);
+  });
+});
+
+describe('SplitDriver against a device that claims too many bytes written', () => {
+  it('reports it and still frees the chain, so the ring goes on', () => {
+    const memory = GuestMemory.create(1 << 16);
+    const d = new SplitDriver(memory, { size: 4, base: 0x1000 });
+    const { used } = d.layout as { used: number };
+    const id = d.add([], [{ addr: 0x8000, len: 16 }]);
+    d.publish();
+    // The device uses the chain with a length above its 16 writable bytes.
+    memory.writeU32(used + 4, id);
+    memory.writeU32(used + 8, 17);
+    memory.writeU16(used + 2, 1);
+    expect(() => d.popUsed()).toThrow(DeviceBehaviourError);
+    expect(d.numFree).toBe(4);
+    expect(d.popUsed()).toBe(-1);
+  });
+});
+
+describe('device drivers accept VIRTIO_F_VERSION_1 (§6.1)', () => {
+  it('NetGuestDriver negotiates it even when `wanted` leaves it out', () => {
+    const memory = GuestMemory.create(4 << 20);
+    const device = new NetDevice({ queueSize: 64, backend: new SinkBackend() });
+    const transport = new MmioTransport(device, memory, { logger: silentLogger });
+    const guest = new NetGuestDriver(
+      transport,
+      memory,
+      new GuestAllocator(memory, 0x1000, memory.size),
+    );
+    expect(guest.init(0n) & featureBit(VIRTIO_F_VERSION_1)).not.toBe(0n);
+    expect(device.isActive).toBe(true);
   });
 });

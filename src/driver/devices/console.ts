@@ -4,8 +4,9 @@ import {
   CONSOLE_CONFIG_ROWS,
   VIRTIO_CONSOLE_F_SIZE,
 } from '../../devices/console/request.js';
-import { VIRTIO_ID_CONSOLE } from '../../devices/device.js';
+import { featureBit, VIRTIO_ID_CONSOLE } from '../../devices/device.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
+import { VIRTIO_F_VERSION_1 } from '../../queue/constants.js';
 import { INT_CONFIG_CHANGE } from '../../transport/mmio.js';
 import type { GuestAllocator } from '../allocator.js';
 import { type MmioBus, MmioGuestDriver } from '../mmio.js';
@@ -71,7 +72,8 @@ export class ConsoleGuestDriver {
   init(wanted: bigint, force?: bigint): bigint {
     const m = this.mmio;
     if (m.probe() !== VIRTIO_ID_CONSOLE) throw new Error('not a console device');
-    this.features = m.negotiate(wanted, force);
+    // §6.1: a driver accepts VIRTIO_F_VERSION_1 when it is offered (`force` is taken as given).
+    this.features = m.negotiate(wanted | featureBit(VIRTIO_F_VERSION_1), force);
     this.readSize();
     const o = this.options;
     const qsize = Math.min(o.queueSize ?? 64, m.queueMaxSize(0), m.queueMaxSize(1));

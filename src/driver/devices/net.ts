@@ -1,4 +1,4 @@
-import { VIRTIO_ID_NET } from '../../devices/device.js';
+import { featureBit, VIRTIO_ID_NET } from '../../devices/device.js';
 import {
   NET_CONFIG_MAC,
   NET_CONFIG_MTU,
@@ -18,6 +18,7 @@ import {
   VIRTIO_NET_S_LINK_UP,
 } from '../../devices/net/request.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
+import { VIRTIO_F_VERSION_1 } from '../../queue/constants.js';
 import { INT_CONFIG_CHANGE } from '../../transport/mmio.js';
 import type { GuestAllocator } from '../allocator.js';
 import { type MmioBus, MmioGuestDriver } from '../mmio.js';
@@ -144,7 +145,8 @@ export class NetGuestDriver {
   init(wanted: bigint, force?: bigint): bigint {
     const m = this.mmio;
     if (m.probe() !== VIRTIO_ID_NET) throw new Error('not a network device');
-    this.features = m.negotiate(wanted, force);
+    // §6.1: a driver accepts VIRTIO_F_VERSION_1 when it is offered (`force` is taken as given).
+    this.features = m.negotiate(wanted | featureBit(VIRTIO_F_VERSION_1), force);
     this.mergeable = this.has(VIRTIO_NET_F_MRG_RXBUF);
     this.readConfig();
     const o = this.options;
