@@ -3,6 +3,7 @@
  * register interface enforces (see {@link readMmioState}).
  */
 import {
+  type DeviceContext,
   type DeviceState,
   hasFeature,
   STATUS_ACKNOWLEDGE,
@@ -166,4 +167,46 @@ export interface SavedTransport {
   queues: Queue[];
   addrHalves: Uint32Array;
   deviceState: unknown;
+}
+
+/**
+ * Has `dev` validate its part of the saved transport state `next` for a restore into `ctx`
+ * (null: restored inactive), and returns the device's commit (null for a device that saves
+ * no state). Changes nothing; throws SnapshotError naming the field.
+ */
+export function prepareMmioDevice(
+  next: SavedTransport,
+  dev: VirtioDevice,
+  ctx: DeviceContext | null,
+): (() => void) | null {
+  const devState = next.deviceState;
+  if (dev.prepareRestore === undefined) {
+    if (devState !== null) {
+      throw new SnapshotError('mmio.device', 'this device saves no state: expected null');
+    }
+    if (next.live) {
+      throw new SnapshotError(
+        'mmio.status',
+        'a live device that saves no state cannot be restored',
+      );
+    }
+    return null;
+  }
+  if (devState === null || typeof devState !== 'object') {
+    throw new SnapshotError('mmio.device', 'expected the saved state of the device');
+  }
+  const prepare = dev.prepareRestore.bind(dev);
+  const commit = nestedState('mmio', () => prepare(devState, ctx));
+  // DRIVER_OK initialises every ready queue; one left inactive means that failed, and the
+  // device then needs a reset (§2.1.2).
+  const failed = (devState as { needsReset?: unknown }).needsReset === true;
+  next.queues.forEach((q, i) => {
+    if (next.live && q.ready && !q.isActive && !failed) {
+      throw new SnapshotError(
+        `mmio.queues.${i}.active`,
+        'a ready queue of a live device that does not need a reset is initialised',
+      );
+    }
+  });
+  return commit;
 }

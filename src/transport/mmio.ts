@@ -21,8 +21,7 @@ import {
 import { createQueue } from '../queue/factory.js';
 import { consoleLogger, type Logger } from '../queue/logger.js';
 import type { Queue } from '../queue/queue.js';
-import { nestedState } from '../queue/state.js';
-import { type MmioState, readMmioState } from './mmio-state.js';
+import { type MmioState, prepareMmioDevice, readMmioState } from './mmio-state.js';
 
 export type { MmioState } from './mmio-state.js';
 
@@ -36,8 +35,6 @@ import {
 } from './mmio-registers.js';
 
 export * from './mmio-registers.js';
-
-const _TWO_32 = 2 ** 32;
 
 export interface MmioOptions {
   /** Called when the interrupt line changes level (true: asserted). */
@@ -460,33 +457,7 @@ export class MmioTransport {
     const next = readMmioState(state, this.device, this.memory, this.logger);
     const ctx = next.live ? this.contextFor(next.queues, next.features) : null;
     const dev = this.device;
-    const devState = next.deviceState;
-    let commitDevice: (() => void) | null = null;
-    if (dev.prepareRestore !== undefined) {
-      if (devState === null || typeof devState !== 'object') {
-        throw new SnapshotError('mmio.device', 'expected the saved state of the device');
-      }
-      const prepare = dev.prepareRestore.bind(dev);
-      commitDevice = nestedState('mmio', () => prepare(devState, ctx));
-      // DRIVER_OK initialises every ready queue; one left inactive means that failed, and the
-      // device then needs a reset (§2.1.2).
-      const failed = (devState as { needsReset?: unknown }).needsReset === true;
-      next.queues.forEach((q, i) => {
-        if (next.live && q.ready && !q.isActive && !failed) {
-          throw new SnapshotError(
-            `mmio.queues.${i}.active`,
-            'a ready queue of a live device that does not need a reset is initialised',
-          );
-        }
-      });
-    } else if (devState !== null) {
-      throw new SnapshotError('mmio.device', 'this device saves no state: expected null');
-    } else if (next.live) {
-      throw new SnapshotError(
-        'mmio.status',
-        'a live device that saves no state cannot be restored',
-      );
-    }
+    const commitDevice = prepareMmioDevice(next, dev, ctx);
     // Everything checked: commit.
     const levelBefore = this.intStatus !== 0;
     dev.reset();

@@ -19,11 +19,10 @@ import { PackedDriver } from '../../src/driver/packed.js';
 import { SplitDriver } from '../../src/driver/split.js';
 import { GuestMemory } from '../../src/memory/index.js';
 import { VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1 } from '../../src/queue/constants.js';
-import { InProcessPlane } from '../../src/vhost-user/data-plane.js';
-import { Rings } from '../../src/vhost-user/rings.js';
 import { HandBackend, udpFrame } from '../devices/net-mq-rig.js';
+import { inProcessRings } from './rings-rig.js';
 
-const silent = { warn() {} };
+const _silent = { warn() {} };
 const SIZE = 16;
 /** SET_VRING_BASE of a fresh ring: split index 0, or packed slot 0 with both wrap bits set. */
 const FRESH_BASE = { split: 0, packed: 0x80008000 };
@@ -34,26 +33,10 @@ function rig(format: 'split' | 'packed') {
   const device = new NetDevice({ backend: hand, queueSize: SIZE });
   let features = featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_NET_F_MRG_RXBUF);
   if (format === 'packed') features |= featureBit(VIRTIO_F_RING_PACKED);
-  const counters = { kicks: 0, calls: 0, polls: 0, pollTurns: 0, loggedPages: 0, resubmitted: 0 };
-  const native = { eventfdWrite() {}, eventfdRead() {}, constants: {} } as never;
-  const rings = new Rings(
-    {
-      device,
-      native,
-      logger: silent,
-      counters,
-      features: () => features,
-      deviceFeatures: () => features,
-      protocolAcked: () => true,
-      table: () => ({ memory, userToGuest: (u: number) => u }) as never,
-      inflightBuffer: () => null,
-      hasInflight: () => false,
-      ringLog: () => ({ area: null, fd: null }),
-      flushLog() {},
-      closeFds() {},
-      keep() {},
-    },
-    (h) => new InProcessPlane(h, 0),
+  const rings = inProcessRings(
+    device,
+    () => features,
+    () => ({ memory, userToGuest: (u: number) => u }),
   );
   const driver =
     format === 'packed'

@@ -10,10 +10,8 @@ import { RngDevice } from '../../src/devices/rng/device.js';
 import { SplitDriver } from '../../src/driver/split.js';
 import { GuestMemory } from '../../src/memory/index.js';
 import { VIRTIO_F_VERSION_1 } from '../../src/queue/constants.js';
-import { InProcessPlane } from '../../src/vhost-user/data-plane.js';
-import { Rings } from '../../src/vhost-user/rings.js';
+import { inProcessRings } from './rings-rig.js';
 
-const silent = { warn() {} };
 const SIZE = 16;
 const USER = 0x7f00_0000_0000;
 
@@ -22,30 +20,14 @@ describe('vhost-user: memory table replaced while a ring waits to be enabled', (
     const memory = GuestMemory.create(1 << 20, { shared: true });
     const device = new RngDevice({ queueSize: SIZE });
     const features = featureBit(VIRTIO_F_VERSION_1);
-    const counters = { kicks: 0, calls: 0, polls: 0, pollTurns: 0, loggedPages: 0, resubmitted: 0 };
-    const native = { eventfdWrite() {}, eventfdRead() {}, constants: {} } as never;
     // Table 1 shows user USER at guest 0x40000; table 2 shows it at guest 0x80000.
     const table1 = { memory, userToGuest: (u: number) => u - USER + 0x40000 };
     const table2 = { memory, userToGuest: (u: number) => u - USER + 0x80000 };
     let table = table1;
-    const rings = new Rings(
-      {
-        device,
-        native,
-        logger: silent,
-        counters,
-        features: () => features,
-        deviceFeatures: () => features,
-        protocolAcked: () => true,
-        table: () => table as never,
-        inflightBuffer: () => null,
-        hasInflight: () => false,
-        ringLog: () => ({ area: null, fd: null }),
-        flushLog() {},
-        closeFds() {},
-        keep() {},
-      },
-      (h) => new InProcessPlane(h, 0),
+    const rings = inProcessRings(
+      device,
+      () => features,
+      () => table,
     );
     // The driver's ring lives at guest 0x80000, i.e. at user USER in table 2.
     const driver = new SplitDriver(memory, { size: SIZE, base: 0x80000 });

@@ -10,7 +10,7 @@ import {
   VIRTIO_F_RING_PACKED,
 } from '../../queue/constants.js';
 import type { DeviceBudgetOptions } from '../budget.js';
-import { featureBit } from '../device.js';
+import { type FrontEndQueues, featureBit, hasFeature } from '../device.js';
 import { type NetBackend, parseMac } from './backend.js';
 import {
   missingNetRequirement,
@@ -161,4 +161,18 @@ function resolveMac(mac: Uint8Array | string | null | undefined): Uint8Array | n
   const bytes = typeof mac === 'string' ? parseMac(mac) : mac;
   if (bytes.length !== 6) throw new RangeError('a MAC address has 6 bytes');
   return Uint8Array.from(bytes);
+}
+
+/**
+ * What a vhost-user front-end serves of a device of `queuePairs` pairs: the control queue, and
+ * it counts queue pairs (GET_QUEUE_NUM). DPDK's virtio-user leaves CTRL_VQ out of SET_FEATURES
+ * (it serves the queue itself); MQ without it would be refused (§5.1.3.1), so it is added.
+ */
+export function netFrontEndQueues(queuePairs: number): FrontEndQueues {
+  return {
+    served: 2 * queuePairs,
+    queueNum: queuePairs,
+    completeFeatures: (acked) =>
+      hasFeature(acked, VIRTIO_NET_F_MQ) ? acked | featureBit(VIRTIO_NET_F_CTRL_VQ) : acked,
+  };
 }

@@ -3,13 +3,12 @@ import type { Queue } from '../../queue/queue.js';
 import {
   type DeviceContext,
   type FrontEndQueues,
-  featureBit,
   hasFeature,
   VIRTIO_ID_NET,
   VirtioDeviceBase,
 } from '../device.js';
 import { formatMac, type NetBackend, type NetPort } from './backend.js';
-import { type NetOptions, planNetDevice, writeNetConfig } from './config.js';
+import { type NetOptions, netFrontEndQueues, planNetDevice, writeNetConfig } from './config.js';
 import { NET_CONTROL_QUEUE_SIZE, NetControl, type NetControlTarget } from './control.js';
 import {
   ETH_HLEN,
@@ -30,7 +29,7 @@ import {
   VIRTIO_NET_S_LINK_UP,
 } from './request.js';
 import { NetRxQueue, type NetTurn } from './rx-queue.js';
-import { prepareNetRestore, saveNet } from './snapshot.js';
+import { prepareNetRestore, restoreNetConfig, saveNet } from './snapshot.js';
 import { emptyNetStats, type NetState, type NetStats } from './state.js';
 import { steerPair } from './steer.js';
 import { NetTransmitter } from './transmit.js';
@@ -128,15 +127,7 @@ export class NetDevice extends VirtioDeviceBase {
     this.txBusy = new Uint8Array(plan.queuePairs);
     this.txAgain = new Uint8Array(plan.queuePairs);
     writeNetConfig(this.config, plan, this.link);
-    // Over vhost-user the front-end serves the control queue, and counts queue pairs.
-    this.frontEndQueues = {
-      served: 2 * plan.queuePairs,
-      queueNum: plan.queuePairs,
-      // DPDK's virtio-user leaves CTRL_VQ out of SET_FEATURES (it serves the queue itself);
-      // MQ without it would be refused (§5.1.3.1).
-      completeFeatures: (acked) =>
-        hasFeature(acked, VIRTIO_NET_F_MQ) ? acked | featureBit(VIRTIO_NET_F_CTRL_VQ) : acked,
-    };
+    this.frontEndQueues = netFrontEndQueues(plan.queuePairs);
     this.port = {
       receive: (frame, length, header) => this.receiveFrame(frame, length, header),
       burst: (run) => this.burst(run),
@@ -222,9 +213,8 @@ export class NetDevice extends VirtioDeviceBase {
   }
 
   /**
-   * Processes every queue as if the driver had notified it, and wakes a waiting backend.
-   * Call it after restoring a snapshot (once every device of the link is restored), as the
-   * restored device does no I/O on its own.
+   * Processes every queue as if the driver had notified it, and wakes a waiting backend (a
+   * restored device does this once on its own, in a later turn).
    */
   kick(): void {
     for (let k = 0; k < this.queuePairs; k++) {
@@ -259,12 +249,7 @@ export class NetDevice extends VirtioDeviceBase {
     const mtu = this.mtu !== null && hasFeature(f, VIRTIO_NET_F_MTU) ? this.mtu : 0;
     const inOrder = hasFeature(f, VIRTIO_F_IN_ORDER);
     this.tx.inOrder = inOrder;
-    for (const r of this.rx) {
-      r.mergeable = mergeable;
-      r.inOrder = inOrder;
-      r.frames.configure(guest, mtu);
-      r.held.reset(ctx.queues[r.index]?.size ?? 1);
-    }
+    for (const r of this.rx) r.configure(mergeable, inOrder, guest, mtu, ctx.queues[r.index]);
     this.multiqueue = hasFeature(f, VIRTIO_NET_F_MQ);
     this.frontEndControl = this.controlQueue >= 0 && ctx.queues.length <= this.controlQueue;
     // §5.1.2: receiveq1..N, transmitq1..N, then controlq at 2N, N being 1 without MQ.
@@ -503,15 +488,8 @@ export class NetDevice extends VirtioDeviceBase {
     const ctrl = ctx === null ? -1 : this.controlIndexFor(ctx.features);
     const { saved: s, commit } = prepareNetRestore(state, ctx, this.rx, ctrl);
     return () => {
-      this.config.set(s.mac, NET_CONFIG_MAC);
+      restoreNetConfig(this.config, this.offeredFeatures, s);
       this.link = s.linkUp;
-      if (hasFeature(this.offeredFeatures, VIRTIO_NET_F_STATUS)) {
-        new DataView(this.config.buffer).setUint16(
-          NET_CONFIG_STATUS,
-          s.linkUp ? VIRTIO_NET_S_LINK_UP : 0,
-          true,
-        );
-      }
       Object.assign(this.stats, s.stats);
       commit();
       this.active = s.activePairs;

@@ -15,6 +15,7 @@ import { HeldRxChains } from './held-rx.js';
 import {
   NET_WARM_AHEAD,
   type NetHeader,
+  type NetOffloads,
   type NetRxBuffer,
   parseRxBuffer,
   VIRTIO_NET_HDR_SIZE,
@@ -109,6 +110,20 @@ export class NetRxQueue {
     for (let j = 0; j < n; j++) q.addUsed(held.at(j).head, 0);
     held.release(n);
     return n;
+  }
+
+  /** Settings of a new driver session over receive queue `q` (negotiated features). */
+  configure(
+    mergeable: boolean,
+    inOrder: boolean,
+    guestOffloads: NetOffloads,
+    mtu: number,
+    q: Queue | undefined,
+  ): void {
+    this.mergeable = mergeable;
+    this.inOrder = inOrder;
+    this.frames.configure(guestOffloads, mtu);
+    this.held.reset(q?.size ?? 1);
   }
 
   /** Forgets the chains of a driver session that ends. */

@@ -6,7 +6,13 @@
 
 import { SnapshotError } from '../../errors.js';
 import { type DeviceContext, hasFeature } from '../device.js';
-import { VIRTIO_NET_F_MQ } from './request.js';
+import {
+  NET_CONFIG_MAC,
+  NET_CONFIG_STATUS,
+  VIRTIO_NET_F_MQ,
+  VIRTIO_NET_F_STATUS,
+  VIRTIO_NET_S_LINK_UP,
+} from './request.js';
 import type { NetRxQueue } from './rx-queue.js';
 import { type NetState, type NetStateRead, readNetState } from './state.js';
 
@@ -71,4 +77,16 @@ export function prepareNetRestore(
       for (const c of commits) c();
     },
   };
+}
+
+/** Writes a restored state's MAC and link status (when offered) into the configuration space. */
+export function restoreNetConfig(config: Uint8Array, offered: bigint, s: NetStateRead): void {
+  config.set(s.mac, NET_CONFIG_MAC);
+  if (hasFeature(offered, VIRTIO_NET_F_STATUS)) {
+    new DataView(config.buffer, config.byteOffset).setUint16(
+      NET_CONFIG_STATUS,
+      s.linkUp ? VIRTIO_NET_S_LINK_UP : 0,
+      true,
+    );
+  }
 }
